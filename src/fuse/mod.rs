@@ -1,0 +1,429 @@
+//! The thin `fuser::Filesystem` adapter: convert the request, call [`Overlay`], reply.
+//!
+//! It owns what only FUSE has: open file and directory handles, the kernel's cache timeouts,
+//! and the capabilities negotiated at init. Every failed operation is logged at debug level
+//! with its errno; nothing here can panic.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use tracing::debug;
+
+use crate::overlay::{Attr, DirEntry, Error, Overlay};
+use crate::sys::{self, FileKind};
+
+/// An open handle.
+#[derive(Debug)]
+enum Handle {
+    File(Arc<OwnedFd>),
+    Dir(Arc<DirListing>),
+}
+
+/// A directory listing snapshot taken at opendir, with `.` and `..` in front.
+#[derive(Debug)]
+struct DirListing {
+    entries: Vec<DirEntry>,
+}
+
+/// The FUSE front end of one mount.
+#[derive(Debug)]
+pub struct StrataFs {
+    overlay: Arc<Overlay>,
+    handles: DashMap<u64, Handle>,
+    next_fh: AtomicU64,
+    ttl: Duration,
+}
+
+impl StrataFs {
+    /// A front end serving `overlay`, telling the kernel to cache entries and attributes for
+    /// `ttl`.
+    pub fn new(overlay: Arc<Overlay>, ttl: Duration) -> StrataFs {
+        StrataFs {
+            overlay,
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            ttl,
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, h);
+        FileHandle(fh)
+    }
+
+    fn file(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File(f)) => Some(Arc::clone(f)),
+            _ => None,
+        }
+    }
+
+    fn listing(&self, fh: FileHandle) -> Option<Arc<DirListing>> {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::Dir(d)) => Some(Arc::clone(d)),
+            _ => None,
+        }
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: if a.blksize == 0 { 4096 } else { a.blksize },
+        flags: 0,
+    }
+}
+
+fn dot_attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+fn errno(op: &str, ino: u64, e: &Error) -> Errno {
+    let code = e.errno();
+    debug!(op, ino, errno = code, error = %e, "failed");
+    Errno::from_i32(code)
+}
+
+fn io_errno(op: &str, ino: u64, e: io::Error) -> Errno {
+    errno(op, ino, &Error::Io(e))
+}
+
+/// Replies to xattr requests: the size when asked for it, ERANGE when the buffer is short.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl fuser::Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                debug!(?cap, "kernel lacks capability");
+            }
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        debug!(op = "lookup", parent = parent.0, ?name);
+        match self.overlay.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("lookup", parent.0, &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.overlay.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        debug!(op = "getattr", ino = ino.0);
+        match self.overlay.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno("getattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        debug!(op = "readlink", ino = ino.0);
+        match self.overlay.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno("readlink", ino.0, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        debug!(op = "open", ino = ino.0, flags = flags.0);
+        match self.overlay.open(ino.0, flags.0) {
+            Ok(f) => {
+                let keep = if f.immutable {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                let fh = self.add_handle(Handle::File(Arc::new(f.fd)));
+                reply.opened(fh, keep);
+            }
+            Err(e) => reply.error(errno("open", ino.0, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(fd) = self.file(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0usize;
+        while filled < buf.len() {
+            match sys::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    reply.error(io_errno("read", ino.0, e));
+                    return;
+                }
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        debug!(op = "opendir", ino = ino.0);
+        match self.overlay.read_dir(ino.0) {
+            Ok(entries) => {
+                let fh = self.add_handle(Handle::Dir(Arc::new(DirListing { entries })));
+                reply.opened(fh, FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno("opendir", ino.0, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(list) = self.listing(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        // Offsets: 1 is after ".", 2 after "..", 2+i+1 after entry i.
+        let parent = self.overlay.parent_of(ino.0);
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                reply.ok();
+                return;
+            }
+            off = 1;
+        }
+        if off == 1 {
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                reply.ok();
+                return;
+            }
+            off = 2;
+        }
+        let start = (off - 2) as usize;
+        for (i, e) in list.entries.iter().enumerate().skip(start) {
+            if reply.add(INodeNo(e.ino), (i + 3) as u64, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(list) = self.listing(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        // "." and ".." carry no lookup reference: the kernel never links dot entries of a
+        // readdirplus reply to inodes (fuse_direntplus_link returns early for them), and fuser
+        // sends `attr.ino` as d_ino, which must not be 0 or libc hides the entry.
+        let mut off = offset;
+        let dots = [(1u64, ino.0, "."), (2, self.overlay.parent_of(ino.0), "..")];
+        for (next, dino, name) in dots {
+            if off < next {
+                let attr = dot_attr(dino);
+                if reply.add(
+                    INodeNo(dino),
+                    next,
+                    name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    reply.ok();
+                    return;
+                }
+                off = next;
+            }
+        }
+        let start = (off - 2) as usize;
+        for (i, e) in list.entries.iter().enumerate().skip(start) {
+            let attr = match self.overlay.lookup(ino.0, &e.name) {
+                Ok(a) => a,
+                // Gone since opendir: skip it, as a fresh listing would.
+                Err(_) => continue,
+            };
+            if reply.add(
+                INodeNo(attr.ino),
+                (i + 3) as u64,
+                &e.name,
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                // Not sent: give back the reference the lookup took.
+                self.overlay.forget(attr.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.overlay.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(errno("statfs", 1, &e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        debug!(op = "getxattr", ino = ino.0, ?name);
+        match self.overlay.getxattr(ino.0, name) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno("getxattr", ino.0, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        debug!(op = "listxattr", ino = ino.0);
+        match self.overlay.listxattr(ino.0) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno("listxattr", ino.0, &e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.overlay.access(ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("access", ino.0, &e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Some(fd) = self.file(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        match sys::seek(fd.as_fd(), offset, whence) {
+            Ok(pos) => reply.offset(pos as i64),
+            Err(e) => reply.error(io_errno("lseek", ino.0, e)),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The node table: FUSE node ids to merged objects, with the kernel's lookup counts.
+//!
+//! A node id is the object's `st_ino` (fuser sends `attr.ino` as the node id), so hard links
+//! share one node and `st_ino` always equals readdir's `d_ino`. A node lives while the kernel
+//! holds a reference to it and is dropped on the forget that brings its count to zero, so the
+//! table's size follows the kernel's dentry cache, not the size of the tree that was walked.
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::layer::LayerIdx;
+use crate::sys::FileKind;
+
+pub use crate::layer::InoScheme;
+
+/// The root's node id, fixed by FUSE.
+pub const ROOT: u64 = crate::layer::ino::ROOT_INO;
+
+/// Where a node is found: its parent, its name there, and the layers that hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The parent directory's node id (the root is its own parent).
+    pub parent: u64,
+    /// The name in the parent (empty for the root).
+    pub name: OsString,
+    /// For a directory, the layers merged into it, topmost first, stopping at an opaque one;
+    /// for anything else, the one layer it comes from.
+    pub layers: Vec<LayerIdx>,
+}
+
+impl Location {
+    /// The topmost layer holding the object.
+    pub fn top(&self) -> Option<LayerIdx> {
+        self.layers.first().copied()
+    }
+}
+
+/// One merged object the kernel knows about.
+#[derive(Debug)]
+pub struct Node {
+    /// Node id and `st_ino`.
+    pub ino: u64,
+    /// File type; fixed for the life of the node.
+    pub kind: FileKind,
+    lookups: AtomicU64,
+    loc: RwLock<Location>,
+}
+
+impl Node {
+    /// A snapshot of where the node is now.
+    pub fn location(&self) -> Location {
+        self.loc.read().clone()
+    }
+
+    /// The parent's node id.
+    pub fn parent(&self) -> u64 {
+        self.loc.read().parent
+    }
+
+    /// Runs `f` on the location without copying it.
+    pub fn with_location<R>(&self, f: impl FnOnce(&Location) -> R) -> R {
+        f(&self.loc.read())
+    }
+}
+
+/// All nodes the kernel holds, sharded (no global lock).
+#[derive(Debug)]
+pub struct NodeTable {
+    map: DashMap<u64, Arc<Node>>,
+    next_synthetic: AtomicU64,
+}
+
+/// Node ids handed out when two distinct objects would share an inode number (possible only
+/// when one layer directory is nested inside another on the same filesystem).
+const SYNTHETIC_BASE: u64 = 0xfff0_0000_0000_0000;
+
+impl NodeTable {
+    /// A table holding only the root, whose merged layers are `root_layers`.
+    pub fn new(root_layers: Vec<LayerIdx>) -> NodeTable {
+        let map = DashMap::new();
+        map.insert(
+            ROOT,
+            Arc::new(Node {
+                ino: ROOT,
+                kind: FileKind::Directory,
+                lookups: AtomicU64::new(1),
+                loc: RwLock::new(Location {
+                    parent: ROOT,
+                    name: OsString::new(),
+                    layers: root_layers,
+                }),
+            }),
+        );
+        NodeTable {
+            map,
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+        }
+    }
+
+    /// The node with id `ino`, if the kernel holds it.
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.map.get(&ino).map(|n| Arc::clone(n.value()))
+    }
+
+    /// Records one kernel lookup of an object with inode number `ino` at `loc`, creating the
+    /// node or updating where it was last seen (a hard link's other name, or a move). Returns
+    /// the node, whose id differs from `ino` only when `ino` is taken by an object of
+    /// another type.
+    pub fn remember(&self, ino: u64, kind: FileKind, loc: Location) -> Arc<Node> {
+        let mut id = ino;
+        loop {
+            match self.map.entry(id) {
+                Entry::Occupied(o) => {
+                    let node = o.get();
+                    if node.kind == kind && id != ROOT {
+                        node.lookups.fetch_add(1, Ordering::Relaxed);
+                        let mut cur = node.loc.write();
+                        if *cur != loc {
+                            *cur = loc;
+                        }
+                        return Arc::clone(node);
+                    }
+                }
+                Entry::Vacant(v) => {
+                    let node = Arc::new(Node {
+                        ino: id,
+                        kind,
+                        lookups: AtomicU64::new(1),
+                        loc: RwLock::new(loc),
+                    });
+                    v.insert(Arc::clone(&node));
+                    return node;
+                }
+            }
+            id = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops `n` kernel references; removes the node when none are left. Returns true when
+    /// the node was removed.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
+        if ino == ROOT {
+            return false;
+        }
+        match self.map.entry(ino) {
+            Entry::Occupied(o) => {
+                let left = o
+                    .get()
+                    .lookups
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                        Some(c.saturating_sub(n))
+                    })
+                    .map(|prev| prev.saturating_sub(n))
+                    .unwrap_or(0);
+                if left == 0 {
+                    o.remove();
+                    true
+                } else {
+                    false
+                }
+            }
+            Entry::Vacant(_) => false,
+        }
+    }
+
+    /// Moves a node to a new parent/name (after a rename through the mount).
+    pub fn relocate(&self, ino: u64, parent: u64, name: OsString) {
+        if let Some(node) = self.get(ino) {
+            let mut loc = node.loc.write();
+            loc.parent = parent;
+            loc.name = name;
+        }
+    }
+
+    /// Replaces the layers of a node (after a copy-up or a change of merge).
+    pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>) {
+        if let Some(node) = self.get(ino) {
+            node.loc.write().layers = layers;
+        }
+    }
+
+    /// How many nodes the kernel holds (the root included).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Never true: the root is always there.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(parent: u64, name: &str) -> Location {
+        Location {
+            parent,
+            name: name.into(),
+            layers: vec![0],
+        }
+    }
+
+    #[test]
+    fn lookups_and_forgets_balance() {
+        let t = NodeTable::new(vec![0]);
+        let a = t.remember(10, FileKind::Regular, loc(ROOT, "a"));
+        assert_eq!(a.ino, 10);
+        t.remember(10, FileKind::Regular, loc(ROOT, "b"));
+        assert_eq!(t.get(10).map(|n| n.location().name), Some("b".into()));
+        assert!(!t.forget(10, 1));
+        assert!(t.forget(10, 1));
+        assert!(t.get(10).is_none());
+        assert!(!t.forget(ROOT, 100));
+        assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn type_clash_gets_its_own_id() {
+        let t = NodeTable::new(vec![0]);
+        let f = t.remember(7, FileKind::Regular, loc(ROOT, "f"));
+        let d = t.remember(7, FileKind::Directory, loc(ROOT, "d"));
+        assert_eq!(f.ino, 7);
+        assert_ne!(d.ino, 7);
+        assert_eq!(t.len(), 3);
+        let r = t.remember(ROOT, FileKind::Directory, loc(ROOT, "x"));
+        assert_ne!(r.ino, ROOT);
+    }
+}

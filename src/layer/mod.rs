@@ -1,0 +1,207 @@
+//! One layer directory on disk, held by an fd, and the stack of them.
+
+pub mod format;
+pub mod ino;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
+
+pub use ino::InoScheme;
+
+use crate::sys::{self, Stat};
+
+/// Index of a layer in the stack: 0 is the topmost (the upper layer when there is one).
+pub type LayerIdx = u16;
+
+/// One layer directory, opened once at mount time and afterwards reached only through its fd.
+#[derive(Debug)]
+pub struct Layer {
+    /// The directory as given on the command line; for messages only, never opened again.
+    pub path: PathBuf,
+    root: OwnedFd,
+    /// The filesystem the layer lives on.
+    pub dev: u64,
+    /// Index of `dev` among the distinct filesystems of the stack (0 for the topmost one).
+    pub fs_index: u32,
+    /// True for the writable upper layer.
+    pub upper: bool,
+}
+
+/// What one layer says about one name in a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing by that name, and no whiteout for it.
+    Missing,
+    /// A whiteout (char device 0/0 or `.wh.NAME`): hides the name in lower layers.
+    Whiteout,
+    /// An object.
+    Found(Stat),
+}
+
+impl Layer {
+    /// Opens the layer directory. The path is resolved once, here (following symlinks, as
+    /// podman's `l/` short names need); everything after goes through the fd.
+    pub fn open(path: &Path, upper: bool) -> io::Result<Layer> {
+        let root: OwnedFd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let st = sys::stat_fd(root.as_fd())?;
+        Ok(Layer {
+            path: path.to_path_buf(),
+            root,
+            dev: st.dev,
+            fs_index: 0,
+            upper,
+        })
+    }
+
+    /// The layer's root directory fd.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Looks `name` up in directory `dir` of this layer: the object, a whiteout for it, or
+    /// nothing. An object wins over a `.wh.` file for the same name in the same layer: a
+    /// whiteout only hides the layers below it.
+    pub fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Probe> {
+        match sys::stat_at(dir, name) {
+            Ok(st) if format::is_whiteout_stat(&st) => Ok(Probe::Whiteout),
+            Ok(st) => Ok(Probe::Found(st)),
+            Err(e) if is_absent(&e) => match sys::stat_at(dir, &format::whiteout_name(name)) {
+                Ok(_) => Ok(Probe::Whiteout),
+                Err(e) if is_absent(&e) => Ok(Probe::Missing),
+                Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Ok(Probe::Missing),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when directory `dir` of this layer hides the layers below it: an opaque xattr
+    /// set to `y` (kernel root or `userxattr` form, or fuse-overlayfs's) or a `.wh..wh..opq`
+    /// file inside.
+    pub fn is_opaque(&self, dir: BorrowedFd<'_>) -> io::Result<bool> {
+        let names = match sys::list_xattr(dir) {
+            Ok(n) => n,
+            Err(e) if is_unsupported(&e) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for name in sys::split_xattr_list(&names) {
+            if format::OPAQUE_XATTRS.iter().any(|o| OsStr::new(o) == name) {
+                if let Some(v) = sys::get_xattr(dir, name)? {
+                    if format::is_opaque_value(&v) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        match sys::stat_at(dir, OsStr::new(format::OPAQUE_MARKER)) {
+            Ok(_) => Ok(true),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// ENOENT, or ENOTDIR when a path component turned out not to be a directory.
+pub fn is_absent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// The filesystem does not do xattrs at all.
+pub fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP))
+}
+
+/// The layers of one mount, topmost first.
+#[derive(Debug)]
+pub struct LayerStack {
+    layers: Vec<Layer>,
+    has_upper: bool,
+    /// How `st_ino` is composed from a layer object's inode number.
+    pub ino: InoScheme,
+}
+
+impl LayerStack {
+    /// Opens the upper layer (if any) and the lowers, topmost first.
+    pub fn open(
+        upper: Option<&Path>,
+        lowers: &[PathBuf],
+        xino: crate::config::Xino,
+        ino32: bool,
+    ) -> io::Result<LayerStack> {
+        let mut layers = Vec::with_capacity(lowers.len() + 1);
+        if let Some(u) = upper {
+            layers.push(Layer::open(u, true).map_err(|e| annotate(e, "upperdir", u))?);
+        }
+        for l in lowers {
+            layers.push(Layer::open(l, false).map_err(|e| annotate(e, "lowerdir", l))?);
+        }
+        if layers.len() > usize::from(LayerIdx::MAX) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "too many layers ({}), at most {}",
+                    layers.len(),
+                    LayerIdx::MAX
+                ),
+            ));
+        }
+        let mut devs: Vec<u64> = Vec::new();
+        for l in &mut layers {
+            let idx = match devs.iter().position(|d| *d == l.dev) {
+                Some(i) => i,
+                None => {
+                    devs.push(l.dev);
+                    devs.len() - 1
+                }
+            };
+            l.fs_index = idx as u32;
+        }
+        let ino = InoScheme::new(devs.len(), xino, ino32);
+        Ok(LayerStack {
+            has_upper: upper.is_some(),
+            layers,
+            ino,
+        })
+    }
+
+    /// All layers, topmost first.
+    pub fn all(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// Layer `idx`.
+    pub fn get(&self, idx: LayerIdx) -> Option<&Layer> {
+        self.layers.get(usize::from(idx))
+    }
+
+    /// The writable layer, if the mount has one.
+    pub fn upper(&self) -> Option<&Layer> {
+        if self.has_upper {
+            self.layers.first()
+        } else {
+            None
+        }
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Never true for a mounted stack; here for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} '{}': {e}", path.display()))
+}

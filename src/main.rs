@@ -1,0 +1,79 @@
+//! The `stratafs` daemon: `stratafs [SOURCE] MOUNTPOINT -o lowerdir=...[,upperdir=...,workdir=...]`.
+
+use std::process::ExitCode;
+
+use stratafs::config::{self, Invocation};
+
+const USAGE: &str = "\
+usage: stratafs [SOURCE] MOUNTPOINT -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTS]
+       stratafs --demo
+
+Mounts the union of the lower layers (topmost first) under the optional writable upper layer,
+with the semantics and on-disk format of the kernel's overlayfs.
+
+  -o OPTS        comma-separated options (may be repeated); see README.md for the list
+  -f             stay in the foreground
+  -d, -o debug   log every request (implies -f); RUST_LOG also selects what is logged
+  -h, --help     this text
+  -V, --version  print the version
+  --demo         mount the sample layer stack shipped with the sources and show it
+";
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let inv = match config::parse_args(std::env::args_os().skip(1)) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("stratafs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match inv {
+        Invocation::Help => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Invocation::Version => {
+            println!("stratafs version {}", env!("CARGO_PKG_VERSION"));
+            println!("FUSE library: fuser 0.18 (pure Rust)");
+            ExitCode::SUCCESS
+        }
+        Invocation::Demo => {
+            init_logging(false);
+            match stratafs::demo::run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("stratafs: demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Invocation::Mount(cfg) => {
+            for key in &cfg.unknown {
+                eprintln!("stratafs: warning: unknown option '{key}' ignored");
+            }
+            if let Err(e) = config::validate(&cfg) {
+                eprintln!("stratafs: {e}");
+                return ExitCode::FAILURE;
+            }
+            init_logging(cfg.debug);
+            match stratafs::daemon::run(&cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("stratafs: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Name resolution across layers, one name at a time.
+//!
+//! The layers of the parent directory are probed top-down with one `statx` each (plus one for
+//! a `.wh.` file where nothing was found). The first non-directory wins; a directory merges
+//! with directories below it until an opaque one; a whiteout stops the search. A whole
+//! directory is never loaded to answer a lookup.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use super::{Attr, Error, Overlay, Result};
+use crate::inode::{Location, Node, ROOT};
+use crate::layer::{LayerIdx, Probe};
+use crate::sys::{FileKind, Stat};
+
+/// A name resolved in the merged view.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    /// The object's layers: for a directory its merge chain, else the one layer.
+    pub(crate) layers: Vec<LayerIdx>,
+    /// Attributes of the topmost copy.
+    pub(crate) top: Stat,
+    /// `st_ino` as shown (for a directory, from the bottom of its merge chain, so it stays
+    /// the same when the directory is later copied up).
+    pub(crate) ino: u64,
+}
+
+impl Resolved {
+    pub(crate) fn kind(&self) -> FileKind {
+        self.top.kind().unwrap_or(FileKind::Regular)
+    }
+}
+
+/// Where a path of the merged view comes from, for people inspecting a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// File type.
+    pub kind: FileKind,
+    /// The layers that provide it, topmost first (several for a merged directory).
+    pub layers: Vec<LayerIdx>,
+    /// True when the topmost layer's directory is opaque or the merge was cut by a whiteout.
+    pub opaque: bool,
+}
+
+impl Overlay {
+    /// Resolves `name` in directory `dir` (whose merge chain is `chain`), probing the chain
+    /// from position `start`; the caller knows the layers above hold neither the name nor a
+    /// whiteout for it.
+    pub(crate) fn resolve_in(
+        &self,
+        dir: &Node,
+        chain: &[LayerIdx],
+        name: &OsStr,
+        start: usize,
+    ) -> Result<Option<Resolved>> {
+        let mut found: Option<Resolved> = None;
+        let mut bottom: Option<(LayerIdx, u64)> = None;
+        for (pos, &li) in chain.iter().enumerate().skip(start) {
+            let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.ino))?;
+            let dfd = match self.dir_fd(dir, li) {
+                Ok(fd) => fd,
+                Err(Error::Io(e)) if crate::layer::is_absent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            match layer.probe(dfd.as_fd(), name)? {
+                Probe::Missing => continue,
+                Probe::Whiteout => break,
+                Probe::Found(st) => {
+                    let is_dir = st.is_dir();
+                    match &mut found {
+                        None => {
+                            found = Some(Resolved {
+                                layers: vec![li],
+                                top: st,
+                                ino: 0,
+                            });
+                            if !is_dir {
+                                bottom = Some((li, st.ino));
+                                break;
+                            }
+                        }
+                        Some(r) => {
+                            if !is_dir {
+                                // A non-directory below a directory is hidden by it.
+                                break;
+                            }
+                            r.layers.push(li);
+                        }
+                    }
+                    bottom = Some((li, st.ino));
+                    if pos + 1 < chain.len() && self.child_is_opaque(dfd.as_fd(), li, name)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found.map(|mut r| {
+            if let Some((li, ino)) = bottom {
+                let fs = self.layers.get(li).map(|l| l.fs_index).unwrap_or(0);
+                r.ino = self.layers.ino.compose(fs, ino);
+            }
+            r
+        }))
+    }
+
+    fn child_is_opaque(
+        &self,
+        parent: std::os::fd::BorrowedFd<'_>,
+        li: LayerIdx,
+        name: &OsStr,
+    ) -> Result<bool> {
+        let layer = self.layers.get(li).ok_or(Error::NotFound)?;
+        let name_bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
+        let fd = crate::sys::open_dir_path(parent, name_bytes)?;
+        Ok(layer.is_opaque(fd.as_fd())?)
+    }
+
+    pub(crate) fn attr_of(&self, r: &Resolved) -> Attr {
+        self.attr_from(r.ino, &r.top, r.layers.len() > 1)
+    }
+
+    /// Looks `name` up in directory `parent`, counting one kernel reference on the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        Overlay::check_name(name)?;
+        let dir = self.node(parent)?;
+        if dir.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        let chain = dir.with_location(|l| l.layers.clone());
+        let r = self
+            .resolve_in(&dir, &chain, name, 0)?
+            .ok_or(Error::NotFound)?;
+        Ok(self.remember(parent, name, &r))
+    }
+
+    /// Registers a resolved child with the node table and returns its attributes.
+    pub(crate) fn remember(&self, parent: u64, name: &OsStr, r: &Resolved) -> Attr {
+        let node = self.nodes.remember(
+            r.ino,
+            r.kind(),
+            Location {
+                parent,
+                name: name.to_os_string(),
+                layers: r.layers.clone(),
+            },
+        );
+        let mut attr = self.attr_of(r);
+        attr.ino = node.ino;
+        attr
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if self.nodes.forget(ino, n) {
+            self.dirfds.drop_node(ino, self.layers.len());
+        }
+    }
+
+    /// The attributes of node `ino`, read from its topmost copy now.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let node = self.node(ino)?;
+        let (top, merged) = node.with_location(|l| (l.top(), l.layers.len() > 1));
+        let top = top.ok_or(Error::StaleNode(ino))?;
+        let st = if node.kind == FileKind::Directory {
+            let fd = self.dir_fd(&node, top)?;
+            crate::sys::stat_fd(fd.as_fd())?
+        } else {
+            let parent = self.node(node.parent())?;
+            let name = node.with_location(|l| l.name.clone());
+            let pfd = self.dir_fd(&parent, top)?;
+            crate::sys::stat_at(pfd.as_fd(), &name)?
+        };
+        let mut attr = self.attr_from(node.ino, &st, merged);
+        attr.ino = node.ino;
+        Ok(attr)
+    }
+
+    /// Resolves a `/`-separated path of the merged view (relative to its root) and tells
+    /// which layers provide it. Each step is a lookup that is forgotten again at the end.
+    pub fn provenance(&self, path: &OsStr) -> Result<Provenance> {
+        let mut taken: Vec<u64> = Vec::new();
+        let out = self.provenance_walk(path, &mut taken);
+        for ino in taken {
+            self.forget(ino, 1);
+        }
+        out
+    }
+
+    fn provenance_walk(&self, path: &OsStr, taken: &mut Vec<u64>) -> Result<Provenance> {
+        let mut cur = ROOT;
+        for comp in std::path::Path::new(path).components() {
+            let name = match comp {
+                std::path::Component::Normal(n) => n,
+                std::path::Component::RootDir | std::path::Component::CurDir => continue,
+                _ => return Err(Error::NotFound),
+            };
+            let attr = self.lookup(cur, name)?;
+            taken.push(attr.ino);
+            cur = attr.ino;
+        }
+        let node = self.node(cur)?;
+        let layers = node.with_location(|l| l.layers.clone());
+        let opaque = match layers.last() {
+            Some(&last) if node.kind == FileKind::Directory => {
+                let fd = self.dir_fd(&node, last)?;
+                let layer = self.layers.get(last).ok_or(Error::StaleNode(cur))?;
+                usize::from(last) + 1 < self.layers.len() && layer.is_opaque(fd.as_fd())?
+            }
+            _ => false,
+        };
+        Ok(Provenance {
+            kind: node.kind,
+            layers,
+            opaque,
+        })
+    }
+}
+
+impl Overlay {
+    /// The parent of node `ino` (the root for the root, or for a node no longer known).
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        self.nodes.get(ino).map(|n| n.parent()).unwrap_or(ROOT)
+    }
+}

@@ -1,0 +1,275 @@
+//! The union semantics, with no FUSE types: lookup across layers, merged directory listings,
+//! reads, attributes and xattrs. Every method returns `Result<T, Error>`, and an [`Error`]
+//! maps to exactly one errno, so the whole logic can be driven and tested without a mount.
+
+mod dirfd;
+mod lookup;
+mod read;
+mod readdir;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::MountConfig;
+use crate::inode::{Node, NodeTable, ROOT};
+use crate::layer::{LayerIdx, LayerStack};
+use crate::sys::{FileKind, Stat};
+
+pub use lookup::Provenance;
+pub use readdir::DirEntry;
+
+/// Why an operation failed; each maps to one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call on a layer failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The name does not exist in the merged view.
+    #[error("no such entry")]
+    NotFound,
+    /// The node id is not (or no longer) known.
+    #[error("unknown node {0}")]
+    StaleNode(u64),
+    /// A write on a read-only mount.
+    #[error("read-only union")]
+    ReadOnly,
+    /// The name is reserved by the whiteout format.
+    #[error("name is reserved for whiteouts")]
+    ReservedName,
+    /// The object is not a directory.
+    #[error("not a directory")]
+    NotDir,
+    /// The object is a directory.
+    #[error("is a directory")]
+    IsDir,
+    /// Not a symlink (readlink).
+    #[error("not a symlink")]
+    NotSymlink,
+    /// An xattr that is not there (or private to the overlay).
+    #[error("no such attribute")]
+    NoXattr,
+    /// Xattrs are switched off (`noxattrs`).
+    #[error("xattrs not supported")]
+    XattrUnsupported,
+}
+
+impl Error {
+    /// The errno to report.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Error::NotFound => libc::ENOENT,
+            Error::StaleNode(_) => libc::ESTALE,
+            Error::ReadOnly => libc::EROFS,
+            Error::ReservedName => libc::EINVAL,
+            Error::NotDir => libc::ENOTDIR,
+            Error::IsDir => libc::EISDIR,
+            Error::NotSymlink => libc::EINVAL,
+            Error::NoXattr => libc::ENODATA,
+            Error::XattrUnsupported => libc::ENOTSUP,
+        }
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(e: rustix::io::Errno) -> Self {
+        Error::Io(e.into())
+    }
+}
+
+/// Shorthand for overlay results.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The attributes of a merged object, as shown through the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// `st_ino`, which is also the node id.
+    pub ino: u64,
+    /// File type.
+    pub kind: FileKind,
+    /// Permission bits.
+    pub perm: u16,
+    /// Link count (1 for a merged directory, as the kernel reports it).
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size.
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// Device number of a device node.
+    pub rdev: u32,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification.
+    pub mtime: SystemTime,
+    /// Last status change.
+    pub ctime: SystemTime,
+}
+
+/// Behaviour switches that come from the mount options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// No upper layer, or mounted `ro`: every write gets EROFS.
+    pub read_only: bool,
+    /// `static_nlink`: directories always report nlink 1.
+    pub static_nlink: bool,
+    /// `noxattrs`.
+    pub no_xattrs: bool,
+    /// How many directory fds to keep open.
+    pub dir_fd_cache: usize,
+}
+
+impl Options {
+    /// The options a mount configuration asks for.
+    pub fn from_config(cfg: &MountConfig) -> Options {
+        Options {
+            read_only: cfg.read_only(),
+            static_nlink: cfg.static_nlink,
+            no_xattrs: cfg.noxattrs,
+            dir_fd_cache: 4096,
+        }
+    }
+}
+
+/// The merged view of a layer stack.
+#[derive(Debug)]
+pub struct Overlay {
+    layers: LayerStack,
+    nodes: NodeTable,
+    dirfds: dirfd::DirFdCache,
+    opts: Options,
+}
+
+impl Overlay {
+    /// A merged view of `layers`.
+    pub fn new(layers: LayerStack, opts: Options) -> Overlay {
+        let root_layers = (0..layers.len() as LayerIdx).collect();
+        Overlay {
+            nodes: NodeTable::new(root_layers),
+            dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
+            layers,
+            opts,
+        }
+    }
+
+    /// The layer stack.
+    pub fn layers(&self) -> &LayerStack {
+        &self.layers
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// How many nodes the kernel currently holds.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.get(ino).ok_or(Error::StaleNode(ino))
+    }
+
+    /// The node's path relative to every layer root (`a/b/c`; empty for the root).
+    fn rel_path(&self, node: &Node) -> Result<Vec<u8>> {
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        let (mut parent, name) = node.with_location(|l| (l.parent, l.name.clone()));
+        if node.ino != ROOT {
+            names.push(name);
+        }
+        let mut hops = 0usize;
+        while parent != ROOT {
+            let p = self.node(parent)?;
+            let (pp, pname) = p.with_location(|l| (l.parent, l.name.clone()));
+            names.push(pname);
+            parent = pp;
+            hops += 1;
+            if hops > 1 << 16 {
+                // A cycle can only come from a bug; refuse rather than spin.
+                return Err(Error::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+        }
+        let mut out = Vec::new();
+        for (i, n) in names.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(n.as_bytes());
+        }
+        Ok(out)
+    }
+
+    /// An `O_PATH` fd on directory `node` in layer `layer`, from the cache when possible.
+    fn dir_fd(&self, node: &Node, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dirfds.get(node.ino, layer) {
+            return Ok(fd);
+        }
+        let l = self.layers.get(layer).ok_or(Error::StaleNode(node.ino))?;
+        let path = self.rel_path(node)?;
+        let fd = Arc::new(crate::sys::open_dir_path(l.root(), &path)?);
+        self.dirfds.put(node.ino, layer, Arc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// An `O_PATH | O_NOFOLLOW` fd on the topmost copy of `node`.
+    fn object_fd(&self, node: &Node) -> Result<OwnedFd> {
+        let top = node
+            .with_location(|l| l.top())
+            .ok_or(Error::StaleNode(node.ino))?;
+        if node.kind == FileKind::Directory {
+            let fd = self.dir_fd(node, top)?;
+            return Ok(rustix::io::fcntl_dupfd_cloexec(&*fd, 0)?);
+        }
+        let l = self.layers.get(top).ok_or(Error::StaleNode(node.ino))?;
+        let path = self.rel_path(node)?;
+        Ok(crate::sys::open_beneath(
+            l.root(),
+            &path,
+            rustix::fs::OFlags::PATH,
+        )?)
+    }
+
+    fn attr_from(&self, ino: u64, st: &Stat, merged_dir: bool) -> Attr {
+        let kind = st.kind().unwrap_or(FileKind::Regular);
+        let nlink = if kind == FileKind::Directory && (merged_dir || self.opts.static_nlink) {
+            1
+        } else {
+            st.nlink
+        };
+        Attr {
+            ino,
+            kind,
+            perm: st.perm(),
+            nlink,
+            uid: st.uid,
+            gid: st.gid,
+            size: st.size,
+            blocks: st.blocks,
+            blksize: st.blksize,
+            rdev: st.rdev as u32,
+            atime: st.atime,
+            mtime: st.mtime,
+            ctime: st.ctime,
+        }
+    }
+
+    /// Checks that a name may be looked up or created: whiteout-format names never exist in
+    /// the merged view.
+    fn check_name(name: &OsStr) -> Result<()> {
+        if crate::layer::format::is_reserved_name(name) {
+            Err(Error::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Reading: open for read, readlink, xattrs, statfs.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::OFlags;
+
+use super::{Error, Overlay, Result};
+use crate::layer::format;
+use crate::sys::{self, FileKind};
+
+/// An open file on a layer.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// The layer file, opened for reading.
+    pub fd: OwnedFd,
+    /// True when the file lives in a read-only lower layer, so its pages can stay cached.
+    pub immutable: bool,
+}
+
+/// Filesystem statistics for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
+
+impl Overlay {
+    /// Opens node `ino` with the `open(2)` flags the caller used.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile> {
+        let node = self.node(ino)?;
+        if flags & WRITE_FLAGS != 0 {
+            if node.kind == FileKind::Directory {
+                return Err(Error::IsDir);
+            }
+            return Err(Error::ReadOnly);
+        }
+        let top = node
+            .with_location(|l| l.top())
+            .ok_or(Error::StaleNode(ino))?;
+        let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
+        let path = self.rel_path(&node)?;
+        let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
+        let oflags = OFlags::RDONLY | OFlags::from_bits_retain(pass as u32);
+        let fd = match sys::open_beneath(layer.root(), &path, oflags) {
+            // O_NOATIME is refused on files the daemon does not own; retry without it.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 => {
+                sys::open_beneath(layer.root(), &path, oflags - OFlags::NOATIME)?
+            }
+            r => r?,
+        };
+        Ok(OpenedFile {
+            fd,
+            immutable: !layer.upper,
+        })
+    }
+
+    /// The target of symlink `ino`, as stored in its layer (never followed).
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != FileKind::Symlink {
+            return Err(Error::NotSymlink);
+        }
+        let fd = self.object_fd(&node)?;
+        Ok(sys::read_link_fd(fd.as_fd())?)
+    }
+
+    /// The value of xattr `name` on `ino`. Overlay-private attributes do not exist here.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if self.opts.no_xattrs {
+            return Err(Error::XattrUnsupported);
+        }
+        if format::is_private_xattr(name) {
+            return Err(Error::NoXattr);
+        }
+        let node = self.node(ino)?;
+        let fd = self.object_fd(&node)?;
+        sys::get_xattr(fd.as_fd(), name)?.ok_or(Error::NoXattr)
+    }
+
+    /// The xattr names of `ino` (kernel list format), overlay-private ones left out.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        if self.opts.no_xattrs {
+            return Err(Error::XattrUnsupported);
+        }
+        let node = self.node(ino)?;
+        let fd = self.object_fd(&node)?;
+        let raw = match sys::list_xattr(fd.as_fd()) {
+            Ok(r) => r,
+            Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for name in sys::split_xattr_list(&raw) {
+            if !format::is_private_xattr(name) {
+                out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(name));
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Statistics of the filesystem writes go to (the upper layer's, else the top lower's).
+    pub fn statfs(&self) -> Result<StatFs> {
+        let layer = self.layers.all().first().ok_or(Error::NotFound)?;
+        let s = sys::statvfs(layer.root())?;
+        Ok(StatFs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    /// Checks that `ino` exists (permission checks are the kernel's, `default_permissions`);
+    /// write access on a read-only union is refused.
+    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        self.node(ino)?;
+        if mask & libc::W_OK != 0 && self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! Merged directory listings.
+//!
+//! A listing is built once per open directory handle: the directory's layers are read top to
+//! bottom, each name taken from the first layer that shows it; whiteouts (char 0/0 devices and
+//! `.wh.` files) hide a name from the layers *below* their own, and the whiteout format's own
+//! names are never listed. Offsets into the snapshot are stable for the life of the handle.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+
+use super::{Error, Overlay, Result};
+use crate::layer::format;
+use crate::sys::{self, FileKind};
+
+/// One entry of a merged listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name.
+    pub name: OsString,
+    /// File type.
+    pub kind: FileKind,
+    /// `st_ino`, equal to what a lookup of the name reports.
+    pub ino: u64,
+}
+
+impl Overlay {
+    /// The merged listing of directory `ino` (without `.` and `..`).
+    pub fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let dir = self.node(ino)?;
+        if dir.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        let chain = dir.with_location(|l| l.layers.clone());
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut out = Vec::new();
+        for (pos, &li) in chain.iter().enumerate() {
+            let layer = self.layers.get(li).ok_or(Error::StaleNode(ino))?;
+            let dfd = match self.dir_fd(&dir, li) {
+                Ok(fd) => fd,
+                Err(Error::Io(e)) if crate::layer::is_absent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let entries = sys::list_dir(dfd.as_fd())?;
+            let mut hidden_below: Vec<OsString> = Vec::new();
+            for e in entries {
+                if format::is_reserved_name(&e.name) {
+                    if let Some(t) = format::whiteout_target(&e.name) {
+                        hidden_below.push(t.to_os_string());
+                    }
+                    continue;
+                }
+                if seen.contains(&e.name) {
+                    continue;
+                }
+                let kind = match e.kind {
+                    Some(k) if k != FileKind::CharDevice => k,
+                    _ => {
+                        // Unknown d_type, or a char device that may be a whiteout.
+                        let st = match sys::stat_at(dfd.as_fd(), &e.name) {
+                            Ok(st) => st,
+                            Err(err) if crate::layer::is_absent(&err) => continue,
+                            Err(err) => return Err(err.into()),
+                        };
+                        if format::is_whiteout_stat(&st) {
+                            seen.insert(e.name);
+                            continue;
+                        }
+                        st.kind().unwrap_or(FileKind::Regular)
+                    }
+                };
+                let ino = if kind == FileKind::Directory {
+                    // A directory's number comes from the bottom of its own merge chain.
+                    match self.resolve_in(&dir, &chain, &e.name, pos)? {
+                        Some(r) => r.ino,
+                        None => continue,
+                    }
+                } else {
+                    self.layers.ino.compose(layer.fs_index, e.ino)
+                };
+                seen.insert(e.name.clone());
+                out.push(DirEntry {
+                    name: e.name,
+                    kind,
+                    ino,
+                });
+            }
+            seen.extend(hidden_below);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,482 @@
+//! The only place that talks to the kernel directly, and the only module allowed `unsafe`.
+//!
+//! Everything above this module reaches a layer through a directory fd and the confined helpers
+//! here: [`open_beneath`] resolves relative paths with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so a symlink inside a layer is never followed
+//! by the daemon, and [`stat_at`] / xattr helpers act on a single name under a directory fd
+//! without following the final component.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+
+pub use rustix::io::Errno;
+
+/// The file types a layer can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind encoded in an `st_mode`.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Some(FileKind::Regular),
+            libc::S_IFDIR => Some(FileKind::Directory),
+            libc::S_IFLNK => Some(FileKind::Symlink),
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice),
+            libc::S_IFBLK => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
+
+    /// The kind encoded in a `d_type`, if the filesystem filled it in.
+    pub fn from_dirent(t: rustix::fs::FileType) -> Option<FileKind> {
+        use rustix::fs::FileType as T;
+        match t {
+            T::RegularFile => Some(FileKind::Regular),
+            T::Directory => Some(FileKind::Directory),
+            T::Symlink => Some(FileKind::Symlink),
+            T::Fifo => Some(FileKind::Fifo),
+            T::Socket => Some(FileKind::Socket),
+            T::CharacterDevice => Some(FileKind::CharDevice),
+            T::BlockDevice => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
+}
+
+/// The attributes of one object in one layer, as `statx` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode number on its own filesystem.
+    pub ino: u64,
+    /// Device of the filesystem holding it (`makedev(major, minor)`).
+    pub dev: u64,
+    /// Full `st_mode`, type bits included.
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// Device number for device nodes (`makedev(major, minor)`).
+    pub rdev: u64,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification.
+    pub mtime: SystemTime,
+    /// Last status change.
+    pub ctime: SystemTime,
+}
+
+impl Stat {
+    /// The file type, or `None` for a mode the kernel should never report.
+    pub fn kind(&self) -> Option<FileKind> {
+        FileKind::from_mode(self.mode)
+    }
+
+    /// Permission bits including setuid/setgid/sticky.
+    pub fn perm(&self) -> u16 {
+        (self.mode & 0o7777) as u16
+    }
+
+    /// True for a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// `major(rdev)`.
+    pub fn rdev_major(&self) -> u32 {
+        libc::major(self.rdev)
+    }
+
+    /// `minor(rdev)`.
+    pub fn rdev_minor(&self) -> u32 {
+        libc::minor(self.rdev)
+    }
+}
+
+fn timestamp(ts: rustix::fs::StatxTimestamp) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(ts.tv_nsec.min(999_999_999)));
+    if ts.tv_sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(ts.tv_sec as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(ts.tv_sec.unsigned_abs()) + nanos
+    }
+}
+
+fn from_statx(s: &rustix::fs::Statx) -> Stat {
+    Stat {
+        ino: s.stx_ino,
+        dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
+        mode: u32::from(s.stx_mode),
+        nlink: s.stx_nlink,
+        uid: s.stx_uid,
+        gid: s.stx_gid,
+        size: s.stx_size,
+        blocks: s.stx_blocks,
+        blksize: s.stx_blksize,
+        rdev: libc::makedev(s.stx_rdev_major, s.stx_rdev_minor),
+        atime: timestamp(s.stx_atime),
+        mtime: timestamp(s.stx_mtime),
+        ctime: timestamp(s.stx_ctime),
+    }
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens `path` (relative, `/`-separated, no `..` needed) beneath `dir` with `openat2`.
+///
+/// No symlink is followed, in intermediate components or the last one: a path that crosses
+/// one fails with `ELOOP` (or, with `O_PATH | O_NOFOLLOW`, returns the link itself). An empty
+/// path opens `dir` itself again.
+pub fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    let path: &[u8] = if path.is_empty() { b"." } else { path };
+    let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    // RESOLVE_BENEATH fails with EAGAIN when a rename raced the walk; the walk is then retried.
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, OsStr::from_bytes(path), flags, Mode::empty(), RESOLVE) {
+            Err(Errno::AGAIN) if tries < 16 => tries += 1,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Opens a directory beneath `dir` as an `O_PATH` handle: enough for `*at` calls and `statx`,
+/// and no read permission needed.
+pub fn open_dir_path(dir: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
+    open_beneath(dir, path, OFlags::PATH | OFlags::DIRECTORY)
+}
+
+/// `statx(dir, name, AT_SYMLINK_NOFOLLOW)`: one name directly under `dir`. An empty name
+/// stats `dir` itself.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
+    let flags = if name.is_empty() {
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::statx(dir, name, flags, StatxFlags::BASIC_STATS)
+        .map(|s| from_statx(&s))
+        .map_err(io::Error::from)
+}
+
+/// Stats the object an fd refers to (`O_PATH` fds included).
+pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    stat_at(fd, OsStr::new(""))
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDirEntry {
+    /// The name (never `.` or `..`).
+    pub name: OsString,
+    /// Inode number as the directory reports it.
+    pub ino: u64,
+    /// Type from `d_type`, when the filesystem reports it.
+    pub kind: Option<FileKind>,
+}
+
+/// Lists a directory given by an fd (an `O_PATH` fd is fine: it is reopened for reading).
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
+    let fd = open_beneath(dir, b".", OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let mut out = Vec::new();
+    let mut d = rustix::fs::Dir::new(fd)?;
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(RawDirEntry {
+            name: OsString::from_vec(name.to_vec()),
+            ino: ent.ino(),
+            kind: FileKind::from_dirent(ent.file_type()),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a symlink given by an `O_PATH | O_NOFOLLOW` fd on the link itself.
+pub fn read_link_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    rustix::fs::readlinkat(fd, "", Vec::new())
+        .map(|c| c.into_bytes())
+        .map_err(io::Error::from)
+}
+
+/// Filesystem statistics of the filesystem holding `fd`.
+pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<rustix::fs::StatVfs> {
+    rustix::fs::fstatvfs(fd).map_err(io::Error::from)
+}
+
+// --- extended attributes -------------------------------------------------------------------
+//
+// Layer objects are held as O_PATH fds, on which fgetxattr(2) fails. Linux 6.13 added
+// getxattrat(2)/listxattrat(2), which take AT_EMPTY_PATH on such an fd; on older kernels we go
+// through the fd's /proc/self/fd entry, which names exactly the object the fd holds (the magic
+// link is the kernel's own reference, never a path inside a layer).
+
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+static XATTRAT_MISSING: AtomicBool = AtomicBool::new(false);
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+fn proc_fd_path(fd: BorrowedFd<'_>) -> io::Result<CString> {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn c_name(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Outcome of a raw size-probing xattr call.
+fn xattr_len(ret: libc::c_long) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+fn getxattr_raw(fd: BorrowedFd<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
+    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len() as u32,
+            flags: 0,
+        };
+        // SAFETY: getxattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, name, args, size):
+        // every pointer is valid for the call — the empty path and `name` are NUL-terminated
+        // and outlive it, `args` is a live struct of the size passed, and `args.value` points at
+        // `buf`, writable for `args.size` bytes.
+        let ret = unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        match xattr_len(ret) {
+            // ENOSYS: kernel older than 6.13. EBADF: a kernel that refuses O_PATH fds here.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
+                XATTRAT_MISSING.store(true, Ordering::Relaxed)
+            }
+            r => return r,
+        }
+    }
+    let path = proc_fd_path(fd)?;
+    // SAFETY: `path` and `name` are NUL-terminated and live for the call; `buf` is writable
+    // for `buf.len()` bytes.
+    let ret = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    xattr_len(ret as libc::c_long)
+}
+
+fn listxattr_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
+        // SAFETY: listxattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, list, size): the
+        // empty path is NUL-terminated and static; `buf` is writable for `buf.len()` bytes.
+        let ret = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        match xattr_len(ret) {
+            // ENOSYS: kernel older than 6.13. EBADF: a kernel that refuses O_PATH fds here.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
+                XATTRAT_MISSING.store(true, Ordering::Relaxed)
+            }
+            r => return r,
+        }
+    }
+    let path = proc_fd_path(fd)?;
+    // SAFETY: `path` is NUL-terminated and lives for the call; `buf` is writable for
+    // `buf.len()` bytes.
+    let ret = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    xattr_len(ret as libc::c_long)
+}
+
+/// Calls `f` with a growing buffer until the value fits (values can change size between the
+/// size probe and the read).
+fn with_growing_buffer(mut f: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
+    let mut cap = 256usize;
+    loop {
+        let mut buf = vec![0u8; cap];
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && cap < (1 << 21) => cap *= 4,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The value of xattr `name` on the object `fd` holds (any fd kind, `O_PATH` included);
+/// `Ok(None)` when it has no such attribute.
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let cname = c_name(name)?;
+    match with_growing_buffer(|buf| getxattr_raw(fd, &cname, buf)) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The names of all xattrs on the object `fd` holds, as the kernel lists them
+/// (NUL-terminated names back to back).
+pub fn list_xattr(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    with_growing_buffer(|buf| listxattr_raw(fd, buf))
+}
+
+/// Splits a kernel xattr name list into names.
+pub fn split_xattr_list(list: &[u8]) -> impl Iterator<Item = &OsStr> {
+    list.split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(OsStr::from_bytes)
+}
+
+// --- process ------------------------------------------------------------------------------
+
+/// Which side of a [`fork`] we are on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The original process; the child's pid.
+    Parent(i32),
+    /// The new process.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// Call only while the process has a single thread (before the FUSE session starts): the child
+/// gets a copy of the calling thread alone.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the daemon forks before it spawns any thread (the caller's contract), so no lock
+    // can be held by a thread that does not exist in the child.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Starts a new session (detaches from the controlling terminal).
+pub fn setsid() -> io::Result<()> {
+    rustix::process::setsid().map(drop).map_err(io::Error::from)
+}
+
+/// Points stdin, stdout and stderr at `/dev/null`, so that whoever launched the daemon and
+/// waits for EOF on our stderr pipe sees it.
+pub fn detach_stdio() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let fd = null.as_fd();
+    rustix::stdio::dup2_stdin(fd)?;
+    rustix::stdio::dup2_stdout(fd)?;
+    rustix::stdio::dup2_stderr(fd)?;
+    Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: the daemon holds an fd per open file.
+pub fn raise_nofile_limit() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if lim.current != lim.maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
+    }
+}
+
+/// The effective uid of the daemon.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Lazily detaches the mount at `path` (`umount2(MNT_DETACH)`).
+pub fn unmount_lazy(path: &std::path::Path) -> io::Result<()> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(io::Error::from)
+}
+
+/// Reads into `buf` at `offset` without moving the file position.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    rustix::io::pread(fd, buf, offset).map_err(io::Error::from)
+}
+
+/// `lseek` for `SEEK_DATA` / `SEEK_HOLE` / `SEEK_SET` / `SEEK_CUR` / `SEEK_END`.
+pub fn seek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<u64> {
+    use rustix::fs::SeekFrom;
+    let pos = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    rustix::fs::seek(fd, pos).map_err(io::Error::from)
+}
