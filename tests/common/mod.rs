@@ -1,0 +1,403 @@
+//! Shared test support: facility checks that fail under CI, mount guards that always unmount,
+//! and a whole-tree snapshot for comparing a stratafs mount with kernel overlayfs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The daemon binary built for these tests.
+pub fn stratafs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stratafs"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Says why a test cannot run. Under `CI=true` that is a failure, never a skip, so a green CI
+/// run always means the mounts were exercised. Returns false when the test should skip.
+pub fn facility(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("CI=true but {what} is missing: this test must run in CI");
+    }
+    eprintln!("SKIPPED: {what} is missing");
+    false
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn has_fuse() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+}
+
+fn has_kernel_overlay() -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
+        .unwrap_or(false)
+}
+
+/// Root and `/dev/fuse`: what a stratafs mount needs here.
+pub fn can_mount() -> bool {
+    facility(is_root(), "root") && facility(has_fuse(), "/dev/fuse")
+}
+
+/// Root, `/dev/fuse` and the kernel's overlay filesystem: what an oracle comparison needs.
+pub fn can_compare() -> bool {
+    can_mount() && facility(has_kernel_overlay(), "kernel overlayfs")
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> Output {
+    match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    }
+}
+
+/// True when `path` is a mount point right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        // ENOTCONN on a dead FUSE mount also lands here; treat it as mounted.
+        return path.exists() || std::fs::symlink_metadata(path).is_ok();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = canon.as_os_str().as_bytes();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|m| unescape_mountinfo(m).as_slice() == want)
+            .unwrap_or(false)
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Pids of running stratafs daemons whose command line names `mountpoint`.
+pub fn daemons_for(mountpoint: &Path) -> Vec<u32> {
+    let want = mountpoint.as_os_str().as_bytes();
+    let mut pids = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Zombies have exited already.
+        if stat
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            == Some(true)
+        {
+            continue;
+        }
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_ours = args
+            .first()
+            .map(|a| a.ends_with(b"stratafs"))
+            .unwrap_or(false);
+        if is_ours && args.iter().any(|a| *a == want) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until `f` holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A live stratafs mount; unmounted (and its daemon waited for) when dropped, even when the
+/// test fails.
+pub struct Mount {
+    pub mountpoint: PathBuf,
+}
+
+impl Mount {
+    /// Mounts with `-o opts` on `mountpoint` through the launcher (which returns once the mount
+    /// is live). Panics with the launcher's stderr if it fails.
+    pub fn new(opts: &str, mountpoint: &Path) -> Mount {
+        match Mount::try_new(opts, mountpoint) {
+            Ok(m) => m,
+            Err(o) => panic!(
+                "stratafs -o {opts} {} failed ({}): {}",
+                mountpoint.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+    }
+
+    /// Like [`Mount::new`], but returns the launcher's output on failure.
+    pub fn try_new(opts: &str, mountpoint: &Path) -> Result<Mount, Output> {
+        let out = run(Command::new(stratafs_bin())
+            .arg("-o")
+            .arg(opts)
+            .arg(mountpoint));
+        if out.status.success() {
+            Ok(Mount {
+                mountpoint: mountpoint.to_path_buf(),
+            })
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Unmounts now and waits for the daemon to exit.
+    pub fn unmount(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        unmount_and_wait(&self.mountpoint);
+    }
+}
+
+/// Unmounts a FUSE mount (politely, then lazily) and waits for its daemon to exit.
+pub fn unmount_and_wait(mountpoint: &Path) {
+    let pids = daemons_for(mountpoint);
+    let ok = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok && is_mounted(mountpoint) {
+        let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+    }
+    let gone = wait_until(Duration::from_secs(10), || {
+        pids.iter().all(|p| !daemons_for(mountpoint).contains(p))
+    });
+    if !gone {
+        for p in daemons_for(mountpoint) {
+            let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+        }
+    }
+}
+
+/// A kernel overlayfs mount, unmounted when dropped.
+pub struct KernelMount {
+    pub mountpoint: PathBuf,
+}
+
+impl KernelMount {
+    /// `mount -t overlay overlay -o opts mountpoint`.
+    pub fn new(opts: &str, mountpoint: &Path) -> KernelMount {
+        let out = run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", opts])
+            .arg(mountpoint));
+        assert!(
+            out.status.success(),
+            "kernel overlay mount -o {opts} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        KernelMount {
+            mountpoint: mountpoint.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+/// What a tree comparison looks at for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySnap {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Size for files and symlinks (directory sizes differ between implementations).
+    pub size: Option<u64>,
+    /// SHA-free content fingerprint: the bytes themselves for small files, else length+sum.
+    pub content: Option<Vec<u8>>,
+    pub link_target: Option<OsString>,
+    pub rdev: Option<u64>,
+    /// nlink for non-directories.
+    pub nlink: Option<u64>,
+    /// user.* xattrs, sorted.
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// A whole merged tree, keyed by path relative to the root.
+pub type TreeSnap = BTreeMap<PathBuf, EntrySnap>;
+
+fn content_of(path: &Path) -> Vec<u8> {
+    match std::fs::read(path) {
+        Ok(b) if b.len() <= 64 * 1024 => b,
+        Ok(b) => {
+            let sum: u64 = b.iter().enumerate().fold(0u64, |a, (i, x)| {
+                a.wrapping_mul(31).wrapping_add(u64::from(*x) ^ i as u64)
+            });
+            format!("len={} sum={sum:x}", b.len()).into_bytes()
+        }
+        Err(e) => format!("read error: {e}").into_bytes(),
+    }
+}
+
+fn user_xattrs(path: &Path) -> Vec<(OsString, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut buf[..]) else {
+        return out;
+    };
+    for name in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let name_os = std::ffi::OsStr::from_bytes(name);
+        let mut val = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(path, name_os, &mut val[..]) {
+            val.truncate(len);
+            out.push((name_os.to_os_string(), val));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Walks `root` (never following symlinks) and records every entry.
+pub fn snapshot(root: &Path) -> TreeSnap {
+    let mut out = TreeSnap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) {
+    let mut names: Vec<OsString> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())),
+        Err(e) => panic!("opendir {}: {e}", dir.display()),
+    };
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let md = std::fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else {
+            "blockdev"
+        };
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        out.insert(
+            rel,
+            EntrySnap {
+                kind,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                size: (!ft.is_dir()).then(|| md.size()),
+                content: ft.is_file().then(|| content_of(&path)),
+                link_target: ft.is_symlink().then(|| {
+                    std::fs::read_link(&path)
+                        .map(|p| p.into_os_string())
+                        .unwrap_or_default()
+                }),
+                rdev: (ft.is_char_device() || ft.is_block_device()).then(|| md.rdev()),
+                nlink: (!ft.is_dir()).then(|| md.nlink()),
+                xattrs: user_xattrs(&path),
+            },
+        );
+        if ft.is_dir() {
+            walk(root, &path, out);
+        }
+    }
+}
+
+/// Asserts two snapshots are equal, naming the first differences.
+pub fn assert_same_tree(ours: &TreeSnap, theirs: &TreeSnap, what: &str) {
+    if ours == theirs {
+        return;
+    }
+    let mut report = Vec::new();
+    for (p, e) in ours {
+        match theirs.get(p) {
+            None => report.push(format!("only in stratafs: {}", p.display())),
+            Some(t) if t != e => report.push(format!(
+                "differs: {}\n  stratafs: {e:?}\n  expected: {t:?}",
+                p.display()
+            )),
+            _ => {}
+        }
+    }
+    for p in theirs.keys() {
+        if !ours.contains_key(p) {
+            report.push(format!("missing in stratafs: {}", p.display()));
+        }
+    }
+    report.truncate(20);
+    panic!("{what}: trees differ:\n{}", report.join("\n"));
+}
