@@ -20,7 +20,8 @@ pub struct MountError(pub String);
 
 /// Opens the layers of `cfg` into a merged view (no mount).
 pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
-    let layers = LayerStack::open(cfg.upperdir.as_deref(), &cfg.lowerdirs, cfg.xino, cfg.ino32)
+    let upper = cfg.upperdir.as_deref().zip(cfg.workdir.as_deref());
+    let layers = LayerStack::open(upper, &cfg.lowerdirs, cfg.xino, cfg.ino32)
         .map_err(|e| MountError(e.to_string()))?;
     Ok(Overlay::new(layers, Options::from_config(cfg)))
 }

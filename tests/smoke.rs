@@ -1,3 +1,6 @@
+//! Integration tests may panic: a failed assertion is how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! The smallest end-to-end check: a two-layer stack mounted by stratafs and by the kernel
 //! shows the same tree.
 

@@ -13,13 +13,15 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::path::Path;
 use tracing::debug;
 
-use crate::overlay::{Attr, DirEntry, Error, Overlay};
+use crate::overlay::{Attr, Caller, DirEntry, Error, NewObject, Overlay, RenameFlag, SetAttr};
 use crate::sys::{self, FileKind};
 
 /// An open handle.
@@ -129,6 +131,20 @@ fn dot_attr(ino: u64) -> FileAttr {
     }
 }
 
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<sys::SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => sys::SetTime::Now,
+        TimeOrNow::SpecificTime(t) => sys::SetTime::At(t),
+    })
+}
+
 fn errno(op: &str, ino: u64, e: &Error) -> Errno {
     let code = e.errno();
     debug!(op, ino, errno = code, error = %e, "failed");
@@ -181,8 +197,16 @@ impl fuser::Filesystem for StrataFs {
         self.overlay.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!(op = "getattr", ino = ino.0);
+        // An open file may have lost its name (unlinked while open): stat the handle.
+        if let Some(fd) = fh.and_then(|fh| self.file(fh)) {
+            match self.overlay.attr_of_fd(ino.0, fd.as_fd()) {
+                Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno("getattr", ino.0, &e)),
+            }
+            return;
+        }
         match self.overlay.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", ino.0, &e)),
@@ -424,6 +448,344 @@ impl fuser::Filesystem for StrataFs {
         match sys::seek(fd.as_fd(), offset, whence) {
             Ok(pos) => reply.offset(pos as i64),
             Err(e) => reply.error(io_errno("lseek", ino.0, e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        debug!(op = "setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size);
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let file = fh.and_then(|fh| self.file(fh));
+        match self
+            .overlay
+            .setattr(ino.0, set, file.as_ref().map(|f| f.as_fd()))
+        {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno("setattr", ino.0, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!(op = "mknod", parent = parent.0, ?name, mode, rdev);
+        let obj = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewObject::File {
+                flags: libc::O_RDONLY,
+            }
+        } else {
+            NewObject::Node {
+                file_type: mode & libc::S_IFMT,
+                rdev: u64::from(rdev),
+            }
+        };
+        match self.overlay.create(parent.0, name, obj, mode, caller(req)) {
+            Ok((a, _)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("mknod", parent.0, &e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!(op = "mkdir", parent = parent.0, ?name, mode);
+        match self
+            .overlay
+            .create(parent.0, name, NewObject::Dir, mode, caller(req))
+        {
+            Ok((a, _)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("mkdir", parent.0, &e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        debug!(op = "symlink", parent = parent.0, ?link_name, ?target);
+        let obj = NewObject::Symlink(target.as_os_str().to_os_string());
+        match self
+            .overlay
+            .create(parent.0, link_name, obj, 0o777, caller(req))
+        {
+            Ok((a, _)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("symlink", parent.0, &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        debug!(op = "create", parent = parent.0, ?name, mode, flags);
+        match self
+            .overlay
+            .create(parent.0, name, NewObject::File { flags }, mode, caller(req))
+        {
+            Ok((a, Some(fd))) => {
+                let fh = self.add_handle(Handle::File(Arc::new(fd)));
+                reply.created(
+                    &self.ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    fh,
+                    FopenFlags::empty(),
+                );
+            }
+            Ok((a, None)) => {
+                self.overlay.forget(a.ino, 1);
+                reply.error(Errno::from_i32(libc::EIO));
+            }
+            Err(e) => reply.error(errno("create", parent.0, &e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!(op = "unlink", parent = parent.0, ?name);
+        match self.overlay.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", parent.0, &e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!(op = "rmdir", parent = parent.0, ?name);
+        match self.overlay.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", parent.0, &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        debug!(
+            op = "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname,
+            flags = flags.bits()
+        );
+        let flag = if flags.is_empty() {
+            RenameFlag::Plain
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameFlag::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameFlag::Exchange
+        } else {
+            // RENAME_WHITEOUT from a client, or a combination: not for callers of a union.
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        };
+        match self
+            .overlay
+            .rename(parent.0, name, newparent.0, newname, flag)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", parent.0, &e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        debug!(op = "link", ino = ino.0, newparent = newparent.0, ?newname);
+        match self.overlay.link(ino.0, newparent.0, newname) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("link", ino.0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(fd) = self.file(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        match sys::pwrite_all(fd.as_fd(), data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(io_errno("write", ino.0, e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.file(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        match self.overlay.fsync(fd.as_fd(), datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", ino.0, &e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.overlay.fsyncdir(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", ino.0, &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        debug!(op = "setxattr", ino = ino.0, ?name);
+        match self.overlay.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", ino.0, &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!(op = "removexattr", ino = ino.0, ?name);
+        match self.overlay.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", ino.0, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.file(fh) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        match sys::fallocate(fd.as_fd(), mode, offset, length) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno("fallocate", ino.0, e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (Some(src), Some(dst)) = (self.file(fh_in), self.file(fh_out)) else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        let len = len.min(u64::from(u32::MAX >> 1)) as usize;
+        match sys::copy_range(src.as_fd(), offset_in, dst.as_fd(), offset_out, len) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(io_errno("copy_file_range", ino_in.0, e)),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::layer::LayerIdx;
 use crate::sys::FileKind;
@@ -49,9 +49,24 @@ pub struct Node {
     pub kind: FileKind,
     lookups: AtomicU64,
     loc: RwLock<Location>,
+    /// Serialises the copy-up of this node (one copy, however many first writers race).
+    pub copy_lock: Mutex<()>,
+    /// Serialises changes to the entries of this directory.
+    pub dir_lock: Mutex<()>,
 }
 
 impl Node {
+    fn new(ino: u64, kind: FileKind, loc: Location) -> Node {
+        Node {
+            ino,
+            kind,
+            lookups: AtomicU64::new(1),
+            loc: RwLock::new(loc),
+            copy_lock: Mutex::new(()),
+            dir_lock: Mutex::new(()),
+        }
+    }
+
     /// A snapshot of where the node is now.
     pub fn location(&self) -> Location {
         self.loc.read().clone()
@@ -73,6 +88,8 @@ impl Node {
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
     next_synthetic: AtomicU64,
+    /// Layer 0 is a writable upper layer.
+    upper: bool,
 }
 
 /// Node ids handed out when two distinct objects would share an inode number (possible only
@@ -81,24 +98,24 @@ const SYNTHETIC_BASE: u64 = 0xfff0_0000_0000_0000;
 
 impl NodeTable {
     /// A table holding only the root, whose merged layers are `root_layers`.
-    pub fn new(root_layers: Vec<LayerIdx>) -> NodeTable {
+    pub fn new(root_layers: Vec<LayerIdx>, upper: bool) -> NodeTable {
         let map = DashMap::new();
         map.insert(
             ROOT,
-            Arc::new(Node {
-                ino: ROOT,
-                kind: FileKind::Directory,
-                lookups: AtomicU64::new(1),
-                loc: RwLock::new(Location {
+            Arc::new(Node::new(
+                ROOT,
+                FileKind::Directory,
+                Location {
                     parent: ROOT,
                     name: OsString::new(),
                     layers: root_layers,
-                }),
-            }),
+                },
+            )),
         );
         NodeTable {
             map,
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            upper,
         }
     }
 
@@ -117,7 +134,12 @@ impl NodeTable {
             match self.map.entry(id) {
                 Entry::Occupied(o) => {
                     let node = o.get();
-                    if node.kind == kind && id != ROOT {
+                    // A non-directory copied up is a different object from a lower file that
+                    // shared its inode through a hard link the copy-up broke.
+                    let same_side = kind == FileKind::Directory
+                        || node.with_location(|l| l.top() == Some(0)) == (loc.top() == Some(0))
+                        || !self.upper;
+                    if node.kind == kind && id != ROOT && same_side {
                         node.lookups.fetch_add(1, Ordering::Relaxed);
                         let mut cur = node.loc.write();
                         if *cur != loc {
@@ -127,12 +149,7 @@ impl NodeTable {
                     }
                 }
                 Entry::Vacant(v) => {
-                    let node = Arc::new(Node {
-                        ino: id,
-                        kind,
-                        lookups: AtomicU64::new(1),
-                        loc: RwLock::new(loc),
-                    });
+                    let node = Arc::new(Node::new(id, kind, loc));
                     v.insert(Arc::clone(&node));
                     return node;
                 }
@@ -209,7 +226,7 @@ mod tests {
 
     #[test]
     fn lookups_and_forgets_balance() {
-        let t = NodeTable::new(vec![0]);
+        let t = NodeTable::new(vec![0], false);
         let a = t.remember(10, FileKind::Regular, loc(ROOT, "a"));
         assert_eq!(a.ino, 10);
         t.remember(10, FileKind::Regular, loc(ROOT, "b"));
@@ -223,7 +240,7 @@ mod tests {
 
     #[test]
     fn type_clash_gets_its_own_id() {
-        let t = NodeTable::new(vec![0]);
+        let t = NodeTable::new(vec![0], false);
         let f = t.remember(7, FileKind::Regular, loc(ROOT, "f"));
         let d = t.remember(7, FileKind::Directory, loc(ROOT, "d"));
         assert_eq!(f.ino, 7);

@@ -119,11 +119,83 @@ pub fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTSUP))
 }
 
+/// How whiteouts are written into the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// Char device 0/0, the kernel's format (needs CAP_MKNOD on the upper filesystem).
+    CharDevice,
+    /// An empty `.wh.NAME` file (rootless, as fuse-overlayfs writes them).
+    DotWh,
+}
+
+/// The work directory (`WORKDIR/work`) where copies and new objects are staged before they
+/// are renamed into the upper layer, and the formats this mount writes.
+#[derive(Debug)]
+pub struct WorkDir {
+    fd: OwnedFd,
+    /// Whiteout format written on delete.
+    pub whiteout: WhiteoutFormat,
+    /// `trusted.overlay.` as root, `user.overlay.` otherwise (the kernel's `userxattr`).
+    pub xattr_prefix: &'static str,
+}
+
+impl WorkDir {
+    /// Opens `workdir/work` (creating it), clears entries a crash left in it, and finds out
+    /// which whiteout format the upper filesystem allows.
+    pub fn open(workdir: &Path) -> io::Result<WorkDir> {
+        let base: OwnedFd = rustix::fs::open(
+            workdir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| annotate(e.into(), "workdir", workdir))?;
+        match sys::mkdir_at(base.as_fd(), OsStr::new("work"), 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(annotate(e, "workdir", workdir)),
+        }
+        let fd = sys::open_dir_path(base.as_fd(), b"work")
+            .map_err(|e| annotate(e, "workdir", workdir))?;
+        for e in sys::list_dir(fd.as_fd()).map_err(|e| annotate(e, "workdir", workdir))? {
+            sys::remove_tree(fd.as_fd(), &e.name).map_err(|e| annotate(e, "workdir", workdir))?;
+        }
+        let probe = OsStr::new("#whiteout-probe");
+        let whiteout = match sys::mknod_at(fd.as_fd(), probe, libc::S_IFCHR, 0) {
+            Ok(()) => {
+                let _ = sys::unlink_at(fd.as_fd(), probe, false);
+                WhiteoutFormat::CharDevice
+            }
+            Err(_) => WhiteoutFormat::DotWh,
+        };
+        let xattr_prefix = if sys::euid() == 0 {
+            "trusted.overlay."
+        } else {
+            "user.overlay."
+        };
+        Ok(WorkDir {
+            fd,
+            whiteout,
+            xattr_prefix,
+        })
+    }
+
+    /// The work directory's fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The full name of overlay xattr `key` (`opaque`, `impure`, ...) for this mount.
+    pub fn xattr(&self, key: &str) -> std::ffi::OsString {
+        format!("{}{key}", self.xattr_prefix).into()
+    }
+}
+
 /// The layers of one mount, topmost first.
 #[derive(Debug)]
 pub struct LayerStack {
     layers: Vec<Layer>,
     has_upper: bool,
+    work: Option<WorkDir>,
     /// How `st_ino` is composed from a layer object's inode number.
     pub ino: InoScheme,
 }
@@ -131,14 +203,16 @@ pub struct LayerStack {
 impl LayerStack {
     /// Opens the upper layer (if any) and the lowers, topmost first.
     pub fn open(
-        upper: Option<&Path>,
+        upper: Option<(&Path, &Path)>,
         lowers: &[PathBuf],
         xino: crate::config::Xino,
         ino32: bool,
     ) -> io::Result<LayerStack> {
         let mut layers = Vec::with_capacity(lowers.len() + 1);
-        if let Some(u) = upper {
+        let mut work = None;
+        if let Some((u, w)) = upper {
             layers.push(Layer::open(u, true).map_err(|e| annotate(e, "upperdir", u))?);
+            work = Some(WorkDir::open(w)?);
         }
         for l in lowers {
             layers.push(Layer::open(l, false).map_err(|e| annotate(e, "lowerdir", l))?);
@@ -168,6 +242,7 @@ impl LayerStack {
         Ok(LayerStack {
             has_upper: upper.is_some(),
             layers,
+            work,
             ino,
         })
     }
@@ -189,6 +264,11 @@ impl LayerStack {
         } else {
             None
         }
+    }
+
+    /// The work directory, when the mount is writable.
+    pub fn work(&self) -> Option<&WorkDir> {
+        self.work.as_ref()
     }
 
     /// Number of layers.

@@ -55,6 +55,7 @@ impl Overlay {
     ) -> Result<Option<Resolved>> {
         let mut found: Option<Resolved> = None;
         let mut bottom: Option<(LayerIdx, u64)> = None;
+        let mut origin: Option<u64> = None;
         for (pos, &li) in chain.iter().enumerate().skip(start) {
             let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.ino))?;
             let dfd = match self.dir_fd(dir, li) {
@@ -76,6 +77,9 @@ impl Overlay {
                             });
                             if !is_dir {
                                 bottom = Some((li, st.ino));
+                                if layer.upper {
+                                    origin = self.origin_ino(dfd.as_fd(), name);
+                                }
                                 break;
                             }
                         }
@@ -95,7 +99,9 @@ impl Overlay {
             }
         }
         Ok(found.map(|mut r| {
-            if let Some((li, ino)) = bottom {
+            if let Some(ino) = origin {
+                r.ino = ino;
+            } else if let Some((li, ino)) = bottom {
                 let fs = self.layers.get(li).map(|l| l.fs_index).unwrap_or(0);
                 r.ino = self.layers.ino.compose(fs, ino);
             }
@@ -220,5 +226,17 @@ impl Overlay {
     /// The parent of node `ino` (the root for the root, or for a node no longer known).
     pub fn parent_of(&self, ino: u64) -> u64 {
         self.nodes.get(ino).map(|n| n.parent()).unwrap_or(ROOT)
+    }
+}
+
+impl Overlay {
+    /// The attributes of `ino` read from an open fd on it (which works after an unlink).
+    pub fn attr_of_fd(&self, ino: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
+        let node = self.node(ino)?;
+        let st = crate::sys::stat_fd(fd)?;
+        let merged = node.with_location(|l| l.layers.len() > 1);
+        let mut a = self.attr_from(node.ino, &st, merged);
+        a.ino = node.ino;
+        Ok(a)
     }
 }

@@ -2,8 +2,11 @@
 //! reads, attributes and xattrs. Every method returns `Result<T, Error>`, and an [`Error`]
 //! maps to exactly one errno, so the whole logic can be driven and tested without a mount.
 
+mod attr;
+mod copyup;
 mod dirfd;
 mod lookup;
+mod namespace;
 mod read;
 mod readdir;
 
@@ -19,7 +22,9 @@ use crate::inode::{Node, NodeTable, ROOT};
 use crate::layer::{LayerIdx, LayerStack};
 use crate::sys::{FileKind, Stat};
 
+pub use attr::SetAttr;
 pub use lookup::Provenance;
+pub use namespace::{Caller, NewObject, RenameFlag};
 pub use readdir::DirEntry;
 
 /// Why an operation failed; each maps to one errno.
@@ -126,6 +131,8 @@ pub struct Options {
     pub no_xattrs: bool,
     /// How many directory fds to keep open.
     pub dir_fd_cache: usize,
+    /// fsync copies and honour fsync requests (`fsync=1` and not `volatile`).
+    pub sync_writes: bool,
 }
 
 impl Options {
@@ -136,6 +143,7 @@ impl Options {
             static_nlink: cfg.static_nlink,
             no_xattrs: cfg.noxattrs,
             dir_fd_cache: 4096,
+            sync_writes: cfg.fsync && !cfg.volatile,
         }
     }
 }
@@ -147,6 +155,7 @@ pub struct Overlay {
     nodes: NodeTable,
     dirfds: dirfd::DirFdCache,
     opts: Options,
+    temp_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Overlay {
@@ -154,10 +163,11 @@ impl Overlay {
     pub fn new(layers: LayerStack, opts: Options) -> Overlay {
         let root_layers = (0..layers.len() as LayerIdx).collect();
         Overlay {
-            nodes: NodeTable::new(root_layers),
+            nodes: NodeTable::new(root_layers, layers.upper().is_some()),
             dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
             layers,
             opts,
+            temp_counter: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -49,7 +49,10 @@ impl Overlay {
             if node.kind == FileKind::Directory {
                 return Err(Error::IsDir);
             }
-            return Err(Error::ReadOnly);
+            return Ok(OpenedFile {
+                fd: self.open_for_write(ino, flags)?,
+                immutable: false,
+            });
         }
         let top = node
             .with_location(|l| l.top())
@@ -87,7 +90,7 @@ impl Overlay {
             return Err(Error::XattrUnsupported);
         }
         if format::is_private_xattr(name) {
-            return Err(Error::NoXattr);
+            return Err(Error::XattrUnsupported);
         }
         let node = self.node(ino)?;
         let fd = self.object_fd(&node)?;

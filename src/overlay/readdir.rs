@@ -42,6 +42,8 @@ impl Overlay {
                 Err(e) => return Err(e),
             };
             let entries = sys::list_dir(dfd.as_fd())?;
+            // Copied-up entries keep their original inode number in an xattr.
+            let impure = layer.upper && self.is_impure(dfd.as_fd());
             let mut hidden_below: Vec<OsString> = Vec::new();
             for e in entries {
                 if format::is_reserved_name(&e.name) {
@@ -76,7 +78,12 @@ impl Overlay {
                         None => continue,
                     }
                 } else {
-                    self.layers.ino.compose(layer.fs_index, e.ino)
+                    let origin = if impure {
+                        self.origin_ino(dfd.as_fd(), &e.name)
+                    } else {
+                        None
+                    };
+                    origin.unwrap_or_else(|| self.layers.ino.compose(layer.fs_index, e.ino))
                 };
                 seen.insert(e.name.clone());
                 out.push(DirEntry {

@@ -480,3 +480,360 @@ pub fn seek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<u64> {
     };
     rustix::fs::seek(fd, pos).map_err(io::Error::from)
 }
+
+// --- the write side ------------------------------------------------------------------------
+//
+// Names passed here are single components under a directory fd (FUSE never sends a name with
+// a '/', and the overlay refuses "." and ".."), so a `*at` call with AT_SYMLINK_NOFOLLOW
+// cannot leave the directory.
+
+/// Creates and opens a new regular file `name` under `dir` (`O_CREAT | O_EXCL`).
+pub fn create_file(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlags,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    rustix::fs::openat2(dir, name, flags, Mode::from_raw_mode(mode), RESOLVE)
+        .map_err(io::Error::from)
+}
+
+/// `mkdirat`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode)).map_err(io::Error::from)
+}
+
+/// `mknodat` for fifos, sockets and device nodes (a char device 0/0 is a whiteout).
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let kind = rustix::fs::FileType::from_raw_mode(mode);
+    rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode & 0o7777), rdev)
+        .map_err(io::Error::from)
+}
+
+/// `symlinkat`.
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    rustix::fs::symlinkat(target, dir, name).map_err(io::Error::from)
+}
+
+/// `linkat` without following symlinks.
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> io::Result<()> {
+    rustix::fs::linkat(old_dir, old, new_dir, new, AtFlags::empty()).map_err(io::Error::from)
+}
+
+/// `unlinkat`, of a directory when `dir_flag`.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, dir_flag: bool) -> io::Result<()> {
+    let flags = if dir_flag {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
+    rustix::fs::unlinkat(dir, name, flags).map_err(io::Error::from)
+}
+
+/// How a rename should behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the target if any.
+    Replace,
+    /// Fail with EEXIST if the target exists.
+    NoReplace,
+    /// Swap source and target atomically.
+    Exchange,
+    /// Replace the target and leave a whiteout (char 0/0) at the source, atomically.
+    Whiteout,
+}
+
+/// `renameat2`.
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    mode: RenameMode,
+) -> io::Result<()> {
+    use rustix::fs::RenameFlags as F;
+    let flags = match mode {
+        RenameMode::Replace => F::empty(),
+        RenameMode::NoReplace => F::NOREPLACE,
+        RenameMode::Exchange => F::EXCHANGE,
+        RenameMode::Whiteout => F::WHITEOUT,
+    };
+    rustix::fs::renameat_with(old_dir, old, new_dir, new, flags).map_err(io::Error::from)
+}
+
+/// `fchownat(AT_SYMLINK_NOFOLLOW)`; `None` leaves that id unchanged.
+pub fn chown_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    let flags = if name.is_empty() {
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::chownat(
+        dir,
+        name,
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+        flags,
+    )
+    .map_err(io::Error::from)
+}
+
+/// `fchmod` on an fd opened for I/O, or `fchmodat` of a name (symlinks have no mode of their
+/// own: callers never chmod one).
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    rustix::fs::chmodat(
+        dir,
+        name,
+        Mode::from_raw_mode(mode & 0o7777),
+        AtFlags::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// A timestamp to set: a value, the current time, or leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// Leave unchanged.
+    Omit,
+    /// The current time.
+    Now,
+    /// This time.
+    At(SystemTime),
+}
+
+fn timespec(t: SetTime) -> rustix::fs::Timespec {
+    match t {
+        SetTime::Omit => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        SetTime::Now => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        SetTime::At(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => rustix::fs::Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: i64::from(d.subsec_nanos()) as _,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                rustix::fs::Timespec {
+                    tv_sec: s,
+                    tv_nsec: ns as _,
+                }
+            }
+        },
+    }
+}
+
+/// `utimensat(AT_SYMLINK_NOFOLLOW)`; an empty name sets the times of `dir` itself.
+pub fn set_times_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    atime: SetTime,
+    mtime: SetTime,
+) -> io::Result<()> {
+    let ts = rustix::fs::Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
+    };
+    let flags = if name.is_empty() {
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::utimensat(dir, name, &ts, flags).map_err(io::Error::from)
+}
+
+/// `ftruncate`.
+pub fn truncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    rustix::fs::ftruncate(fd, len).map_err(io::Error::from)
+}
+
+/// `fsync`, or `fdatasync` when `data_only`.
+pub fn sync(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
+    if data_only {
+        rustix::fs::fdatasync(fd)
+    } else {
+        rustix::fs::fsync(fd)
+    }
+    .map_err(io::Error::from)
+}
+
+/// `pwrite` of the whole buffer.
+pub fn pwrite_all(fd: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(fd, buf, offset) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `pwrite`, returning how much was written.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+    rustix::io::pwrite(fd, buf, offset).map_err(io::Error::from)
+}
+
+/// `fallocate`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    rustix::fs::fallocate(
+        fd,
+        rustix::fs::FallocateFlags::from_bits_retain(mode as u32),
+        offset,
+        len,
+    )
+    .map_err(io::Error::from)
+}
+
+/// `copy_file_range` between two fds at explicit offsets.
+pub fn copy_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut so = src_off;
+    let mut d = dst_off;
+    rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut d), len).map_err(io::Error::from)
+}
+
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// Sets xattr `name` on the object `fd` holds (any fd kind, `O_PATH` included).
+/// `flags` is `XATTR_CREATE` / `XATTR_REPLACE` / 0.
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let cname = c_name(name)?;
+    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: flags as u32,
+        };
+        // SAFETY: setxattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, name, args, size):
+        // the empty path and `name` are NUL-terminated and live for the call; `args` is a live
+        // struct of the size passed, pointing at `value`, readable for `args.size` bytes.
+        let ret = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+                cname.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        match xattr_len(ret) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
+                XATTRAT_MISSING.store(true, Ordering::Relaxed)
+            }
+            r => return r.map(drop),
+        }
+    }
+    let path = proc_fd_path(fd)?;
+    // SAFETY: `path` and `cname` are NUL-terminated and live for the call; `value` is
+    // readable for `value.len()` bytes.
+    let ret = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    xattr_len(ret as libc::c_long).map(drop)
+}
+
+/// Removes xattr `name` from the object `fd` holds (any fd kind, `O_PATH` included).
+pub fn remove_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let cname = c_name(name)?;
+    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
+        // SAFETY: removexattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, name): both strings
+        // are NUL-terminated and live for the call.
+        let ret = unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+                cname.as_ptr(),
+            )
+        };
+        match xattr_len(ret) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
+                XATTRAT_MISSING.store(true, Ordering::Relaxed)
+            }
+            r => return r.map(drop),
+        }
+    }
+    let path = proc_fd_path(fd)?;
+    // SAFETY: `path` and `cname` are NUL-terminated and live for the call.
+    let ret = unsafe { libc::removexattr(path.as_ptr(), cname.as_ptr()) };
+    xattr_len(ret as libc::c_long).map(drop)
+}
+
+/// Clones `src` into `dst` (FICLONE) when the filesystem shares extents.
+pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::ioctl_ficlone(dst, src).map_err(io::Error::from)
+}
+
+/// Sets the process umask (the daemon creates with exact modes and applies them itself).
+pub fn set_umask(mask: u32) {
+    rustix::process::umask(Mode::from_raw_mode(mask));
+}
+
+/// The value of xattr `xattr` on entry `name` directly under `dir`, without following a
+/// symlink; `Ok(None)` when absent.
+pub fn get_xattr_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    xattr: &OsStr,
+) -> io::Result<Option<Vec<u8>>> {
+    let fd = open_beneath(dir, name.as_bytes(), OFlags::PATH)?;
+    get_xattr(fd.as_fd(), xattr)
+}
+
+/// Removes `name` under `dir` and everything below it (used on the work directory only).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = match stat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.is_dir() {
+        let sub = open_dir_path(dir, name.as_bytes())?;
+        for e in list_dir(sub.as_fd())? {
+            remove_tree(sub.as_fd(), &e.name)?;
+        }
+        unlink_at(dir, name, true)
+    } else {
+        unlink_at(dir, name, false)
+    }
+}

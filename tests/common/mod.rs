@@ -135,7 +135,7 @@ pub fn daemons_for(mountpoint: &Path) -> Vec<u32> {
             .first()
             .map(|a| a.ends_with(b"stratafs"))
             .unwrap_or(false);
-        if is_ours && args.iter().any(|a| *a == want) {
+        if is_ours && args.contains(&want) {
             pids.push(pid);
         }
     }

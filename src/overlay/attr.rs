@@ -1,0 +1,184 @@
+//! Changing a file's data or metadata: open for write, setattr, xattrs, fsync. Each copies the
+//! object up first (parents included), as the kernel does.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::OFlags;
+
+use super::copyup::UPPER;
+use super::{Attr, Error, Overlay, Result};
+use crate::layer::format;
+use crate::sys::{self, FileKind, SetTime};
+
+/// The attribute changes of one `setattr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+impl Overlay {
+    /// Opens `ino` for writing (`O_WRONLY`/`O_RDWR`/`O_TRUNC`), copying it up first; an
+    /// `O_TRUNC` open skips copying the data.
+    pub fn open_for_write(&self, ino: u64, flags: i32) -> Result<OwnedFd> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        if node.kind == FileKind::Directory {
+            return Err(Error::IsDir);
+        }
+        let trunc = flags & libc::O_TRUNC != 0;
+        self.copy_up(&node, !trunc)?;
+        let (upper, _) = self.writable()?;
+        let path = self.rel_path(&node)?;
+        let mut of = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => OFlags::RDONLY,
+            // The kernel may read pages of a write-only file (page cache, writeback).
+            _ => OFlags::RDWR,
+        };
+        if trunc {
+            of |= OFlags::TRUNC;
+        }
+        if flags & libc::O_DIRECT != 0 {
+            of |= OFlags::DIRECT;
+        }
+        if flags & libc::O_SYNC != 0 {
+            of |= OFlags::SYNC;
+        }
+        Ok(sys::open_beneath(upper.root(), &path, of)?)
+    }
+
+    /// The upper directory of `ino`'s parent and its name there (after a copy-up).
+    fn upper_place(
+        &self,
+        node: &crate::inode::Node,
+    ) -> Result<(std::sync::Arc<OwnedFd>, std::ffi::OsString)> {
+        if Overlay::is_root(node) {
+            return Ok((self.dir_fd(node, UPPER)?, std::ffi::OsString::new()));
+        }
+        let parent = self.node(node.parent())?;
+        let pfd = self.dir_fd(&parent, UPPER)?;
+        Ok((pfd, node.with_location(|l| l.name.clone())))
+    }
+
+    /// Changes attributes of `ino`. `fd` is an open handle on the file, used when given (the
+    /// file may have no name any more).
+    pub fn setattr(&self, ino: u64, set: SetAttr, fd: Option<BorrowedFd<'_>>) -> Result<Attr> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        if let Some(fd) = fd {
+            if let Some(size) = set.size {
+                sys::truncate(fd, size)?;
+            }
+            if set.uid.is_some() || set.gid.is_some() {
+                sys::chown_at(fd, OsStr::new(""), set.uid, set.gid)?;
+            }
+            if let Some(mode) = set.mode {
+                rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                sys::set_times_at(
+                    fd,
+                    OsStr::new(""),
+                    set.atime.unwrap_or(SetTime::Omit),
+                    set.mtime.unwrap_or(SetTime::Omit),
+                )?;
+            }
+            let mut a = self.attr_from(node.ino, &sys::stat_fd(fd)?, false);
+            a.ino = node.ino;
+            return Ok(a);
+        }
+        let truncate_all = set.size == Some(0);
+        self.copy_up(&node, !truncate_all)?;
+        let (pfd, name) = self.upper_place(&node)?;
+        let dir = pfd.as_fd();
+        if let Some(size) = set.size {
+            if node.kind == FileKind::Directory {
+                return Err(Error::IsDir);
+            }
+            let (upper, _) = self.writable()?;
+            let f = sys::open_beneath(upper.root(), &self.rel_path(&node)?, OFlags::WRONLY)?;
+            sys::truncate(f.as_fd(), size)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::chown_at(dir, &name, set.uid, set.gid)?;
+        }
+        if let Some(mode) = set.mode {
+            if node.kind != FileKind::Symlink {
+                let target = if name.is_empty() {
+                    OsStr::new(".")
+                } else {
+                    &name
+                };
+                sys::chmod_at(dir, target, mode)?;
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::set_times_at(
+                dir,
+                &name,
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.getattr(ino)
+    }
+
+    /// An `O_PATH` fd on the upper copy of `ino`, copying it up first.
+    fn upper_object(&self, ino: u64) -> Result<OwnedFd> {
+        let node = self.node(ino)?;
+        self.copy_up(&node, true)?;
+        self.object_fd(&node)
+    }
+
+    /// Sets xattr `name` on `ino` (copying it up). Overlay-private names are refused.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if self.opts.no_xattrs || format::is_private_xattr(name) {
+            return Err(Error::XattrUnsupported);
+        }
+        self.writable()?;
+        let fd = self.upper_object(ino)?;
+        Ok(sys::set_xattr(fd.as_fd(), name, value, flags)?)
+    }
+
+    /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        if self.opts.no_xattrs || format::is_private_xattr(name) {
+            return Err(Error::XattrUnsupported);
+        }
+        self.writable()?;
+        // Removing what is not there must not copy anything up.
+        self.getxattr(ino, name)?;
+        let fd = self.upper_object(ino)?;
+        Ok(sys::remove_xattr(fd.as_fd(), name)?)
+    }
+
+    /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).
+    pub fn fsync(&self, fd: BorrowedFd<'_>, data_only: bool) -> Result<()> {
+        if self.opts.sync_writes {
+            sys::sync(fd, data_only)?;
+        }
+        Ok(())
+    }
+
+    /// `fsync` of a directory's upper copy, if it has one.
+    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+        let node = self.node(ino)?;
+        if self.opts.sync_writes && Overlay::in_upper(&node) {
+            let fd = self.dir_fd(&node, UPPER)?;
+            let rd = sys::open_beneath(fd.as_fd(), b".", OFlags::RDONLY | OFlags::DIRECTORY)?;
+            sys::sync(rd.as_fd(), false)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Copy-up: bringing a lower object (and its parent directories) into the upper layer before
+//! it changes.
+//!
+//! A copy is built in `WORKDIR/work` under a temporary name — data, owner, xattrs, mode and
+//! times — fsync'd unless the mount is `volatile`/`fsync=0`, and only then renamed into the
+//! upper layer, so a crash leaves either no copy or a complete one. A node keeps its node id
+//! and `st_ino` across its copy-up; for non-directories the number is also recorded in an
+//! overlay-private xattr so it survives a remount.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rustix::fs::OFlags;
+
+use super::{Error, Overlay, Result};
+use crate::inode::{Node, ROOT};
+use crate::layer::{format, Layer, WorkDir};
+use crate::sys::{self, FileKind, SetTime, Stat};
+
+/// The upper layer's index.
+pub(crate) const UPPER: u16 = 0;
+
+/// Key of the xattr that keeps a copied-up object's original `st_ino`.
+pub(crate) const ORIGIN_INO: &str = "stratafs.origin-ino";
+
+impl Overlay {
+    /// The upper layer and work directory, or EROFS.
+    pub(crate) fn writable(&self) -> Result<(&Layer, &WorkDir)> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        match (self.layers.upper(), self.layers.work()) {
+            (Some(u), Some(w)) => Ok((u, w)),
+            _ => Err(Error::ReadOnly),
+        }
+    }
+
+    /// A fresh name for staging in the work directory.
+    pub(crate) fn temp_name(&self) -> OsString {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        format!("#{}.{n}", std::process::id()).into()
+    }
+
+    /// True when node `n` has an upper copy.
+    pub(crate) fn in_upper(n: &Node) -> bool {
+        n.with_location(|l| l.top() == Some(UPPER))
+    }
+
+    /// Makes sure directory `dir` exists in the upper layer (copying it and its parents up)
+    /// and returns its upper fd.
+    pub(crate) fn upper_dir(&self, dir: &Arc<Node>) -> Result<Arc<OwnedFd>> {
+        let (_, work) = self.writable()?;
+        if dir.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        if Overlay::in_upper(dir) {
+            return self.dir_fd(dir, UPPER);
+        }
+        let _copy = dir.copy_lock.lock();
+        if Overlay::in_upper(dir) {
+            return self.dir_fd(dir, UPPER);
+        }
+        let parent = self.node(dir.parent())?;
+        let pfd = self.upper_dir(&parent)?;
+        let (name, chain) = dir.with_location(|l| (l.name.clone(), l.layers.clone()));
+        let top = *chain.first().ok_or(Error::StaleNode(dir.ino))?;
+        let src = self.dir_fd(dir, top)?;
+        let st = sys::stat_fd(src.as_fd())?;
+        let _dir_guard = parent.dir_lock.lock();
+        let tmp = self.temp_name();
+        sys::mkdir_at(work.fd(), &tmp, 0o700)?;
+        let staged = (|| -> Result<()> {
+            let fd = sys::open_dir_path(work.fd(), tmp.as_bytes())?;
+            self.copy_meta(src.as_fd(), fd.as_fd(), work.fd(), &tmp, &st)?;
+            sys::rename_at(
+                work.fd(),
+                &tmp,
+                pfd.as_fd(),
+                &name,
+                sys::RenameMode::NoReplace,
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = staged {
+            let _ = sys::remove_tree(work.fd(), &tmp);
+            return Err(e);
+        }
+        let mut layers = vec![UPPER];
+        layers.extend(chain);
+        self.nodes.set_layers(dir.ino, layers);
+        self.dir_fd(dir, UPPER)
+    }
+
+    /// Copies non-directory `node` up (its data too unless `with_data` is false, for an open
+    /// with `O_TRUNC` or a truncate to zero). Concurrent callers produce one copy.
+    pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Result<()> {
+        let (_, work) = self.writable()?;
+        if node.kind == FileKind::Directory {
+            self.upper_dir(node)?;
+            return Ok(());
+        }
+        if Overlay::in_upper(node) {
+            return Ok(());
+        }
+        let _copy = node.copy_lock.lock();
+        if Overlay::in_upper(node) {
+            return Ok(());
+        }
+        let parent = self.node(node.parent())?;
+        let pfd = self.upper_dir(&parent)?;
+        let (name, top) = node.with_location(|l| (l.name.clone(), l.top()));
+        let top = top.ok_or(Error::StaleNode(node.ino))?;
+        let src_dir = self.dir_fd(&parent, top)?;
+        let st = sys::stat_at(src_dir.as_fd(), &name)?;
+        let _dir_guard = parent.dir_lock.lock();
+        let tmp = self.temp_name();
+        let staged = self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data);
+        let placed = staged.and_then(|()| {
+            sys::rename_at(
+                work.fd(),
+                &tmp,
+                pfd.as_fd(),
+                &name,
+                sys::RenameMode::NoReplace,
+            )?;
+            Ok(())
+        });
+        if let Err(e) = placed {
+            let _ = sys::remove_tree(work.fd(), &tmp);
+            return Err(e);
+        }
+        self.mark_impure(pfd.as_fd());
+        self.nodes.set_layers(node.ino, vec![UPPER]);
+        Ok(())
+    }
+
+    /// Builds the copy of `name` (in `src_dir`) as `tmp` in the work directory.
+    fn stage_copy(
+        &self,
+        node: &Node,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        tmp: &OsStr,
+        with_data: bool,
+    ) -> Result<()> {
+        let (_, work) = self.writable()?;
+        let src = sys::open_beneath(src_dir, name.as_bytes(), OFlags::PATH)?;
+        match st.kind() {
+            Some(FileKind::Regular) => {
+                let dst = sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600)?;
+                if with_data && st.size > 0 {
+                    let data = sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)?;
+                    copy_data(data.as_fd(), dst.as_fd(), st.size)?;
+                }
+                self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
+                if self.opts.sync_writes {
+                    sys::sync(dst.as_fd(), false)?;
+                }
+            }
+            Some(FileKind::Symlink) => {
+                let target = sys::read_link_fd(src.as_fd())?;
+                sys::symlink_at(OsStr::from_bytes(&target), work.fd(), tmp)?;
+                let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
+                self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
+            }
+            Some(_) => {
+                sys::mknod_at(work.fd(), tmp, st.mode, st.rdev)?;
+                let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
+                self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
+            }
+            None => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL))),
+        }
+        let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
+        let key = work.xattr(ORIGIN_INO);
+        // Best effort: without it the copy shows its own inode number after a remount.
+        let _ = sys::set_xattr(dst.as_fd(), &key, node.ino.to_string().as_bytes(), 0);
+        Ok(())
+    }
+
+    /// Applies owner, xattrs, mode and times of `st` (from `src`) to `dst` (`name` in `dir`),
+    /// in the order that keeps setuid bits: owner first, mode after.
+    pub(crate) fn copy_meta(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+    ) -> Result<()> {
+        sys::chown_at(dir, name, Some(st.uid), Some(st.gid))?;
+        copy_xattrs(src, dst)?;
+        if st.kind() != Some(FileKind::Symlink) {
+            sys::chmod_at(dir, name, st.mode)?;
+        }
+        sys::set_times_at(dir, name, SetTime::At(st.atime), SetTime::At(st.mtime))?;
+        Ok(())
+    }
+
+    /// Marks an upper directory as holding copied-up entries (the kernel's `impure`), so
+    /// listings know to look for their original inode numbers.
+    pub(crate) fn mark_impure(&self, dir: BorrowedFd<'_>) {
+        if let Some(work) = self.layers.work() {
+            let key = work.xattr("impure");
+            if !matches!(sys::get_xattr(dir, &key), Ok(Some(_))) {
+                let _ = sys::set_xattr(dir, &key, b"y", 0);
+            }
+        }
+    }
+
+    /// The `st_ino` recorded on an upper entry at copy-up, if any.
+    pub(crate) fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+        let work = self.layers.work()?;
+        let v = sys::get_xattr_at(dir, name, &work.xattr(ORIGIN_INO)).ok()??;
+        std::str::from_utf8(&v).ok()?.parse().ok()
+    }
+
+    /// True when the upper copy of a directory is marked impure.
+    pub(crate) fn is_impure(&self, dir: BorrowedFd<'_>) -> bool {
+        match self.layers.work() {
+            Some(work) => matches!(sys::get_xattr(dir, &work.xattr("impure")), Ok(Some(_))),
+            None => false,
+        }
+    }
+
+    /// The root is always merged with the upper layer: nothing to copy.
+    pub(crate) fn is_root(n: &Node) -> bool {
+        n.ino == ROOT
+    }
+}
+
+/// Copies the xattrs a copy-up keeps: everything but the overlay's private namespaces.
+/// Attributes the upper filesystem refuses (`security.*` under some LSMs) are skipped.
+fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+    let names = match sys::list_xattr(src) {
+        Ok(n) => n,
+        Err(e) if crate::layer::is_unsupported(&e) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for name in sys::split_xattr_list(&names) {
+        if format::is_private_xattr(name) {
+            continue;
+        }
+        let Some(value) = sys::get_xattr(src, name)? else {
+            continue;
+        };
+        match sys::set_xattr(dst, name, &value, 0) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP)) => {
+                tracing::debug!(?name, error = %e, "xattr not copied up");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes: a reflink when the filesystem shares extents, else `copy_file_range`
+/// over the data segments only (holes stay holes), else a read/write loop.
+pub(crate) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<()> {
+    if sys::reflink(src, dst).is_ok() {
+        return Ok(());
+    }
+    let mut off = 0u64;
+    while off < len {
+        let data = match sys::seek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(_) => off, // no SEEK_DATA support: treat everything as data
+        };
+        if data >= len {
+            break;
+        }
+        let hole = sys::seek(src, data as i64, libc::SEEK_HOLE)
+            .unwrap_or(len)
+            .min(len);
+        copy_segment(src, dst, data, hole - data)?;
+        off = hole;
+    }
+    sys::truncate(dst, len)?;
+    Ok(())
+}
+
+fn copy_segment(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut off: u64,
+    mut len: u64,
+) -> Result<()> {
+    while len > 0 {
+        let chunk = len.min(1 << 30) as usize;
+        match sys::copy_range(src, off, dst, off, chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                off += n as u64;
+                len -= n as u64;
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV)
+                        | Some(libc::EINVAL)
+                        | Some(libc::ENOSYS)
+                        | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                return rw_copy(src, dst, off, len);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn rw_copy(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u64) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while len > 0 {
+        let want = (len as usize).min(buf.len());
+        let n = sys::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        sys::pwrite_all(dst, &buf[..n], off)?;
+        off += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}

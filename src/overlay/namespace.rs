@@ -1,0 +1,617 @@
+//! Changes to the names in directories: create, mkdir, mknod, symlink, link, unlink, rmdir,
+//! rename. Every change lands in the upper layer; removing a name that a lower layer still
+//! holds leaves a whiteout, and a directory made where a lower one was deleted is opaque.
+//!
+//! Locking: copy-ups (which take the copied node's lock, then its parent's directory lock)
+//! run before an operation takes its own directory locks; an operation then holds the lock of
+//! each directory it changes, two of them in node-id order for a rename.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use rustix::fs::OFlags;
+
+use super::copyup::UPPER;
+use super::{Attr, Error, Overlay, Result};
+use crate::inode::{Location, Node};
+use crate::layer::{format, WhiteoutFormat};
+use crate::sys::{self, FileKind, RenameMode};
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub enum NewObject {
+    /// A regular file, opened with these `open(2)` flags.
+    File {
+        /// Flags for the returned fd.
+        flags: i32,
+    },
+    /// A directory.
+    Dir,
+    /// A fifo, socket or device node.
+    Node {
+        /// The `S_IFMT` bits of the type.
+        file_type: u32,
+        /// Device number for devices.
+        rdev: u64,
+    },
+    /// A symlink to this target.
+    Symlink(OsString),
+}
+
+/// The caller of an operation, for ownership of what it creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// fsuid.
+    pub uid: u32,
+    /// fsgid.
+    pub gid: u32,
+}
+
+/// Rename behaviour asked by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameFlag {
+    /// Replace the target.
+    Plain,
+    /// `RENAME_NOREPLACE`.
+    NoReplace,
+    /// `RENAME_EXCHANGE`.
+    Exchange,
+}
+
+/// What the upper layer holds at a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperSlot {
+    Empty,
+    /// A char 0/0 whiteout.
+    CharWhiteout,
+    /// Only a `.wh.NAME` file.
+    DotWhiteout,
+    /// An object (the `bool`: it is a directory).
+    Object(bool),
+}
+
+fn check_component(name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    if format::is_reserved_name(name) {
+        return Err(Error::ReservedName);
+    }
+    Ok(())
+}
+
+impl Overlay {
+    fn upper_slot(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
+        match sys::stat_at(pfd, name) {
+            Ok(st) if format::is_whiteout_stat(&st) => Ok(UpperSlot::CharWhiteout),
+            Ok(st) => Ok(UpperSlot::Object(st.is_dir())),
+            Err(e) if crate::layer::is_absent(&e) => {
+                match sys::stat_at(pfd, &format::whiteout_name(name)) {
+                    Ok(_) => Ok(UpperSlot::DotWhiteout),
+                    Err(e) if crate::layer::is_absent(&e) => Ok(UpperSlot::Empty),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True when a layer below the upper one still shows `name` in `dir`.
+    fn lower_has(&self, dir: &Node, name: &OsStr) -> Result<bool> {
+        let chain = dir.with_location(|l| l.layers.clone());
+        let start = chain
+            .iter()
+            .position(|l| *l != UPPER)
+            .unwrap_or(chain.len());
+        Ok(self.resolve_in(dir, &chain, name, start)?.is_some())
+    }
+
+    /// Writes a whiteout for `name` into upper directory `pfd`, where nothing is.
+    fn write_whiteout(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let (_, work) = self.writable()?;
+        match work.whiteout {
+            WhiteoutFormat::CharDevice => sys::mknod_at(pfd, name, libc::S_IFCHR, 0)?,
+            WhiteoutFormat::DotWh => {
+                drop(sys::create_file(
+                    pfd,
+                    &format::whiteout_name(name),
+                    OFlags::WRONLY,
+                    0,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the upper object `name` from `pfd`, leaving a whiteout when `whiteout`
+    /// (atomically with `RENAME_WHITEOUT` where the upper filesystem allows it).
+    fn remove_upper(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+        whiteout: bool,
+    ) -> Result<()> {
+        let (_, work) = self.writable()?;
+        let tmp = self.temp_name();
+        if whiteout
+            && work.whiteout == WhiteoutFormat::CharDevice
+            && sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::Whiteout).is_ok()
+        {
+            sys::remove_tree(work.fd(), &tmp)?;
+            return Ok(());
+        }
+        if is_dir {
+            // A directory's upper copy may still hold whiteouts: move it out whole first.
+            sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::NoReplace)?;
+            sys::remove_tree(work.fd(), &tmp)?;
+        } else {
+            sys::unlink_at(pfd, name, false)?;
+        }
+        if whiteout {
+            self.write_whiteout(pfd, name)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the opaque marker on a new upper directory.
+    fn make_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        let (_, work) = self.writable()?;
+        match sys::set_xattr(dir, &work.xattr("opaque"), b"y", 0) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+                drop(sys::create_file(
+                    dir,
+                    OsStr::new(format::OPAQUE_MARKER),
+                    OFlags::WRONLY,
+                    0,
+                )?);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates `name` in directory `parent`. Returns the new object's attributes (one kernel
+    /// reference taken) and, for a file, the open fd.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        obj: NewObject,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(Attr, Option<OwnedFd>)> {
+        check_component(name)?;
+        let (_, work) = self.writable()?;
+        let dir = self.node(parent)?;
+        if dir.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        let pfd = self.upper_dir(&dir)?;
+        let _guard = dir.dir_lock.lock();
+        let chain = dir.with_location(|l| l.layers.clone());
+        if self.resolve_in(&dir, &chain, name, 0)?.is_some() {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)));
+        }
+        let slot = self.upper_slot(pfd.as_fd(), name)?;
+        let pst = sys::stat_fd(pfd.as_fd())?;
+        // A setgid directory hands its group (and, to directories, the bit) down.
+        let gid = if pst.mode & libc::S_ISGID != 0 {
+            pst.gid
+        } else {
+            caller.gid
+        };
+        let mut perm = mode & 0o7777;
+        if pst.mode & libc::S_ISGID != 0 && matches!(obj, NewObject::Dir) {
+            perm |= libc::S_ISGID;
+        }
+        // Over a whiteout the object is staged in the work directory and swapped in, so the
+        // name is never missing (and a directory there is opaque before anyone sees it).
+        let staged = slot == UpperSlot::CharWhiteout;
+        let (tdir, tname): (BorrowedFd<'_>, OsString) = if staged {
+            (work.fd(), self.temp_name())
+        } else {
+            (pfd.as_fd(), name.to_os_string())
+        };
+        let made = self.make_object(tdir, &tname, &obj, perm, caller.uid, gid);
+        let fd = match made {
+            Ok(fd) => fd,
+            Err(e) => {
+                if staged {
+                    let _ = sys::remove_tree(work.fd(), &tname);
+                }
+                return Err(e);
+            }
+        };
+        let finish = (|| -> Result<()> {
+            if matches!(obj, NewObject::Dir) && slot != UpperSlot::Empty {
+                let d = sys::open_dir_path(tdir, tname.as_bytes())?;
+                self.make_opaque(d.as_fd())?;
+            }
+            if staged {
+                if matches!(obj, NewObject::Dir) {
+                    sys::rename_at(work.fd(), &tname, pfd.as_fd(), name, RenameMode::Exchange)?;
+                    sys::remove_tree(work.fd(), &tname)?;
+                } else {
+                    sys::rename_at(work.fd(), &tname, pfd.as_fd(), name, RenameMode::Replace)?;
+                }
+            }
+            if slot == UpperSlot::DotWhiteout {
+                sys::unlink_at(pfd.as_fd(), &format::whiteout_name(name), false)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = finish {
+            let _ = sys::remove_tree(tdir, &tname);
+            return Err(e);
+        }
+        let st = sys::stat_at(pfd.as_fd(), name)?;
+        let kind = st.kind().unwrap_or(FileKind::Regular);
+        let ino = self
+            .layers
+            .get(UPPER)
+            .map(|l| self.layers.ino.compose(l.fs_index, st.ino))
+            .unwrap_or(st.ino);
+        let node = self.nodes.remember(
+            ino,
+            kind,
+            Location {
+                parent,
+                name: name.to_os_string(),
+                layers: vec![UPPER],
+            },
+        );
+        let mut attr = self.attr_from(node.ino, &st, false);
+        attr.ino = node.ino;
+        Ok((attr, fd))
+    }
+
+    fn make_object(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        obj: &NewObject,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Option<OwnedFd>> {
+        let fd = match obj {
+            NewObject::File { flags } => {
+                let acc = flags & libc::O_ACCMODE;
+                let mut f = if acc == libc::O_RDONLY {
+                    OFlags::RDONLY
+                } else {
+                    OFlags::RDWR
+                };
+                if flags & libc::O_DIRECT != 0 {
+                    f |= OFlags::DIRECT;
+                }
+                Some(sys::create_file(dir, name, f, 0o600)?)
+            }
+            NewObject::Dir => {
+                sys::mkdir_at(dir, name, 0o700)?;
+                None
+            }
+            NewObject::Node { file_type, rdev } => {
+                sys::mknod_at(dir, name, (file_type & libc::S_IFMT) | 0o600, *rdev)?;
+                None
+            }
+            NewObject::Symlink(target) => {
+                sys::symlink_at(target, dir, name)?;
+                None
+            }
+        };
+        sys::chown_at(dir, name, Some(uid), Some(gid))?;
+        if !matches!(obj, NewObject::Symlink(_)) {
+            sys::chmod_at(dir, name, perm)?;
+        }
+        Ok(fd)
+    }
+
+    /// Removes non-directory `name` from `parent`.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+        Overlay::check_name(name)?;
+        self.writable()?;
+        let dir = self.node(parent)?;
+        let chain = dir.with_location(|l| l.layers.clone());
+        let r = self
+            .resolve_in(&dir, &chain, name, 0)?
+            .ok_or(Error::NotFound)?;
+        let is_dir = r.kind() == FileKind::Directory;
+        match (want_dir, is_dir) {
+            (true, false) => return Err(Error::NotDir),
+            (false, true) => return Err(Error::IsDir),
+            _ => {}
+        }
+        if is_dir {
+            let attr = self.lookup(parent, name)?;
+            let empty = self.read_dir(attr.ino).map(|e| e.is_empty());
+            self.forget(attr.ino, 1);
+            if !empty? {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(
+                    libc::ENOTEMPTY,
+                )));
+            }
+        }
+        let pfd = self.upper_dir(&dir)?;
+        let _guard = dir.dir_lock.lock();
+        let whiteout = self.lower_has(&dir, name)?;
+        match self.upper_slot(pfd.as_fd(), name)? {
+            UpperSlot::Object(d) => self.remove_upper(pfd.as_fd(), name, d, whiteout)?,
+            _ if whiteout => self.write_whiteout(pfd.as_fd(), name)?,
+            _ => return Err(Error::NotFound),
+        }
+        if let Some(n) = self.nodes.get(r.ino) {
+            self.dirfds.drop_node(n.ino, self.layers.len());
+        }
+        Ok(())
+    }
+
+    /// Adds a hard link `newname` in `newparent` to non-directory `ino`, copying it up first.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        check_component(newname)?;
+        let (_, work) = self.writable()?;
+        let node = self.node(ino)?;
+        if node.kind == FileKind::Directory {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
+        }
+        self.copy_up(&node, true)?;
+        let src_parent = self.node(node.parent())?;
+        let spfd = self.upper_dir(&src_parent)?;
+        let dir = self.node(newparent)?;
+        let npfd = self.upper_dir(&dir)?;
+        let _guard = dir.dir_lock.lock();
+        let chain = dir.with_location(|l| l.layers.clone());
+        if self.resolve_in(&dir, &chain, newname, 0)?.is_some() {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)));
+        }
+        let sname = node.with_location(|l| l.name.clone());
+        match self.upper_slot(npfd.as_fd(), newname)? {
+            UpperSlot::CharWhiteout => {
+                let tmp = self.temp_name();
+                sys::link_at(spfd.as_fd(), &sname, work.fd(), &tmp)?;
+                if let Err(e) =
+                    sys::rename_at(work.fd(), &tmp, npfd.as_fd(), newname, RenameMode::Replace)
+                {
+                    let _ = sys::unlink_at(work.fd(), &tmp, false);
+                    return Err(e.into());
+                }
+            }
+            slot => {
+                sys::link_at(spfd.as_fd(), &sname, npfd.as_fd(), newname)?;
+                if slot == UpperSlot::DotWhiteout {
+                    sys::unlink_at(npfd.as_fd(), &format::whiteout_name(newname), false)?;
+                }
+            }
+        }
+        let st = sys::stat_at(npfd.as_fd(), newname)?;
+        let n = self.nodes.remember(
+            node.ino,
+            node.kind,
+            Location {
+                parent: newparent,
+                name: newname.to_os_string(),
+                layers: vec![UPPER],
+            },
+        );
+        let mut attr = self.attr_from(n.ino, &st, false);
+        attr.ino = n.ino;
+        Ok(attr)
+    }
+
+    /// Renames `name` in `parent` to `newname` in `newparent`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flag: RenameFlag,
+    ) -> Result<()> {
+        Overlay::check_name(name)?;
+        check_component(newname)?;
+        let (_, work) = self.writable()?;
+        let sdir = self.node(parent)?;
+        let ddir = self.node(newparent)?;
+        let src_attr = self.lookup(parent, name)?;
+        let dst_attr = match self.lookup(newparent, newname) {
+            Ok(a) => Some(a),
+            Err(Error::NotFound) => None,
+            Err(e) => {
+                self.forget(src_attr.ino, 1);
+                return Err(e);
+            }
+        };
+        let r = self.rename_looked_up(&sdir, name, &ddir, newname, flag, src_attr, dst_attr, work);
+        self.forget(src_attr.ino, 1);
+        if let Some(d) = dst_attr {
+            self.forget(d.ino, 1);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_looked_up(
+        &self,
+        sdir: &Arc<Node>,
+        name: &OsStr,
+        ddir: &Arc<Node>,
+        newname: &OsStr,
+        flag: RenameFlag,
+        src_attr: Attr,
+        dst_attr: Option<Attr>,
+        work: &crate::layer::WorkDir,
+    ) -> Result<()> {
+        let src = self.node(src_attr.ino)?;
+        let dst = dst_attr.map(|a| self.node(a.ino)).transpose()?;
+        let has_lower = |n: &Node| n.with_location(|l| l.layers.iter().any(|x| *x != UPPER));
+        match (&dst, flag) {
+            (Some(_), RenameFlag::NoReplace) => {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)))
+            }
+            (None, RenameFlag::Exchange) => return Err(Error::NotFound),
+            _ => {}
+        }
+        if let Some(d) = &dst {
+            if d.ino == src.ino {
+                // Two names of one file: POSIX says rename does nothing.
+                return Ok(());
+            }
+        }
+        if src.kind == FileKind::Directory && has_lower(&src) {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EXDEV)));
+        }
+        if let Some(d) = &dst {
+            if flag == RenameFlag::Exchange && d.kind == FileKind::Directory && has_lower(d) {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EXDEV)));
+            }
+            if flag != RenameFlag::Exchange {
+                match (
+                    src.kind == FileKind::Directory,
+                    d.kind == FileKind::Directory,
+                ) {
+                    (true, false) => return Err(Error::NotDir),
+                    (false, true) => return Err(Error::IsDir),
+                    (true, true) if !self.read_dir(d.ino)?.is_empty() => {
+                        return Err(Error::Io(std::io::Error::from_raw_os_error(
+                            libc::ENOTEMPTY,
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // A directory cannot move below itself.
+        if src.kind == FileKind::Directory {
+            let mut p = ddir.ino;
+            loop {
+                if p == src.ino {
+                    return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+                }
+                if Overlay::is_root_ino(p) {
+                    break;
+                }
+                p = self.parent_of(p);
+            }
+        }
+        self.copy_up(&src, true)?;
+        if let (Some(d), RenameFlag::Exchange) = (&dst, flag) {
+            self.copy_up(d, true)?;
+        }
+        let spfd = self.upper_dir(sdir)?;
+        let dpfd = self.upper_dir(ddir)?;
+        let (_g1, _g2) = if sdir.ino == ddir.ino {
+            (Some(sdir.dir_lock.lock()), None)
+        } else if sdir.ino < ddir.ino {
+            let a = sdir.dir_lock.lock();
+            (Some(a), Some(ddir.dir_lock.lock()))
+        } else {
+            let b = ddir.dir_lock.lock();
+            (Some(sdir.dir_lock.lock()), Some(b))
+        };
+        if flag == RenameFlag::Exchange {
+            sys::rename_at(
+                spfd.as_fd(),
+                name,
+                dpfd.as_fd(),
+                newname,
+                RenameMode::Exchange,
+            )?;
+            self.nodes
+                .relocate(src.ino, ddir.ino, newname.to_os_string());
+            if let Some(d) = &dst {
+                self.nodes.relocate(d.ino, sdir.ino, name.to_os_string());
+            }
+            self.mark_impure(dpfd.as_fd());
+            self.mark_impure(spfd.as_fd());
+            return Ok(());
+        }
+        let src_whiteout = self.lower_has(sdir, name)?;
+        let dst_slot = self.upper_slot(dpfd.as_fd(), newname)?;
+        let dst_lower = match &dst {
+            Some(d) => has_lower(d),
+            None => dst_slot == UpperSlot::CharWhiteout || dst_slot == UpperSlot::DotWhiteout,
+        };
+        if src.kind == FileKind::Directory && dst_lower {
+            let fd = sys::open_dir_path(spfd.as_fd(), name.as_bytes())?;
+            self.make_opaque(fd.as_fd())?;
+        }
+        // Clear what the upper layer holds at the target when a plain rename cannot replace
+        // it: a whiteout under a directory, or a directory holding whiteouts.
+        match dst_slot {
+            UpperSlot::CharWhiteout if src.kind == FileKind::Directory => {
+                sys::unlink_at(dpfd.as_fd(), newname, false)?;
+            }
+            UpperSlot::Object(true) => {
+                let tmp = self.temp_name();
+                sys::rename_at(
+                    dpfd.as_fd(),
+                    newname,
+                    work.fd(),
+                    &tmp,
+                    RenameMode::NoReplace,
+                )?;
+                sys::remove_tree(work.fd(), &tmp)?;
+            }
+            _ => {}
+        }
+        let moved = if src_whiteout && work.whiteout == WhiteoutFormat::CharDevice {
+            match sys::rename_at(
+                spfd.as_fd(),
+                name,
+                dpfd.as_fd(),
+                newname,
+                RenameMode::Whiteout,
+            ) {
+                Ok(()) => true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) => {
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            false
+        };
+        if !moved {
+            sys::rename_at(
+                spfd.as_fd(),
+                name,
+                dpfd.as_fd(),
+                newname,
+                RenameMode::Replace,
+            )?;
+            if src_whiteout {
+                self.write_whiteout(spfd.as_fd(), name)?;
+            }
+        }
+        if dst_slot == UpperSlot::DotWhiteout {
+            sys::unlink_at(dpfd.as_fd(), &format::whiteout_name(newname), false)?;
+        }
+        if src.kind != FileKind::Directory {
+            self.mark_impure(dpfd.as_fd());
+        }
+        self.nodes
+            .relocate(src.ino, ddir.ino, newname.to_os_string());
+        if src.kind == FileKind::Directory {
+            self.nodes.set_layers(src.ino, vec![UPPER]);
+        }
+        Ok(())
+    }
+
+    fn is_root_ino(ino: u64) -> bool {
+        ino == crate::inode::ROOT
+    }
+}
