@@ -83,6 +83,16 @@ impl Layer {
         }
     }
 
+    /// True when this layer holds a `.wh.NAME` file for `name` (beside `name` itself, it
+    /// hides only what the layers below have under that name).
+    pub fn has_dot_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        match sys::stat_at(dir, &format::whiteout_name(name)) {
+            Ok(_) => Ok(true),
+            Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ENAMETOOLONG) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// True when directory `dir` of this layer hides the layers below it: an opaque xattr
     /// set to `y` (kernel root or `userxattr` form, or fuse-overlayfs's) or a `.wh..wh..opq`
     /// file inside.

@@ -92,7 +92,10 @@ impl Overlay {
                         }
                     }
                     bottom = Some((li, st.ino));
-                    if pos + 1 < chain.len() && self.child_is_opaque(dfd.as_fd(), li, name)? {
+                    if pos + 1 < chain.len()
+                        && (self.child_is_opaque(dfd.as_fd(), li, name)?
+                            || layer.has_dot_whiteout(dfd.as_fd(), name)?)
+                    {
                         break;
                     }
                 }
@@ -102,8 +105,12 @@ impl Overlay {
             if let Some(ino) = origin {
                 r.ino = ino;
             } else if let Some((li, ino)) = bottom {
-                let fs = self.layers.get(li).map(|l| l.fs_index).unwrap_or(0);
-                r.ino = self.layers.ino.compose(fs, ino);
+                r.ino = if r.top.is_dir() {
+                    let fs = self.layers.get(li).map(|l| l.fs_index).unwrap_or(0);
+                    self.layers.ino.compose(fs, ino)
+                } else {
+                    self.nondir_ino(li, ino, r.top.nlink, dir.ino, name)
+                };
             }
             r
         }))
@@ -119,6 +126,39 @@ impl Overlay {
         let name_bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
         let fd = crate::sys::open_dir_path(parent, name_bytes)?;
         Ok(layer.is_opaque(fd.as_fd())?)
+    }
+
+    /// `st_ino` of a non-directory found in layer `li` with inode number `ino`.
+    ///
+    /// In a writable union each name of a lower hard link is its own object (a copy-up breaks
+    /// the link, as the kernel's overlayfs does without `index`), so it cannot share a FUSE
+    /// node with the other names: its number is derived from the inode, the directory and
+    /// the name, the same in lookups and listings and across remounts.
+    pub(crate) fn nondir_ino(
+        &self,
+        li: LayerIdx,
+        ino: u64,
+        nlink: u32,
+        dir: u64,
+        name: &OsStr,
+    ) -> u64 {
+        let Some(layer) = self.layers.get(li) else {
+            return ino;
+        };
+        if nlink > 1 && !layer.upper && !self.opts.read_only && self.layers.upper().is_some() {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            let bytes = ino
+                .to_le_bytes()
+                .into_iter()
+                .chain(dir.to_le_bytes())
+                .chain(std::os::unix::ffi::OsStrExt::as_bytes(name).iter().copied());
+            for b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            self.layers.ino.compose(layer.fs_index, h | (1 << 63))
+        } else {
+            self.layers.ino.compose(layer.fs_index, ino)
+        }
     }
 
     pub(crate) fn attr_of(&self, r: &Resolved) -> Attr {

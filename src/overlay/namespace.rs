@@ -187,6 +187,13 @@ impl Overlay {
     ) -> Result<(Attr, Option<OwnedFd>)> {
         check_component(name)?;
         let (_, work) = self.writable()?;
+        if let NewObject::Node { file_type, rdev: 0 } = obj {
+            // A char device 0/0 is a whiteout on disk: it could never be shown. The kernel's
+            // overlayfs refuses it the same way.
+            if file_type & libc::S_IFMT == libc::S_IFCHR {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
+            }
+        }
         let dir = self.node(parent)?;
         if dir.kind != FileKind::Directory {
             return Err(Error::NotDir);

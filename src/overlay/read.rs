@@ -90,7 +90,8 @@ impl Overlay {
             return Err(Error::XattrUnsupported);
         }
         if format::is_private_xattr(name) {
-            return Err(Error::XattrUnsupported);
+            // As the kernel answers for its own namespace: there is no such attribute.
+            return Err(Error::NoXattr);
         }
         let node = self.node(ino)?;
         let fd = self.object_fd(&node)?;

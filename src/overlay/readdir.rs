@@ -25,6 +25,11 @@ pub struct DirEntry {
 }
 
 impl Overlay {
+    /// True when lower hard links get one identity per name (a writable union).
+    fn splits_lower_links(&self) -> bool {
+        !self.opts.read_only && self.layers.upper().is_some()
+    }
+
     /// The merged listing of directory `ino` (without `.` and `..`).
     pub fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let dir = self.node(ino)?;
@@ -83,7 +88,19 @@ impl Overlay {
                     } else {
                         None
                     };
-                    origin.unwrap_or_else(|| self.layers.ino.compose(layer.fs_index, e.ino))
+                    match origin {
+                        Some(o) => o,
+                        None if !layer.upper && self.splits_lower_links() => {
+                            // Hard-linked lower files have per-name numbers: need nlink.
+                            let nlink = match sys::stat_at(dfd.as_fd(), &e.name) {
+                                Ok(st) => st.nlink,
+                                Err(err) if crate::layer::is_absent(&err) => continue,
+                                Err(err) => return Err(err.into()),
+                            };
+                            self.nondir_ino(li, e.ino, nlink, ino, &e.name)
+                        }
+                        None => self.layers.ino.compose(layer.fs_index, e.ino),
+                    }
                 };
                 seen.insert(e.name.clone());
                 out.push(DirEntry {

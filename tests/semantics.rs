@@ -1,0 +1,199 @@
+//! Integration tests may panic: a failed assertion is how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! Each deliberate divergence from kernel overlayfs listed in docs/SEMANTICS.md, pinned.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+fn stack() -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| {
+        let d = dir.path().join(n);
+        fs::create_dir(&d).unwrap();
+        d
+    };
+    Stack {
+        lower: p("lower"),
+        upper: p("upper"),
+        work: p("work"),
+        mnt: p("mnt"),
+        _dir: dir,
+    }
+}
+
+fn rw_opts(s: &Stack) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        s.lower.display(),
+        s.upper.display(),
+        s.work.display()
+    )
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn dot_wh_names_are_reserved() {
+    if !can_mount() {
+        return;
+    }
+    let s = stack();
+    // A .wh. file in the upper layer hides the lower file (in its own layer it would not).
+    fs::write(s.lower.join("hidden"), "x").unwrap();
+    fs::write(s.upper.join(".wh.hidden"), "").unwrap();
+    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    assert_eq!(
+        errno_of(fs::metadata(m.mountpoint.join("hidden"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno_of(fs::metadata(m.mountpoint.join(".wh.hidden"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno_of(fs::write(m.mountpoint.join(".wh.new"), "")),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        errno_of(fs::create_dir(m.mountpoint.join(".wh..wh..opq"))),
+        Some(libc::EINVAL)
+    );
+    let names: Vec<_> = fs::read_dir(&m.mountpoint)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap();
+    buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+#[test]
+fn private_xattrs_are_hidden() {
+    if !can_mount() {
+        return;
+    }
+    let s = stack();
+    let f = s.lower.join("f");
+    fs::write(&f, "x").unwrap();
+    for (k, v) in [
+        ("user.overlay.a", "1"),
+        ("user.fuseoverlayfs.b", "2"),
+        ("trusted.overlay.c", "3"),
+        ("user.kept", "4"),
+    ] {
+        rustix::fs::lsetxattr(&f, k, v.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap();
+    }
+    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let mf = m.mountpoint.join("f");
+    let names = xattr_names(&mf);
+    assert!(names.contains(&"user.kept".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("overlay")), "{names:?}");
+    let mut buf = [0u8; 16];
+    for k in [
+        "user.overlay.a",
+        "user.fuseoverlayfs.b",
+        "trusted.overlay.c",
+    ] {
+        let e = rustix::fs::lgetxattr(&mf, k, &mut buf[..]).unwrap_err();
+        assert_eq!(e.raw_os_error(), libc::ENODATA, "get {k}");
+        let e = rustix::fs::lsetxattr(&mf, k, b"v", rustix::fs::XattrFlags::empty()).unwrap_err();
+        assert_eq!(e.raw_os_error(), libc::EOPNOTSUPP, "set {k}");
+    }
+}
+
+#[test]
+fn root_inode_is_one() {
+    if !can_mount() {
+        return;
+    }
+    let s = stack();
+    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    assert_eq!(fs::metadata(&m.mountpoint).unwrap().ino(), 1);
+}
+
+fn dir_ino(dir: &Path, name: &str) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == name)
+        .map(|e| e.ino())
+        .unwrap_or_else(|| panic!("{name} not listed"))
+}
+
+#[test]
+fn inode_survives_copy_up_and_remount() {
+    if !can_mount() {
+        return;
+    }
+    let s = stack();
+    fs::create_dir(s.lower.join("d")).unwrap();
+    fs::write(s.lower.join("d/f"), "lower").unwrap();
+    let before;
+    {
+        let m = Mount::new(&rw_opts(&s), &s.mnt);
+        let f = m.mountpoint.join("d/f");
+        before = fs::metadata(&f).unwrap().ino();
+        let dino = fs::metadata(m.mountpoint.join("d")).unwrap().ino();
+        fs::write(&f, "upper").unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().ino(), before);
+        assert_eq!(fs::metadata(m.mountpoint.join("d")).unwrap().ino(), dino);
+        assert_eq!(dir_ino(&m.mountpoint.join("d"), "f"), before);
+    }
+    assert!(s.upper.join("d/f").exists(), "copy-up happened");
+    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    assert_eq!(
+        fs::metadata(m.mountpoint.join("d/f")).unwrap().ino(),
+        before
+    );
+    assert_eq!(dir_ino(&m.mountpoint.join("d"), "f"), before);
+    assert_eq!(
+        fs::read_to_string(m.mountpoint.join("d/f")).unwrap(),
+        "upper"
+    );
+}
+
+#[test]
+fn broken_lower_hardlink_gets_own_identity() {
+    if !can_mount() {
+        return;
+    }
+    let s = stack();
+    fs::write(s.lower.join("a"), "same").unwrap();
+    fs::hard_link(s.lower.join("a"), s.lower.join("b")).unwrap();
+    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let (a, b) = (m.mountpoint.join("a"), m.mountpoint.join("b"));
+    // Each name is its own object, as in the kernel with index=off, whose copy-up breaks
+    // the link; unlike the kernel, the two names report different inode numbers.
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_ne!(ino(&a), ino(&b));
+    assert_eq!(fs::metadata(&a).unwrap().nlink(), 2);
+    assert_eq!(dir_ino(&m.mountpoint, "a"), ino(&a));
+    assert_eq!(dir_ino(&m.mountpoint, "b"), ino(&b));
+    fs::write(&a, "changed").unwrap();
+    assert_eq!(fs::read_to_string(&a).unwrap(), "changed");
+    assert_eq!(fs::read_to_string(&b).unwrap(), "same");
+}
