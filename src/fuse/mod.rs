@@ -28,13 +28,20 @@ use crate::sys::{self, FileKind};
 #[derive(Debug)]
 enum Handle {
     File(Arc<OwnedFd>),
-    Dir(Arc<DirListing>),
+    Dir(Arc<DirHandle>),
 }
 
 /// A directory listing snapshot taken at opendir, with `.` and `..` in front.
 #[derive(Debug)]
 struct DirListing {
     entries: Vec<DirEntry>,
+}
+
+/// An open directory: its listing, taken at the first read and again whenever the reader
+/// rewinds to offset 0 (so `rewinddir` sees changes, as on a local filesystem).
+#[derive(Debug, Default)]
+struct DirHandle {
+    listing: parking_lot::Mutex<Option<Arc<DirListing>>>,
 }
 
 /// The FUSE front end of one mount.
@@ -71,10 +78,24 @@ impl StrataFs {
         }
     }
 
-    fn listing(&self, fh: FileHandle) -> Option<Arc<DirListing>> {
-        match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::Dir(d)) => Some(Arc::clone(d)),
-            _ => None,
+    /// The listing of open directory `fh` (of node `ino`), taken anew at offset 0.
+    fn listing(&self, fh: FileHandle, ino: u64, offset: u64) -> Result<Arc<DirListing>, Errno> {
+        let dir = match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::Dir(d)) => Arc::clone(d),
+            _ => return Err(Errno::from_i32(libc::EBADF)),
+        };
+        let mut cur = dir.listing.lock();
+        match &*cur {
+            Some(l) if offset != 0 => Ok(Arc::clone(l)),
+            _ => {
+                let entries = self
+                    .overlay
+                    .read_dir(ino)
+                    .map_err(|e| errno("readdir", ino, &e))?;
+                let l = Arc::new(DirListing { entries });
+                *cur = Some(Arc::clone(&l));
+                Ok(l)
+            }
         }
     }
 }
@@ -175,6 +196,8 @@ impl fuser::Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
+            // O_TRUNC reaches open, so a copy-up for it can skip the data.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             if config.add_capabilities(cap).is_err() {
                 debug!(?cap, "kernel lacks capability");
@@ -284,9 +307,9 @@ impl fuser::Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!(op = "opendir", ino = ino.0);
-        match self.overlay.read_dir(ino.0) {
-            Ok(entries) => {
-                let fh = self.add_handle(Handle::Dir(Arc::new(DirListing { entries })));
+        match self.overlay.check_dir(ino.0) {
+            Ok(()) => {
+                let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
                 reply.opened(fh, FopenFlags::empty());
             }
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
@@ -301,9 +324,12 @@ impl fuser::Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(list) = self.listing(fh) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let list = match self.listing(fh, ino.0, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
         };
         // Offsets: 1 is after ".", 2 after "..", 2+i+1 after entry i.
         let parent = self.overlay.parent_of(ino.0);
@@ -339,9 +365,12 @@ impl fuser::Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(list) = self.listing(fh) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let list = match self.listing(fh, ino.0, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
         };
         // "." and ".." carry no lookup reference: the kernel never links dot entries of a
         // readdirplus reply to inodes (fuse_direntplus_link returns early for them), and fuser

@@ -30,6 +30,14 @@ impl Overlay {
         !self.opts.read_only && self.layers.upper().is_some()
     }
 
+    /// Checks that `ino` is a directory that can be listed.
+    pub fn check_dir(&self, ino: u64) -> Result<()> {
+        match self.node(ino)?.kind {
+            FileKind::Directory => Ok(()),
+            _ => Err(Error::NotDir),
+        }
+    }
+
     /// The merged listing of directory `ino` (without `.` and `..`).
     pub fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let dir = self.node(ino)?;
