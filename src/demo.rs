@@ -84,22 +84,18 @@ pub fn run() -> Result<(), String> {
     // The same layers, opened by the library, answer "which layer provides this path?".
     let overlay = crate::daemon::open_overlay(&MountConfig::new(mnt.clone(), layers.clone()))
         .map_err(|e| format!("cannot open the layers: {e}"))?;
-    let mut tree = Vec::new();
+    let view = View {
+        overlay: &overlay,
+        layers: &layers,
+        mnt: &mnt,
+        interrupted: &interrupted,
+    };
     let root_chain: Vec<usize> = (0..layers.len()).collect();
-    tree.push(Row {
+    let mut tree = vec![Row {
         left: "/".to_string(),
-        right: describe(&overlay, &layers, &root_chain, Path::new("")).0,
-    });
-    walk(
-        &overlay,
-        &layers,
-        &mnt,
-        Path::new(""),
-        &root_chain,
-        "",
-        &mut tree,
-        &check,
-    )?;
+        right: view.describe(&root_chain, Path::new("")).0,
+    }];
+    view.walk(Path::new(""), &root_chain, "", &mut tree)?;
     println!();
     println!("The merged tree, and the layer each entry comes from:");
     print_rows(&tree);
@@ -419,105 +415,108 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-/// Walks directory `rel` of the mount (sorted, `tree`-style), adding one row per entry.
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    overlay: &Overlay,
-    layers: &[PathBuf],
-    mnt: &Path,
-    rel: &Path,
-    chain: &[usize],
-    prefix: &str,
-    rows: &mut Vec<Row>,
-    check: &dyn Fn() -> Result<(), String>,
-) -> Result<(), String> {
-    check()?;
-    let dir = mnt.join(rel);
-    let mut names: Vec<OsString> = fs::read_dir(&dir)
-        .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
-        .map_err(|e| format!("cannot list {} through the mount: {e}", dir.display()))?;
-    names.sort();
-    let count = names.len();
-    for (n, name) in names.into_iter().enumerate() {
-        let last = n + 1 == count;
-        let path = rel.join(&name);
-        let meta = fs::symlink_metadata(mnt.join(&path))
-            .map_err(|e| format!("cannot stat {} through the mount: {e}", path.display()))?;
-        let mut left = format!(
-            "{prefix}{}{}",
-            if last { "└── " } else { "├── " },
-            name.to_string_lossy()
-        );
-        if meta.is_dir() {
-            left.push('/');
-        } else if meta.file_type().is_symlink() {
-            if let Ok(target) = fs::read_link(mnt.join(&path)) {
-                let _ = write!(left, " -> {}", target.display());
-            }
-        }
-        let (right, sub_chain) = describe(overlay, layers, chain, &path);
-        rows.push(Row { left, right });
-        if meta.is_dir() {
-            let sub_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
-            walk(
-                overlay,
-                layers,
-                mnt,
-                &path,
-                &sub_chain,
-                &sub_prefix,
-                rows,
-                check,
-            )?;
-        }
-    }
-    Ok(())
+/// The mounted view and the library's view of the same layers.
+struct View<'a> {
+    overlay: &'a Overlay,
+    /// The layer directories, topmost first.
+    layers: &'a [PathBuf],
+    /// The mount point.
+    mnt: &'a Path,
+    /// Set by SIGINT / SIGTERM / SIGHUP.
+    interrupted: &'a AtomicBool,
 }
 
-/// Says where `rel` comes from, and returns its merge chain (the layers whose copies of a
-/// directory are merged), for describing its children. `parent_chain` is the merge chain of
-/// the directory holding `rel`: the only layers whose copies `rel` can override.
-fn describe(
-    overlay: &Overlay,
-    layers: &[PathBuf],
-    parent_chain: &[usize],
-    rel: &Path,
-) -> (String, Vec<usize>) {
-    let prov = match overlay.provenance(rel.as_os_str()) {
-        Ok(p) => p,
-        Err(e) => return (format!("? ({e})"), Vec::new()),
-    };
-    let chain: Vec<usize> = prov.layers.iter().map(|&l| usize::from(l)).collect();
-    let name = |i: usize| LAYERS.get(i).copied().unwrap_or("?");
-    let Some(&top) = chain.first() else {
-        return ("?".to_string(), chain);
-    };
-    let mut text = if prov.kind == FileKind::Directory && chain.len() > 1 {
-        let names: Vec<&str> = chain.iter().map(|&i| name(i)).collect();
-        format!("merged: {}", names.join(" + "))
-    } else {
-        name(top).to_string()
-    };
-    if prov.kind == FileKind::Directory {
-        if prov.opaque {
-            let _ = write!(text, " (opaque: hides the layers below)");
+impl View<'_> {
+    /// Walks directory `rel` of the mount (sorted, `tree`-style), adding one row per entry.
+    /// `chain` is the merge chain of `rel`.
+    fn walk(
+        &self,
+        rel: &Path,
+        chain: &[usize],
+        prefix: &str,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), String> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err("interrupted".to_string());
         }
-    } else {
-        let overridden: Vec<&str> = parent_chain
-            .iter()
-            .filter(|&&j| j > top)
-            .filter(|&&j| {
-                layers
-                    .get(j)
-                    .is_some_and(|l| fs::symlink_metadata(l.join(rel)).is_ok())
-            })
-            .map(|&j| name(j))
-            .collect();
-        if !overridden.is_empty() {
-            let _ = write!(text, " (overrides {})", overridden.join(", "));
+        let dir = self.mnt.join(rel);
+        let mut names: Vec<OsString> = fs::read_dir(&dir)
+            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
+            .map_err(|e| format!("cannot list {} through the mount: {e}", dir.display()))?;
+        names.sort();
+        let count = names.len();
+        for (n, name) in names.into_iter().enumerate() {
+            let last = n + 1 == count;
+            let path = rel.join(&name);
+            let full = self.mnt.join(&path);
+            let meta = fs::symlink_metadata(&full)
+                .map_err(|e| format!("cannot stat {} through the mount: {e}", path.display()))?;
+            let mut left = format!(
+                "{prefix}{}{}",
+                if last { "└── " } else { "├── " },
+                name.to_string_lossy()
+            );
+            if meta.is_dir() {
+                left.push('/');
+            } else if meta.file_type().is_symlink() {
+                if let Ok(target) = fs::read_link(&full) {
+                    let _ = write!(left, " -> {}", target.display());
+                }
+            }
+            let (right, sub_chain) = self.describe(chain, &path);
+            rows.push(Row { left, right });
+            if meta.is_dir() {
+                let sub_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
+                self.walk(&path, &sub_chain, &sub_prefix, rows)?;
+            }
         }
+        Ok(())
     }
-    (text, chain)
+
+    /// Says where `rel` comes from, and returns its merge chain (the layers whose copies of
+    /// a directory are merged), for describing its children. `parent_chain` is the merge
+    /// chain of the directory holding `rel`: the only layers whose copies `rel` can override.
+    fn describe(&self, parent_chain: &[usize], rel: &Path) -> (String, Vec<usize>) {
+        let prov = match self.overlay.provenance(rel.as_os_str()) {
+            Ok(p) => p,
+            Err(e) => return (format!("? ({e})"), Vec::new()),
+        };
+        let chain: Vec<usize> = prov.layers.iter().map(|&l| usize::from(l)).collect();
+        let Some(&top) = chain.first() else {
+            return ("?".to_string(), chain);
+        };
+        let mut text = if prov.kind == FileKind::Directory && chain.len() > 1 {
+            let names: Vec<&str> = chain.iter().map(|&i| layer_name(i)).collect();
+            format!("merged: {}", names.join(" + "))
+        } else {
+            layer_name(top).to_string()
+        };
+        if prov.kind == FileKind::Directory {
+            if prov.opaque {
+                text.push_str(" (opaque: hides the layers below)");
+            }
+        } else {
+            let overridden: Vec<&str> = parent_chain
+                .iter()
+                .filter(|&&j| j > top)
+                .filter(|&&j| {
+                    self.layers
+                        .get(j)
+                        .is_some_and(|l| fs::symlink_metadata(l.join(rel)).is_ok())
+                })
+                .map(|&j| layer_name(j))
+                .collect();
+            if !overridden.is_empty() {
+                let _ = write!(text, " (overrides {})", overridden.join(", "));
+            }
+        }
+        (text, chain)
+    }
+}
+
+/// The name of layer `i` of the sample stack.
+fn layer_name(i: usize) -> &'static str {
+    LAYERS.get(i).copied().unwrap_or("?")
 }
 
 /// Finds the whiteouts and opaque markers in directory `rel` of layer `i` (recursively) and
@@ -535,7 +534,7 @@ fn hidden_in_layer(
     };
     let mut names: Vec<OsString> = rd.flatten().map(|e| e.file_name()).collect();
     names.sort();
-    let this = LAYERS.get(i).copied().unwrap_or("?");
+    let this = layer_name(i);
     let below = layers.iter().enumerate().skip(i + 1);
     for name in names {
         let path = rel.join(&name);
@@ -553,10 +552,7 @@ fn hidden_in_layer(
                 lower_names.sort();
                 for n in lower_names {
                     let shown = n.to_string_lossy().into_owned();
-                    hidden.push(format!(
-                        "{shown} ({})",
-                        LAYERS.get(j).copied().unwrap_or("?")
-                    ));
+                    hidden.push(format!("{shown} ({})", layer_name(j)));
                 }
             }
             let what = if hidden.is_empty() {
@@ -575,7 +571,7 @@ fn hidden_in_layer(
             for (j, lower) in below.clone() {
                 if let Ok(m) = fs::symlink_metadata(lower.join(&hidden_path)) {
                     is_dir |= m.is_dir();
-                    copies.push(LAYERS.get(j).copied().unwrap_or("?"));
+                    copies.push(layer_name(j));
                 }
             }
             let mut left = hidden_path.display().to_string();
