@@ -2,7 +2,7 @@
 //! unmounted, unmount cleanly on SIGTERM/SIGINT.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
@@ -26,56 +26,95 @@ pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
     Ok(Overlay::new(layers, Options::from_config(cfg)))
 }
 
-/// The fuser session configuration for `cfg`.
-pub fn session_config(cfg: &MountConfig) -> Config {
+/// How the mount is made: the kernel flags and the FUSE options of `cfg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    /// Kernel mount flags.
+    pub flags: sys::FuseMountFlags,
+    /// Who may use the mount.
+    pub acl: SessionACL,
+    /// Name shown as the mount's source.
+    pub source: String,
+}
+
+/// Works out the mount flags and access rules for `cfg`.
+pub fn mount_plan(cfg: &MountConfig) -> MountPlan {
     let root = sys::euid() == 0;
-    let mut opts = vec![
-        MountOption::FSName(cfg.source.clone().unwrap_or_else(|| "stratafs".into())),
-        MountOption::Subtype("stratafs".into()),
-        MountOption::DefaultPermissions,
-    ];
     // As root, behave like a kernel overlay mount (a container rootfs needs setuid binaries
     // and device nodes); unprivileged FUSE mounts are always nosuid,nodev.
-    let mut dev = root;
-    let mut suid = root;
-    let mut ro = cfg.upperdir.is_none();
+    let mut flags = sys::FuseMountFlags {
+        read_only: cfg.upperdir.is_none(),
+        nodev: !root,
+        nosuid: !root,
+        ..Default::default()
+    };
     for f in &cfg.kernel_flags {
         match f {
-            KernelFlag::ReadOnly => ro = true,
+            KernelFlag::ReadOnly => flags.read_only = true,
             KernelFlag::ReadWrite => {}
-            KernelFlag::Dev => dev = true,
-            KernelFlag::NoDev => dev = false,
-            KernelFlag::Suid => suid = true,
-            KernelFlag::NoSuid => suid = false,
-            KernelFlag::Exec => opts.push(MountOption::Exec),
-            KernelFlag::NoExec => opts.push(MountOption::NoExec),
-            KernelFlag::Atime => opts.push(MountOption::Atime),
-            KernelFlag::NoAtime => opts.push(MountOption::NoAtime),
-            KernelFlag::DirSync => opts.push(MountOption::DirSync),
-            KernelFlag::Sync => opts.push(MountOption::Sync),
-            KernelFlag::Async => opts.push(MountOption::Async),
+            KernelFlag::Dev => flags.nodev = false,
+            KernelFlag::NoDev => flags.nodev = true,
+            KernelFlag::Suid => flags.nosuid = false,
+            KernelFlag::NoSuid => flags.nosuid = true,
+            KernelFlag::Exec => flags.noexec = false,
+            KernelFlag::NoExec => flags.noexec = true,
+            KernelFlag::Atime => flags.noatime = false,
+            KernelFlag::NoAtime => flags.noatime = true,
+            KernelFlag::DirSync => flags.dirsync = true,
+            KernelFlag::Sync => flags.sync = true,
+            KernelFlag::Async => flags.sync = false,
         }
     }
-    opts.push(if ro { MountOption::RO } else { MountOption::RW });
-    opts.push(if dev {
-        MountOption::Dev
-    } else {
-        MountOption::NoDev
-    });
-    opts.push(if suid {
-        MountOption::Suid
-    } else {
-        MountOption::NoSuid
-    });
-    let mut config = Config::default();
-    config.mount_options = opts;
-    config.acl = if cfg.allow_other || root {
+    let acl = if cfg.allow_other || root {
         SessionACL::All
     } else if cfg.allow_root {
         SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
+    MountPlan {
+        flags,
+        acl,
+        source: cfg.source.clone().unwrap_or_else(|| "stratafs".into()),
+    }
+}
+
+/// The fuser session configuration for `plan`.
+fn session_config(plan: &MountPlan) -> Config {
+    let f = &plan.flags;
+    let mut opts = vec![
+        MountOption::FSName(plan.source.clone()),
+        MountOption::Subtype("stratafs".into()),
+        MountOption::DefaultPermissions,
+        if f.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+        if f.nodev {
+            MountOption::NoDev
+        } else {
+            MountOption::Dev
+        },
+        if f.nosuid {
+            MountOption::NoSuid
+        } else {
+            MountOption::Suid
+        },
+    ];
+    for (on, o) in [
+        (f.noexec, MountOption::NoExec),
+        (f.noatime, MountOption::NoAtime),
+        (f.dirsync, MountOption::DirSync),
+        (f.sync, MountOption::Sync),
+    ] {
+        if on {
+            opts.push(o);
+        }
+    }
+    let mut config = Config::default();
+    config.mount_options = opts;
+    config.acl = plan.acl;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -83,6 +122,59 @@ pub fn session_config(cfg: &MountConfig) -> Config {
     config.n_threads = Some(threads);
     config.clone_fd = true;
     config
+}
+
+/// Mounts as root with the mount(2) call made here, so the type reads `fuse.stratafs`
+/// (fuser's own root path mounts plain `fuse`); other users go through fusermount3.
+fn start_session(
+    fs: StrataFs,
+    cfg: &MountConfig,
+    plan: &MountPlan,
+) -> std::io::Result<(fuser::Session<StrataFs>, Unmount)> {
+    let config = session_config(plan);
+    if sys::euid() != 0 {
+        let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)?;
+        let u = session.unmount_callable();
+        return Ok((session, Unmount::Fusermount(u)));
+    }
+    let dev = sys::open_fuse_device()?;
+    let mut opts = String::from("default_permissions");
+    if plan.acl != SessionACL::Owner {
+        opts.push_str(",allow_other");
+    }
+    sys::mount_fuse(
+        dev.as_fd(),
+        &plan.source,
+        &cfg.mountpoint,
+        "stratafs",
+        &opts,
+        plan.flags,
+    )?;
+    match fuser::Session::from_fd(fs, dev, plan.acl, config) {
+        Ok(s) => Ok((s, Unmount::Syscall(cfg.mountpoint.clone()))),
+        Err(e) => {
+            let _ = sys::unmount_lazy(&cfg.mountpoint);
+            Err(e)
+        }
+    }
+}
+
+/// How to take the mount down on a signal.
+enum Unmount {
+    Fusermount(fuser::SessionUnmounter),
+    Syscall(std::path::PathBuf),
+}
+
+impl Unmount {
+    fn unmount(&mut self) {
+        let r = match self {
+            Unmount::Fusermount(u) => u.unmount(),
+            Unmount::Syscall(p) => sys::unmount(p),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "unmount failed");
+        }
+    }
 }
 
 /// Mounts `cfg` and serves it. Without `-f`, the calling process exits 0 once the mount is
@@ -129,8 +221,8 @@ fn wait_for_child(rd: OwnedFd) -> Result<(), MountError> {
 fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result<(), MountError> {
     let overlay = Arc::new(overlay);
     let fs = StrataFs::new(Arc::clone(&overlay), cfg.timeout);
-    let config = session_config(cfg);
-    let mut session = match fuser::Session::new(fs, &cfg.mountpoint, &config) {
+    let plan = mount_plan(cfg);
+    let (session, mut unmounter) = match start_session(fs, cfg, &plan) {
         Ok(s) => s,
         Err(e) => {
             let err = MountError(format!(
@@ -143,8 +235,6 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
             return Err(err);
         }
     };
-    let mut unmounter = session.unmount_callable();
-    let mountpoint = cfg.mountpoint.clone();
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -157,9 +247,7 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
                 .spawn(move || {
                     if let Some(sig) = signals.forever().next() {
                         tracing::info!(sig, "signal received, unmounting");
-                        if unmounter.unmount().is_err() {
-                            let _ = sys::unmount_lazy(&mountpoint);
-                        }
+                        unmounter.unmount();
                     }
                 });
             if let Err(e) = spawned {

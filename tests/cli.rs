@@ -584,7 +584,6 @@ fn mount_fuse3_form_source_first() {
 }
 
 #[test]
-#[ignore = "known bug: fuser's direct mount(2) ignores MountOption::Subtype, so the type is plain `fuse`"]
 fn mount_type_is_fuse_stratafs() {
     // libfuse (and so fuse-overlayfs) mounts with type `fuse.SUBTYPE`; tools select mounts by
     // it (`findmnt -t fuse.stratafs`, `umount -a -t fuse.stratafs`).

@@ -837,3 +837,80 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         unlink_at(dir, name, false)
     }
 }
+
+/// Kernel flags of a FUSE mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FuseMountFlags {
+    /// `MS_RDONLY`
+    pub read_only: bool,
+    /// `MS_NODEV`
+    pub nodev: bool,
+    /// `MS_NOSUID`
+    pub nosuid: bool,
+    /// `MS_NOEXEC`
+    pub noexec: bool,
+    /// `MS_NOATIME`
+    pub noatime: bool,
+    /// `MS_DIRSYNC`
+    pub dirsync: bool,
+    /// `MS_SYNCHRONOUS`
+    pub sync: bool,
+}
+
+/// Mounts a FUSE filesystem of type `fuse.SUBTYPE` on `target`, served through `dev` (an open
+/// `/dev/fuse`). Needs `CAP_SYS_ADMIN`; `options` are the FUSE mount options after the fd,
+/// rootmode and ids, which this adds.
+pub fn mount_fuse(
+    dev: BorrowedFd<'_>,
+    source: &str,
+    target: &std::path::Path,
+    subtype: &str,
+    options: &str,
+    flags: FuseMountFlags,
+) -> io::Result<()> {
+    use rustix::mount::MountFlags as M;
+    let root_mode = rustix::fs::stat(target)?.st_mode;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        root_mode & libc::S_IFMT,
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let data = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut mf = M::empty();
+    for (on, f) in [
+        (flags.read_only, M::RDONLY),
+        (flags.nodev, M::NODEV),
+        (flags.nosuid, M::NOSUID),
+        (flags.noexec, M::NOEXEC),
+        (flags.noatime, M::NOATIME),
+        (flags.dirsync, M::DIRSYNC),
+        (flags.sync, M::SYNCHRONOUS),
+    ] {
+        if on {
+            mf |= f;
+        }
+    }
+    let fstype = format!("fuse.{subtype}");
+    rustix::mount::mount(source, target, fstype.as_str(), mf, data.as_c_str())
+        .map_err(io::Error::from)
+}
+
+/// Unmounts `path`; when it is busy, detaches it lazily instead.
+pub fn unmount(path: &std::path::Path) -> io::Result<()> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty()) {
+        Err(Errno::BUSY) => unmount_lazy(path),
+        r => r.map_err(io::Error::from),
+    }
+}
+
+/// Opens `/dev/fuse` for a new session.
+pub fn open_fuse_device() -> io::Result<OwnedFd> {
+    rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(io::Error::from)
+}
