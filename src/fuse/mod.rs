@@ -49,6 +49,9 @@ struct DirHandle {
 pub struct StrataFs {
     overlay: Arc<Overlay>,
     handles: DashMap<u64, Handle>,
+    /// Per node with open files: how many, and the newest fd. A file unlinked while open
+    /// has no name left; its attributes come from here (`fstat` sends no handle).
+    open_nodes: DashMap<u64, (usize, Arc<OwnedFd>)>,
     next_fh: AtomicU64,
     ttl: Duration,
 }
@@ -60,9 +63,28 @@ impl StrataFs {
         StrataFs {
             overlay,
             handles: DashMap::new(),
+            open_nodes: DashMap::new(),
             next_fh: AtomicU64::new(1),
             ttl,
         }
+    }
+
+    /// Registers an open file of node `ino` and returns its handle.
+    fn add_file(&self, ino: u64, fd: OwnedFd) -> FileHandle {
+        let fd = Arc::new(fd);
+        self.open_nodes
+            .entry(ino)
+            .and_modify(|(n, f)| {
+                *n += 1;
+                *f = Arc::clone(&fd);
+            })
+            .or_insert_with(|| (1, Arc::clone(&fd)));
+        self.add_handle(Handle::File(fd))
+    }
+
+    /// An open fd on node `ino`, if any file of it is open.
+    fn open_fd(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        self.open_nodes.get(&ino).map(|e| Arc::clone(&e.1))
     }
 
     fn add_handle(&self, h: Handle) -> FileHandle {
@@ -230,7 +252,14 @@ impl fuser::Filesystem for StrataFs {
             }
             return;
         }
-        match self.overlay.getattr(ino.0) {
+        let r = match self.overlay.getattr(ino.0) {
+            Err(e) if e.errno() == libc::ENOENT => match self.open_fd(ino.0) {
+                Some(fd) => self.overlay.attr_of_fd(ino.0, fd.as_fd()),
+                None => Err(e),
+            },
+            r => r,
+        };
+        match r {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", ino.0, &e)),
         }
@@ -253,7 +282,7 @@ impl fuser::Filesystem for StrataFs {
                 } else {
                     FopenFlags::empty()
                 };
-                let fh = self.add_handle(Handle::File(Arc::new(f.fd)));
+                let fh = self.add_file(ino.0, f.fd);
                 reply.opened(fh, keep);
             }
             Err(e) => reply.error(errno("open", ino.0, &e)),
@@ -294,14 +323,19 @@ impl fuser::Filesystem for StrataFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(&fh.0);
+        if let Some((_, Handle::File(_))) = self.handles.remove(&fh.0) {
+            self.open_nodes.remove_if_mut(&ino.0, |_, (n, _)| {
+                *n -= 1;
+                *n == 0
+            });
+        }
         reply.ok();
     }
 
@@ -508,10 +542,18 @@ impl fuser::Filesystem for StrataFs {
             mtime: set_time(mtime),
         };
         let file = fh.and_then(|fh| self.file(fh));
-        match self
+        let r = match self
             .overlay
             .setattr(ino.0, set, file.as_ref().map(|f| f.as_fd()))
         {
+            // No name left (unlinked while open): change the open file itself.
+            Err(e) if e.errno() == libc::ENOENT && file.is_none() => match self.open_fd(ino.0) {
+                Some(fd) => self.overlay.setattr(ino.0, set, Some(fd.as_fd())),
+                None => Err(e),
+            },
+            r => r,
+        };
+        match r {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", ino.0, &e)),
         }
@@ -598,7 +640,7 @@ impl fuser::Filesystem for StrataFs {
             .create(parent.0, name, NewObject::File { flags }, mode, caller(req))
         {
             Ok((a, Some(fd))) => {
-                let fh = self.add_handle(Handle::File(Arc::new(fd)));
+                let fh = self.add_file(a.ino, fd);
                 reply.created(
                     &self.ttl,
                     &file_attr(&a),

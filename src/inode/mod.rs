@@ -53,6 +53,9 @@ pub struct Node {
     pub copy_lock: Mutex<()>,
     /// Serialises changes to the entries of this directory.
     pub dir_lock: Mutex<()>,
+    /// Other names a non-directory was seen under (hard links): when the name in `loc` goes
+    /// away, the node is still reachable through one of these.
+    aliases: Mutex<Vec<(u64, OsString)>>,
 }
 
 impl Node {
@@ -64,6 +67,15 @@ impl Node {
             loc: RwLock::new(loc),
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
+            aliases: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keeps `old` as another name of this node (bounded: hard links seen through the mount).
+    fn add_alias(&self, old: (u64, OsString)) {
+        let mut al = self.aliases.lock();
+        if !al.contains(&old) && al.len() < 64 {
+            al.push(old);
         }
     }
 
@@ -143,6 +155,14 @@ impl NodeTable {
                         node.lookups.fetch_add(1, Ordering::Relaxed);
                         let mut cur = node.loc.write();
                         if *cur != loc {
+                            if kind != FileKind::Directory
+                                && (cur.parent != loc.parent || cur.name != loc.name)
+                            {
+                                node.add_alias((cur.parent, cur.name.clone()));
+                                node.aliases
+                                    .lock()
+                                    .retain(|(p, n)| !(*p == loc.parent && *n == loc.name));
+                            }
                             *cur = loc;
                         }
                         return Arc::clone(node);
@@ -185,12 +205,36 @@ impl NodeTable {
         }
     }
 
-    /// Moves a node to a new parent/name (after a rename through the mount).
-    pub fn relocate(&self, ino: u64, parent: u64, name: OsString) {
+    /// Moves name `from` of a node to `(parent, name)` (after a rename through the mount).
+    pub fn relocate(&self, ino: u64, from: (u64, &std::ffi::OsStr), parent: u64, name: OsString) {
         if let Some(node) = self.get(ino) {
             let mut loc = node.loc.write();
+            let mut al = node.aliases.lock();
+            al.retain(|(p, n)| !(*p == from.0 && n == from.1));
+            if !(loc.parent == from.0 && loc.name == from.1) {
+                let cur = (loc.parent, loc.name.clone());
+                if !al.contains(&cur) {
+                    al.push(cur);
+                }
+            }
             loc.parent = parent;
             loc.name = name;
+        }
+    }
+
+    /// Name `(parent, name)` of a node is gone (unlinked, or replaced by a rename): when it
+    /// was the node's current name, another known name takes its place.
+    pub fn drop_name(&self, ino: u64, parent: u64, name: &std::ffi::OsStr) {
+        if let Some(node) = self.get(ino) {
+            let mut loc = node.loc.write();
+            let mut al = node.aliases.lock();
+            al.retain(|(p, n)| !(*p == parent && n == name));
+            if loc.parent == parent && loc.name == name {
+                if let Some((p, n)) = al.pop() {
+                    loc.parent = p;
+                    loc.name = n;
+                }
+            }
         }
     }
 

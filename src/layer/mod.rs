@@ -83,16 +83,6 @@ impl Layer {
         }
     }
 
-    /// True when this layer holds a `.wh.NAME` file for `name` (beside `name` itself, it
-    /// hides only what the layers below have under that name).
-    pub fn has_dot_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
-        match sys::stat_at(dir, &format::whiteout_name(name)) {
-            Ok(_) => Ok(true),
-            Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ENAMETOOLONG) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// True when directory `dir` of this layer hides the layers below it: an opaque xattr
     /// set to `y` (kernel root or `userxattr` form, or fuse-overlayfs's) or a `.wh..wh..opq`
     /// file inside.
@@ -116,6 +106,16 @@ impl Layer {
             Err(e) if is_absent(&e) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// True when directory `dir` holds a `.wh.NAME` file for `name`. A name too long to carry
+/// the prefix cannot have one.
+pub fn dot_whiteout_exists(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    match sys::stat_at(dir, &format::whiteout_name(name)) {
+        Ok(_) => Ok(true),
+        Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ENAMETOOLONG) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -94,7 +94,7 @@ impl Overlay {
                     bottom = Some((li, st.ino));
                     if pos + 1 < chain.len()
                         && (self.child_is_opaque(dfd.as_fd(), li, name)?
-                            || layer.has_dot_whiteout(dfd.as_fd(), name)?)
+                            || crate::layer::dot_whiteout_exists(dfd.as_fd(), name)?)
                     {
                         break;
                     }

@@ -89,11 +89,11 @@ impl Overlay {
             Ok(st) if format::is_whiteout_stat(&st) => Ok(UpperSlot::CharWhiteout),
             Ok(st) => Ok(UpperSlot::Object(st.is_dir())),
             Err(e) if crate::layer::is_absent(&e) => {
-                match sys::stat_at(pfd, &format::whiteout_name(name)) {
-                    Ok(_) => Ok(UpperSlot::DotWhiteout),
-                    Err(e) if crate::layer::is_absent(&e) => Ok(UpperSlot::Empty),
-                    Err(e) => Err(e.into()),
-                }
+                Ok(if crate::layer::dot_whiteout_exists(pfd, name)? {
+                    UpperSlot::DotWhiteout
+                } else {
+                    UpperSlot::Empty
+                })
             }
             Err(e) => Err(e.into()),
         }
@@ -362,7 +362,11 @@ impl Overlay {
             _ => return Err(Error::NotFound),
         }
         if let Some(n) = self.nodes.get(r.ino) {
-            self.dirfds.drop_node(n.ino, self.layers.len());
+            if is_dir {
+                self.dirfds.drop_node(n.ino, self.layers.len());
+            } else {
+                self.nodes.drop_name(n.ino, parent, name);
+            }
         }
         Ok(())
     }
@@ -538,9 +542,10 @@ impl Overlay {
                 RenameMode::Exchange,
             )?;
             self.nodes
-                .relocate(src.ino, ddir.ino, newname.to_os_string());
+                .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());
             if let Some(d) = &dst {
-                self.nodes.relocate(d.ino, sdir.ino, name.to_os_string());
+                self.nodes
+                    .relocate(d.ino, (ddir.ino, newname), sdir.ino, name.to_os_string());
             }
             self.mark_impure(dpfd.as_fd());
             self.mark_impure(spfd.as_fd());
@@ -610,8 +615,11 @@ impl Overlay {
         if src.kind != FileKind::Directory {
             self.mark_impure(dpfd.as_fd());
         }
+        if let Some(d) = &dst {
+            self.nodes.drop_name(d.ino, ddir.ino, newname);
+        }
         self.nodes
-            .relocate(src.ino, ddir.ino, newname.to_os_string());
+            .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());
         if src.kind == FileKind::Directory {
             self.nodes.set_layers(src.ino, vec![UPPER]);
         }

@@ -1,0 +1,112 @@
+//! Integration tests may panic: a failed assertion is how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! Bugs found by external suites and by hand, each pinned by the test that showed it.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+use common::*;
+
+struct Rw {
+    _dir: tempfile::TempDir,
+    mount: Option<Mount>,
+    mnt: PathBuf,
+}
+
+fn rw() -> Rw {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", p("l"), p("u"), p("w"));
+    let mnt = dir.path().join("m");
+    let mount = Some(Mount::new(&opts, &mnt));
+    Rw {
+        _dir: dir,
+        mount,
+        mnt,
+    }
+}
+
+impl Drop for Rw {
+    fn drop(&mut self) {
+        self.mount.take();
+    }
+}
+
+/// pjdfstest unlink::open_file_not_freed: fstat sends no handle, and the name is gone.
+#[test]
+fn unlinked_open_file_keeps_its_attributes() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw();
+    let p = t.mnt.join("f");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    fs::remove_file(&p).unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    f.write_all(b"hello").unwrap();
+    f.rewind().unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello");
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+    f.set_len(2).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 2);
+}
+
+/// pjdfstest link::remove_link: the node's remembered name was the one unlinked.
+#[test]
+fn hard_link_outlives_the_name_last_looked_up() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw();
+    let (f, g) = (t.mnt.join("f"), t.mnt.join("g"));
+    fs::write(&f, "data").unwrap();
+    fs::hard_link(&f, &g).unwrap();
+    // Make the kernel look both names up again, g first, so the node was last seen as f.
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(fs::metadata(&g).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(&f).unwrap().nlink(), 2);
+    fs::remove_file(&f).unwrap();
+    let md = fs::metadata(&g).unwrap();
+    assert_eq!(md.nlink(), 1);
+    assert_eq!(fs::read_to_string(&g).unwrap(), "data");
+    // And a rename of the other name keeps the node reachable.
+    fs::hard_link(&g, &f).unwrap();
+    fs::metadata(&g).unwrap();
+    fs::rename(&f, t.mnt.join("h")).unwrap();
+    fs::remove_file(&g).unwrap();
+    assert_eq!(fs::metadata(t.mnt.join("h")).unwrap().nlink(), 1);
+}
+
+/// pjdfstest *::enametoolong_component: a NAME_MAX name has no room for the `.wh.` prefix,
+/// which must not make its creation fail.
+#[test]
+fn name_max_names_can_be_created() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw();
+    let long = "n".repeat(255);
+    fs::write(t.mnt.join(&long), "x").unwrap();
+    fs::create_dir(t.mnt.join(format!("d{}", &long[1..]))).unwrap();
+    fs::remove_file(t.mnt.join(&long)).unwrap();
+    let too_long = "n".repeat(256);
+    let e = fs::write(t.mnt.join(too_long), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+}
