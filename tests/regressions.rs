@@ -49,7 +49,7 @@ fn unlinked_open_file_keeps_its_attributes() {
     let t = rw();
     let p = t.mnt.join("f");
     let mut f = fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .read(true)
         .write(true)
         .open(&p)
