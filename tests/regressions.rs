@@ -110,3 +110,37 @@ fn name_max_names_can_be_created() {
     let e = fs::write(t.mnt.join(too_long), "x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
 }
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The kernel keeps directory listings between opens (FOPEN_CACHE_DIR): every change made
+/// through the mount must still show in the next listing.
+#[test]
+fn cached_listings_follow_changes() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw();
+    let (a, b) = (t.mnt.join("a"), t.mnt.join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    assert!(names(&a).is_empty());
+    fs::write(a.join("f"), "x").unwrap();
+    assert_eq!(names(&a), ["f"]);
+    fs::rename(a.join("f"), b.join("g")).unwrap();
+    assert!(names(&a).is_empty());
+    assert_eq!(names(&b), ["g"]);
+    fs::hard_link(b.join("g"), a.join("h")).unwrap();
+    fs::create_dir(a.join("sub")).unwrap();
+    assert_eq!(names(&a), ["h", "sub"]);
+    fs::remove_dir(a.join("sub")).unwrap();
+    fs::remove_file(a.join("h")).unwrap();
+    assert!(names(&a).is_empty());
+}

@@ -344,7 +344,13 @@ impl fuser::Filesystem for StrataFs {
         match self.overlay.check_dir(ino.0) {
             Ok(()) => {
                 let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
-                reply.opened(fh, FopenFlags::empty());
+                // Listings change only through this mount, and every change the kernel
+                // sends us bumps the directory's version, which drops its cached listing: so
+                // the kernel may keep listings between opens.
+                reply.opened(
+                    fh,
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                );
             }
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
         }
