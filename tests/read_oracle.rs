@@ -1494,16 +1494,8 @@ fn seek_data_and_hole_match_layer_file() {
 // 15. Read-only
 // ---------------------------------------------------------------------------------------------
 
-#[allow(unsafe_code)]
 fn truncate_path(p: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL");
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    let r = unsafe { libc::truncate(c.as_ptr(), 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    stratafs::sys::truncate_path(p, 0)
 }
 
 type WriteOp = (&'static str, fn(&Path) -> io::Result<()>);

@@ -120,9 +120,29 @@ fn private_xattrs_are_hidden() {
     ] {
         let e = rustix::fs::lgetxattr(&mf, k, &mut buf[..]).unwrap_err();
         assert_eq!(e.raw_os_error(), libc::ENODATA, "get {k}");
+    }
+    for k in ["user.overlay.a", "user.fuseoverlayfs.b"] {
         let e = rustix::fs::lsetxattr(&mf, k, b"v", rustix::fs::XattrFlags::empty()).unwrap_err();
         assert_eq!(e.raw_os_error(), libc::EOPNOTSUPP, "set {k}");
     }
+    // The mount's own namespace is usable through it, stored escaped as the kernel does.
+    rustix::fs::lsetxattr(
+        &mf,
+        "trusted.overlay.c",
+        b"mine",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let n = rustix::fs::lgetxattr(&mf, "trusted.overlay.c", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"mine");
+    assert!(xattr_names(&mf).contains(&"trusted.overlay.c".to_string()));
+    let stored = xattr_names(&s.upper.join("f"));
+    assert!(
+        stored.contains(&"trusted.overlay.overlay.c".to_string()),
+        "{stored:?}"
+    );
+    rustix::fs::lremovexattr(&mf, "trusted.overlay.c").unwrap();
+    assert!(!xattr_names(&mf).iter().any(|n| n.contains("overlay")));
 }
 
 #[test]

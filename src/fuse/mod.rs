@@ -7,7 +7,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,8 +27,41 @@ use crate::sys::{self, FileKind};
 /// An open handle.
 #[derive(Debug)]
 enum Handle {
-    File(Arc<OwnedFd>),
+    File(Arc<OpenFile>),
     Dir(Arc<DirHandle>),
+}
+
+/// An open file.
+#[derive(Debug)]
+struct OpenFile {
+    fd: parking_lot::RwLock<Arc<OwnedFd>>,
+    /// Opened on a lower layer: once the file is copied up, reads go to the upper copy (as
+    /// with the kernel's overlayfs).
+    lower: AtomicBool,
+    /// The file had setuid/setgid bits when last looked at.
+    setid: AtomicBool,
+}
+
+impl OpenFile {
+    fn current(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.fd.read())
+    }
+}
+
+const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// True when the caller of `req` is in group `gid` (its primary group or one of the
+/// supplementary groups its process lists).
+fn caller_in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+        .unwrap_or(false)
 }
 
 /// A directory listing snapshot taken at opendir, with `.` and `..` in front.
@@ -70,7 +103,10 @@ impl StrataFs {
     }
 
     /// Registers an open file of node `ino` and returns its handle.
-    fn add_file(&self, ino: u64, fd: OwnedFd) -> FileHandle {
+    fn add_file(&self, ino: u64, fd: OwnedFd, lower: bool) -> (FileHandle, Arc<OpenFile>) {
+        let setid = sys::stat_fd(fd.as_fd())
+            .map(|st| st.mode & SETID != 0)
+            .unwrap_or(false);
         let fd = Arc::new(fd);
         self.open_nodes
             .entry(ino)
@@ -79,7 +115,63 @@ impl StrataFs {
                 *f = Arc::clone(&fd);
             })
             .or_insert_with(|| (1, Arc::clone(&fd)));
-        self.add_handle(Handle::File(fd))
+        let of = Arc::new(OpenFile {
+            fd: parking_lot::RwLock::new(fd),
+            lower: AtomicBool::new(lower),
+            setid: AtomicBool::new(setid),
+        });
+        (self.add_handle(Handle::File(Arc::clone(&of))), of)
+    }
+
+    fn open_file(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File(f)) => Some(Arc::clone(f)),
+            _ => None,
+        }
+    }
+
+    /// The fd to read `fh` from: a handle opened on a lower copy moves to the upper copy once
+    /// the file has been copied up.
+    fn read_fd(&self, fh: FileHandle, ino: u64) -> Option<Arc<OwnedFd>> {
+        let of = self.open_file(fh)?;
+        if of.lower.load(Ordering::Acquire) && self.overlay.is_copied_up(ino) {
+            let mut cur = of.fd.write();
+            if of.lower.load(Ordering::Acquire) {
+                match self.overlay.open(ino, libc::O_RDONLY) {
+                    Ok(f) => {
+                        *cur = Arc::new(f.fd);
+                        of.lower.store(false, Ordering::Release);
+                    }
+                    Err(e) => debug!(ino, error = %e, "reopen after copy-up failed"),
+                }
+            }
+        }
+        Some(of.current())
+    }
+
+    /// A write by someone other than root drops setuid, and setgid when the group may
+    /// execute or the writer is not in the file's group: what a local filesystem does.
+    fn kill_setid(&self, of: &OpenFile, req: &Request) {
+        if req.uid() == 0 || !of.setid.load(Ordering::Relaxed) {
+            return;
+        }
+        let fd = of.current();
+        let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+            return;
+        };
+        let mut mode = st.mode & !libc::S_ISUID;
+        if st.mode & libc::S_ISGID != 0
+            && (st.mode & libc::S_IXGRP != 0 || !caller_in_group(req, st.gid))
+        {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.mode {
+            if let Err(e) = rustix::fs::fchmod(&*fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))
+            {
+                debug!(error = %e, "dropping setuid/setgid bits failed");
+            }
+        }
+        of.setid.store(mode & SETID != 0, Ordering::Relaxed);
     }
 
     /// An open fd on node `ino`, if any file of it is open.
@@ -94,10 +186,7 @@ impl StrataFs {
     }
 
     fn file(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
-        match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::File(f)) => Some(Arc::clone(f)),
-            _ => None,
-        }
+        self.open_file(fh).map(|f| f.current())
     }
 
     /// The listing of open directory `fh` (of node `ino`), taken anew at offset 0.
@@ -273,7 +362,7 @@ impl fuser::Filesystem for StrataFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!(op = "open", ino = ino.0, flags = flags.0);
         match self.overlay.open(ino.0, flags.0) {
             Ok(f) => {
@@ -282,7 +371,11 @@ impl fuser::Filesystem for StrataFs {
                 } else {
                     FopenFlags::empty()
                 };
-                let fh = self.add_file(ino.0, f.fd);
+                let (fh, of) = self.add_file(ino.0, f.fd, f.immutable);
+                if flags.0 & libc::O_TRUNC != 0 {
+                    // A truncating open is a write (atomic O_TRUNC: no setattr follows).
+                    self.kill_setid(&of, req);
+                }
                 reply.opened(fh, keep);
             }
             Err(e) => reply.error(errno("open", ino.0, &e)),
@@ -300,7 +393,7 @@ impl fuser::Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(fd) = self.file(fh) else {
+        let Some(fd) = self.read_fd(fh, ino.0) else {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
@@ -646,7 +739,7 @@ impl fuser::Filesystem for StrataFs {
             .create(parent.0, name, NewObject::File { flags }, mode, caller(req))
         {
             Ok((a, Some(fd))) => {
-                let fh = self.add_file(a.ino, fd);
+                let (fh, _) = self.add_file(a.ino, fd, false);
                 reply.created(
                     &self.ttl,
                     &file_attr(&a),
@@ -734,7 +827,7 @@ impl fuser::Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -744,12 +837,15 @@ impl fuser::Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(fd) = self.file(fh) else {
+        let Some(of) = self.open_file(fh) else {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        match sys::pwrite_all(fd.as_fd(), data, offset) {
-            Ok(()) => reply.written(data.len() as u32),
+        match sys::pwrite_all(of.current().as_fd(), data, offset) {
+            Ok(()) => {
+                self.kill_setid(&of, req);
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(io_errno("write", ino.0, e)),
         }
     }

@@ -62,6 +62,71 @@ pub fn is_private_xattr(name: &OsStr) -> bool {
     PRIVATE_XATTR_PREFIXES.iter().any(|p| b.starts_with(p))
 }
 
+/// How xattr names map between the mount and the layers. The mount's own overlay namespace
+/// (`trusted.overlay.` as root, `user.overlay.` unprivileged) can be used through the mount
+/// as the kernel allows since 6.7: `PREFIX.X` is stored escaped as `PREFIX.overlay.X`. Every
+/// other private name is neither shown nor settable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XattrNames {
+    prefix: &'static str,
+}
+
+/// Where an xattr name given through the mount lives in a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XattrTarget {
+    /// Stored under this name.
+    Stored(std::ffi::OsString),
+    /// A private name: not reachable through the mount.
+    Private,
+}
+
+impl XattrNames {
+    /// The mapping for a mount whose own namespace is `prefix` (`trusted.overlay.` or
+    /// `user.overlay.`).
+    pub fn new(prefix: &'static str) -> XattrNames {
+        XattrNames { prefix }
+    }
+
+    /// The stored name for `name` as given through the mount.
+    pub fn to_layer(&self, name: &OsStr) -> XattrTarget {
+        let b = name.as_bytes();
+        match b.strip_prefix(self.prefix.as_bytes()) {
+            Some(rest) => {
+                let mut v = self.prefix.as_bytes().to_vec();
+                v.extend_from_slice(b"overlay.");
+                v.extend_from_slice(rest);
+                XattrTarget::Stored(std::os::unix::ffi::OsStringExt::from_vec(v))
+            }
+            None if is_private_xattr(name) => XattrTarget::Private,
+            None => XattrTarget::Stored(name.to_os_string()),
+        }
+    }
+
+    /// The name shown through the mount for stored name `name`, if it is shown at all.
+    pub fn to_mount<'a>(&self, name: &'a OsStr) -> Option<std::borrow::Cow<'a, OsStr>> {
+        let b = name.as_bytes();
+        let escaped = [self.prefix.as_bytes(), b"overlay."].concat();
+        if let Some(rest) = b.strip_prefix(escaped.as_slice()) {
+            let mut v = self.prefix.as_bytes().to_vec();
+            v.extend_from_slice(rest);
+            return Some(std::borrow::Cow::Owned(
+                std::os::unix::ffi::OsStringExt::from_vec(v),
+            ));
+        }
+        if is_private_xattr(name) {
+            None
+        } else {
+            Some(std::borrow::Cow::Borrowed(name))
+        }
+    }
+
+    /// True when a copy-up carries stored name `name` over (user-visible ones, escaped
+    /// ones included).
+    pub fn copied_up(&self, name: &OsStr) -> bool {
+        self.to_mount(name).is_some()
+    }
+}
+
 /// True for an opaque-xattr value that marks a directory opaque.
 pub fn is_opaque_value(v: &[u8]) -> bool {
     v == b"y"
@@ -83,6 +148,32 @@ mod tests {
         assert_eq!(whiteout_name(OsStr::new("a b")), OsStr::new(".wh.a b"));
         assert!(is_reserved_name(OsStr::new(".wh..wh..opq")));
         assert!(!is_reserved_name(OsStr::new("wh.x")));
+    }
+
+    #[test]
+    fn escaped_names() {
+        let x = XattrNames::new("trusted.overlay.");
+        assert_eq!(
+            x.to_layer(OsStr::new("trusted.overlay.opaque")),
+            XattrTarget::Stored("trusted.overlay.overlay.opaque".into())
+        );
+        assert_eq!(
+            x.to_layer(OsStr::new("user.overlay.a")),
+            XattrTarget::Private
+        );
+        assert_eq!(
+            x.to_layer(OsStr::new("user.a")),
+            XattrTarget::Stored("user.a".into())
+        );
+        assert_eq!(
+            x.to_mount(OsStr::new("trusted.overlay.overlay.x"))
+                .as_deref(),
+            Some(OsStr::new("trusted.overlay.x"))
+        );
+        assert_eq!(x.to_mount(OsStr::new("trusted.overlay.opaque")), None);
+        assert_eq!(x.to_mount(OsStr::new("user.fuseoverlayfs.opaque")), None);
+        assert!(x.copied_up(OsStr::new("trusted.overlay.overlay.x")));
+        assert!(!x.copied_up(OsStr::new("trusted.overlay.origin")));
     }
 
     #[test]

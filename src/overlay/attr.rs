@@ -8,7 +8,7 @@ use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
 use super::{Attr, Error, Overlay, Result};
-use crate::layer::format;
+use crate::layer::format::XattrTarget;
 use crate::sys::{self, FileKind, SetTime};
 
 /// The attribute changes of one `setattr`.
@@ -143,24 +143,30 @@ impl Overlay {
 
     /// Sets xattr `name` on `ino` (copying it up). Overlay-private names are refused.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if self.opts.no_xattrs || format::is_private_xattr(name) {
+        if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
+        let XattrTarget::Stored(stored) = self.xattr_names().to_layer(name) else {
+            return Err(Error::XattrUnsupported);
+        };
         self.writable()?;
         let fd = self.upper_object(ino)?;
-        Ok(sys::set_xattr(fd.as_fd(), name, value, flags)?)
+        Ok(sys::set_xattr(fd.as_fd(), &stored, value, flags)?)
     }
 
     /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
-        if self.opts.no_xattrs || format::is_private_xattr(name) {
+        if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
+        let XattrTarget::Stored(stored) = self.xattr_names().to_layer(name) else {
+            return Err(Error::XattrUnsupported);
+        };
         self.writable()?;
         // Removing what is not there must not copy anything up.
         self.getxattr(ino, name)?;
         let fd = self.upper_object(ino)?;
-        Ok(sys::remove_xattr(fd.as_fd(), name)?)
+        Ok(sys::remove_xattr(fd.as_fd(), &stored)?)
     }
 
     /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).

@@ -75,14 +75,7 @@ impl Overlay {
         let staged = (|| -> Result<()> {
             let fd = sys::open_dir_path(work.fd(), tmp.as_bytes())?;
             self.copy_meta(src.as_fd(), fd.as_fd(), work.fd(), &tmp, &st)?;
-            sys::rename_at(
-                work.fd(),
-                &tmp,
-                pfd.as_fd(),
-                &name,
-                sys::RenameMode::NoReplace,
-            )?;
-            Ok(())
+            place_copy(work, &tmp, pfd.as_fd(), &name)
         })();
         if let Err(e) = staged {
             let _ = sys::remove_tree(work.fd(), &tmp);
@@ -118,16 +111,7 @@ impl Overlay {
         let _dir_guard = parent.dir_lock.lock();
         let tmp = self.temp_name();
         let staged = self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data);
-        let placed = staged.and_then(|()| {
-            sys::rename_at(
-                work.fd(),
-                &tmp,
-                pfd.as_fd(),
-                &name,
-                sys::RenameMode::NoReplace,
-            )?;
-            Ok(())
-        });
+        let placed = staged.and_then(|()| place_copy(work, &tmp, pfd.as_fd(), &name));
         if let Err(e) = placed {
             let _ = sys::remove_tree(work.fd(), &tmp);
             return Err(e);
@@ -192,7 +176,7 @@ impl Overlay {
         st: &Stat,
     ) -> Result<()> {
         sys::chown_at(dir, name, Some(st.uid), Some(st.gid))?;
-        copy_xattrs(src, dst)?;
+        copy_xattrs(src, dst, self.xattr_names())?;
         if st.kind() != Some(FileKind::Symlink) {
             sys::chmod_at(dir, name, st.mode)?;
         }
@@ -232,16 +216,36 @@ impl Overlay {
     }
 }
 
-/// Copies the xattrs a copy-up keeps: everything but the overlay's private namespaces.
+/// Renames a finished copy from the work directory into upper directory `pfd`. A copy-up
+/// does not change what the directory lists, so its times are put back as they were (as
+/// the kernel's overlayfs does).
+fn place_copy(work: &WorkDir, tmp: &OsStr, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let before = sys::stat_fd(pfd)?;
+    sys::rename_at(work.fd(), tmp, pfd, name, sys::RenameMode::NoReplace)?;
+    sys::set_times_at(
+        pfd,
+        OsStr::new(""),
+        SetTime::At(before.atime),
+        SetTime::At(before.mtime),
+    )?;
+    Ok(())
+}
+
+/// Copies the xattrs a copy-up keeps: everything but the overlay's private names (escaped
+/// ones, which the mount shows, included).
 /// Attributes the upper filesystem refuses (`security.*` under some LSMs) are skipped.
-fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+fn copy_xattrs(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mapping: format::XattrNames,
+) -> Result<()> {
     let names = match sys::list_xattr(src) {
         Ok(n) => n,
         Err(e) if crate::layer::is_unsupported(&e) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
     for name in sys::split_xattr_list(&names) {
-        if format::is_private_xattr(name) {
+        if !mapping.copied_up(name) {
             continue;
         }
         let Some(value) = sys::get_xattr(src, name)? else {

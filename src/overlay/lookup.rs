@@ -280,3 +280,13 @@ impl Overlay {
         Ok(a)
     }
 }
+
+impl Overlay {
+    /// True when node `ino` now lives in the upper layer.
+    pub fn is_copied_up(&self, ino: u64) -> bool {
+        self.nodes
+            .get(ino)
+            .map(|n| n.with_location(|l| l.top() == Some(0)) && self.layers.upper().is_some())
+            .unwrap_or(false)
+    }
+}

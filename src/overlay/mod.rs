@@ -171,6 +171,16 @@ impl Overlay {
         }
     }
 
+    /// How xattr names map between the mount and the layers.
+    pub(crate) fn xattr_names(&self) -> crate::layer::format::XattrNames {
+        let prefix = match self.layers.work() {
+            Some(w) => w.xattr_prefix,
+            None if crate::sys::euid() == 0 => "trusted.overlay.",
+            None => "user.overlay.",
+        };
+        crate::layer::format::XattrNames::new(prefix)
+    }
+
     /// The layer stack.
     pub fn layers(&self) -> &LayerStack {
         &self.layers

@@ -534,6 +534,17 @@ impl Overlay {
             (Some(sdir.dir_lock.lock()), Some(b))
         };
         if flag == RenameFlag::Exchange {
+            // A directory swapped onto a name that a lower layer holds must hide it.
+            if let Some(d) = &dst {
+                if src.kind == FileKind::Directory && self.lower_has(ddir, newname)? {
+                    let fd = sys::open_dir_path(spfd.as_fd(), name.as_bytes())?;
+                    self.make_opaque(fd.as_fd())?;
+                }
+                if d.kind == FileKind::Directory && self.lower_has(sdir, name)? {
+                    let fd = sys::open_dir_path(dpfd.as_fd(), newname.as_bytes())?;
+                    self.make_opaque(fd.as_fd())?;
+                }
+            }
             sys::rename_at(
                 spfd.as_fd(),
                 name,

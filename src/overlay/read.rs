@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::OFlags;
 
 use super::{Error, Overlay, Result};
-use crate::layer::format;
+use crate::layer::format::XattrTarget;
 use crate::sys::{self, FileKind};
 
 /// An open file on a layer.
@@ -89,13 +89,13 @@ impl Overlay {
         if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
-        if format::is_private_xattr(name) {
-            // As the kernel answers for its own namespace: there is no such attribute.
+        let XattrTarget::Stored(stored) = self.xattr_names().to_layer(name) else {
+            // As the kernel answers for private names: there is no such attribute.
             return Err(Error::NoXattr);
-        }
+        };
         let node = self.node(ino)?;
         let fd = self.object_fd(&node)?;
-        sys::get_xattr(fd.as_fd(), name)?.ok_or(Error::NoXattr)
+        sys::get_xattr(fd.as_fd(), &stored)?.ok_or(Error::NoXattr)
     }
 
     /// The xattr names of `ino` (kernel list format), overlay-private ones left out.
@@ -110,10 +110,11 @@ impl Overlay {
             Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
+        let names = self.xattr_names();
         let mut out = Vec::with_capacity(raw.len());
         for name in sys::split_xattr_list(&raw) {
-            if !format::is_private_xattr(name) {
-                out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(name));
+            if let Some(shown) = names.to_mount(name) {
+                out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(&*shown));
                 out.push(0);
             }
         }

@@ -914,3 +914,17 @@ pub fn open_fuse_device() -> io::Result<OwnedFd> {
     rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(io::Error::from)
 }
+
+/// `truncate(2)` of a path (a size change without an open file; tools and tests use it).
+pub fn truncate_path(path: &std::path::Path, len: u64) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: `c` is a NUL-terminated path that lives for the call.
+    let r = unsafe { libc::truncate(c.as_ptr(), len) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

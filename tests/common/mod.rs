@@ -177,10 +177,12 @@ impl Mount {
 
     /// Like [`Mount::new`], but returns the launcher's output on failure.
     pub fn try_new(opts: &str, mountpoint: &Path) -> Result<Mount, Output> {
-        let out = run(Command::new(stratafs_bin())
-            .arg("-o")
-            .arg(opts)
-            .arg(mountpoint));
+        Mount::with_binary(&stratafs_bin(), opts, mountpoint)
+    }
+
+    /// Mounts with the daemon binary `bin`.
+    pub fn with_binary(bin: &Path, opts: &str, mountpoint: &Path) -> Result<Mount, Output> {
+        let out = run(Command::new(bin).arg("-o").arg(opts).arg(mountpoint));
         if out.status.success() {
             Ok(Mount {
                 mountpoint: mountpoint.to_path_buf(),
@@ -377,10 +379,10 @@ fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) {
     }
 }
 
-/// Asserts two snapshots are equal, naming the first differences.
-pub fn assert_same_tree(ours: &TreeSnap, theirs: &TreeSnap, what: &str) {
+/// The first differences between two snapshots, or `None` when they are equal.
+pub fn tree_diff(ours: &TreeSnap, theirs: &TreeSnap) -> Option<String> {
     if ours == theirs {
-        return;
+        return None;
     }
     let mut report = Vec::new();
     for (p, e) in ours {
@@ -399,5 +401,139 @@ pub fn assert_same_tree(ours: &TreeSnap, theirs: &TreeSnap, what: &str) {
         }
     }
     report.truncate(20);
-    panic!("{what}: trees differ:\n{}", report.join("\n"));
+    Some(report.join("\n"))
+}
+
+/// Asserts two snapshots are equal, naming the first differences.
+pub fn assert_same_tree(ours: &TreeSnap, theirs: &TreeSnap, what: &str) {
+    if let Some(d) = tree_diff(ours, theirs) {
+        panic!("{what}: trees differ:\n{d}");
+    }
+}
+
+// ---- Helpers for the write-path comparisons (differential.rs, write_ops.rs) ----
+
+/// The errno of a failed call, so results of the same call on two mounts can be compared.
+pub fn errno_of<T>(r: std::io::Result<T>) -> Result<T, i32> {
+    r.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// `truncate(2)` on a path: a setattr without an open file (which `File::set_len` is not).
+pub fn truncate_path(path: &Path, len: u64) -> std::io::Result<()> {
+    stratafs::sys::truncate_path(path, len)
+}
+
+/// Makes a kernel-format whiteout (char device 0/0) at `path`.
+pub fn make_whiteout(path: &Path) -> std::io::Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )?;
+    Ok(())
+}
+
+/// Marks directory `path` opaque the way the kernel does (`trusted.overlay.opaque=y`).
+pub fn make_opaque(path: &Path) -> std::io::Result<()> {
+    rustix::fs::lsetxattr(
+        path,
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// `-o` options for a read-write stack (lowers topmost first).
+pub fn rw_opts(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let l: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.join(":"),
+        upper.display(),
+        work.display()
+    )
+}
+
+/// `-o` options for the kernel's overlayfs with the features stratafs implements pinned
+/// (no redirects, no index, no metacopy), whatever the module defaults are.
+pub fn kernel_rw_opts(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    format!(
+        "{},redirect_dir=off,index=off,metacopy=off",
+        rw_opts(lowers, upper, work)
+    )
+}
+
+/// `cp -a` of a whole tree (modes, owners, times, xattrs incl. `trusted.*`, device nodes).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let out = run(Command::new("cp")
+        .arg("-a")
+        .arg("--preserve=all")
+        .arg(src)
+        .arg(dst));
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        src.display(),
+        dst.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The names in a directory, sorted (empty when it cannot be read).
+pub fn dir_names(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Kills (SIGKILL) the stratafs daemons serving `mountpoint` and detaches the mount: used by
+/// watchdogs so a hung daemon fails a test instead of hanging it.
+pub fn kill_daemons(mountpoint: &Path) {
+    for p in daemons_for(mountpoint) {
+        let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+    }
+    let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+}
+
+/// A private copy of the daemon binary, taken once per test process, so that a concurrent
+/// `cargo build` replacing `target/debug/stratafs` cannot break mounts half-way through a
+/// run. Copies left by earlier processes that have exited are removed.
+pub fn stable_stratafs_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("stratafs-test-bin-") {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let dir = tmp.join(format!("stratafs-test-bin-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let dst = dir.join("stratafs");
+        let ok = wait_until(Duration::from_secs(120), || {
+            std::fs::copy(stratafs_bin(), &dst).is_ok()
+        });
+        assert!(ok, "cannot copy {}", stratafs_bin().display());
+        dst
+    })
+    .clone()
+}
+
+/// Like [`Mount::try_new`], through [`stable_stratafs_bin`].
+pub fn mount_stable(opts: &str, mountpoint: &Path) -> Result<Mount, Output> {
+    Mount::with_binary(&stable_stratafs_bin(), opts, mountpoint)
 }
