@@ -301,8 +301,9 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 impl fuser::Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         for cap in [
+            // Always readdirplus (no _AUTO): a listing is nearly always followed by stats of
+            // its entries, and each separate LOOKUP is a round trip.
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_READ,
@@ -483,7 +484,11 @@ impl fuser::Filesystem for StrataFs {
         }
         let start = (off - 2) as usize;
         for (i, e) in list.entries.iter().enumerate().skip(start) {
-            if reply.add(INodeNo(e.ino), (i + 3) as u64, file_type(e.kind), &e.name) {
+            let Ok(eino) = self.overlay.entry_ino(ino.0, e) else {
+                // Gone since the listing was taken: skip it, as a fresh listing would.
+                continue;
+            };
+            if reply.add(INodeNo(eino), (i + 3) as u64, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -529,7 +534,7 @@ impl fuser::Filesystem for StrataFs {
         }
         let start = (off - 2) as usize;
         for (i, e) in list.entries.iter().enumerate().skip(start) {
-            let attr = match self.overlay.lookup(ino.0, &e.name) {
+            let attr = match self.overlay.lookup_entry(ino.0, e) {
                 Ok(a) => a,
                 // Gone since opendir: skip it, as a fresh listing would.
                 Err(_) => continue,

@@ -179,6 +179,17 @@ impl Overlay {
         Ok(self.remember(parent, name, &r))
     }
 
+    /// Looks up an entry of a listing of `parent` (readdirplus), starting at the layer the
+    /// listing found it in rather than probing the layers above again.
+    pub fn lookup_entry(&self, parent: u64, entry: &super::DirEntry) -> Result<Attr> {
+        let dir = self.node(parent)?;
+        let chain = dir.with_location(|l| l.layers.clone());
+        let r = self
+            .resolve_in(&dir, &chain, &entry.name, entry.from)?
+            .ok_or(Error::NotFound)?;
+        Ok(self.remember(parent, &entry.name, &r))
+    }
+
     /// Registers a resolved child with the node table and returns its attributes.
     pub(crate) fn remember(&self, parent: u64, name: &OsStr, r: &Resolved) -> Attr {
         let node = self.nodes.remember(

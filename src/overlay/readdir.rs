@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 
 use super::{Error, Overlay, Result};
-use crate::layer::format;
+use crate::layer::{format, LayerIdx};
 use crate::sys::{self, FileKind};
 
 /// One entry of a merged listing.
@@ -20,8 +20,15 @@ pub struct DirEntry {
     pub name: OsString,
     /// File type.
     pub kind: FileKind,
-    /// `st_ino`, equal to what a lookup of the name reports.
-    pub ino: u64,
+    /// Position in the directory's merge chain of the topmost layer showing the name (the
+    /// layers above it hold neither the name nor a whiteout for it).
+    pub(crate) from: usize,
+    /// That layer.
+    pub(crate) layer: LayerIdx,
+    /// The inode number that layer's directory reports.
+    pub(crate) raw_ino: u64,
+    /// The entry is in an upper directory holding copied-up entries.
+    pub(crate) impure: bool,
 }
 
 impl Overlay {
@@ -36,6 +43,33 @@ impl Overlay {
             FileKind::Directory => Ok(()),
             _ => Err(Error::NotDir),
         }
+    }
+
+    /// The `st_ino` of entry `e` of a listing of directory `dir`, equal to what a lookup of
+    /// the name reports. Worked out only when a plain readdir needs it (readdirplus looks
+    /// the entry up anyway): a directory's number comes from the bottom of its merge chain,
+    /// a copied-up file's from its recorded origin, a lower hard link's from its name.
+    pub fn entry_ino(&self, dir: u64, e: &DirEntry) -> Result<u64> {
+        let node = self.node(dir)?;
+        let chain = node.with_location(|l| l.layers.clone());
+        let layer = self.layers.get(e.layer).ok_or(Error::StaleNode(dir))?;
+        if e.kind == FileKind::Directory {
+            return self
+                .resolve_in(&node, &chain, &e.name, e.from)?
+                .map(|r| r.ino)
+                .ok_or(Error::NotFound);
+        }
+        let dfd = self.dir_fd(&node, e.layer)?;
+        if e.impure {
+            if let Some(o) = self.origin_ino(dfd.as_fd(), &e.name) {
+                return Ok(o);
+            }
+        }
+        if !layer.upper && self.splits_lower_links() {
+            let st = sys::stat_at(dfd.as_fd(), &e.name)?;
+            return Ok(self.nondir_ino(e.layer, e.raw_ino, st.nlink, dir, &e.name));
+        }
+        Ok(self.layers.ino.compose(layer.fs_index, e.raw_ino))
     }
 
     /// The merged listing of directory `ino` (without `.` and `..`).
@@ -84,37 +118,14 @@ impl Overlay {
                         st.kind().unwrap_or(FileKind::Regular)
                     }
                 };
-                let ino = if kind == FileKind::Directory {
-                    // A directory's number comes from the bottom of its own merge chain.
-                    match self.resolve_in(&dir, &chain, &e.name, pos)? {
-                        Some(r) => r.ino,
-                        None => continue,
-                    }
-                } else {
-                    let origin = if impure {
-                        self.origin_ino(dfd.as_fd(), &e.name)
-                    } else {
-                        None
-                    };
-                    match origin {
-                        Some(o) => o,
-                        None if !layer.upper && self.splits_lower_links() => {
-                            // Hard-linked lower files have per-name numbers: need nlink.
-                            let nlink = match sys::stat_at(dfd.as_fd(), &e.name) {
-                                Ok(st) => st.nlink,
-                                Err(err) if crate::layer::is_absent(&err) => continue,
-                                Err(err) => return Err(err.into()),
-                            };
-                            self.nondir_ino(li, e.ino, nlink, ino, &e.name)
-                        }
-                        None => self.layers.ino.compose(layer.fs_index, e.ino),
-                    }
-                };
                 seen.insert(e.name.clone());
                 out.push(DirEntry {
                     name: e.name,
                     kind,
-                    ino,
+                    from: pos,
+                    layer: li,
+                    raw_ino: e.ino,
+                    impure,
                 });
             }
             seen.extend(hidden_below);
