@@ -144,3 +144,62 @@ fn cached_listings_follow_changes() {
     fs::remove_file(a.join("h")).unwrap();
     assert!(names(&a).is_empty());
 }
+
+/// stress-ng symlink: a symlink removed while the kernel still held its node, and a new
+/// one given the same inode number by the upper filesystem, showed the old target.
+#[test]
+fn reused_inode_numbers_are_new_objects() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw();
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let link = t.mnt.join(format!("l{}", i % 2));
+        let target = format!("target-{i}");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            fs::read_link(&link).unwrap().to_str(),
+            Some(target.as_str())
+        );
+        // Keep the kernel's node alive past the unlink.
+        held.push(
+            rustix::fs::open(
+                &link,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap(),
+        );
+        fs::remove_file(&link).unwrap();
+        let f = t.mnt.join(format!("f{}", i % 3));
+        fs::write(&f, format!("{i}")).unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), format!("{i}"));
+        fs::remove_file(&f).unwrap();
+    }
+}
+
+/// Passthrough: every open of an upper file shares one backing file, so a handle opened
+/// read-only before a writer sees what the writer wrote, and mixed read-only / read-write
+/// opens of one node never get EBUSY/EINVAL from the kernel.
+#[test]
+fn passthrough_opens_share_one_backing_file() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw();
+    let p = t.mnt.join("f");
+    fs::write(&p, "0123456789").unwrap();
+    let mut reader = fs::File::open(&p).unwrap();
+    let mut writer = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    writer.seek(std::io::SeekFrom::Start(2)).unwrap();
+    writer.write_all(b"ab").unwrap();
+    let mut s = String::new();
+    reader.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "01ab456789");
+    let mut appender = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    appender.write_all(b"!").unwrap();
+    drop((reader, writer, appender));
+    assert_eq!(fs::read_to_string(&p).unwrap(), "01ab456789!");
+    assert_eq!(fs::metadata(&p).unwrap().len(), 11);
+}

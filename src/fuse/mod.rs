@@ -40,6 +40,8 @@ struct OpenFile {
     lower: AtomicBool,
     /// The file had setuid/setgid bits when last looked at.
     setid: AtomicBool,
+    /// Reads and writes go straight to the backing file in the kernel.
+    passthrough: bool,
 }
 
 impl OpenFile {
@@ -49,6 +51,20 @@ impl OpenFile {
 }
 
 const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// File capabilities: dropped on a write by an unprivileged caller, like setuid.
+const CAPS_XATTR: &str = "security.capability";
+
+/// The permission bits `mode` keeps after a write or truncate by the caller of `req` (not
+/// root): setuid goes, setgid goes when the group may execute or the caller is not in the
+/// file's group `gid`.
+fn kept_mode(mode: u32, gid: u32, req: &Request) -> u32 {
+    let mut m = mode & 0o7777 & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller_in_group(req, gid)) {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
 
 /// True when the caller of `req` is in group `gid` (its primary group or one of the
 /// supplementary groups its process lists).
@@ -82,11 +98,33 @@ struct DirHandle {
 pub struct StrataFs {
     overlay: Arc<Overlay>,
     handles: DashMap<u64, Handle>,
-    /// Per node with open files: how many, and the newest fd. A file unlinked while open
-    /// has no name left; its attributes come from here (`fstat` sends no handle).
-    open_nodes: DashMap<u64, (usize, Arc<OwnedFd>)>,
+    /// Open files per node.
+    node_io: DashMap<u64, NodeIo>,
     next_fh: AtomicU64,
     ttl: Duration,
+    /// The kernel granted FUSE passthrough (root only).
+    passthrough: bool,
+}
+
+/// The open files of one node.
+///
+/// Passthrough policy: the kernel wants every open of an inode to use one backing file,
+/// and no mixing of passthrough and cached opens. A file is opened in passthrough when its
+/// data is in the upper layer (or the union is read-only, so no copy-up can happen), it has
+/// no setuid/setgid bits (a write through the backing file would not drop them), and no
+/// cached open of it is live; once one passthrough open is live, every further open of the
+/// node shares its backing file. A lower file in a writable union is read through the
+/// daemon (with the page cache kept), so a copy-up never has to swap a backing file.
+#[derive(Debug)]
+struct NodeIo {
+    /// Open handles.
+    opens: usize,
+    /// The newest open fd: a file unlinked while open has no name left, and `fstat` sends
+    /// no handle, so its attributes come from here.
+    newest: Arc<OwnedFd>,
+    /// How many of the handles are in passthrough, all on `backing`.
+    passthrough: usize,
+    backing: Option<Arc<fuser::BackingId>>,
 }
 
 impl StrataFs {
@@ -96,31 +134,71 @@ impl StrataFs {
         StrataFs {
             overlay,
             handles: DashMap::new(),
-            open_nodes: DashMap::new(),
+            node_io: DashMap::new(),
             next_fh: AtomicU64::new(1),
             ttl,
+            passthrough: false,
         }
     }
 
-    /// Registers an open file of node `ino` and returns its handle.
-    fn add_file(&self, ino: u64, fd: OwnedFd, lower: bool) -> (FileHandle, Arc<OpenFile>) {
+    /// Registers an open file of node `ino` (`lower`: opened on a lower layer) and returns
+    /// its handle and, for a passthrough open, the backing file to reply with.
+    fn add_file(
+        &self,
+        ino: u64,
+        fd: OwnedFd,
+        lower: bool,
+        open_backing: impl FnOnce(&OwnedFd) -> io::Result<fuser::BackingId>,
+    ) -> (FileHandle, Arc<OpenFile>, Option<Arc<fuser::BackingId>>) {
+        // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
+        // are never in passthrough (writes through the backing file would keep them).
         let setid = sys::stat_fd(fd.as_fd())
             .map(|st| st.mode & SETID != 0)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            || matches!(
+                sys::get_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)),
+                Ok(Some(_))
+            );
         let fd = Arc::new(fd);
-        self.open_nodes
-            .entry(ino)
-            .and_modify(|(n, f)| {
-                *n += 1;
-                *f = Arc::clone(&fd);
-            })
-            .or_insert_with(|| (1, Arc::clone(&fd)));
+        let eligible = self.passthrough && (!lower || self.overlay.options().read_only) && !setid;
+        let mut io = self.node_io.entry(ino).or_insert_with(|| NodeIo {
+            opens: 0,
+            newest: Arc::clone(&fd),
+            passthrough: 0,
+            backing: None,
+        });
+        let cached_live = io.opens - io.passthrough > 0;
+        io.opens += 1;
+        io.newest = Arc::clone(&fd);
+        let backing = if io.passthrough > 0 {
+            io.backing.clone()
+        } else if eligible && !cached_live {
+            match self
+                .overlay
+                .backing_fd(ino)
+                .and_then(|b| Ok(open_backing(&b)?))
+            {
+                Ok(b) => Some(Arc::new(b)),
+                Err(e) => {
+                    debug!(ino, error = %e, "no passthrough for this open");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if backing.is_some() {
+            io.passthrough += 1;
+            io.backing = backing.clone();
+        }
+        drop(io);
         let of = Arc::new(OpenFile {
             fd: parking_lot::RwLock::new(fd),
             lower: AtomicBool::new(lower),
             setid: AtomicBool::new(setid),
+            passthrough: backing.is_some(),
         });
-        (self.add_handle(Handle::File(Arc::clone(&of))), of)
+        (self.add_handle(Handle::File(Arc::clone(&of))), of, backing)
     }
 
     fn open_file(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
@@ -150,7 +228,8 @@ impl StrataFs {
     }
 
     /// A write by someone other than root drops setuid, and setgid when the group may
-    /// execute or the writer is not in the file's group: what a local filesystem does.
+    /// execute or the writer is not in the file's group, and file capabilities: what a local
+    /// filesystem does (the kernel leaves it to us under handle_killpriv_v2).
     fn kill_setid(&self, of: &OpenFile, req: &Request) {
         if req.uid() == 0 || !of.setid.load(Ordering::Relaxed) {
             return;
@@ -159,24 +238,23 @@ impl StrataFs {
         let Ok(st) = sys::stat_fd(fd.as_fd()) else {
             return;
         };
-        let mut mode = st.mode & !libc::S_ISUID;
-        if st.mode & libc::S_ISGID != 0
-            && (st.mode & libc::S_IXGRP != 0 || !caller_in_group(req, st.gid))
-        {
-            mode &= !libc::S_ISGID;
-        }
-        if mode != st.mode {
-            if let Err(e) = rustix::fs::fchmod(&*fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))
-            {
+        let mode = kept_mode(st.mode, st.gid, req);
+        if mode != st.mode & 0o7777 {
+            if let Err(e) = rustix::fs::fchmod(&*fd, rustix::fs::Mode::from_raw_mode(mode)) {
                 debug!(error = %e, "dropping setuid/setgid bits failed");
             }
         }
-        of.setid.store(mode & SETID != 0, Ordering::Relaxed);
+        if let Err(e) = sys::remove_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)) {
+            if e.raw_os_error() != Some(libc::ENODATA) {
+                debug!(error = %e, "dropping file capabilities failed");
+            }
+        }
+        of.setid.store(false, Ordering::Relaxed);
     }
 
     /// An open fd on node `ino`, if any file of it is open.
     fn open_fd(&self, ino: u64) -> Option<Arc<OwnedFd>> {
-        self.open_nodes.get(&ino).map(|e| Arc::clone(&e.1))
+        self.node_io.get(&ino).map(|e| Arc::clone(&e.newest))
     }
 
     fn add_handle(&self, h: Handle) -> FileHandle {
@@ -310,6 +388,9 @@ impl fuser::Filesystem for StrataFs {
             InitFlags::FUSE_MAX_PAGES,
             // O_TRUNC reaches open, so a copy-up for it can skip the data.
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // We drop setuid/setgid/capabilities ourselves: otherwise the kernel asks for
+            // security.capability before every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 debug!(?cap, "kernel lacks capability");
@@ -317,6 +398,15 @@ impl fuser::Filesystem for StrataFs {
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Passthrough needs CAP_SYS_ADMIN for the backing-file ioctl, and a stacking depth
+        // of 1 (layers on ordinary filesystems; this mount may still sit under an overlay).
+        if sys::euid() == 0
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+        }
+        debug!(passthrough = self.passthrough, "init");
         Ok(())
     }
 
@@ -372,12 +462,16 @@ impl fuser::Filesystem for StrataFs {
                 } else {
                     FopenFlags::empty()
                 };
-                let (fh, of) = self.add_file(ino.0, f.fd, f.immutable);
+                let (fh, of, backing) =
+                    self.add_file(ino.0, f.fd, f.immutable, |fd| reply.open_backing(fd));
                 if flags.0 & libc::O_TRUNC != 0 {
                     // A truncating open is a write (atomic O_TRUNC: no setattr follows).
                     self.kill_setid(&of, req);
                 }
-                reply.opened(fh, keep);
+                match backing {
+                    Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
+                    None => reply.opened(fh, keep),
+                }
             }
             Err(e) => reply.error(errno("open", ino.0, &e)),
         }
@@ -424,10 +518,16 @@ impl fuser::Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some((_, Handle::File(_))) = self.handles.remove(&fh.0) {
-            self.open_nodes.remove_if_mut(&ino.0, |_, (n, _)| {
-                *n -= 1;
-                *n == 0
+        if let Some((_, Handle::File(of))) = self.handles.remove(&fh.0) {
+            self.node_io.remove_if_mut(&ino.0, |_, io| {
+                io.opens = io.opens.saturating_sub(1);
+                if of.passthrough {
+                    io.passthrough = io.passthrough.saturating_sub(1);
+                    if io.passthrough == 0 {
+                        io.backing = None;
+                    }
+                }
+                io.opens == 0
             });
         }
         reply.ok();
@@ -637,6 +737,7 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         debug!(op = "setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size);
+        let req = _req;
         let set = SetAttr {
             mode,
             uid,
@@ -655,6 +756,24 @@ impl fuser::Filesystem for StrataFs {
                 Some(fd) => self.overlay.setattr(ino.0, set, Some(fd.as_fd())),
                 None => Err(e),
             },
+            r => r,
+        };
+        // With handle_killpriv_v2 a truncate by someone other than root drops the setuid
+        // and setgid bits here, as a local filesystem would.
+        let r = match r {
+            Ok(a) if size.is_some() && mode.is_none() && req.uid() != 0 => {
+                let kept = kept_mode(u32::from(a.perm), a.gid, req);
+                if kept != u32::from(a.perm) {
+                    let set = SetAttr {
+                        mode: Some(kept),
+                        ..SetAttr::default()
+                    };
+                    self.overlay
+                        .setattr(ino.0, set, file.as_ref().map(|f| f.as_fd()))
+                } else {
+                    Ok(a)
+                }
+            }
             r => r,
         };
         match r {
@@ -744,14 +863,19 @@ impl fuser::Filesystem for StrataFs {
             .create(parent.0, name, NewObject::File { flags }, mode, caller(req))
         {
             Ok((a, Some(fd))) => {
-                let (fh, _) = self.add_file(a.ino, fd, false);
-                reply.created(
-                    &self.ttl,
-                    &file_attr(&a),
-                    Generation(0),
-                    fh,
-                    FopenFlags::empty(),
-                );
+                let (fh, _, backing) = self.add_file(a.ino, fd, false, |fd| reply.open_backing(fd));
+                let attr = file_attr(&a);
+                match backing {
+                    Some(b) => reply.created_passthrough(
+                        &self.ttl,
+                        &attr,
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                        &b,
+                    ),
+                    None => reply.created(&self.ttl, &attr, Generation(0), fh, FopenFlags::empty()),
+                }
             }
             Ok((a, None)) => {
                 self.overlay.forget(a.ino, 1);

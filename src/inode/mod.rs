@@ -6,7 +6,7 @@
 //! table's size follows the kernel's dentry cache, not the size of the tree that was walked.
 
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -56,12 +56,19 @@ pub struct Node {
     /// Other names a non-directory was seen under (hard links): when the name in `loc` goes
     /// away, the node is still reachable through one of these.
     aliases: Mutex<Vec<(u64, OsString)>>,
+    /// The inode number this node was looked up by, when its id had to differ from it.
+    raw: u64,
+    /// The object is gone from every layer (its last name removed through the mount) while
+    /// the kernel still holds the node: its inode number may be reused by a new object.
+    dead: AtomicBool,
 }
 
 impl Node {
-    fn new(ino: u64, kind: FileKind, loc: Location) -> Node {
+    fn new(ino: u64, raw: u64, kind: FileKind, loc: Location) -> Node {
         Node {
             ino,
+            raw,
+            dead: AtomicBool::new(false),
             kind,
             lookups: AtomicU64::new(1),
             loc: RwLock::new(loc),
@@ -99,6 +106,8 @@ impl Node {
 #[derive(Debug)]
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
+    /// Inode numbers whose node had to take another id (see [`NodeTable::remember`]).
+    remap: DashMap<u64, u64>,
     next_synthetic: AtomicU64,
     /// Layer 0 is a writable upper layer.
     upper: bool,
@@ -116,6 +125,7 @@ impl NodeTable {
             ROOT,
             Arc::new(Node::new(
                 ROOT,
+                ROOT,
                 FileKind::Directory,
                 Location {
                     parent: ROOT,
@@ -126,6 +136,7 @@ impl NodeTable {
         );
         NodeTable {
             map,
+            remap: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             upper,
         }
@@ -138,10 +149,14 @@ impl NodeTable {
 
     /// Records one kernel lookup of an object with inode number `ino` at `loc`, creating the
     /// node or updating where it was last seen (a hard link's other name, or a move). Returns
-    /// the node, whose id differs from `ino` only when `ino` is taken by an object of
-    /// another type.
+    /// the node. Its id is `ino` unless that id is held by another object the kernel still
+    /// knows: one of another type, a lower file whose hard link a copy-up broke, or a deleted
+    /// object whose inode number the filesystem reused. Such an object gets an id of its own,
+    /// remembered so that later lookups (and listings, through [`NodeTable::visible_id`])
+    /// agree on it.
     pub fn remember(&self, ino: u64, kind: FileKind, loc: Location) -> Arc<Node> {
-        let mut id = ino;
+        let first = self.remap.get(&ino).map(|v| *v).unwrap_or(ino);
+        let mut id = first;
         loop {
             match self.map.entry(id) {
                 Entry::Occupied(o) => {
@@ -151,7 +166,11 @@ impl NodeTable {
                     let same_side = kind == FileKind::Directory
                         || node.with_location(|l| l.top() == Some(0)) == (loc.top() == Some(0))
                         || !self.upper;
-                    if node.kind == kind && id != ROOT && same_side {
+                    if node.kind == kind
+                        && id != ROOT
+                        && same_side
+                        && !node.dead.load(Ordering::Acquire)
+                    {
                         node.lookups.fetch_add(1, Ordering::Relaxed);
                         let mut cur = node.loc.write();
                         if *cur != loc {
@@ -169,12 +188,37 @@ impl NodeTable {
                     }
                 }
                 Entry::Vacant(v) => {
-                    let node = Arc::new(Node::new(id, kind, loc));
+                    let node = Arc::new(Node::new(id, ino, kind, loc));
                     v.insert(Arc::clone(&node));
+                    if id != ino {
+                        self.remap.insert(ino, id);
+                    } else {
+                        // The number is the object's own again: an older mapping is stale.
+                        self.remap.remove(&ino);
+                    }
                     return node;
                 }
             }
-            id = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+            id = if id == first && first != ino {
+                ino
+            } else {
+                self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+            };
+        }
+    }
+
+    /// The id a listing should report for inode number `ino`.
+    pub fn visible_id(&self, ino: u64) -> u64 {
+        if self.remap.is_empty() {
+            return ino;
+        }
+        self.remap.get(&ino).map(|v| *v).unwrap_or(ino)
+    }
+
+    /// Node `ino`'s object was removed from every layer: its inode number is free for reuse.
+    pub fn mark_dead(&self, ino: u64) {
+        if let Some(n) = self.get(ino) {
+            n.dead.store(true, Ordering::Release);
         }
     }
 
@@ -195,7 +239,10 @@ impl NodeTable {
                     .map(|prev| prev.saturating_sub(n))
                     .unwrap_or(0);
                 if left == 0 {
-                    o.remove();
+                    let (_, node) = o.remove_entry();
+                    if node.raw != node.ino {
+                        self.remap.remove_if(&node.raw, |_, v| *v == node.ino);
+                    }
                     true
                 } else {
                     false
@@ -292,5 +339,29 @@ mod tests {
         assert_eq!(t.len(), 3);
         let r = t.remember(ROOT, FileKind::Directory, loc(ROOT, "x"));
         assert_ne!(r.ino, ROOT);
+    }
+
+    #[test]
+    fn reused_numbers_get_new_nodes_and_mappings_stay_current() {
+        let t = NodeTable::new(vec![0], true);
+        let up = |name: &str| Location {
+            parent: ROOT,
+            name: name.into(),
+            layers: vec![0],
+        };
+        let f = t.remember(50, FileKind::Regular, up("f"));
+        t.mark_dead(f.ino);
+        let s = t.remember(50, FileKind::Symlink, up("s"));
+        assert_ne!(s.ino, 50);
+        assert_eq!(t.visible_id(50), s.ino);
+        t.mark_dead(s.ino);
+        assert!(t.forget(50, 1));
+        // The number is free again: the next object takes it, and listings follow.
+        let n = t.remember(50, FileKind::Symlink, up("n"));
+        assert_eq!(n.ino, 50);
+        assert_eq!(t.visible_id(50), 50);
+        t.mark_dead(t.visible_id(50));
+        let m = t.remember(50, FileKind::Symlink, up("m"));
+        assert_ne!(m.ino, 50, "a dead node must never be handed out again");
     }
 }

@@ -356,16 +356,27 @@ impl Overlay {
         let pfd = self.upper_dir(&dir)?;
         let _guard = dir.dir_lock.lock();
         let whiteout = self.lower_has(&dir, name)?;
-        match self.upper_slot(pfd.as_fd(), name)? {
-            UpperSlot::Object(d) => self.remove_upper(pfd.as_fd(), name, d, whiteout)?,
-            _ if whiteout => self.write_whiteout(pfd.as_fd(), name)?,
+        let removed_upper = match self.upper_slot(pfd.as_fd(), name)? {
+            UpperSlot::Object(d) => {
+                self.remove_upper(pfd.as_fd(), name, d, whiteout)?;
+                true
+            }
+            _ if whiteout => {
+                self.write_whiteout(pfd.as_fd(), name)?;
+                false
+            }
             _ => return Err(Error::NotFound),
-        }
-        if let Some(n) = self.nodes.get(r.ino) {
+        };
+        if let Some(n) = self.nodes.get(self.nodes.visible_id(r.ino)) {
             if is_dir {
                 self.dirfds.drop_node(n.ino, self.layers.len());
             } else {
                 self.nodes.drop_name(n.ino, parent, name);
+            }
+            // The upper inode is gone, and the filesystem may hand its number to a new
+            // object while the kernel still holds this node.
+            if removed_upper && (is_dir || r.top.nlink <= 1) {
+                self.nodes.mark_dead(n.ino);
             }
         }
         Ok(())
@@ -628,6 +639,11 @@ impl Overlay {
         }
         if let Some(d) = &dst {
             self.nodes.drop_name(d.ino, ddir.ino, newname);
+            let last_link =
+                d.kind == FileKind::Directory || dst_attr.map(|a| a.nlink <= 1).unwrap_or(true);
+            if dst_slot == UpperSlot::Object(d.kind == FileKind::Directory) && last_link {
+                self.nodes.mark_dead(d.ino);
+            }
         }
         self.nodes
             .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());

@@ -74,6 +74,27 @@ impl Overlay {
         })
     }
 
+    /// An fd for FUSE passthrough of regular file `ino`: its upper copy opened read-write
+    /// (every open of the node shares it, writers included), or on a read-only union its
+    /// topmost copy opened read-only.
+    pub fn backing_fd(&self, ino: u64) -> Result<OwnedFd> {
+        let node = self.node(ino)?;
+        if node.kind != FileKind::Regular {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let top = node
+            .with_location(|l| l.top())
+            .ok_or(Error::StaleNode(ino))?;
+        let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
+        let path = self.rel_path(&node)?;
+        let flags = if layer.upper && !self.opts.read_only {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        Ok(sys::open_beneath(layer.root(), &path, flags)?)
+    }
+
     /// The target of symlink `ino`, as stored in its layer (never followed).
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;

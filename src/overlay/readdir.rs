@@ -50,6 +50,10 @@ impl Overlay {
     /// the entry up anyway): a directory's number comes from the bottom of its merge chain,
     /// a copied-up file's from its recorded origin, a lower hard link's from its name.
     pub fn entry_ino(&self, dir: u64, e: &DirEntry) -> Result<u64> {
+        self.raw_entry_ino(dir, e).map(|i| self.nodes.visible_id(i))
+    }
+
+    fn raw_entry_ino(&self, dir: u64, e: &DirEntry) -> Result<u64> {
         let node = self.node(dir)?;
         let chain = node.with_location(|l| l.layers.clone());
         let layer = self.layers.get(e.layer).ok_or(Error::StaleNode(dir))?;
