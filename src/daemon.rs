@@ -181,6 +181,9 @@ impl Unmount {
 /// live (or prints the error and exits 1) while a detached child keeps serving.
 pub fn run(cfg: &MountConfig) -> Result<(), MountError> {
     sys::raise_nofile_limit();
+    // New objects are created with the caller's exact mode (the kernel has applied the
+    // caller's umask already).
+    sys::set_umask(0);
     // Every layer is opened here, before the launcher returns: podman detaches idmapped
     // lower mounts right after the mount program exits.
     let overlay = open_overlay(cfg)?;

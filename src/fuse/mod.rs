@@ -538,13 +538,10 @@ impl fuser::Filesystem for StrataFs {
         match self.overlay.check_dir(ino.0) {
             Ok(()) => {
                 let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
-                // Listings change only through this mount, and every change the kernel
-                // sends us bumps the directory's version, which drops its cached listing: so
-                // the kernel may keep listings between opens.
-                reply.opened(
-                    fh,
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                // No FOPEN_CACHE_DIR: the kernel's listing cache is per inode and filled
+                // by whichever handle reads, but our offsets index a per-handle snapshot, so
+                // two handles with snapshots from either side of a change would mix.
+                reply.opened(fh, FopenFlags::empty());
             }
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
         }

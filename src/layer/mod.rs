@@ -6,6 +6,7 @@ pub mod ino;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::OFlags;
@@ -83,25 +84,28 @@ impl Layer {
         }
     }
 
-    /// True when directory `dir` of this layer hides the layers below it: an opaque xattr
-    /// set to `y` (kernel root or `userxattr` form, or fuse-overlayfs's) or a `.wh..wh..opq`
-    /// file inside.
-    pub fn is_opaque(&self, dir: BorrowedFd<'_>) -> io::Result<bool> {
-        let names = match sys::list_xattr(dir) {
+    /// True when directory `name` under `parent` in this layer hides the layers below it:
+    /// an opaque xattr set to `y` (kernel root or `userxattr` form, or fuse-overlayfs's) or a
+    /// `.wh..wh..opq` file inside.
+    pub fn is_opaque(&self, parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        let names = match sys::list_xattr_at(parent, name) {
             Ok(n) => n,
             Err(e) if is_unsupported(&e) => Vec::new(),
             Err(e) => return Err(e),
         };
-        for name in sys::split_xattr_list(&names) {
-            if format::OPAQUE_XATTRS.iter().any(|o| OsStr::new(o) == name) {
-                if let Some(v) = sys::get_xattr(dir, name)? {
+        for x in sys::split_xattr_list(&names) {
+            if format::OPAQUE_XATTRS.iter().any(|o| OsStr::new(o) == x) {
+                if let Some(v) = sys::get_xattr_at(parent, name, x)? {
                     if format::is_opaque_value(&v) {
                         return Ok(true);
                     }
                 }
             }
         }
-        match sys::stat_at(dir, OsStr::new(format::OPAQUE_MARKER)) {
+        let mut marker = name.as_bytes().to_vec();
+        marker.push(b'/');
+        marker.extend_from_slice(format::OPAQUE_MARKER.as_bytes());
+        match sys::open_beneath(parent, &marker, OFlags::PATH) {
             Ok(_) => Ok(true),
             Err(e) if is_absent(&e) => Ok(false),
             Err(e) => Err(e),

@@ -134,11 +134,11 @@ impl Overlay {
         self.getattr(ino)
     }
 
-    /// An `O_PATH` fd on the upper copy of `ino`, copying it up first.
-    fn upper_object(&self, ino: u64) -> Result<OwnedFd> {
+    /// The upper copy of `ino`, copying it up first.
+    fn upper_object(&self, ino: u64) -> Result<super::ObjectAt> {
         let node = self.node(ino)?;
         self.copy_up(&node, true)?;
-        self.object_fd(&node)
+        self.object_at(&node)
     }
 
     /// Sets xattr `name` on `ino` (copying it up). Overlay-private names are refused.
@@ -150,8 +150,7 @@ impl Overlay {
             return Err(Error::XattrUnsupported);
         };
         self.writable()?;
-        let fd = self.upper_object(ino)?;
-        Ok(sys::set_xattr(fd.as_fd(), &stored, value, flags)?)
+        Ok(self.upper_object(ino)?.set_xattr(&stored, value, flags)?)
     }
 
     /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.
@@ -165,8 +164,7 @@ impl Overlay {
         self.writable()?;
         // Removing what is not there must not copy anything up.
         self.getxattr(ino, name)?;
-        let fd = self.upper_object(ino)?;
-        Ok(sys::remove_xattr(fd.as_fd(), &stored)?)
+        Ok(self.upper_object(ino)?.remove_xattr(&stored)?)
     }
 
     /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).

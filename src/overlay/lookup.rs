@@ -123,9 +123,7 @@ impl Overlay {
         name: &OsStr,
     ) -> Result<bool> {
         let layer = self.layers.get(li).ok_or(Error::NotFound)?;
-        let name_bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
-        let fd = crate::sys::open_dir_path(parent, name_bytes)?;
-        Ok(layer.is_opaque(fd.as_fd())?)
+        Ok(layer.is_opaque(parent, name)?)
     }
 
     /// `st_ino` of a non-directory found in layer `li` with inode number `ino`.
@@ -258,10 +256,12 @@ impl Overlay {
         let node = self.node(cur)?;
         let layers = node.with_location(|l| l.layers.clone());
         let opaque = match layers.last() {
-            Some(&last) if node.kind == FileKind::Directory => {
-                let fd = self.dir_fd(&node, last)?;
+            Some(&last) if node.kind == FileKind::Directory && cur != ROOT => {
+                let parent = self.node(node.parent())?;
+                let pfd = self.dir_fd(&parent, last)?;
                 let layer = self.layers.get(last).ok_or(Error::StaleNode(cur))?;
-                usize::from(last) + 1 < self.layers.len() && layer.is_opaque(fd.as_fd())?
+                let name = node.with_location(|l| l.name.clone());
+                usize::from(last) + 1 < self.layers.len() && layer.is_opaque(pfd.as_fd(), &name)?
             }
             _ => false,
         };

@@ -12,7 +12,7 @@ mod readdir;
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -86,6 +86,53 @@ impl From<rustix::io::Errno> for Error {
     }
 }
 
+/// An object named by its directory and name in one layer (see `Overlay::object_at`).
+#[derive(Debug)]
+struct ObjectAt {
+    dir: Arc<OwnedFd>,
+    name: std::ffi::OsString,
+}
+
+impl ObjectAt {
+    fn get_xattr(&self, x: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        if self.name.is_empty() {
+            crate::sys::get_xattr(self.dir.as_fd(), x)
+        } else {
+            crate::sys::get_xattr_at(self.dir.as_fd(), &self.name, x)
+        }
+    }
+
+    fn list_xattr(&self) -> io::Result<Vec<u8>> {
+        if self.name.is_empty() {
+            crate::sys::list_xattr(self.dir.as_fd())
+        } else {
+            crate::sys::list_xattr_at(self.dir.as_fd(), &self.name)
+        }
+    }
+
+    fn set_xattr(&self, x: &OsStr, v: &[u8], flags: i32) -> io::Result<()> {
+        if self.name.is_empty() {
+            crate::sys::set_xattr(self.dir.as_fd(), x, v, flags)
+        } else {
+            crate::sys::set_xattr_at(self.dir.as_fd(), &self.name, x, v, flags)
+        }
+    }
+
+    fn remove_xattr(&self, x: &OsStr) -> io::Result<()> {
+        if self.name.is_empty() {
+            crate::sys::remove_xattr(self.dir.as_fd(), x)
+        } else {
+            crate::sys::remove_xattr_at(self.dir.as_fd(), &self.name, x)
+        }
+    }
+
+    fn read_link(&self) -> io::Result<Vec<u8>> {
+        rustix::fs::readlinkat(self.dir.as_fd(), self.name.as_os_str(), Vec::new())
+            .map(|c| c.into_bytes())
+            .map_err(io::Error::from)
+    }
+}
+
 /// Shorthand for overlay results.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -156,6 +203,8 @@ pub struct Overlay {
     dirfds: dirfd::DirFdCache,
     opts: Options,
     temp_counter: std::sync::atomic::AtomicU64,
+    /// The umask is 0, so new objects get their exact mode at creation.
+    exact_modes: bool,
 }
 
 impl Overlay {
@@ -168,6 +217,7 @@ impl Overlay {
             layers,
             opts,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
+            exact_modes: crate::sys::current_umask() == 0,
         }
     }
 
@@ -241,22 +291,24 @@ impl Overlay {
         Ok(fd)
     }
 
-    /// An `O_PATH | O_NOFOLLOW` fd on the topmost copy of `node`.
-    fn object_fd(&self, node: &Node) -> Result<OwnedFd> {
+    /// The topmost copy of `node` as (directory fd in its layer, name): xattr and link calls
+    /// then act on one name under a cached directory fd instead of walking its whole path.
+    /// The root is its own directory fd with an empty name.
+    fn object_at(&self, node: &Node) -> Result<ObjectAt> {
         let top = node
             .with_location(|l| l.top())
             .ok_or(Error::StaleNode(node.ino))?;
-        if node.kind == FileKind::Directory {
-            let fd = self.dir_fd(node, top)?;
-            return Ok(rustix::io::fcntl_dupfd_cloexec(&*fd, 0)?);
+        if node.ino == ROOT {
+            return Ok(ObjectAt {
+                dir: self.dir_fd(node, top)?,
+                name: std::ffi::OsString::new(),
+            });
         }
-        let l = self.layers.get(top).ok_or(Error::StaleNode(node.ino))?;
-        let path = self.rel_path(node)?;
-        Ok(crate::sys::open_beneath(
-            l.root(),
-            &path,
-            rustix::fs::OFlags::PATH,
-        )?)
+        let parent = self.node(node.parent())?;
+        Ok(ObjectAt {
+            dir: self.dir_fd(&parent, top)?,
+            name: node.with_location(|l| l.name.clone()),
+        })
     }
 
     fn attr_from(&self, ino: u64, st: &Stat, merged_dir: bool) -> Attr {

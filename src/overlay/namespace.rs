@@ -224,7 +224,14 @@ impl Overlay {
         } else {
             (pfd.as_fd(), name.to_os_string())
         };
-        let made = self.make_object(tdir, &tname, &obj, perm, caller.uid, gid);
+        // The group the filesystem gives a new entry of the directory it is made in.
+        let tst = if staged { sys::stat_fd(tdir)? } else { pst };
+        let default_gid = if tst.mode & libc::S_ISGID != 0 {
+            tst.gid
+        } else {
+            sys::egid()
+        };
+        let made = self.make_object(tdir, &tname, &obj, perm, caller.uid, gid, default_gid);
         let fd = match made {
             Ok(fd) => fd,
             Err(e) => {
@@ -277,6 +284,10 @@ impl Overlay {
         Ok((attr, fd))
     }
 
+    /// Creates the object as `name` in `dir` with permissions `perm` and owner `uid`:`gid`,
+    /// where `default_gid` is the group the filesystem itself gives a new entry of `dir`.
+    /// Owner and mode are set afterwards only when creation could not give them.
+    #[allow(clippy::too_many_arguments)]
     fn make_object(
         &self,
         dir: BorrowedFd<'_>,
@@ -285,6 +296,7 @@ impl Overlay {
         perm: u32,
         uid: u32,
         gid: u32,
+        default_gid: u32,
     ) -> Result<Option<OwnedFd>> {
         let fd = match obj {
             NewObject::File { flags } => {
@@ -297,14 +309,19 @@ impl Overlay {
                 if flags & libc::O_DIRECT != 0 {
                     f |= OFlags::DIRECT;
                 }
-                Some(sys::create_file(dir, name, f, 0o600)?)
+                Some(sys::create_file(dir, name, f, perm & 0o777)?)
             }
             NewObject::Dir => {
-                sys::mkdir_at(dir, name, 0o700)?;
+                sys::mkdir_at(dir, name, perm & 0o777)?;
                 None
             }
             NewObject::Node { file_type, rdev } => {
-                sys::mknod_at(dir, name, (file_type & libc::S_IFMT) | 0o600, *rdev)?;
+                sys::mknod_at(
+                    dir,
+                    name,
+                    (file_type & libc::S_IFMT) | (perm & 0o777),
+                    *rdev,
+                )?;
                 None
             }
             NewObject::Symlink(target) => {
@@ -312,8 +329,13 @@ impl Overlay {
                 None
             }
         };
-        sys::chown_at(dir, name, Some(uid), Some(gid))?;
-        if !matches!(obj, NewObject::Symlink(_)) {
+        if uid != sys::euid() || gid != default_gid {
+            sys::chown_at(dir, name, Some(uid), Some(gid))?;
+        }
+        // The daemon's umask is 0 (set at startup), so only special bits need a chmod; a
+        // library caller with another umask gets the mode set explicitly.
+        let exact = self.exact_modes && perm & 0o7000 == 0;
+        if !matches!(obj, NewObject::Symlink(_)) && !exact {
             sys::chmod_at(dir, name, perm)?;
         }
         Ok(fd)

@@ -1,7 +1,7 @@
 //! Reading: open for read, readlink, xattrs, statfs.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use rustix::fs::OFlags;
 
@@ -101,8 +101,7 @@ impl Overlay {
         if node.kind != FileKind::Symlink {
             return Err(Error::NotSymlink);
         }
-        let fd = self.object_fd(&node)?;
-        Ok(sys::read_link_fd(fd.as_fd())?)
+        Ok(self.object_at(&node)?.read_link()?)
     }
 
     /// The value of xattr `name` on `ino`. Overlay-private attributes do not exist here.
@@ -115,8 +114,9 @@ impl Overlay {
             return Err(Error::NoXattr);
         };
         let node = self.node(ino)?;
-        let fd = self.object_fd(&node)?;
-        sys::get_xattr(fd.as_fd(), &stored)?.ok_or(Error::NoXattr)
+        self.object_at(&node)?
+            .get_xattr(&stored)?
+            .ok_or(Error::NoXattr)
     }
 
     /// The xattr names of `ino` (kernel list format), overlay-private ones left out.
@@ -125,8 +125,7 @@ impl Overlay {
             return Err(Error::XattrUnsupported);
         }
         let node = self.node(ino)?;
-        let fd = self.object_fd(&node)?;
-        let raw = match sys::list_xattr(fd.as_fd()) {
+        let raw = match self.object_at(&node)?.list_xattr() {
             Ok(r) => r,
             Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
             Err(e) => return Err(e.into()),

@@ -11,7 +11,6 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
@@ -242,156 +241,8 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<rustix::fs::StatVfs> {
     rustix::fs::fstatvfs(fd).map_err(io::Error::from)
 }
 
-// --- extended attributes -------------------------------------------------------------------
-//
-// Layer objects are held as O_PATH fds, on which fgetxattr(2) fails. Linux 6.13 added
-// getxattrat(2)/listxattrat(2), which take AT_EMPTY_PATH on such an fd; on older kernels we go
-// through the fd's /proc/self/fd entry, which names exactly the object the fd holds (the magic
-// link is the kernel's own reference, never a path inside a layer).
-
-const SYS_GETXATTRAT: libc::c_long = 464;
-const SYS_LISTXATTRAT: libc::c_long = 465;
-
-static XATTRAT_MISSING: AtomicBool = AtomicBool::new(false);
-
-#[repr(C)]
-struct XattrArgs {
-    value: u64,
-    size: u32,
-    flags: u32,
-}
-
-fn proc_fd_path(fd: BorrowedFd<'_>) -> io::Result<CString> {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn c_name(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Outcome of a raw size-probing xattr call.
-fn xattr_len(ret: libc::c_long) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
-fn getxattr_raw(fd: BorrowedFd<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
-    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
-        let mut args = XattrArgs {
-            value: buf.as_mut_ptr() as u64,
-            size: buf.len() as u32,
-            flags: 0,
-        };
-        // SAFETY: getxattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, name, args, size):
-        // every pointer is valid for the call — the empty path and `name` are NUL-terminated
-        // and outlive it, `args` is a live struct of the size passed, and `args.value` points at
-        // `buf`, writable for `args.size` bytes.
-        let ret = unsafe {
-            libc::syscall(
-                SYS_GETXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
-                name.as_ptr(),
-                &mut args as *mut XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        match xattr_len(ret) {
-            // ENOSYS: kernel older than 6.13. EBADF: a kernel that refuses O_PATH fds here.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
-                XATTRAT_MISSING.store(true, Ordering::Relaxed)
-            }
-            r => return r,
-        }
-    }
-    let path = proc_fd_path(fd)?;
-    // SAFETY: `path` and `name` are NUL-terminated and live for the call; `buf` is writable
-    // for `buf.len()` bytes.
-    let ret = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    xattr_len(ret as libc::c_long)
-}
-
-fn listxattr_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
-        // SAFETY: listxattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, list, size): the
-        // empty path is NUL-terminated and static; `buf` is writable for `buf.len()` bytes.
-        let ret = unsafe {
-            libc::syscall(
-                SYS_LISTXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        match xattr_len(ret) {
-            // ENOSYS: kernel older than 6.13. EBADF: a kernel that refuses O_PATH fds here.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
-                XATTRAT_MISSING.store(true, Ordering::Relaxed)
-            }
-            r => return r,
-        }
-    }
-    let path = proc_fd_path(fd)?;
-    // SAFETY: `path` is NUL-terminated and lives for the call; `buf` is writable for
-    // `buf.len()` bytes.
-    let ret = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    xattr_len(ret as libc::c_long)
-}
-
-/// Calls `f` with a growing buffer until the value fits (values can change size between the
-/// size probe and the read).
-fn with_growing_buffer(mut f: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
-    let mut cap = 256usize;
-    loop {
-        let mut buf = vec![0u8; cap];
-        match f(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && cap < (1 << 21) => cap *= 4,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The value of xattr `name` on the object `fd` holds (any fd kind, `O_PATH` included);
-/// `Ok(None)` when it has no such attribute.
-pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
-    let cname = c_name(name)?;
-    match with_growing_buffer(|buf| getxattr_raw(fd, &cname, buf)) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// The names of all xattrs on the object `fd` holds, as the kernel lists them
-/// (NUL-terminated names back to back).
-pub fn list_xattr(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    with_growing_buffer(|buf| listxattr_raw(fd, buf))
-}
-
-/// Splits a kernel xattr name list into names.
-pub fn split_xattr_list(list: &[u8]) -> impl Iterator<Item = &OsStr> {
-    list.split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(OsStr::from_bytes)
-}
+mod xattr;
+pub use xattr::*;
 
 // --- process ------------------------------------------------------------------------------
 
@@ -450,6 +301,18 @@ pub fn raise_nofile_limit() {
             },
         );
     }
+}
+
+/// The effective gid of the daemon.
+pub fn egid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
+/// The process umask, read without changing it for longer than the call.
+pub fn current_umask() -> u32 {
+    let old = rustix::process::umask(Mode::empty());
+    rustix::process::umask(old);
+    old.bits()
 }
 
 /// The effective uid of the daemon.
@@ -722,83 +585,6 @@ pub fn copy_range(
     rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut d), len).map_err(io::Error::from)
 }
 
-const SYS_SETXATTRAT: libc::c_long = 463;
-const SYS_REMOVEXATTRAT: libc::c_long = 466;
-
-/// Sets xattr `name` on the object `fd` holds (any fd kind, `O_PATH` included).
-/// `flags` is `XATTR_CREATE` / `XATTR_REPLACE` / 0.
-pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let cname = c_name(name)?;
-    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
-        let args = XattrArgs {
-            value: value.as_ptr() as u64,
-            size: value.len() as u32,
-            flags: flags as u32,
-        };
-        // SAFETY: setxattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, name, args, size):
-        // the empty path and `name` are NUL-terminated and live for the call; `args` is a live
-        // struct of the size passed, pointing at `value`, readable for `args.size` bytes.
-        let ret = unsafe {
-            libc::syscall(
-                SYS_SETXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
-                cname.as_ptr(),
-                &args as *const XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        match xattr_len(ret) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
-                XATTRAT_MISSING.store(true, Ordering::Relaxed)
-            }
-            r => return r.map(drop),
-        }
-    }
-    let path = proc_fd_path(fd)?;
-    // SAFETY: `path` and `cname` are NUL-terminated and live for the call; `value` is
-    // readable for `value.len()` bytes.
-    let ret = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    xattr_len(ret as libc::c_long).map(drop)
-}
-
-/// Removes xattr `name` from the object `fd` holds (any fd kind, `O_PATH` included).
-pub fn remove_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let cname = c_name(name)?;
-    if !XATTRAT_MISSING.load(Ordering::Relaxed) {
-        // SAFETY: removexattrat(dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW, name): both strings
-        // are NUL-terminated and live for the call.
-        let ret = unsafe {
-            libc::syscall(
-                SYS_REMOVEXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
-                cname.as_ptr(),
-            )
-        };
-        match xattr_len(ret) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EBADF)) => {
-                XATTRAT_MISSING.store(true, Ordering::Relaxed)
-            }
-            r => return r.map(drop),
-        }
-    }
-    let path = proc_fd_path(fd)?;
-    // SAFETY: `path` and `cname` are NUL-terminated and live for the call.
-    let ret = unsafe { libc::removexattr(path.as_ptr(), cname.as_ptr()) };
-    xattr_len(ret as libc::c_long).map(drop)
-}
-
 /// Clones `src` into `dst` (FICLONE) when the filesystem shares extents.
 pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
     rustix::fs::ioctl_ficlone(dst, src).map_err(io::Error::from)
@@ -807,17 +593,6 @@ pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
 /// Sets the process umask (the daemon creates with exact modes and applies them itself).
 pub fn set_umask(mask: u32) {
     rustix::process::umask(Mode::from_raw_mode(mask));
-}
-
-/// The value of xattr `xattr` on entry `name` directly under `dir`, without following a
-/// symlink; `Ok(None)` when absent.
-pub fn get_xattr_at(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    xattr: &OsStr,
-) -> io::Result<Option<Vec<u8>>> {
-    let fd = open_beneath(dir, name.as_bytes(), OFlags::PATH)?;
-    get_xattr(fd.as_fd(), xattr)
 }
 
 /// Removes `name` under `dir` and everything below it (used on the work directory only).
