@@ -386,8 +386,8 @@ impl fuser::Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
-            // O_TRUNC reaches open, so a copy-up for it can skip the data.
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // Not FUSE_ATOMIC_O_TRUNC: with it the truncation happens at FUSE_OPEN, before the
+            // kernel's ETXTBSY check, so O_TRUNC on a running program would destroy it.
             // We drop setuid/setgid/capabilities ourselves: otherwise the kernel asks for
             // security.capability before every write.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,

@@ -215,6 +215,13 @@ impl NodeTable {
         self.remap.get(&ino).map(|v| *v).unwrap_or(ino)
     }
 
+    /// Undoes [`NodeTable::mark_dead`] when the removal it announced failed.
+    pub fn revive(&self, ino: u64) {
+        if let Some(n) = self.get(ino) {
+            n.dead.store(false, Ordering::Release);
+        }
+    }
+
     /// Node `ino`'s object was removed from every layer: its inode number is free for reuse.
     pub fn mark_dead(&self, ino: u64) {
         if let Some(n) = self.get(ino) {

@@ -60,6 +60,9 @@ pub enum Error {
     /// Xattrs are switched off (`noxattrs`).
     #[error("xattrs not supported")]
     XattrUnsupported,
+    /// A concurrent change moved a name between lookup and lock; the operation retries.
+    #[error("raced with a concurrent change")]
+    Raced,
 }
 
 impl Error {
@@ -76,6 +79,7 @@ impl Error {
             Error::NotSymlink => libc::EINVAL,
             Error::NoXattr => libc::ENODATA,
             Error::XattrUnsupported => libc::ENOTSUP,
+            Error::Raced => libc::EAGAIN,
         }
     }
 }

@@ -377,28 +377,39 @@ impl Overlay {
         }
         let pfd = self.upper_dir(&dir)?;
         let _guard = dir.dir_lock.lock();
+        // What the name holds now, under the lock: a concurrent rename may have changed it.
+        let r = self
+            .resolve_in(&dir, &chain, name, 0)?
+            .ok_or(Error::NotFound)?;
+        if (r.kind() == FileKind::Directory) != is_dir {
+            return Err(if is_dir { Error::NotDir } else { Error::IsDir });
+        }
         let whiteout = self.lower_has(&dir, name)?;
-        let removed_upper = match self.upper_slot(pfd.as_fd(), name)? {
+        let node = self.nodes.get(self.nodes.visible_id(r.ino));
+        match self.upper_slot(pfd.as_fd(), name)? {
             UpperSlot::Object(d) => {
-                self.remove_upper(pfd.as_fd(), name, d, whiteout)?;
-                true
+                // Mark the node dead before its upper inode is freed: the filesystem may hand
+                // the number to an object created concurrently in another directory, which
+                // must not be taken for this one.
+                let last = is_dir || r.top.nlink <= 1;
+                if let (Some(n), true) = (&node, last) {
+                    self.nodes.mark_dead(n.ino);
+                }
+                if let Err(e) = self.remove_upper(pfd.as_fd(), name, d, whiteout) {
+                    if let (Some(n), true) = (&node, last) {
+                        self.nodes.revive(n.ino);
+                    }
+                    return Err(e);
+                }
             }
-            _ if whiteout => {
-                self.write_whiteout(pfd.as_fd(), name)?;
-                false
-            }
+            _ if whiteout => self.write_whiteout(pfd.as_fd(), name)?,
             _ => return Err(Error::NotFound),
-        };
-        if let Some(n) = self.nodes.get(self.nodes.visible_id(r.ino)) {
+        }
+        if let Some(n) = node {
             if is_dir {
                 self.dirfds.drop_node(n.ino, self.layers.len());
             } else {
                 self.nodes.drop_name(n.ino, parent, name);
-            }
-            // The upper inode is gone, and the filesystem may hand its number to a new
-            // object while the kernel still holds this node.
-            if removed_upper && (is_dir || r.top.nlink <= 1) {
-                self.nodes.mark_dead(n.ino);
             }
         }
         Ok(())
@@ -470,21 +481,38 @@ impl Overlay {
         let (_, work) = self.writable()?;
         let sdir = self.node(parent)?;
         let ddir = self.node(newparent)?;
-        let src_attr = self.lookup(parent, name)?;
-        let dst_attr = match self.lookup(newparent, newname) {
-            Ok(a) => Some(a),
-            Err(Error::NotFound) => None,
-            Err(e) => {
-                self.forget(src_attr.ino, 1);
-                return Err(e);
+        // The names are looked up before the directories are locked (copy-ups must run
+        // first); if a concurrent change moved either name meanwhile, start again.
+        let mut tries = 0;
+        loop {
+            let src_attr = self.lookup(parent, name)?;
+            let dst_attr = match self.lookup(newparent, newname) {
+                Ok(a) => Some(a),
+                Err(Error::NotFound) => None,
+                Err(e) => {
+                    self.forget(src_attr.ino, 1);
+                    return Err(e);
+                }
+            };
+            let r =
+                self.rename_looked_up(&sdir, name, &ddir, newname, flag, src_attr, dst_attr, work);
+            self.forget(src_attr.ino, 1);
+            if let Some(d) = dst_attr {
+                self.forget(d.ino, 1);
             }
-        };
-        let r = self.rename_looked_up(&sdir, name, &ddir, newname, flag, src_attr, dst_attr, work);
-        self.forget(src_attr.ino, 1);
-        if let Some(d) = dst_attr {
-            self.forget(d.ino, 1);
+            match r {
+                Err(Error::Raced) if tries < 64 => tries += 1,
+                r => return r,
+            }
         }
-        r
+    }
+
+    /// The node id a name of `dir` resolves to now (call with `dir`'s lock held).
+    fn current_id(&self, dir: &Node, name: &OsStr) -> Result<Option<u64>> {
+        let chain = dir.with_location(|l| l.layers.clone());
+        Ok(self
+            .resolve_in(dir, &chain, name, 0)?
+            .map(|r| self.nodes.visible_id(r.ino)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -566,6 +594,11 @@ impl Overlay {
             let b = ddir.dir_lock.lock();
             (Some(sdir.dir_lock.lock()), Some(b))
         };
+        if self.current_id(sdir, name)? != Some(src.ino)
+            || self.current_id(ddir, newname)? != dst.as_ref().map(|d| d.ino)
+        {
+            return Err(Error::Raced);
+        }
         if flag == RenameFlag::Exchange {
             // A directory swapped onto a name that a lower layer holds must hide it.
             if let Some(d) = &dst {
@@ -597,10 +630,65 @@ impl Overlay {
         }
         let src_whiteout = self.lower_has(sdir, name)?;
         let dst_slot = self.upper_slot(dpfd.as_fd(), newname)?;
+        // A replaced upper object is marked dead before its inode is freed (see `remove`).
+        let dst_dies = match &dst {
+            Some(d) => {
+                let last_link =
+                    d.kind == FileKind::Directory || dst_attr.map(|a| a.nlink <= 1).unwrap_or(true);
+                dst_slot == UpperSlot::Object(d.kind == FileKind::Directory) && last_link
+            }
+            None => false,
+        };
+        if let (Some(d), true) = (&dst, dst_dies) {
+            self.nodes.mark_dead(d.ino);
+        }
         let dst_lower = match &dst {
             Some(d) => has_lower(d),
             None => dst_slot == UpperSlot::CharWhiteout || dst_slot == UpperSlot::DotWhiteout,
         };
+        let moved = self.rename_into_place(
+            dst_lower,
+            name,
+            newname,
+            &src,
+            &spfd,
+            &dpfd,
+            dst_slot,
+            src_whiteout,
+            work,
+        );
+        if let Err(e) = moved {
+            if let (Some(d), true) = (&dst, dst_dies) {
+                self.nodes.revive(d.ino);
+            }
+            return Err(e);
+        }
+        if let Some(d) = &dst {
+            self.nodes.drop_name(d.ino, ddir.ino, newname);
+        }
+        self.nodes
+            .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());
+        if src.kind == FileKind::Directory {
+            self.nodes.set_layers(src.ino, vec![UPPER]);
+        }
+        Ok(())
+    }
+
+    /// The plain (non-exchange) rename in the upper layer, with the whiteout and opacity
+    /// it needs; the caller holds both directory locks.
+    #[allow(clippy::too_many_arguments)]
+    fn rename_into_place(
+        &self,
+        dst_lower: bool,
+        name: &OsStr,
+        newname: &OsStr,
+        src: &Node,
+        spfd: &OwnedFd,
+        dpfd: &OwnedFd,
+        dst_slot: UpperSlot,
+        src_whiteout: bool,
+        work: &crate::layer::WorkDir,
+    ) -> Result<()> {
         if src.kind == FileKind::Directory && dst_lower {
             let fd = sys::open_dir_path(spfd.as_fd(), name.as_bytes())?;
             self.make_opaque(fd.as_fd())?;
@@ -658,19 +746,6 @@ impl Overlay {
         }
         if src.kind != FileKind::Directory {
             self.mark_impure(dpfd.as_fd());
-        }
-        if let Some(d) = &dst {
-            self.nodes.drop_name(d.ino, ddir.ino, newname);
-            let last_link =
-                d.kind == FileKind::Directory || dst_attr.map(|a| a.nlink <= 1).unwrap_or(true);
-            if dst_slot == UpperSlot::Object(d.kind == FileKind::Directory) && last_link {
-                self.nodes.mark_dead(d.ino);
-            }
-        }
-        self.nodes
-            .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());
-        if src.kind == FileKind::Directory {
-            self.nodes.set_layers(src.ino, vec![UPPER]);
         }
         Ok(())
     }

@@ -537,3 +537,143 @@ pub fn stable_stratafs_bin() -> PathBuf {
 pub fn mount_stable(opts: &str, mountpoint: &Path) -> Result<Mount, Output> {
     Mount::with_binary(&stable_stratafs_bin(), opts, mountpoint)
 }
+
+// ---- Helpers for the external suites and durability tests (conformance.rs, durability.rs) ----
+
+/// An external tool: from `PATH`, else `$CARGO_HOME/bin`, else `~/.cargo/bin` (where
+/// `cargo install` puts pjdfstest and fsx).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(h).join("bin"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(h).join(".cargo/bin"));
+    }
+    dirs.push(PathBuf::from("/root/.cargo/bin"));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Something mounted with mount(8) or a FUSE daemon other than ours (a tmpfs, a
+/// fuse-overlayfs mount): unmounted when dropped, lazily if it is busy.
+pub struct UmountGuard {
+    pub path: PathBuf,
+}
+
+impl Drop for UmountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(&self.path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// What of the overlay's on-disk format shows through a mount: `.wh.` names, char 0/0
+/// whiteouts, and xattrs of the private namespaces. Empty when nothing does.
+pub fn overlay_internals(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            found.push(format!("cannot list {}", dir.display()));
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            if name.as_bytes().starts_with(b".wh.") {
+                found.push(format!("whiteout name {}", path.display()));
+            }
+            let Ok(md) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if md.file_type().is_char_device() && md.rdev() == 0 {
+                found.push(format!("char 0/0 whiteout {}", path.display()));
+            }
+            let mut buf = vec![0u8; 65536];
+            if let Ok(n) = rustix::fs::llistxattr(&path, &mut buf[..]) {
+                for x in buf[..n].split(|b| *b == 0).filter(|x| !x.is_empty()) {
+                    if x.starts_with(b"trusted.overlay.")
+                        || x.starts_with(b"user.overlay.")
+                        || x.starts_with(b"user.fuseoverlayfs.")
+                    {
+                        found.push(format!(
+                            "private xattr {} on {}",
+                            String::from_utf8_lossy(x),
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            if md.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Number of open fds of process `pid` (0 when it is gone).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// A `/proc/PID/status` field in KiB (`VmHWM`, `VmRSS`).
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Runs `cmd` with stdout and stderr captured together, killing it after `limit`. Returns
+/// the exit status (None on timeout) and the output.
+pub fn run_timeout(
+    cmd: &mut Command,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::{Read, Seek};
+    let mut out = match tempfile::tempfile() {
+        Ok(f) => f,
+        Err(e) => panic!("tempfile: {e}"),
+    };
+    let (o, e) = match (out.try_clone(), out.try_clone()) {
+        (Ok(o), Ok(e)) => (o, e),
+        _ => panic!("cannot clone the output file"),
+    };
+    let mut child = match cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(o)
+        .stderr(e)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    };
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut text = String::new();
+    let _ = out.rewind();
+    let mut bytes = Vec::new();
+    let _ = out.read_to_end(&mut bytes);
+    text.push_str(&String::from_utf8_lossy(&bytes));
+    (status, text)
+}
