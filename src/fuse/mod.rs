@@ -128,6 +128,14 @@ struct NodeIo {
 }
 
 impl StrataFs {
+    /// Answers a request that yields a (new or looked-up) entry.
+    fn reply_entry(&self, reply: ReplyEntry, op: &str, ino: u64, result: Result<Attr, Error>) {
+        match result {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(op, ino, &e)),
+        }
+    }
+
     /// A front end serving `overlay`, telling the kernel to cache entries and attributes for
     /// `ttl`.
     pub fn new(overlay: Arc<Overlay>, ttl: Duration) -> StrataFs {
@@ -365,6 +373,14 @@ fn io_errno(op: &str, ino: u64, e: io::Error) -> Errno {
     errno(op, ino, &Error::Io(e))
 }
 
+/// Answers a request whose only result is success or an errno.
+fn reply_empty(reply: ReplyEmpty, op: &str, ino: u64, result: Result<(), Error>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, ino, &e)),
+    }
+}
+
 /// Replies to xattr requests: the size when asked for it, ERANGE when the buffer is short.
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
@@ -412,10 +428,12 @@ impl fuser::Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(op = "lookup", parent = parent.0, ?name);
-        match self.overlay.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno("lookup", parent.0, &e)),
-        }
+        self.reply_entry(
+            reply,
+            "lookup",
+            parent.0,
+            self.overlay.lookup(parent.0, name),
+        )
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -690,10 +708,12 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.overlay.access(ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("access", ino.0, &e)),
-        }
+        reply_empty(
+            reply,
+            "access",
+            ino.0,
+            self.overlay.access(ino.0, mask.bits()),
+        )
     }
 
     fn lseek(
@@ -800,10 +820,14 @@ impl fuser::Filesystem for StrataFs {
                 rdev: u64::from(rdev),
             }
         };
-        match self.overlay.create(parent.0, name, obj, mode, caller(req)) {
-            Ok((a, _)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno("mknod", parent.0, &e)),
-        }
+        self.reply_entry(
+            reply,
+            "mknod",
+            parent.0,
+            self.overlay
+                .create(parent.0, name, obj, mode, caller(req))
+                .map(|(a, _)| a),
+        )
     }
 
     fn mkdir(
@@ -816,13 +840,14 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         debug!(op = "mkdir", parent = parent.0, ?name, mode);
-        match self
-            .overlay
-            .create(parent.0, name, NewObject::Dir, mode, caller(req))
-        {
-            Ok((a, _)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno("mkdir", parent.0, &e)),
-        }
+        self.reply_entry(
+            reply,
+            "mkdir",
+            parent.0,
+            self.overlay
+                .create(parent.0, name, NewObject::Dir, mode, caller(req))
+                .map(|(a, _)| a),
+        )
     }
 
     fn symlink(
@@ -835,13 +860,14 @@ impl fuser::Filesystem for StrataFs {
     ) {
         debug!(op = "symlink", parent = parent.0, ?link_name, ?target);
         let obj = NewObject::Symlink(target.as_os_str().to_os_string());
-        match self
-            .overlay
-            .create(parent.0, link_name, obj, 0o777, caller(req))
-        {
-            Ok((a, _)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno("symlink", parent.0, &e)),
-        }
+        self.reply_entry(
+            reply,
+            "symlink",
+            parent.0,
+            self.overlay
+                .create(parent.0, link_name, obj, 0o777, caller(req))
+                .map(|(a, _)| a),
+        )
     }
 
     fn create(
@@ -884,18 +910,17 @@ impl fuser::Filesystem for StrataFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!(op = "unlink", parent = parent.0, ?name);
-        match self.overlay.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", parent.0, &e)),
-        }
+        reply_empty(
+            reply,
+            "unlink",
+            parent.0,
+            self.overlay.unlink(parent.0, name),
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!(op = "rmdir", parent = parent.0, ?name);
-        match self.overlay.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", parent.0, &e)),
-        }
+        reply_empty(reply, "rmdir", parent.0, self.overlay.rmdir(parent.0, name))
     }
 
     fn rename(
@@ -927,13 +952,13 @@ impl fuser::Filesystem for StrataFs {
             reply.error(Errno::from_i32(libc::EINVAL));
             return;
         };
-        match self
-            .overlay
-            .rename(parent.0, name, newparent.0, newname, flag)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", parent.0, &e)),
-        }
+        reply_empty(
+            reply,
+            "rename",
+            parent.0,
+            self.overlay
+                .rename(parent.0, name, newparent.0, newname, flag),
+        )
     }
 
     fn link(
@@ -945,10 +970,12 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         debug!(op = "link", ino = ino.0, newparent = newparent.0, ?newname);
-        match self.overlay.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno("link", ino.0, &e)),
-        }
+        self.reply_entry(
+            reply,
+            "link",
+            ino.0,
+            self.overlay.link(ino.0, newparent.0, newname),
+        )
     }
 
     fn write(
@@ -999,10 +1026,12 @@ impl fuser::Filesystem for StrataFs {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        match self.overlay.fsync(fd.as_fd(), datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", ino.0, &e)),
-        }
+        reply_empty(
+            reply,
+            "fsync",
+            ino.0,
+            self.overlay.fsync(fd.as_fd(), datasync),
+        )
     }
 
     fn fsyncdir(
@@ -1013,10 +1042,7 @@ impl fuser::Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.fsyncdir(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsyncdir", ino.0, &e)),
-        }
+        reply_empty(reply, "fsyncdir", ino.0, self.overlay.fsyncdir(ino.0))
     }
 
     fn setxattr(
@@ -1030,18 +1056,22 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         debug!(op = "setxattr", ino = ino.0, ?name);
-        match self.overlay.setxattr(ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", ino.0, &e)),
-        }
+        reply_empty(
+            reply,
+            "setxattr",
+            ino.0,
+            self.overlay.setxattr(ino.0, name, value, flags),
+        )
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!(op = "removexattr", ino = ino.0, ?name);
-        match self.overlay.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", ino.0, &e)),
-        }
+        reply_empty(
+            reply,
+            "removexattr",
+            ino.0,
+            self.overlay.removexattr(ino.0, name),
+        )
     }
 
     fn fallocate(
@@ -1058,10 +1088,12 @@ impl fuser::Filesystem for StrataFs {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        match sys::fallocate(fd.as_fd(), mode, offset, length) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(io_errno("fallocate", ino.0, e)),
-        }
+        reply_empty(
+            reply,
+            "fallocate",
+            ino.0,
+            sys::fallocate(fd.as_fd(), mode, offset, length).map_err(Error::Io),
+        )
     }
 
     fn copy_file_range(

@@ -70,14 +70,43 @@ fn is_ebadf(e: &rustix::io::Errno) -> bool {
     *e == Errno::BADF
 }
 
-fn get_raw(o: Obj<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
+/// Runs one xattr call on `o`, passing `ctx` (the caller's buffer) to whichever form runs:
+/// `on_fd` on a real fd; `on_at` (a raw `*xattrat` syscall, given the entry name) for a name
+/// under a directory fd; `on_path` (given the `/proc/self/fd` path and whether the final
+/// component must not be followed) for `O_PATH` fds and kernels without `*xattrat`.
+fn dispatch<C: ?Sized>(
+    o: Obj<'_>,
+    ctx: &mut C,
+    on_fd: impl FnOnce(BorrowedFd<'_>, &mut C) -> rustix::io::Result<usize>,
+    on_at: impl FnOnce(BorrowedFd<'_>, &CString, &mut C) -> libc::c_long,
+    on_path: impl FnOnce(&CString, bool, &mut C) -> libc::c_long,
+) -> io::Result<usize> {
     match o {
-        Obj::Fd(fd) => match rustix::fs::fgetxattr(fd, name.as_c_str(), &mut *buf) {
+        Obj::Fd(fd) => match on_fd(fd, ctx) {
             Err(e) if is_ebadf(&e) => {}
             r => return r.map_err(io::Error::from),
         },
         Obj::At(dir, path) if !NO_XATTRAT.load(Ordering::Relaxed) => {
             let p = cstr(path.as_bytes())?;
+            match ret_len(on_at(dir, &p, ctx)) {
+                Err(e) if is_enosys(&e) => NO_XATTRAT.store(true, Ordering::Relaxed),
+                r => return r,
+            }
+        }
+        Obj::At(..) => {}
+    }
+    let path = proc_path(o)?;
+    // For an fd the magic link itself resolves to the object the fd holds; for a name under
+    // a directory the final component must not be followed.
+    ret_len(on_path(&path, matches!(o, Obj::At(..)), ctx))
+}
+
+fn get_raw(o: Obj<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
+    dispatch(
+        o,
+        buf,
+        |fd, buf| rustix::fs::fgetxattr(fd, name.as_c_str(), buf),
+        |dir, p, buf| {
             let mut args = XattrArgs {
                 value: buf.as_mut_ptr() as u64,
                 size: buf.len() as u32,
@@ -86,7 +115,7 @@ fn get_raw(o: Obj<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
             // SAFETY: getxattrat(dirfd, path, AT_SYMLINK_NOFOLLOW, name, args, size): `p` and
             // `name` are NUL-terminated and outlive the call, `args` is a live struct of the
             // size passed, and `args.value` points at `buf`, writable for `args.size` bytes.
-            let ret = unsafe {
+            unsafe {
                 libc::syscall(
                     SYS_GETXATTRAT,
                     dir.as_raw_fd(),
@@ -96,48 +125,37 @@ fn get_raw(o: Obj<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
                     &mut args as *mut XattrArgs,
                     std::mem::size_of::<XattrArgs>(),
                 )
-            };
-            match ret_len(ret) {
-                Err(e) if is_enosys(&e) => NO_XATTRAT.store(true, Ordering::Relaxed),
-                r => return r,
             }
-        }
-        Obj::At(..) => {}
-    }
-    let path = proc_path(o)?;
-    // SAFETY: `path` and `name` are NUL-terminated and live for the call; `buf` is writable
-    // for `buf.len()` bytes. lgetxattr does not follow the final component (for an fd the
-    // magic link itself resolves to the object the fd holds).
-    let ret = unsafe {
-        match o {
-            Obj::Fd(_) => libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            ),
-            Obj::At(..) => libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            ),
-        }
-    };
-    ret_len(ret as libc::c_long)
+        },
+        |path, nofollow, buf| {
+            let call = if nofollow {
+                libc::lgetxattr
+            } else {
+                libc::getxattr
+            };
+            // SAFETY: `path` and `name` are NUL-terminated and live for the call; `buf` is
+            // writable for `buf.len()` bytes.
+            unsafe {
+                call(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ) as _
+            }
+        },
+    )
 }
 
 fn list_raw(o: Obj<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    match o {
-        Obj::Fd(fd) => match rustix::fs::flistxattr(fd, &mut *buf) {
-            Err(e) if is_ebadf(&e) => {}
-            r => return r.map_err(io::Error::from),
-        },
-        Obj::At(dir, path) if !NO_XATTRAT.load(Ordering::Relaxed) => {
-            let p = cstr(path.as_bytes())?;
+    dispatch(
+        o,
+        buf,
+        |fd, buf| rustix::fs::flistxattr(fd, buf),
+        |dir, p, buf| {
             // SAFETY: listxattrat(dirfd, path, AT_SYMLINK_NOFOLLOW, list, size): `p` is
             // NUL-terminated and lives for the call; `buf` is writable for `buf.len()` bytes.
-            let ret = unsafe {
+            unsafe {
                 libc::syscall(
                     SYS_LISTXATTRAT,
                     dir.as_raw_fd(),
@@ -146,37 +164,30 @@ fn list_raw(o: Obj<'_>, buf: &mut [u8]) -> io::Result<usize> {
                     buf.as_mut_ptr(),
                     buf.len(),
                 )
-            };
-            match ret_len(ret) {
-                Err(e) if is_enosys(&e) => NO_XATTRAT.store(true, Ordering::Relaxed),
-                r => return r,
             }
-        }
-        Obj::At(..) => {}
-    }
-    let path = proc_path(o)?;
-    // SAFETY: `path` is NUL-terminated and lives for the call; `buf` is writable for
-    // `buf.len()` bytes.
-    let ret = unsafe {
-        match o {
-            Obj::Fd(_) => libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
-            Obj::At(..) => libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
-        }
-    };
-    ret_len(ret as libc::c_long)
+        },
+        |path, nofollow, buf| {
+            let call = if nofollow {
+                libc::llistxattr
+            } else {
+                libc::listxattr
+            };
+            // SAFETY: `path` is NUL-terminated and lives for the call; `buf` is writable for
+            // `buf.len()` bytes.
+            unsafe { call(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as _ }
+        },
+    )
 }
 
 fn set_raw(o: Obj<'_>, name: &CString, value: &[u8], flags: i32) -> io::Result<()> {
-    match o {
-        Obj::Fd(fd) => {
+    dispatch(
+        o,
+        &mut (),
+        |fd, _| {
             let f = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
-            match rustix::fs::fsetxattr(fd, name.as_c_str(), value, f) {
-                Err(e) if is_ebadf(&e) => {}
-                r => return r.map_err(io::Error::from),
-            }
-        }
-        Obj::At(dir, path) if !NO_XATTRAT.load(Ordering::Relaxed) => {
-            let p = cstr(path.as_bytes())?;
+            rustix::fs::fsetxattr(fd, name.as_c_str(), value, f).map(|()| 0)
+        },
+        |dir, p, _| {
             let args = XattrArgs {
                 value: value.as_ptr() as u64,
                 size: value.len() as u32,
@@ -185,7 +196,7 @@ fn set_raw(o: Obj<'_>, name: &CString, value: &[u8], flags: i32) -> io::Result<(
             // SAFETY: setxattrat(dirfd, path, AT_SYMLINK_NOFOLLOW, name, args, size): `p` and
             // `name` are NUL-terminated and live for the call; `args` is a live struct of the
             // size passed, pointing at `value`, readable for `args.size` bytes.
-            let ret = unsafe {
+            unsafe {
                 libc::syscall(
                     SYS_SETXATTRAT,
                     dir.as_raw_fd(),
@@ -195,49 +206,40 @@ fn set_raw(o: Obj<'_>, name: &CString, value: &[u8], flags: i32) -> io::Result<(
                     &args as *const XattrArgs,
                     std::mem::size_of::<XattrArgs>(),
                 )
-            };
-            match ret_len(ret) {
-                Err(e) if is_enosys(&e) => NO_XATTRAT.store(true, Ordering::Relaxed),
-                r => return r.map(drop),
             }
-        }
-        Obj::At(..) => {}
-    }
-    let path = proc_path(o)?;
-    // SAFETY: `path` and `name` are NUL-terminated and live for the call; `value` is readable
-    // for `value.len()` bytes.
-    let ret = unsafe {
-        match o {
-            Obj::Fd(_) => libc::setxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            ),
-            Obj::At(..) => libc::lsetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            ),
-        }
-    };
-    ret_len(ret as libc::c_long).map(drop)
+        },
+        |path, nofollow, _| {
+            let call = if nofollow {
+                libc::lsetxattr
+            } else {
+                libc::setxattr
+            };
+            // SAFETY: `path` and `name` are NUL-terminated and live for the call; `value` is
+            // readable for `value.len()` bytes.
+            let ret = unsafe {
+                call(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            };
+            libc::c_long::from(ret)
+        },
+    )
+    .map(drop)
 }
 
 fn remove_raw(o: Obj<'_>, name: &CString) -> io::Result<()> {
-    match o {
-        Obj::Fd(fd) => match rustix::fs::fremovexattr(fd, name.as_c_str()) {
-            Err(e) if is_ebadf(&e) => {}
-            r => return r.map_err(io::Error::from),
-        },
-        Obj::At(dir, path) if !NO_XATTRAT.load(Ordering::Relaxed) => {
-            let p = cstr(path.as_bytes())?;
+    dispatch(
+        o,
+        &mut (),
+        |fd, _| rustix::fs::fremovexattr(fd, name.as_c_str()).map(|()| 0),
+        |dir, p, _| {
             // SAFETY: removexattrat(dirfd, path, AT_SYMLINK_NOFOLLOW, name): both strings are
             // NUL-terminated and live for the call.
-            let ret = unsafe {
+            unsafe {
                 libc::syscall(
                     SYS_REMOVEXATTRAT,
                     dir.as_raw_fd(),
@@ -245,23 +247,19 @@ fn remove_raw(o: Obj<'_>, name: &CString) -> io::Result<()> {
                     libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
                     name.as_ptr(),
                 )
-            };
-            match ret_len(ret) {
-                Err(e) if is_enosys(&e) => NO_XATTRAT.store(true, Ordering::Relaxed),
-                r => return r.map(drop),
             }
-        }
-        Obj::At(..) => {}
-    }
-    let path = proc_path(o)?;
-    // SAFETY: `path` and `name` are NUL-terminated and live for the call.
-    let ret = unsafe {
-        match o {
-            Obj::Fd(_) => libc::removexattr(path.as_ptr(), name.as_ptr()),
-            Obj::At(..) => libc::lremovexattr(path.as_ptr(), name.as_ptr()),
-        }
-    };
-    ret_len(ret as libc::c_long).map(drop)
+        },
+        |path, nofollow, _| {
+            let call = if nofollow {
+                libc::lremovexattr
+            } else {
+                libc::removexattr
+            };
+            // SAFETY: `path` and `name` are NUL-terminated and live for the call.
+            libc::c_long::from(unsafe { call(path.as_ptr(), name.as_ptr()) })
+        },
+    )
+    .map(drop)
 }
 
 /// Calls `f` with a growing buffer until the value fits (values can change size between a
