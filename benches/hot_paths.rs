@@ -52,6 +52,7 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             static_nlink: false,
             no_xattrs: false,
             dir_fd_cache: 4096,
+            listing_cache: 64 * 1024,
             sync_writes: false,
         },
     )

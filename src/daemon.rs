@@ -23,7 +23,8 @@ pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
     let upper = cfg.upperdir.as_deref().zip(cfg.workdir.as_deref());
     let layers = LayerStack::open(upper, &cfg.lowerdirs, cfg.xino, cfg.ino32)
         .map_err(|e| MountError(e.to_string()))?;
-    Ok(Overlay::new(layers, Options::from_config(cfg)))
+    Ok(Overlay::new(layers, Options::from_config(cfg))
+        .with_idmap(crate::layer::IdMap::from_config(cfg)))
 }
 
 /// How the mount is made: the kernel flags and the FUSE options of `cfg`.
@@ -77,6 +78,68 @@ pub fn mount_plan(cfg: &MountConfig) -> MountPlan {
         acl,
         source: cfg.source.clone().unwrap_or_else(|| "stratafs".into()),
     }
+}
+
+/// Readahead for files read through the daemon, in KiB: one request of the largest size
+/// FUSE allows (256 pages). The kernel's default (128 KiB) splits sequential reads into
+/// requests an eighth of that size.
+const READAHEAD_KIB: u32 = 1024;
+
+/// Raises the readahead of the mount on `mountpoint` (root only; the mount is live). Found
+/// through `/proc/self/mountinfo` rather than a stat of the mount point, which would be a
+/// request to this very daemon before it serves any.
+fn raise_readahead(mountpoint: &std::path::Path) {
+    if sys::euid() != 0 {
+        return;
+    }
+    let Ok(want) = std::fs::canonicalize(mountpoint) else {
+        return;
+    };
+    let dev = mount_device(&want);
+    if let Some(dev) = dev {
+        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, READAHEAD_KIB.to_string()) {
+            tracing::debug!(error = %e, path, "cannot raise readahead");
+        }
+    }
+}
+
+/// The `MAJ:MIN` of the newest mount on `dir` (a canonical path), from
+/// `/proc/self/mountinfo`; `None` when nothing is mounted there.
+pub(crate) fn mount_device(dir: &std::path::Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = dir.as_os_str().as_encoded_bytes();
+    // The newest mount on that point is the last line naming it.
+    info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let point = unescape_mountinfo(f.nth(1)?.as_bytes());
+        (point.as_slice() == want).then(|| dev.to_string())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 4 <= s.len() {
+            let oct = &s[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = oct
+                    .iter()
+                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                if let Ok(byte) = u8::try_from(v) {
+                    out.push(byte);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
 }
 
 /// The fuser session configuration for `plan`.
@@ -264,8 +327,22 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
         let _ = std::fs::File::from(fd).write_all(b"ok");
         let _ = sys::detach_stdio();
     }
+    raise_readahead(&cfg.mountpoint);
     tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
     let r = session.run();
+    overlay.unmounted();
     tracing::info!(nodes = overlay.node_count(), "unmounted");
     r.map_err(|e| MountError(format!("FUSE session ended with an error: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(
+            super::unescape_mountinfo(br"/a\040b\\c"),
+            b"/a b\\\\c".to_vec()
+        );
+        assert_eq!(super::unescape_mountinfo(br"/x\01"), b"/x\\01".to_vec());
+    }
 }

@@ -320,37 +320,7 @@ fn unmount(dir: &Path) -> Result<(), String> {
 
 /// True when `dir` (canonical) is a mount point, according to `/proc/self/mountinfo`.
 fn is_mounted(dir: &Path) -> bool {
-    let info = fs::read(PathBuf::from("/proc/self/mountinfo")).unwrap_or_default();
-    let want = dir.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .nth(4)
-            .is_some_and(|m| unescape_mountinfo(m) == want)
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 4 <= s.len() {
-            let oct = &s[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = oct
-                    .iter()
-                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                if let Ok(byte) = u8::try_from(v) {
-                    out.push(byte);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
+    crate::daemon::mount_device(dir).is_some()
 }
 
 /// The pid of the daemon serving `mountpoint`: a process running `exe` with `mountpoint` as

@@ -19,19 +19,7 @@ struct Rw {
 }
 
 fn rw() -> Rw {
-    let dir = tempfile::tempdir().unwrap();
-    for d in ["l", "u", "w", "m"] {
-        fs::create_dir(dir.path().join(d)).unwrap();
-    }
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    let opts = format!("lowerdir={},upperdir={},workdir={}", p("l"), p("u"), p("w"));
-    let mnt = dir.path().join("m");
-    let mount = Some(Mount::new(&opts, &mnt));
-    Rw {
-        _dir: dir,
-        mount,
-        mnt,
-    }
+    rw_with(|_| {})
 }
 
 impl Drop for Rw {
@@ -202,4 +190,105 @@ fn passthrough_opens_share_one_backing_file() {
     drop((reader, writer, appender));
     assert_eq!(fs::read_to_string(&p).unwrap(), "01ab456789!");
     assert_eq!(fs::metadata(&p).unwrap().len(), 11);
+}
+
+/// A mount whose lower layer `setup` fills first.
+fn rw_with(setup: impl FnOnce(&std::path::Path)) -> Rw {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    setup(&dir.path().join("l"));
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", p("l"), p("u"), p("w"));
+    let mnt = dir.path().join("m");
+    let mount = Some(Mount::new(&opts, &mnt));
+    Rw {
+        _dir: dir,
+        mount,
+        mnt,
+    }
+}
+
+fn drop_kernel_caches() {
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+/// Listings are shared between handles and cached by the kernel (FOPEN_CACHE_DIR): every
+/// change through the mount shows in the next listing, from any handle.
+#[test]
+fn shared_listing_follows_every_change() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw_with(|l| {
+        fs::create_dir(l.join("d")).unwrap();
+        fs::write(l.join("d/a"), "a").unwrap();
+        fs::write(l.join("d/b"), "b").unwrap();
+    });
+    let d = t.mnt.join("d");
+    // A handle kept open across the changes, as a long-running reader would.
+    let pinned = fs::File::open(&d).unwrap();
+    assert_eq!(dir_names(&d), ["a", "b"]);
+    assert_eq!(dir_names(&d), ["a", "b"]);
+    fs::write(d.join("c"), "c").unwrap();
+    assert_eq!(dir_names(&d), ["a", "b", "c"]);
+    fs::remove_file(d.join("a")).unwrap();
+    assert_eq!(dir_names(&d), ["b", "c"]);
+    fs::rename(d.join("b"), d.join("e")).unwrap();
+    assert_eq!(dir_names(&d), ["c", "e"]);
+    fs::rename(d.join("c"), t.mnt.join("moved")).unwrap();
+    assert_eq!(dir_names(&d), ["e"]);
+    assert!(dir_names(&t.mnt).contains(&"moved".to_string()));
+    fs::create_dir(d.join("sub")).unwrap();
+    fs::hard_link(d.join("e"), d.join("e2")).unwrap();
+    assert_eq!(dir_names(&d), ["e", "e2", "sub"]);
+    drop(pinned);
+}
+
+/// A copy-up reorders the merge without the kernel seeing a change to the directory: a
+/// listing taken before it must not answer readdirplus with the lower file's attributes.
+#[test]
+fn shared_listing_is_retaken_after_a_copy_up() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw_with(|l| {
+        fs::create_dir(l.join("d")).unwrap();
+        for n in ["f", "g", "h"] {
+            fs::write(l.join("d").join(n), "data").unwrap();
+            fs::set_permissions(l.join("d").join(n), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    });
+    let d = t.mnt.join("d");
+    // Keeps the directory's node (and so its cached listing) alive across cache drops.
+    let _pinned = fs::File::open(&d).unwrap();
+    let modes = |d: &std::path::Path| -> Vec<(String, u32, u64)> {
+        let mut v: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.mode() & 0o7777,
+                    m.len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(modes(&d)[1], ("g".into(), 0o644, 4));
+    fs::set_permissions(d.join("g"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("h"))
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    drop_kernel_caches();
+    let now = modes(&d);
+    assert_eq!(now[1], ("g".into(), 0o600, 4));
+    assert_eq!(now[2], ("h".into(), 0o644, 8));
 }

@@ -21,7 +21,7 @@ use fuser::{
 use std::path::Path;
 use tracing::debug;
 
-use crate::overlay::{Attr, Caller, DirEntry, Error, NewObject, Overlay, RenameFlag, SetAttr};
+use crate::overlay::{Attr, Caller, Error, Listing, NewObject, Overlay, RenameFlag, SetAttr};
 use crate::sys::{self, FileKind};
 
 /// An open handle.
@@ -80,17 +80,12 @@ fn caller_in_group(req: &Request, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// A directory listing snapshot taken at opendir, with `.` and `..` in front.
-#[derive(Debug)]
-struct DirListing {
-    entries: Vec<DirEntry>,
-}
-
-/// An open directory: its listing, taken at the first read and again whenever the reader
-/// rewinds to offset 0 (so `rewinddir` sees changes, as on a local filesystem).
+/// An open directory: the directory's shared listing, taken at the first read and again
+/// whenever the reader rewinds to offset 0 (so `rewinddir` sees changes, as on a local
+/// filesystem). Offsets: 1 is after ".", 2 after "..", 2+i+1 after entry i of the listing.
 #[derive(Debug, Default)]
 struct DirHandle {
-    listing: parking_lot::Mutex<Option<Arc<DirListing>>>,
+    listing: parking_lot::Mutex<Option<Arc<Listing>>>,
 }
 
 /// The FUSE front end of one mount.
@@ -246,7 +241,7 @@ impl StrataFs {
         let Ok(st) = sys::stat_fd(fd.as_fd()) else {
             return;
         };
-        let mode = kept_mode(st.mode, st.gid, req);
+        let mode = kept_mode(st.mode, self.overlay.idmap().gid_to_mount(st.gid), req);
         if mode != st.mode & 0o7777 {
             if let Err(e) = rustix::fs::fchmod(&*fd, rustix::fs::Mode::from_raw_mode(mode)) {
                 debug!(error = %e, "dropping setuid/setgid bits failed");
@@ -276,7 +271,7 @@ impl StrataFs {
     }
 
     /// The listing of open directory `fh` (of node `ino`), taken anew at offset 0.
-    fn listing(&self, fh: FileHandle, ino: u64, offset: u64) -> Result<Arc<DirListing>, Errno> {
+    fn listing(&self, fh: FileHandle, ino: u64, offset: u64) -> Result<Arc<Listing>, Errno> {
         let dir = match self.handles.get(&fh.0).as_deref() {
             Some(Handle::Dir(d)) => Arc::clone(d),
             _ => return Err(Errno::from_i32(libc::EBADF)),
@@ -285,11 +280,10 @@ impl StrataFs {
         match &*cur {
             Some(l) if offset != 0 => Ok(Arc::clone(l)),
             _ => {
-                let entries = self
+                let l = self
                     .overlay
-                    .read_dir(ino)
+                    .listing(ino)
                     .map_err(|e| errno("readdir", ino, &e))?;
-                let l = Arc::new(DirListing { entries });
                 *cur = Some(Arc::clone(&l));
                 Ok(l)
             }
@@ -510,20 +504,10 @@ impl fuser::Filesystem for StrataFs {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0usize;
-        while filled < buf.len() {
-            match sys::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    reply.error(io_errno("read", ino.0, e));
-                    return;
-                }
-            }
+        match sys::pread_exact_or_eof(fd.as_fd(), size as usize, offset) {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => reply.error(io_errno("read", ino.0, e)),
         }
-        reply.data(&buf[..filled]);
     }
 
     fn release(
@@ -556,10 +540,17 @@ impl fuser::Filesystem for StrataFs {
         match self.overlay.check_dir(ino.0) {
             Ok(()) => {
                 let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
-                // No FOPEN_CACHE_DIR: the kernel's listing cache is per inode and filled
-                // by whichever handle reads, but our offsets index a per-handle snapshot, so
-                // two handles with snapshots from either side of a change would mix.
-                reply.opened(fh, FopenFlags::empty());
+                // The kernel caches the entries per inode, filled by whichever handle reads
+                // from offset 0; every handle of one directory version reads the same shared
+                // listing, so the offsets agree. The kernel drops its cache by itself when a
+                // change goes through the mount; a change it cannot see (a copy-up reorders
+                // the merge) leaves no current listing here, and the open then asks it to
+                // drop the cache.
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if self.overlay.listing_is_current(ino.0) {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(fh, flags);
             }
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
         }
@@ -1011,7 +1002,10 @@ impl fuser::Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush: data goes to the layer file on each write (or through
+        // passthrough), and locks are the kernel's. ENOSYS tells the kernel to stop sending
+        // FLUSH for every close(), which saves a round trip per file.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(

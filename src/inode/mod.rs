@@ -40,6 +40,28 @@ impl Location {
     }
 }
 
+/// Source of directory versions, unique for the life of the daemon.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A directory's mutation lock; bumps the directory's version when released.
+#[derive(Debug)]
+pub struct DirGuard<'a> {
+    node: &'a Node,
+    _lock: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for DirGuard<'_> {
+    fn drop(&mut self) {
+        // Runs before the lock is released: whoever builds a listing after seeing this
+        // version also sees the change.
+        self.node.version.store(next_version(), Ordering::Release);
+    }
+}
+
 /// One merged object the kernel knows about.
 #[derive(Debug)]
 pub struct Node {
@@ -51,8 +73,13 @@ pub struct Node {
     loc: RwLock<Location>,
     /// Serialises the copy-up of this node (one copy, however many first writers race).
     pub copy_lock: Mutex<()>,
-    /// Serialises changes to the entries of this directory.
-    pub dir_lock: Mutex<()>,
+    /// Serialises changes to the entries of this directory (see [`Node::lock_dir`]).
+    dir_lock: Mutex<()>,
+    /// Changes whenever the entries of this directory change (unique across all nodes, so a
+    /// listing tagged with it can never be taken for another node's).
+    version: AtomicU64,
+    /// The version of the last listing of this directory handed out from offset 0.
+    listed: AtomicU64,
     /// Other names a non-directory was seen under (hard links): when the name in `loc` goes
     /// away, the node is still reachable through one of these.
     aliases: Mutex<Vec<(u64, OsString)>>,
@@ -74,6 +101,8 @@ impl Node {
             loc: RwLock::new(loc),
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
+            version: AtomicU64::new(next_version()),
+            listed: AtomicU64::new(0),
             aliases: Mutex::new(Vec::new()),
         }
     }
@@ -84,6 +113,36 @@ impl Node {
         if !al.contains(&old) && al.len() < 64 {
             al.push(old);
         }
+    }
+
+    /// Takes this directory's mutation lock; when the guard is dropped (after the change) the
+    /// directory's version moves on, so listings taken before the change are stale.
+    pub fn lock_dir(&self) -> DirGuard<'_> {
+        DirGuard {
+            node: self,
+            _lock: self.dir_lock.lock(),
+        }
+    }
+
+    /// The layers merged into this directory changed: listings positions index the old chain.
+    fn layers_changed(&self) {
+        self.version.store(next_version(), Ordering::Release);
+    }
+
+    /// The directory's current version (see [`Node::lock_dir`]).
+    pub fn dir_version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Records that a listing of `version` was handed to a reader starting at offset 0.
+    pub fn set_listed(&self, version: u64) {
+        self.listed.store(version, Ordering::Release);
+    }
+
+    /// True when the last listing handed out is of the current version: whatever the kernel
+    /// cached from it is still right.
+    pub fn listed_is_current(&self) -> bool {
+        self.listed.load(Ordering::Acquire) == self.dir_version()
     }
 
     /// A snapshot of where the node is now.
@@ -174,6 +233,9 @@ impl NodeTable {
                         node.lookups.fetch_add(1, Ordering::Relaxed);
                         let mut cur = node.loc.write();
                         if *cur != loc {
+                            if cur.layers != loc.layers {
+                                node.layers_changed();
+                            }
                             if kind != FileKind::Directory
                                 && (cur.parent != loc.parent || cur.name != loc.name)
                             {
@@ -295,7 +357,11 @@ impl NodeTable {
     /// Replaces the layers of a node (after a copy-up or a change of merge).
     pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>) {
         if let Some(node) = self.get(ino) {
-            node.loc.write().layers = layers;
+            let mut loc = node.loc.write();
+            if loc.layers != layers {
+                node.layers_changed();
+            }
+            loc.layers = layers;
         }
     }
 

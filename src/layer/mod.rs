@@ -1,6 +1,7 @@
 //! One layer directory on disk, held by an fd, and the stack of them.
 
 pub mod format;
+pub mod idmap;
 pub mod ino;
 
 use std::ffi::OsStr;
@@ -11,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::OFlags;
 
+pub use idmap::IdMap;
 pub use ino::InoScheme;
 
-use crate::sys::{self, Stat};
+use crate::sys::{self, RenameMode, Stat};
 
 /// Index of a layer in the stack: 0 is the topmost (the upper layer when there is one).
 pub type LayerIdx = u16;
@@ -151,7 +153,12 @@ pub struct WorkDir {
     pub whiteout: WhiteoutFormat,
     /// `trusted.overlay.` as root, `user.overlay.` otherwise (the kernel's `userxattr`).
     pub xattr_prefix: &'static str,
+    /// Serialises replacing the shared whiteout when it is full of links.
+    shared_whiteout: parking_lot::Mutex<()>,
 }
+
+/// The shared char 0/0 whiteout in the work directory that whiteouts are hard links of.
+const SHARED_WHITEOUT: &str = "#whiteout";
 
 impl WorkDir {
     /// Opens `workdir/work` (creating it), clears entries a crash left in it, and finds out
@@ -190,7 +197,51 @@ impl WorkDir {
             fd,
             whiteout,
             xattr_prefix,
+            shared_whiteout: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Removes the shared whiteout (at unmount: the work directory is left empty, as the
+    /// kernel leaves it; the whiteouts linked to it stay valid).
+    pub fn remove_shared_whiteout(&self) {
+        let _g = self.shared_whiteout.lock();
+        let _ = sys::unlink_at(self.fd(), OsStr::new(SHARED_WHITEOUT), false);
+    }
+
+    /// Makes `name` in `dir` a char 0/0 whiteout that is a hard link of one shared whiteout
+    /// inode, as the kernel's overlayfs does since Linux 5.8: deleting a lower tree then
+    /// costs a link per name instead of a new inode (inode allocation dominated `rm -rf`).
+    /// Falls back to a whiteout of its own where the upper filesystem refuses the link.
+    pub fn link_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let shared = OsStr::new(SHARED_WHITEOUT);
+        for _ in 0..3 {
+            match sys::link_at(self.fd(), shared, dir, name) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let _g = self.shared_whiteout.lock();
+                    match sys::mknod_at(self.fd(), shared, libc::S_IFCHR, 0) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(_) => break,
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+                    // Full of links: a fresh inode takes its place (the links stay valid).
+                    let _g = self.shared_whiteout.lock();
+                    let fresh = OsStr::new("#whiteout-fresh");
+                    let _ = sys::unlink_at(self.fd(), fresh, false);
+                    if sys::mknod_at(self.fd(), fresh, libc::S_IFCHR, 0).is_err()
+                        || sys::rename_at(self.fd(), fresh, self.fd(), shared, RenameMode::Replace)
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(e),
+                Err(_) => break,
+            }
+        }
+        sys::mknod_at(dir, name, libc::S_IFCHR, 0)
     }
 
     /// The work directory's fd.

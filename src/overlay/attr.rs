@@ -76,6 +76,10 @@ impl Overlay {
     pub fn setattr(&self, ino: u64, set: SetAttr, fd: Option<BorrowedFd<'_>>) -> Result<Attr> {
         self.writable()?;
         let node = self.node(ino)?;
+        // chown names presented ids; the layers store the mapped ones (an id outside every
+        // mapping is refused, as chown to an unmapped id is in a user namespace).
+        let (uid, gid) = self.owner_to_disk(set.uid, set.gid, libc::EINVAL)?;
+        let set = SetAttr { uid, gid, ..set };
         if let Some(fd) = fd {
             if let Some(size) = set.size {
                 sys::truncate(fd, size)?;

@@ -69,7 +69,7 @@ impl Overlay {
         let top = *chain.first().ok_or(Error::StaleNode(dir.ino))?;
         let src = self.dir_fd(dir, top)?;
         let st = sys::stat_fd(src.as_fd())?;
-        let _dir_guard = parent.dir_lock.lock();
+        let _dir_guard = parent.lock_dir();
         let tmp = self.temp_name();
         sys::mkdir_at(work.fd(), &tmp, 0o700)?;
         let staged = (|| -> Result<()> {
@@ -108,7 +108,7 @@ impl Overlay {
         let top = top.ok_or(Error::StaleNode(node.ino))?;
         let src_dir = self.dir_fd(&parent, top)?;
         let st = sys::stat_at(src_dir.as_fd(), &name)?;
-        let _dir_guard = parent.dir_lock.lock();
+        let _dir_guard = parent.lock_dir();
         let tmp = self.temp_name();
         let staged = self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data);
         let placed = staged.and_then(|()| place_copy(work, &tmp, pfd.as_fd(), &name));

@@ -208,6 +208,7 @@ impl Overlay {
     pub fn forget(&self, ino: u64, n: u64) {
         if self.nodes.forget(ino, n) {
             self.dirfds.drop_node(ino, self.layers.len());
+            self.listings.remove(ino);
         }
     }
 

@@ -25,7 +25,7 @@ use crate::sys::{FileKind, Stat};
 pub use attr::SetAttr;
 pub use lookup::Provenance;
 pub use namespace::{Caller, NewObject, RenameFlag};
-pub use readdir::DirEntry;
+pub use readdir::{DirEntry, Listing};
 
 /// Why an operation failed; each maps to one errno.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +182,8 @@ pub struct Options {
     pub no_xattrs: bool,
     /// How many directory fds to keep open.
     pub dir_fd_cache: usize,
+    /// How many entries of merged directory listings to keep cached, over all directories.
+    pub listing_cache: usize,
     /// fsync copies and honour fsync requests (`fsync=1` and not `volatile`).
     pub sync_writes: bool,
 }
@@ -194,6 +196,7 @@ impl Options {
             static_nlink: cfg.static_nlink,
             no_xattrs: cfg.noxattrs,
             dir_fd_cache: 4096,
+            listing_cache: 64 * 1024,
             sync_writes: cfg.fsync && !cfg.volatile,
         }
     }
@@ -205,6 +208,8 @@ pub struct Overlay {
     layers: LayerStack,
     nodes: NodeTable,
     dirfds: dirfd::DirFdCache,
+    listings: readdir::ListingCache,
+    idmap: crate::layer::IdMap,
     opts: Options,
     temp_counter: std::sync::atomic::AtomicU64,
     /// The umask is 0, so new objects get their exact mode at creation.
@@ -218,11 +223,43 @@ impl Overlay {
         Overlay {
             nodes: NodeTable::new(root_layers, layers.upper().is_some()),
             dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
+            listings: readdir::ListingCache::new(opts.listing_cache),
+            idmap: crate::layer::IdMap::default(),
             layers,
             opts,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             exact_modes: crate::sys::current_umask() == 0,
         }
+    }
+
+    /// The same view with owners mapped by `idmap` (`uidmapping=`, `squash_*`...).
+    pub fn with_idmap(mut self, idmap: crate::layer::IdMap) -> Overlay {
+        self.idmap = idmap;
+        self
+    }
+
+    /// The owner mapping in force.
+    pub fn idmap(&self) -> &crate::layer::IdMap {
+        &self.idmap
+    }
+
+    /// A stored uid/gid pair for a presented one; `err` when an id has no mapping.
+    pub(crate) fn owner_to_disk(
+        &self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        err: i32,
+    ) -> Result<(Option<u32>, Option<u32>)> {
+        let unmapped = || Error::Io(io::Error::from_raw_os_error(err));
+        let uid = match uid {
+            Some(u) => Some(self.idmap.uid_to_disk(u).ok_or_else(unmapped)?),
+            None => None,
+        };
+        let gid = match gid {
+            Some(g) => Some(self.idmap.gid_to_disk(g).ok_or_else(unmapped)?),
+            None => None,
+        };
+        Ok((uid, gid))
     }
 
     /// How xattr names map between the mount and the layers.
@@ -243,6 +280,13 @@ impl Overlay {
     /// The options in force.
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// The mount is gone: leaves the work directory as empty as the kernel would.
+    pub fn unmounted(&self) {
+        if let Some(w) = self.layers.work() {
+            w.remove_shared_whiteout();
+        }
     }
 
     /// How many nodes the kernel currently holds.
@@ -327,8 +371,8 @@ impl Overlay {
             kind,
             perm: st.perm(),
             nlink,
-            uid: st.uid,
-            gid: st.gid,
+            uid: self.idmap.uid_to_mount(st.uid),
+            gid: self.idmap.gid_to_mount(st.gid),
             size: st.size,
             blocks: st.blocks,
             blksize: st.blksize,

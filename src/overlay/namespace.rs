@@ -113,7 +113,7 @@ impl Overlay {
     fn write_whiteout(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let (_, work) = self.writable()?;
         match work.whiteout {
-            WhiteoutFormat::CharDevice => sys::mknod_at(pfd, name, libc::S_IFCHR, 0)?,
+            WhiteoutFormat::CharDevice => work.link_whiteout(pfd, name)?,
             WhiteoutFormat::DotWh => {
                 drop(sys::create_file(
                     pfd,
@@ -137,12 +137,21 @@ impl Overlay {
     ) -> Result<()> {
         let (_, work) = self.writable()?;
         let tmp = self.temp_name();
-        if whiteout
-            && work.whiteout == WhiteoutFormat::CharDevice
-            && sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::Whiteout).is_ok()
-        {
-            sys::remove_tree(work.fd(), &tmp)?;
-            return Ok(());
+        if whiteout && work.whiteout == WhiteoutFormat::CharDevice {
+            // Atomically: a shared whiteout swapped in for the object (the kernel's way),
+            // else RENAME_WHITEOUT (a whiteout inode of its own).
+            let swapped = work.link_whiteout(work.fd(), &tmp).is_ok()
+                && match sys::rename_at(work.fd(), &tmp, pfd, name, RenameMode::Exchange) {
+                    Ok(()) => true,
+                    Err(_) => {
+                        let _ = sys::unlink_at(work.fd(), &tmp, false);
+                        false
+                    }
+                };
+            if swapped || sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::Whiteout).is_ok() {
+                sys::remove_tree(work.fd(), &tmp)?;
+                return Ok(());
+            }
         }
         if is_dir {
             // A directory's upper copy may still hold whiteouts: move it out whole first.
@@ -187,6 +196,13 @@ impl Overlay {
     ) -> Result<(Attr, Option<OwnedFd>)> {
         check_component(name)?;
         let (_, work) = self.writable()?;
+        // New objects are owned by the caller's ids as stored; a caller the mapping does
+        // not cover cannot own anything here.
+        let caller =
+            match self.owner_to_disk(Some(caller.uid), Some(caller.gid), libc::EOVERFLOW)? {
+                (Some(uid), Some(gid)) => Caller { uid, gid },
+                _ => caller,
+            };
         if let NewObject::Node { file_type, rdev: 0 } = obj {
             // A char device 0/0 is a whiteout on disk: it could never be shown. The kernel's
             // overlayfs refuses it the same way.
@@ -199,7 +215,7 @@ impl Overlay {
             return Err(Error::NotDir);
         }
         let pfd = self.upper_dir(&dir)?;
-        let _guard = dir.dir_lock.lock();
+        let _guard = dir.lock_dir();
         let chain = dir.with_location(|l| l.layers.clone());
         if self.resolve_in(&dir, &chain, name, 0)?.is_some() {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)));
@@ -376,7 +392,7 @@ impl Overlay {
             }
         }
         let pfd = self.upper_dir(&dir)?;
-        let _guard = dir.dir_lock.lock();
+        let _guard = dir.lock_dir();
         // What the name holds now, under the lock: a concurrent rename may have changed it.
         let r = self
             .resolve_in(&dir, &chain, name, 0)?
@@ -428,7 +444,7 @@ impl Overlay {
         let spfd = self.upper_dir(&src_parent)?;
         let dir = self.node(newparent)?;
         let npfd = self.upper_dir(&dir)?;
-        let _guard = dir.dir_lock.lock();
+        let _guard = dir.lock_dir();
         let chain = dir.with_location(|l| l.layers.clone());
         if self.resolve_in(&dir, &chain, newname, 0)?.is_some() {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)));
@@ -586,13 +602,13 @@ impl Overlay {
         let spfd = self.upper_dir(sdir)?;
         let dpfd = self.upper_dir(ddir)?;
         let (_g1, _g2) = if sdir.ino == ddir.ino {
-            (Some(sdir.dir_lock.lock()), None)
+            (Some(sdir.lock_dir()), None)
         } else if sdir.ino < ddir.ino {
-            let a = sdir.dir_lock.lock();
-            (Some(a), Some(ddir.dir_lock.lock()))
+            let a = sdir.lock_dir();
+            (Some(a), Some(ddir.lock_dir()))
         } else {
-            let b = ddir.dir_lock.lock();
-            (Some(sdir.dir_lock.lock()), Some(b))
+            let b = ddir.lock_dir();
+            (Some(sdir.lock_dir()), Some(b))
         };
         if self.current_id(sdir, name)? != Some(src.ino)
             || self.current_id(ddir, newname)? != dst.as_ref().map(|d| d.ino)

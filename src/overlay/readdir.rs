@@ -1,13 +1,22 @@
 //! Merged directory listings.
 //!
-//! A listing is built once per open directory handle: the directory's layers are read top to
-//! bottom, each name taken from the first layer that shows it; whiteouts (char 0/0 devices and
-//! `.wh.` files) hide a name from the layers *below* their own, and the whiteout format's own
-//! names are never listed. Offsets into the snapshot are stable for the life of the handle.
+//! A listing is built by reading the directory's layers top to bottom, each name taken from
+//! the first layer that shows it; whiteouts (char 0/0 devices and `.wh.` files) hide a name
+//! from the layers *below* their own, and the whiteout format's own names are never listed.
+//!
+//! Listings are shared: one listing per directory version, kept in a bounded LRU, handed to
+//! every handle that opens the directory until a change (through [`crate::inode::Node::lock_dir`]) moves
+//! the version on. Offsets into a listing are therefore the same for every handle of one
+//! version, which is what lets the kernel cache a directory's entries across opens
+//! (`FOPEN_CACHE_DIR`): whichever handle fills the kernel's cache, the offsets agree.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
 
 use super::{Error, Overlay, Result};
 use crate::layer::{format, LayerIdx};
@@ -31,7 +40,112 @@ pub struct DirEntry {
     pub(crate) impure: bool,
 }
 
+/// A merged listing of one version of a directory (without `.` and `..`).
+#[derive(Debug)]
+pub struct Listing {
+    /// The directory version it was taken at ([`crate::inode::Node::dir_version`]).
+    pub version: u64,
+    /// The entries, in the order offsets index them.
+    pub entries: Vec<DirEntry>,
+}
+
+/// Current listings, by directory node id, bounded by the total number of entries held.
+/// The lock is held only to look up or insert one `Arc`.
+#[derive(Debug)]
+pub(crate) struct ListingCache {
+    inner: Mutex<ListingLru>,
+    budget: usize,
+}
+
+#[derive(Debug)]
+struct ListingLru {
+    lru: LruCache<u64, Arc<Listing>>,
+    entries: usize,
+}
+
+impl ListingCache {
+    pub(crate) fn new(budget: usize) -> ListingCache {
+        ListingCache {
+            inner: Mutex::new(ListingLru {
+                lru: LruCache::unbounded(),
+                entries: 0,
+            }),
+            budget,
+        }
+    }
+
+    /// The cached listing of `ino` if it is of version `version`.
+    fn get(&self, ino: u64, version: u64) -> Option<Arc<Listing>> {
+        let mut c = self.inner.lock();
+        match c.lru.get(&ino) {
+            Some(l) if l.version == version => Some(Arc::clone(l)),
+            _ => None,
+        }
+    }
+
+    fn put(&self, ino: u64, listing: &Arc<Listing>) {
+        // A listing bigger than the whole budget is used by its handles but not kept.
+        let weight = listing.entries.len().max(1);
+        if weight > self.budget {
+            self.remove(ino);
+            return;
+        }
+        let mut c = self.inner.lock();
+        if let Some(old) = c.lru.put(ino, Arc::clone(listing)) {
+            c.entries -= old.entries.len().max(1);
+        }
+        c.entries += weight;
+        while c.entries > self.budget {
+            match c.lru.pop_lru() {
+                Some((_, old)) => c.entries -= old.entries.len().max(1),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops the listing of `ino` (the node is gone).
+    pub(crate) fn remove(&self, ino: u64) {
+        let mut c = self.inner.lock();
+        if let Some(old) = c.lru.pop(&ino) {
+            c.entries -= old.entries.len().max(1);
+        }
+    }
+}
+
 impl Overlay {
+    /// The current merged listing of directory `ino`: the shared one when it is still of the
+    /// directory's version, else a fresh one (which then becomes the shared one).
+    pub fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
+        let dir = self.node(ino)?;
+        // The version is read before the layers: a change that lands while they are read
+        // moves the version on, and this listing is never taken for current again.
+        let version = dir.dir_version();
+        let listing = match self.listings.get(ino, version) {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(Listing {
+                    version,
+                    entries: self.read_dir(ino)?,
+                });
+                self.listings.put(ino, &l);
+                l
+            }
+        };
+        dir.set_listed(version);
+        Ok(listing)
+    }
+
+    /// True when the directory has not changed since its last listing was handed out: a
+    /// listing built again now would be the same, entry for entry and offset for offset
+    /// (the layers' own directories have not changed, so neither has their order), so the
+    /// kernel may keep a directory cache it filled from an earlier open.
+    pub fn listing_is_current(&self, ino: u64) -> bool {
+        self.nodes
+            .get(ino)
+            .map(|dir| dir.listed_is_current())
+            .unwrap_or(false)
+    }
+
     /// True when lower hard links get one identity per name (a writable union).
     fn splits_lower_links(&self) -> bool {
         !self.opts.read_only && self.layers.upper().is_some()

@@ -330,6 +330,25 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
     rustix::io::pread(fd, buf, offset).map_err(io::Error::from)
 }
 
+/// Reads up to `len` bytes at `offset` into a new buffer (short only at end of file),
+/// without zeroing memory the read overwrites anyway.
+pub fn pread_exact_or_eof(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let spare = rustix::buffer::spare_capacity(&mut buf);
+        match rustix::io::pread(fd, spare, at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        // `spare_capacity` extended the length by what was read (at most the capacity,
+        // `len`).
+    }
+    Ok(buf)
+}
+
 /// `lseek` for `SEEK_DATA` / `SEEK_HOLE` / `SEEK_SET` / `SEEK_CUR` / `SEEK_END`.
 pub fn seek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<u64> {
     use rustix::fs::SeekFrom;

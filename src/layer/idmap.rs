@@ -1,0 +1,171 @@
+//! Owner mapping between the layers and the mount (`uidmapping=`, `gidmapping=`,
+//! `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`), as fuse-overlayfs applies them.
+//!
+//! A mapping `C:H:S` says ids `H..H+S` as stored in the layers appear as `C..C+S` through
+//! the mount. Reads map stored ids to presented ones, with an id no range covers shown as the
+//! overflow id (65534, as the kernel shows unmapped ids in a user namespace); writes (new
+//! objects, chown) map presented ids back, and a presented id no range covers is refused
+//! with `EINVAL`, as `chown` to an unmapped id is inside a user namespace. Squashing replaces
+//! every presented owner (and only the presented one: what is stored is left alone).
+
+use crate::config::{IdMapping, MountConfig};
+
+/// The id shown for a stored id that no mapping covers.
+pub const OVERFLOW_ID: u32 = 65534;
+
+/// The owner mapping of one mount; the identity when no option asks for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdMap {
+    uids: Vec<IdMapping>,
+    gids: Vec<IdMapping>,
+    squash_uid: Option<u32>,
+    squash_gid: Option<u32>,
+}
+
+/// Stored id -> presented id through `maps`; `None` when no range covers it.
+fn to_mount(maps: &[IdMapping], id: u32) -> Option<u32> {
+    maps.iter().find_map(|m| {
+        let off = id.checked_sub(m.host)?;
+        (off < m.len).then(|| m.container.wrapping_add(off))
+    })
+}
+
+/// Presented id -> stored id through `maps`; `None` when no range covers it.
+fn to_disk(maps: &[IdMapping], id: u32) -> Option<u32> {
+    maps.iter().find_map(|m| {
+        let off = id.checked_sub(m.container)?;
+        (off < m.len).then(|| m.host.wrapping_add(off))
+    })
+}
+
+impl IdMap {
+    /// The mapping a mount configuration asks for.
+    pub fn from_config(cfg: &MountConfig) -> IdMap {
+        IdMap {
+            uids: cfg.uid_mappings.clone(),
+            gids: cfg.gid_mappings.clone(),
+            squash_uid: if cfg.squash_to_root {
+                Some(0)
+            } else {
+                cfg.squash_to_uid
+            },
+            squash_gid: if cfg.squash_to_root {
+                Some(0)
+            } else {
+                cfg.squash_to_gid
+            },
+        }
+    }
+
+    /// True when ids pass through unchanged both ways.
+    pub fn is_identity(&self) -> bool {
+        self.uids.is_empty()
+            && self.gids.is_empty()
+            && self.squash_uid.is_none()
+            && self.squash_gid.is_none()
+    }
+
+    /// The owner a stored uid is shown as.
+    pub fn uid_to_mount(&self, uid: u32) -> u32 {
+        if let Some(s) = self.squash_uid {
+            return s;
+        }
+        if self.uids.is_empty() {
+            return uid;
+        }
+        to_mount(&self.uids, uid).unwrap_or(OVERFLOW_ID)
+    }
+
+    /// The group a stored gid is shown as.
+    pub fn gid_to_mount(&self, gid: u32) -> u32 {
+        if let Some(s) = self.squash_gid {
+            return s;
+        }
+        if self.gids.is_empty() {
+            return gid;
+        }
+        to_mount(&self.gids, gid).unwrap_or(OVERFLOW_ID)
+    }
+
+    /// The uid stored for a presented one (a caller's, or a chown target).
+    pub fn uid_to_disk(&self, uid: u32) -> Option<u32> {
+        if self.uids.is_empty() {
+            return Some(uid);
+        }
+        to_disk(&self.uids, uid)
+    }
+
+    /// The gid stored for a presented one.
+    pub fn gid_to_disk(&self, gid: u32) -> Option<u32> {
+        if self.gids.is_empty() {
+            return Some(gid);
+        }
+        to_disk(&self.gids, gid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(uids: &[(u32, u32, u32)]) -> IdMap {
+        IdMap {
+            uids: uids
+                .iter()
+                .map(|&(container, host, len)| IdMapping {
+                    container,
+                    host,
+                    len,
+                })
+                .collect(),
+            ..IdMap::default()
+        }
+    }
+
+    #[test]
+    fn identity_without_options() {
+        let m = IdMap::default();
+        assert!(m.is_identity());
+        assert_eq!(m.uid_to_mount(1234), 1234);
+        assert_eq!(m.gid_to_disk(7), Some(7));
+    }
+
+    #[test]
+    fn ranges_map_both_ways() {
+        // Container root is host 100000; container 1..65536 are host 1..65536 shifted.
+        let m = map(&[(0, 100_000, 1), (1, 1, 65_535)]);
+        assert_eq!(m.uid_to_mount(100_000), 0);
+        assert_eq!(m.uid_to_mount(1000), 1000);
+        assert_eq!(m.uid_to_mount(0), OVERFLOW_ID);
+        assert_eq!(m.uid_to_mount(100_001), OVERFLOW_ID);
+        assert_eq!(m.uid_to_disk(0), Some(100_000));
+        assert_eq!(m.uid_to_disk(1000), Some(1000));
+        assert_eq!(m.uid_to_disk(70_000), None);
+        // Round trip over every mapped id at the range edges.
+        for c in [0, 1, 65_535] {
+            assert_eq!(m.uid_to_mount(m.uid_to_disk(c).unwrap()), c);
+        }
+        // Gids are untouched by uid mappings.
+        assert_eq!(m.gid_to_mount(100_000), 100_000);
+    }
+
+    #[test]
+    fn ranges_at_the_top_of_the_id_space() {
+        let m = map(&[(0, u32::MAX - 1, 2)]);
+        assert_eq!(m.uid_to_mount(u32::MAX), 1);
+        assert_eq!(m.uid_to_disk(1), Some(u32::MAX));
+        assert_eq!(m.uid_to_disk(2), None);
+    }
+
+    #[test]
+    fn squash_replaces_what_is_shown_only() {
+        let mut m = map(&[(0, 1000, 10)]);
+        m.squash_uid = Some(0);
+        m.squash_gid = Some(5);
+        assert_eq!(m.uid_to_mount(4242), 0);
+        assert_eq!(m.gid_to_mount(4242), 5);
+        // Writes still go through the mapping.
+        assert_eq!(m.uid_to_disk(3), Some(1003));
+        assert!(!m.is_identity());
+    }
+}

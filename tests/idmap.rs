@@ -1,0 +1,153 @@
+//! Integration tests may panic: a failed assertion is how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! Owner mapping through a real mount: `uidmapping=`/`gidmapping=` (stored ids shown mapped,
+//! written back mapped, unmapped ids shown as 65534) and the `squash_*` options.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{chown, lchown, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+/// A lower layer with files owned by host ids inside and outside the mapped ranges.
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir(p(d)).unwrap();
+    }
+    let l = p("l");
+    fs::create_dir(l.join("d")).unwrap();
+    for (name, uid, gid) in [
+        ("d/root", 100_000, 200_000),
+        ("d/user", 101_000, 201_000),
+        ("d/outside", 0, 0),
+    ] {
+        fs::write(l.join(name), name).unwrap();
+        lchown(l.join(name), Some(uid), Some(gid)).unwrap();
+    }
+    std::os::unix::fs::symlink("root", l.join("d/link")).unwrap();
+    lchown(l.join("d/link"), Some(101_000), Some(201_000)).unwrap();
+    chown(l.join("d"), Some(100_000), Some(200_000)).unwrap();
+    Setup {
+        lower: l,
+        upper: p("u"),
+        work: p("w"),
+        mnt: p("m"),
+        _dir: dir,
+    }
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+const MAPS: &str = "uidmapping=0:100000:65536,gidmapping=0:200000:65536";
+
+#[test]
+fn mapped_ids_both_ways() {
+    if !can_mount() {
+        return;
+    }
+    let s = setup();
+    let opts = format!(
+        "{},{MAPS}",
+        rw_opts(std::slice::from_ref(&s.lower), &s.upper, &s.work)
+    );
+    let m = Mount::new(&opts, &s.mnt);
+    let d = m.mountpoint.join("d");
+    assert_eq!(owner(&d), (0, 0));
+    assert_eq!(owner(&d.join("root")), (0, 0));
+    assert_eq!(owner(&d.join("user")), (1000, 1000));
+    assert_eq!(owner(&d.join("link")), (1000, 1000));
+    assert_eq!(owner(&d.join("outside")), (65534, 65534));
+    // Listings (readdirplus) show the same owners as lookups.
+    for e in fs::read_dir(&d).unwrap() {
+        let e = e.unwrap();
+        let via_dir = e.metadata().unwrap();
+        assert_eq!(
+            (via_dir.uid(), via_dir.gid()),
+            owner(&e.path()),
+            "{:?}",
+            e.file_name()
+        );
+    }
+
+    // A new object is owned by the caller (root, shown as 0) and stored as its host id.
+    fs::write(d.join("new"), "x").unwrap();
+    fs::create_dir(d.join("newdir")).unwrap();
+    assert_eq!(owner(&d.join("new")), (0, 0));
+    assert_eq!(owner(&s.upper.join("d/new")), (100_000, 200_000));
+    assert_eq!(owner(&s.upper.join("d/newdir")), (100_000, 200_000));
+
+    // chown names container ids; the layer stores host ids (also across a copy-up).
+    chown(d.join("user"), Some(5), Some(6)).unwrap();
+    assert_eq!(owner(&d.join("user")), (5, 6));
+    assert_eq!(owner(&s.upper.join("d/user")), (100_005, 200_006));
+    lchown(d.join("link"), Some(7), None).unwrap();
+    assert_eq!(owner(&s.upper.join("d/link")), (100_007, 201_000));
+    // The copy-up itself keeps the stored owner: the parent directory still shows root.
+    assert_eq!(owner(&s.upper.join("d")), (100_000, 200_000));
+
+    // An id outside every range cannot be given.
+    let e = chown(d.join("new"), Some(70_000), None).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(owner(&d.join("new")), (0, 0));
+    drop(m);
+
+    // The kernel's overlayfs, which maps nothing, sees the host ids that were written.
+    if can_compare() {
+        let k = KernelMount::new(
+            &kernel_rw_opts(std::slice::from_ref(&s.lower), &s.upper, &s.work),
+            &s.mnt,
+        );
+        assert_eq!(owner(&k.mountpoint.join("d/user")), (100_005, 200_006));
+        assert_eq!(owner(&k.mountpoint.join("d/new")), (100_000, 200_000));
+    }
+}
+
+#[test]
+fn squash_options_replace_shown_owners() {
+    if !can_mount() {
+        return;
+    }
+    let s = setup();
+    let lowers = std::slice::from_ref(&s.lower);
+    for (extra, want_root, want_user) in [
+        ("squash_to_root", (0, 0), (0, 0)),
+        ("squash_to_uid=7,squash_to_gid=8", (7, 8), (7, 8)),
+        ("squash_to_uid=7", (7, 200_000), (7, 201_000)),
+        // Mappings and squashing together: squash wins for what is shown.
+        (
+            &format!("{MAPS},squash_to_gid=3") as &str,
+            (0, 3),
+            (1000, 3),
+        ),
+    ] {
+        let m = Mount::new(&format!("lowerdir={},{extra}", s.lower.display()), &s.mnt);
+        assert_eq!(owner(&m.mountpoint.join("d/root")), want_root, "{extra}");
+        assert_eq!(owner(&m.mountpoint.join("d/user")), want_user, "{extra}");
+        drop(m);
+    }
+    // Squashing shows, it does not store: a file written under squash_to_root keeps the
+    // caller's own stored owner.
+    let m = Mount::new(
+        &format!("{},squash_to_uid=9", rw_opts(lowers, &s.upper, &s.work)),
+        &s.mnt,
+    );
+    fs::write(m.mountpoint.join("f"), "x").unwrap();
+    assert_eq!(owner(&m.mountpoint.join("f")).0, 9);
+    assert_eq!(owner(&s.upper.join("f")), (0, 0));
+}
