@@ -53,6 +53,7 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             no_xattrs: false,
             dir_fd_cache: 4096,
             listing_cache: 64 * 1024,
+            node_limit: 100_000,
             sync_writes: false,
         },
     )

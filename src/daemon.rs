@@ -80,6 +80,35 @@ pub fn mount_plan(cfg: &MountConfig) -> MountPlan {
     }
 }
 
+/// How often the pruner looks at the node table.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Node ids per `FUSE_NOTIFY_PRUNE` message.
+const PRUNE_BATCH: usize = 512;
+
+/// Keeps the node table bounded: the kernel holds a node for every dentry it caches, and
+/// with plenty of memory it caches a whole walked tree. When the table is over its limit,
+/// the nodes no request used lately are named to the kernel in `FUSE_NOTIFY_PRUNE`; it drops
+/// those it does not use and forgets them. On kernels without the notification the table
+/// follows the kernel's cache, as before.
+fn spawn_pruner(overlay: Arc<Overlay>, dev: OwnedFd) {
+    let spawned = std::thread::Builder::new()
+        .name("prune".into())
+        .spawn(move || loop {
+            std::thread::sleep(PRUNE_INTERVAL);
+            for chunk in overlay.prune_candidates().chunks(PRUNE_BATCH) {
+                if let Err(e) = sys::fuse_notify_prune(dev.as_fd(), chunk) {
+                    // ENODEV: unmounted. EINVAL: the kernel lacks the notification.
+                    tracing::debug!(error = %e, "pruning stops");
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no pruner; the node table follows the kernel's");
+    }
+}
+
 /// Readahead for files read through the daemon, in KiB: one request of the largest size
 /// FUSE allows (256 pages). The kernel's default (128 KiB) splits sequential reads into
 /// requests an eighth of that size.
@@ -301,6 +330,10 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
             return Err(err);
         }
     };
+    match session.as_fd().try_clone_to_owned() {
+        Ok(dev) => spawn_pruner(Arc::clone(&overlay), dev),
+        Err(e) => tracing::warn!(error = %e, "no pruner; the node table follows the kernel's"),
+    }
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,

@@ -11,6 +11,8 @@
 //! - `STRATAFS_DIFF_OPS=N`: operations per case (default 30).
 //! - `STRATAFS_DIFF_SHRINK=0`: report failing cases as generated, without minimizing them.
 //! - `STRATAFS_DIFF_TRACE=1`: log each operation's outcome (to tune the generator).
+//! - `STRATAFS_DIFF_MOUNT_OPTS=a,b`: extra `-o` options for the stratafs mounts (e.g.
+//!   `node_limit=16`, so that the pruner runs under every case).
 //!
 //! Every call's result (value or errno) is compared, then the whole trees; `utimes ...
 //! nofollow` times are checked to stick (or not) on both alike; stratafs's `workdir/work` must
@@ -1290,6 +1292,11 @@ fn kernel_mount(opts: &str, mnt: &Path) -> Result<KernelMount, Failure> {
 }
 
 fn stratafs_mount(opts: &str, mnt: &Path) -> Result<Mount, Failure> {
+    let opts = match std::env::var("STRATAFS_DIFF_MOUNT_OPTS") {
+        Ok(extra) if !extra.is_empty() => format!("{opts},{extra}"),
+        _ => opts.to_string(),
+    };
+    let opts = opts.as_str();
     mount_stable(opts, mnt).map_err(|o| {
         fail(
             "stratafs-mount",

@@ -54,7 +54,8 @@ fn owner(p: &Path) -> (u32, u32) {
     (m.uid(), m.gid())
 }
 
-const MAPS: &str = "uidmapping=0:100000:65536,gidmapping=0:200000:65536";
+// As containers/storage writes them: stored (container) ids first, shown ids second.
+const MAPS: &str = "uidmapping=100000:0:65536,gidmapping=200000:0:65536";
 
 #[test]
 fn mapped_ids_both_ways() {

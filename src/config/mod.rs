@@ -25,13 +25,15 @@ pub enum Invocation {
     Mount(Box<MountConfig>),
 }
 
-/// One `C:H:S` triple of `uidmapping=` / `gidmapping=`: container ids `C..C+S` are stored on
-/// disk as host ids `H..H+S`.
+/// One `C:H:S` triple of `uidmapping=` / `gidmapping=`, as containers/storage writes them:
+/// ids `C..C+S` as stored in the layers (the container's ids) are shown through the mount as
+/// `H..H+S` (ids of the namespace the daemon runs in, which a user namespace then maps back
+/// to the container's view).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMapping {
-    /// First id as presented through the mount (inside the container).
+    /// First id of the range as stored in the layers.
     pub container: u32,
-    /// First id as stored in the layers (on the host).
+    /// First id of the range as shown through the mount.
     pub host: u32,
     /// How many consecutive ids the range covers.
     pub len: u32,
@@ -139,6 +141,9 @@ pub struct MountConfig {
     pub threaded: bool,
     /// `timeout=SECONDS`: entry and attribute cache time given to the kernel.
     pub timeout: Duration,
+    /// `node_limit=N` (stratafs): how many nodes the daemon keeps before it asks the kernel
+    /// to forget unused ones (default 160000, about 60 MiB of daemon memory).
+    pub node_limit: usize,
     /// `writeback=0|1`: enable the kernel writeback cache.
     pub writeback: bool,
     /// `fast_ino=0|1`: accepted for compatibility.
@@ -189,6 +194,7 @@ impl MountConfig {
             volatile: false,
             threaded: false,
             timeout: Duration::from_secs(1_000_000_000),
+            node_limit: 160_000,
             writeback: true,
             fast_ino: false,
             noxattrs: false,

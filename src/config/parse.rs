@@ -314,6 +314,18 @@ fn apply_option(
         "fast_ino" => cfg.fast_ino = parse_bool(key, value)?,
         "noxattrs" => cfg.noxattrs = value.is_none() || parse_bool(key, value)?,
         "timeout" => cfg.timeout = parse_timeout(key, utf8_value(key, value)?)?,
+        "node_limit" => {
+            let v = utf8_value(key, value)?;
+            cfg.node_limit = match v.parse::<usize>() {
+                Ok(n) if n >= 16 => n,
+                _ => {
+                    return Err(bad(
+                        key,
+                        &format!("'{v}' is not a whole number of at least 16"),
+                    ))
+                }
+            }
+        }
         "xattr_permissions" => {
             cfg.xattr_permissions = match utf8_value(key, value)? {
                 "0" => 0,
@@ -876,6 +888,14 @@ mod tests {
             "timeout=1e300",
         ] {
             assert_eq!(bad_key(&["-o", bad, "/m"]), "timeout", "{bad}");
+        }
+        for bad in [
+            "node_limit=",
+            "node_limit=x",
+            "node_limit=3",
+            "node_limit=-1",
+        ] {
+            assert_eq!(bad_key(&["-o", bad, "/m"]), "node_limit", "{bad}");
         }
     }
 

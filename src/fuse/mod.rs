@@ -80,9 +80,9 @@ fn caller_in_group(req: &Request, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// An open directory: the directory's shared listing, taken at the first read and again
-/// whenever the reader rewinds to offset 0 (so `rewinddir` sees changes, as on a local
-/// filesystem). Offsets: 1 is after ".", 2 after "..", 2+i+1 after entry i of the listing.
+/// An open directory: the listing its last read used, kept while it is current (a listing
+/// too big for the shared cache is then not rebuilt for every read). Offsets are cookies:
+/// 1 is after ".", 2 after "..", an entry's cookie after that entry.
 #[derive(Debug, Default)]
 struct DirHandle {
     listing: parking_lot::Mutex<Option<Arc<Listing>>>,
@@ -270,24 +270,24 @@ impl StrataFs {
         self.open_file(fh).map(|f| f.current())
     }
 
-    /// The listing of open directory `fh` (of node `ino`), taken anew at offset 0.
-    fn listing(&self, fh: FileHandle, ino: u64, offset: u64) -> Result<Arc<Listing>, Errno> {
+    /// The current listing of open directory `fh` (of node `ino`).
+    fn listing(&self, fh: FileHandle, ino: u64) -> Result<Arc<Listing>, Errno> {
         let dir = match self.handles.get(&fh.0).as_deref() {
             Some(Handle::Dir(d)) => Arc::clone(d),
             _ => return Err(Errno::from_i32(libc::EBADF)),
         };
         let mut cur = dir.listing.lock();
-        match &*cur {
-            Some(l) if offset != 0 => Ok(Arc::clone(l)),
-            _ => {
-                let l = self
-                    .overlay
-                    .listing(ino)
-                    .map_err(|e| errno("readdir", ino, &e))?;
-                *cur = Some(Arc::clone(&l));
-                Ok(l)
+        if let Some(l) = &*cur {
+            if self.overlay.listing_still_current(ino, l) {
+                return Ok(Arc::clone(l));
             }
         }
+        let l = self
+            .overlay
+            .listing(ino)
+            .map_err(|e| errno("readdir", ino, &e))?;
+        *cur = Some(Arc::clone(&l));
+        Ok(l)
     }
 }
 
@@ -564,37 +564,27 @@ impl fuser::Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.listing(fh, ino.0, offset) {
+        let list = match self.listing(fh, ino.0) {
             Ok(l) => l,
             Err(e) => {
                 reply.error(e);
                 return;
             }
         };
-        // Offsets: 1 is after ".", 2 after "..", 2+i+1 after entry i.
         let parent = self.overlay.parent_of(ino.0);
-        let mut off = offset;
-        if off == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
+        let dots = [(1u64, ino.0, "."), (2, parent, "..")];
+        for (next, dino, name) in dots {
+            if offset < next && reply.add(INodeNo(dino), next, FileType::Directory, name) {
                 reply.ok();
                 return;
             }
-            off = 1;
         }
-        if off == 1 {
-            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
-                reply.ok();
-                return;
-            }
-            off = 2;
-        }
-        let start = (off - 2) as usize;
-        for (i, e) in list.entries.iter().enumerate().skip(start) {
+        for e in list.after(offset) {
             let Ok(eino) = self.overlay.entry_ino(ino.0, e) else {
                 // Gone since the listing was taken: skip it, as a fresh listing would.
                 continue;
             };
-            if reply.add(INodeNo(eino), (i + 3) as u64, file_type(e.kind), &e.name) {
+            if reply.add(INodeNo(eino), e.cookie, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -609,7 +599,7 @@ impl fuser::Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.listing(fh, ino.0, offset) {
+        let list = match self.listing(fh, ino.0) {
             Ok(l) => l,
             Err(e) => {
                 reply.error(e);
@@ -619,10 +609,9 @@ impl fuser::Filesystem for StrataFs {
         // "." and ".." carry no lookup reference: the kernel never links dot entries of a
         // readdirplus reply to inodes (fuse_direntplus_link returns early for them), and fuser
         // sends `attr.ino` as d_ino, which must not be 0 or libc hides the entry.
-        let mut off = offset;
         let dots = [(1u64, ino.0, "."), (2, self.overlay.parent_of(ino.0), "..")];
         for (next, dino, name) in dots {
-            if off < next {
+            if offset < next {
                 let attr = dot_attr(dino);
                 if reply.add(
                     INodeNo(dino),
@@ -635,19 +624,17 @@ impl fuser::Filesystem for StrataFs {
                     reply.ok();
                     return;
                 }
-                off = next;
             }
         }
-        let start = (off - 2) as usize;
-        for (i, e) in list.entries.iter().enumerate().skip(start) {
+        for e in list.after(offset) {
             let attr = match self.overlay.lookup_entry(ino.0, e) {
                 Ok(a) => a,
-                // Gone since opendir: skip it, as a fresh listing would.
+                // Gone since the listing was taken: skip it, as a fresh listing would.
                 Err(_) => continue,
             };
             if reply.add(
                 INodeNo(attr.ino),
-                (i + 3) as u64,
+                e.cookie,
                 &e.name,
                 &self.ttl,
                 &file_attr(&attr),

@@ -6,7 +6,7 @@
 //! table's size follows the kernel's dentry cache, not the size of the tree that was walked.
 
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -80,6 +80,8 @@ pub struct Node {
     version: AtomicU64,
     /// The version of the last listing of this directory handed out from offset 0.
     listed: AtomicU64,
+    /// The table's epoch when a request last used this node (see [`NodeTable::cold`]).
+    touched: AtomicU32,
     /// Other names a non-directory was seen under (hard links): when the name in `loc` goes
     /// away, the node is still reachable through one of these.
     aliases: Mutex<Vec<(u64, OsString)>>,
@@ -103,6 +105,7 @@ impl Node {
             dir_lock: Mutex::new(()),
             version: AtomicU64::new(next_version()),
             listed: AtomicU64::new(0),
+            touched: AtomicU32::new(0),
             aliases: Mutex::new(Vec::new()),
         }
     }
@@ -168,6 +171,8 @@ pub struct NodeTable {
     /// Inode numbers whose node had to take another id (see [`NodeTable::remember`]).
     remap: DashMap<u64, u64>,
     next_synthetic: AtomicU64,
+    /// Advanced by each [`NodeTable::cold`]; nodes record it when used.
+    epoch: AtomicU32,
     /// Layer 0 is a writable upper layer.
     upper: bool,
 }
@@ -197,13 +202,38 @@ impl NodeTable {
             map,
             remap: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            epoch: AtomicU32::new(1),
             upper,
         }
     }
 
     /// The node with id `ino`, if the kernel holds it.
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.map.get(&ino).map(|n| Arc::clone(n.value()))
+        let node = self.map.get(&ino).map(|n| Arc::clone(n.value()))?;
+        node.touched
+            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(node)
+    }
+
+    /// Up to `want` nodes no request has used since the previous call (never the root), and
+    /// starts a new epoch. Asking the kernel to prune these keeps the table near a size
+    /// without dropping what is in use: the kernel forgets only inodes it does not use.
+    pub fn cold(&self, want: usize) -> Vec<u64> {
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        if want == 0 {
+            return out;
+        }
+        for e in self.map.iter() {
+            let n = e.value();
+            if n.ino != ROOT && n.touched.load(Ordering::Relaxed) < epoch {
+                out.push(n.ino);
+                if out.len() >= want {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Records one kernel lookup of an object with inode number `ino` at `loc`, creating the
@@ -231,6 +261,8 @@ impl NodeTable {
                         && !node.dead.load(Ordering::Acquire)
                     {
                         node.lookups.fetch_add(1, Ordering::Relaxed);
+                        node.touched
+                            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
                         let mut cur = node.loc.write();
                         if *cur != loc {
                             if cur.layers != loc.layers {
@@ -251,6 +283,8 @@ impl NodeTable {
                 }
                 Entry::Vacant(v) => {
                     let node = Arc::new(Node::new(id, ino, kind, loc));
+                    node.touched
+                        .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
                     v.insert(Arc::clone(&node));
                     if id != ino {
                         self.remap.insert(ino, id);

@@ -1,8 +1,10 @@
 //! Owner mapping between the layers and the mount (`uidmapping=`, `gidmapping=`,
 //! `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`), as fuse-overlayfs applies them.
 //!
-//! A mapping `C:H:S` says ids `H..H+S` as stored in the layers appear as `C..C+S` through
-//! the mount. Reads map stored ids to presented ones, with an id no range covers shown as the
+//! A mapping `C:H:S` says ids `C..C+S` as stored in the layers appear as `H..H+S` through
+//! the mount (containers/storage passes the container's ids first: a rootless
+//! `--userns=keep-id` container gets `uidmapping=0:1:1002:1002:0:1:...`, so an image's root
+//! files, stored as 0, are shown as 1, which the container's user namespace maps back to 0). Reads map stored ids to presented ones, with an id no range covers shown as the
 //! overflow id (65534, as the kernel shows unmapped ids in a user namespace); writes (new
 //! objects, chown) map presented ids back, and a presented id no range covers is refused
 //! with `EINVAL`, as `chown` to an unmapped id is inside a user namespace. Squashing replaces
@@ -25,16 +27,16 @@ pub struct IdMap {
 /// Stored id -> presented id through `maps`; `None` when no range covers it.
 fn to_mount(maps: &[IdMapping], id: u32) -> Option<u32> {
     maps.iter().find_map(|m| {
-        let off = id.checked_sub(m.host)?;
-        (off < m.len).then(|| m.container.wrapping_add(off))
+        let off = id.checked_sub(m.container)?;
+        (off < m.len).then(|| m.host.wrapping_add(off))
     })
 }
 
 /// Presented id -> stored id through `maps`; `None` when no range covers it.
 fn to_disk(maps: &[IdMapping], id: u32) -> Option<u32> {
     maps.iter().find_map(|m| {
-        let off = id.checked_sub(m.container)?;
-        (off < m.len).then(|| m.host.wrapping_add(off))
+        let off = id.checked_sub(m.host)?;
+        (off < m.len).then(|| m.container.wrapping_add(off))
     })
 }
 
@@ -132,26 +134,29 @@ mod tests {
 
     #[test]
     fn ranges_map_both_ways() {
-        // Container root is host 100000; container 1..65536 are host 1..65536 shifted.
-        let m = map(&[(0, 100_000, 1), (1, 1, 65_535)]);
-        assert_eq!(m.uid_to_mount(100_000), 0);
-        assert_eq!(m.uid_to_mount(1000), 1000);
-        assert_eq!(m.uid_to_mount(0), OVERFLOW_ID);
-        assert_eq!(m.uid_to_mount(100_001), OVERFLOW_ID);
-        assert_eq!(m.uid_to_disk(0), Some(100_000));
-        assert_eq!(m.uid_to_disk(1000), Some(1000));
+        // What rootless podman passes for --userns=keep-id with user 1002: stored 0..1001
+        // show as 1..1002, stored 1002 (the user) as 0, the rest as themselves.
+        let m = map(&[(0, 1, 1002), (1002, 0, 1), (1003, 1003, 64_534)]);
+        assert_eq!(m.uid_to_mount(0), 1);
+        assert_eq!(m.uid_to_mount(1000), 1001);
+        assert_eq!(m.uid_to_mount(1002), 0);
+        assert_eq!(m.uid_to_mount(2000), 2000);
+        assert_eq!(m.uid_to_mount(70_000), OVERFLOW_ID);
+        assert_eq!(m.uid_to_disk(1), Some(0));
+        assert_eq!(m.uid_to_disk(0), Some(1002));
+        assert_eq!(m.uid_to_disk(2000), Some(2000));
         assert_eq!(m.uid_to_disk(70_000), None);
-        // Round trip over every mapped id at the range edges.
-        for c in [0, 1, 65_535] {
-            assert_eq!(m.uid_to_mount(m.uid_to_disk(c).unwrap()), c);
+        // Round trip over the range edges.
+        for shown in [0, 1, 1002, 1003, 65_536] {
+            assert_eq!(m.uid_to_mount(m.uid_to_disk(shown).unwrap()), shown);
         }
         // Gids are untouched by uid mappings.
-        assert_eq!(m.gid_to_mount(100_000), 100_000);
+        assert_eq!(m.gid_to_mount(1002), 1002);
     }
 
     #[test]
     fn ranges_at_the_top_of_the_id_space() {
-        let m = map(&[(0, u32::MAX - 1, 2)]);
+        let m = map(&[(u32::MAX - 1, 0, 2)]);
         assert_eq!(m.uid_to_mount(u32::MAX), 1);
         assert_eq!(m.uid_to_disk(1), Some(u32::MAX));
         assert_eq!(m.uid_to_disk(2), None);
@@ -159,7 +164,7 @@ mod tests {
 
     #[test]
     fn squash_replaces_what_is_shown_only() {
-        let mut m = map(&[(0, 1000, 10)]);
+        let mut m = map(&[(1000, 0, 10)]);
         m.squash_uid = Some(0);
         m.squash_gid = Some(5);
         assert_eq!(m.uid_to_mount(4242), 0);

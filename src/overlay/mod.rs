@@ -184,6 +184,8 @@ pub struct Options {
     pub dir_fd_cache: usize,
     /// How many entries of merged directory listings to keep cached, over all directories.
     pub listing_cache: usize,
+    /// How many nodes the daemon keeps before asking the kernel to forget unused ones.
+    pub node_limit: usize,
     /// fsync copies and honour fsync requests (`fsync=1` and not `volatile`).
     pub sync_writes: bool,
 }
@@ -196,7 +198,8 @@ impl Options {
             static_nlink: cfg.static_nlink,
             no_xattrs: cfg.noxattrs,
             dir_fd_cache: 4096,
-            listing_cache: 64 * 1024,
+            listing_cache: 32 * 1024,
+            node_limit: cfg.node_limit,
             sync_writes: cfg.fsync && !cfg.volatile,
         }
     }
@@ -210,6 +213,8 @@ pub struct Overlay {
     dirfds: dirfd::DirFdCache,
     listings: readdir::ListingCache,
     idmap: crate::layer::IdMap,
+    /// Key of the directory offset cookies (random per mount).
+    cookie_key: std::collections::hash_map::RandomState,
     opts: Options,
     temp_counter: std::sync::atomic::AtomicU64,
     /// The umask is 0, so new objects get their exact mode at creation.
@@ -225,6 +230,7 @@ impl Overlay {
             dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
             listings: readdir::ListingCache::new(opts.listing_cache),
             idmap: crate::layer::IdMap::default(),
+            cookie_key: std::collections::hash_map::RandomState::new(),
             layers,
             opts,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
@@ -287,6 +293,18 @@ impl Overlay {
         if let Some(w) = self.layers.work() {
             w.remove_shared_whiteout();
         }
+    }
+
+    /// Nodes to ask the kernel to prune, when the table is over its limit: cold ones (unused
+    /// since the last call), enough to bring it a fifth under the limit.
+    pub fn prune_candidates(&self) -> Vec<u64> {
+        let n = self.nodes.len();
+        let want = if n > self.opts.node_limit {
+            n - self.opts.node_limit * 8 / 10
+        } else {
+            0
+        };
+        self.nodes.cold(want)
     }
 
     /// How many nodes the kernel currently holds.

@@ -5,10 +5,19 @@
 //! from the layers *below* their own, and the whiteout format's own names are never listed.
 //!
 //! Listings are shared: one listing per directory version, kept in a bounded LRU, handed to
-//! every handle that opens the directory until a change (through [`crate::inode::Node::lock_dir`]) moves
-//! the version on. Offsets into a listing are therefore the same for every handle of one
-//! version, which is what lets the kernel cache a directory's entries across opens
-//! (`FOPEN_CACHE_DIR`): whichever handle fills the kernel's cache, the offsets agree.
+//! every reader of the directory until a change (through [`crate::inode::Node::lock_dir`])
+//! moves the version on.
+//!
+//! Offsets are *cookies*, not positions: each entry's cookie is a keyed hash of its name
+//! (the key is random per mount, so a layer cannot craft collisions), and a listing is
+//! sorted by cookie. A read continues with the entries whose cookie is above the offset, in
+//! the directory's *current* listing. So an offset means the same thing in every version of
+//! a directory, as a hash cookie does on ext4: a reader whose directory changes under it
+//! still returns every entry that was neither added nor removed exactly once, and every
+//! handle that fills the kernel's per-inode directory cache (`FOPEN_CACHE_DIR`) fills it
+//! with current entries at agreeing offsets. (Positions into per-version snapshots could
+//! not do that: a handle still reading an old snapshot would add its entries to a cache
+//! being filled from the new one, dropping or repeating names.)
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -36,6 +45,8 @@ pub struct DirEntry {
     pub(crate) layer: LayerIdx,
     /// The inode number that layer's directory reports.
     pub(crate) raw_ino: u64,
+    /// The entry's offset cookie (above 2; 1 and 2 are `.` and `..`).
+    pub cookie: u64,
     /// The entry is in an upper directory holding copied-up entries.
     pub(crate) impure: bool,
 }
@@ -45,8 +56,16 @@ pub struct DirEntry {
 pub struct Listing {
     /// The directory version it was taken at ([`crate::inode::Node::dir_version`]).
     pub version: u64,
-    /// The entries, in the order offsets index them.
+    /// The entries, sorted by cookie.
     pub entries: Vec<DirEntry>,
+}
+
+impl Listing {
+    /// The entries after offset `offset` (a cookie, or 0..=2 for the start and the dots).
+    pub fn after(&self, offset: u64) -> &[DirEntry] {
+        let start = self.entries.partition_point(|e| e.cookie <= offset);
+        &self.entries[start..]
+    }
 }
 
 /// Current listings, by directory node id, bounded by the total number of entries held.
@@ -113,8 +132,9 @@ impl ListingCache {
 }
 
 impl Overlay {
-    /// The current merged listing of directory `ino`: the shared one when it is still of the
-    /// directory's version, else a fresh one (which then becomes the shared one).
+    /// The current merged listing of directory `ino`, sorted by cookie: the shared one when
+    /// it is still of the directory's version, else a fresh one (which then becomes the
+    /// shared one).
     pub fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let dir = self.node(ino)?;
         // The version is read before the layers: a change that lands while they are read
@@ -135,10 +155,18 @@ impl Overlay {
         Ok(listing)
     }
 
-    /// True when the directory has not changed since its last listing was handed out: a
-    /// listing built again now would be the same, entry for entry and offset for offset
-    /// (the layers' own directories have not changed, so neither has their order), so the
-    /// kernel may keep a directory cache it filled from an earlier open.
+    /// True when `listing` is still the current one of directory `ino`.
+    pub fn listing_still_current(&self, ino: u64, listing: &Listing) -> bool {
+        self.nodes
+            .get(ino)
+            .map(|dir| dir.dir_version() == listing.version)
+            .unwrap_or(false)
+    }
+
+    /// True when the directory has not changed since its last listing was handed out, so
+    /// the kernel may keep a directory cache it filled from an earlier open. (Changes made
+    /// through the mount also make the kernel drop its cache by itself; this catches the
+    /// ones it cannot see, such as a copy-up.)
     pub fn listing_is_current(&self, ino: u64) -> bool {
         self.nodes
             .get(ino)
@@ -238,6 +266,7 @@ impl Overlay {
                 };
                 seen.insert(e.name.clone());
                 out.push(DirEntry {
+                    cookie: self.cookie(&e.name),
                     name: e.name,
                     kind,
                     from: pos,
@@ -248,6 +277,95 @@ impl Overlay {
             }
             seen.extend(hidden_below);
         }
+        out.sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
+        // Two names with one hash (never seen with a 63-bit keyed hash, but a listing must
+        // not lose a name to it): the later one takes the next free cookie.
+        for i in 1..out.len() {
+            if out[i].cookie <= out[i - 1].cookie {
+                out[i].cookie = out[i - 1].cookie + 1;
+            }
+        }
         Ok(out)
+    }
+
+    /// The offset cookie of `name` in this mount: a keyed hash, above 2.
+    fn cookie(&self, name: &std::ffi::OsStr) -> u64 {
+        use std::hash::BuildHasher;
+        // Offsets are signed 64-bit in the kernel; keep clear of the top too.
+        3 + self.cookie_key.hash_one(name) % ((i64::MAX as u64) - 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::ffi::OsStr;
+
+    use super::super::{Caller, NewObject, Options, Overlay};
+    use crate::config::Xino;
+    use crate::inode::ROOT;
+    use crate::layer::LayerStack;
+
+    fn names(entries: &[super::DirEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// An offset taken from one version of a directory still means "after this entry" in
+    /// the next: a reader whose directory changes under it returns every entry that was
+    /// neither added nor removed exactly once. (With positions into per-version snapshots,
+    /// a name added in front shifted the rest, and a continuing reader, or the kernel's
+    /// directory cache, repeated or dropped names.)
+    #[test]
+    fn offsets_survive_changes_between_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let (l, u, w) = (t.path().join("l"), t.path().join("u"), t.path().join("w"));
+        for d in [&l, &u, &w] {
+            std::fs::create_dir(d).unwrap();
+        }
+        for n in (0..200).map(|i| format!("n{i:03}")) {
+            std::fs::write(l.join(&n), "x").unwrap();
+        }
+        let stack = LayerStack::open(Some((&u, &w)), &[l], Xino::Auto, false).unwrap();
+        let mut cfg = crate::config::MountConfig::new(t.path().join("m"), vec![]);
+        cfg.upperdir = Some(u.clone());
+        cfg.workdir = Some(w.clone());
+        let ov = Overlay::new(stack, Options::from_config(&cfg));
+        let caller = Caller { uid: 0, gid: 0 };
+        for split in [0, 1, 57, 199] {
+            let first = ov.listing(ROOT).unwrap();
+            let present: BTreeSet<String> = names(&first.entries)
+                .into_iter()
+                .filter(|n| !n.starts_with("new"))
+                .collect();
+            let seen_before = names(&first.entries[..split]);
+            let cookie = if split == 0 {
+                2
+            } else {
+                first.entries[split - 1].cookie
+            };
+            // Changes between two reads: new names (they land in the upper layer, which a
+            // merge lists first) and a removal of an entry already returned.
+            for i in 0..5 {
+                let name = format!("new{split}-{i}");
+                let (a, _) = ov
+                    .create(ROOT, OsStr::new(&name), NewObject::Dir, 0o755, caller)
+                    .unwrap();
+                ov.forget(a.ino, 1);
+            }
+            if let Some(gone) = seen_before.first() {
+                ov.unlink(ROOT, OsStr::new(gone)).unwrap();
+            }
+            let rest = ov.listing(ROOT).unwrap();
+            assert_ne!(rest.version, first.version);
+            let seen_after = names(rest.after(cookie));
+            let mut all: Vec<String> = seen_before.into_iter().chain(seen_after).collect();
+            all.retain(|n| !n.starts_with("new"));
+            let unique: BTreeSet<String> = all.iter().cloned().collect();
+            assert_eq!(all.len(), unique.len(), "a name repeated (split {split})");
+            assert_eq!(unique, present, "a name lost (split {split})");
+        }
     }
 }

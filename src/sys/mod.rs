@@ -703,6 +703,36 @@ pub fn unmount(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
+/// `FUSE_NOTIFY_PRUNE` (protocol 7.45, Linux 6.16): asks the kernel to drop its unused
+/// dentries of these nodes, so their inodes are evicted and forgotten.
+const FUSE_NOTIFY_PRUNE: i32 = 9;
+
+/// Sends one `FUSE_NOTIFY_PRUNE` for `nodes` down the FUSE connection `dev`. Dentries in use
+/// (open files, working directories, mount points) are left alone by the kernel. Fails with
+/// `EINVAL` on kernels without the notification.
+pub fn fuse_notify_prune(dev: BorrowedFd<'_>, nodes: &[u64]) -> io::Result<()> {
+    let count =
+        u32::try_from(nodes.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let len = 16 + 16 + 8 * nodes.len();
+    let mut msg = Vec::with_capacity(len);
+    // struct fuse_out_header { len: u32, error: i32 (the notify code), unique: u64 (0) }
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&FUSE_NOTIFY_PRUNE.to_ne_bytes());
+    msg.extend_from_slice(&0u64.to_ne_bytes());
+    // struct fuse_notify_prune_out { count: u32, padding: u32, spare: u64 }, then the ids.
+    msg.extend_from_slice(&count.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u64.to_ne_bytes());
+    for n in nodes {
+        msg.extend_from_slice(&n.to_ne_bytes());
+    }
+    let written = rustix::io::write(dev, &msg)?;
+    if written != msg.len() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
 /// Opens `/dev/fuse` for a new session.
 pub fn open_fuse_device() -> io::Result<OwnedFd> {
     rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
