@@ -135,7 +135,7 @@ fn raise_readahead(mountpoint: &std::path::Path) {
 
 /// The `MAJ:MIN` of the newest mount on `dir` (a canonical path), from
 /// `/proc/self/mountinfo`; `None` when nothing is mounted there.
-pub(crate) fn mount_device(dir: &std::path::Path) -> Option<String> {
+pub fn mount_device(dir: &std::path::Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = dir.as_os_str().as_encoded_bytes();
     // The newest mount on that point is the last line naming it.

@@ -1,0 +1,420 @@
+//! `commit NAME --tag NEW`: a container's upper layer as a new OCI layer on top of its
+//! image.
+//!
+//! The upper is written as a tar in OCI form (char-device whiteouts become `.wh.NAME`
+//! files, opaque directories get a `.wh..wh..opq` entry, the overlay's private xattrs are
+//! left out, other xattrs go into PAX records), in sorted order so the same upper always
+//! gives the same tar, gzip-compressed while both digests are computed. The blob is then
+//! imported like any other layer (so it is checked and unpacked by the same code), and a
+//! new config (diff-id and history appended) and manifest make the new image.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use oci_spec::image::{HistoryBuilder, ImageConfiguration};
+use rustix::fs::OFlags;
+use stratafs::layer::format::{self, OPAQUE_MARKER, OPAQUE_XATTRS};
+use stratafs::sys::{self, FileKind, Stat};
+
+use crate::digest::{self, HashWriter};
+use crate::error::{Context, Error, Result};
+use crate::import::{self, Compression, Imported, LayerInput};
+use crate::mounts;
+use crate::store::Store;
+
+/// Writes the upper directory `upper` as an OCI layer tar into `out`.
+pub fn write_layer_tar<W: Write>(upper: &Path, out: W) -> Result<W> {
+    let root = crate::unpack::open_root(upper)?;
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut w = Walker {
+        builder,
+        links: HashMap::new(),
+        upper: upper.to_path_buf(),
+    };
+    w.dir(root.as_fd(), &PathBuf::new())?;
+    w.builder.into_inner().ctx(|| "finish the layer tar")
+}
+
+struct Walker<W: Write> {
+    builder: tar::Builder<W>,
+    /// (dev, ino) of files with several links -> the path first written.
+    links: HashMap<(u64, u64), PathBuf>,
+    upper: PathBuf,
+}
+
+fn header(st: &Stat, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(u32::from(st.perm()));
+    h.set_uid(u64::from(st.uid));
+    h.set_gid(u64::from(st.gid));
+    let secs = st
+        .mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    h.set_mtime(secs);
+    h.set_size(0);
+    h
+}
+
+fn is_opaque_xattr(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    for x in OPAQUE_XATTRS {
+        match sys::get_xattr_at(dir, name, OsStr::new(x)) {
+            Ok(Some(v)) if format::is_opaque_value(&v) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if stratafs::layer::is_unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+impl<W: Write> Walker<W> {
+    fn fail(&self, path: &Path, e: impl std::fmt::Display) -> Error {
+        Error::invalid(format!("{}: {}: {e}", self.upper.display(), path.display()))
+    }
+
+    /// The PAX records for the user-visible xattrs of `name` under `dir`, sorted.
+    fn xattrs(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let list = match sys::list_xattr_at(dir, name) {
+            Ok(l) => l,
+            Err(e) if stratafs::layer::is_unsupported(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(self.fail(path, e)),
+        };
+        let mut out = Vec::new();
+        for x in sys::split_xattr_list(&list) {
+            if format::is_private_xattr(x) {
+                continue;
+            }
+            if let Some(v) = sys::get_xattr_at(dir, name, x).map_err(|e| self.fail(path, e))? {
+                let key = format!("SCHILY.xattr.{}", x.to_string_lossy());
+                out.push((key, v));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn pax(&mut self, recs: &[(String, Vec<u8>)], path: &Path) -> Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let it = recs.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        self.builder
+            .append_pax_extensions(it)
+            .map_err(|e| self.fail(path, e))
+    }
+
+    fn empty_file(&mut self, path: &Path, st: &Stat) -> Result<()> {
+        let mut h = header(st, tar::EntryType::Regular);
+        h.set_mode(0o644);
+        self.builder
+            .append_data(&mut h, path, io::empty())
+            .map_err(|e| self.fail(path, e))
+    }
+
+    fn dir(&mut self, dir: BorrowedFd<'_>, rel: &Path) -> Result<()> {
+        // (name in the tar, name in the upper, attributes), in the tar's name order.
+        let mut entries: Vec<(OsString, OsString, Stat)> = Vec::new();
+        for e in sys::list_dir(dir).map_err(|e| self.fail(rel, e))? {
+            let st =
+                sys::stat_at(dir, &e.name).map_err(|err| self.fail(&rel.join(&e.name), err))?;
+            let out = if format::is_whiteout_stat(&st) {
+                format::whiteout_name(&e.name)
+            } else {
+                e.name.clone()
+            };
+            entries.push((out, e.name, st));
+        }
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (out, name, st) in entries {
+            let path = rel.join(&name);
+            if format::is_whiteout_stat(&st) {
+                self.empty_file(&rel.join(out), &st)?;
+                continue;
+            }
+            let x = self.xattrs(dir, &name, &path)?;
+            match st.kind() {
+                Some(FileKind::Directory) => {
+                    self.pax(&x, &path)?;
+                    let mut h = header(&st, tar::EntryType::Directory);
+                    self.builder
+                        .append_data(&mut h, &path, io::empty())
+                        .map_err(|e| self.fail(&path, e))?;
+                    let sub = sys::open_dir_path(dir, name.as_bytes())
+                        .map_err(|e| self.fail(&path, e))?;
+                    let has_marker = sys::stat_at(sub.as_fd(), OsStr::new(OPAQUE_MARKER)).is_ok();
+                    if !has_marker
+                        && is_opaque_xattr(dir, &name).map_err(|e| self.fail(&path, e))?
+                    {
+                        self.empty_file(&path.join(OPAQUE_MARKER), &st)?;
+                    }
+                    self.dir(sub.as_fd(), &path)?;
+                }
+                Some(FileKind::Regular) => {
+                    if st.nlink > 1 {
+                        if let Some(first) = self.links.get(&(st.dev, st.ino)).cloned() {
+                            self.pax(&x, &path)?;
+                            let mut h = header(&st, tar::EntryType::Link);
+                            self.builder
+                                .append_link(&mut h, &path, &first)
+                                .map_err(|e| self.fail(&path, e))?;
+                            continue;
+                        }
+                        self.links.insert((st.dev, st.ino), path.clone());
+                    }
+                    let fd = sys::open_beneath(dir, name.as_bytes(), OFlags::RDONLY)
+                        .map_err(|e| self.fail(&path, e))?;
+                    let file = std::fs::File::from(fd);
+                    let now = sys::stat_fd(file.as_fd()).map_err(|e| self.fail(&path, e))?;
+                    if now.size != st.size {
+                        return Err(self.fail(&path, "changed while it was being read"));
+                    }
+                    self.pax(&x, &path)?;
+                    let mut h = header(&st, tar::EntryType::Regular);
+                    h.set_size(st.size);
+                    self.builder
+                        .append_data(&mut h, &path, file)
+                        .map_err(|e| self.fail(&path, e))?;
+                }
+                Some(FileKind::Symlink) => {
+                    let fd = sys::open_beneath(dir, name.as_bytes(), OFlags::PATH)
+                        .map_err(|e| self.fail(&path, e))?;
+                    let target = sys::read_link_fd(fd.as_fd()).map_err(|e| self.fail(&path, e))?;
+                    self.pax(&x, &path)?;
+                    let mut h = header(&st, tar::EntryType::Symlink);
+                    let target = PathBuf::from(OsString::from_vec(target));
+                    self.builder
+                        .append_link(&mut h, &path, &target)
+                        .map_err(|e| self.fail(&path, e))?;
+                }
+                Some(k @ (FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo)) => {
+                    let kind = match k {
+                        FileKind::CharDevice => tar::EntryType::Char,
+                        FileKind::BlockDevice => tar::EntryType::Block,
+                        _ => tar::EntryType::Fifo,
+                    };
+                    self.pax(&x, &path)?;
+                    let mut h = header(&st, kind);
+                    if kind != tar::EntryType::Fifo {
+                        h.set_device_major(st.rdev_major())
+                            .map_err(|e| self.fail(&path, e))?;
+                        h.set_device_minor(st.rdev_minor())
+                            .map_err(|e| self.fail(&path, e))?;
+                    }
+                    self.builder
+                        .append_data(&mut h, &path, io::empty())
+                        .map_err(|e| self.fail(&path, e))?;
+                }
+                // Sockets have no place in a tar (docker leaves them out too).
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `commit NAME --tag NEW`: returns the new image's id.
+pub fn run(store: &Store, name: &str, tag: &str) -> Result<String> {
+    import::check_tag(tag)?;
+    let ctr = store.container(name)?;
+    if mounts::is_live(&ctr) {
+        return Err(Error::invalid(format!(
+            "container {name} is mounted: umount it first, so the upper layer holds still"
+        )));
+    }
+    let base_id = digest::parse(&ctr.image)?;
+    let base = store.image(&base_id)?.ok_or_else(|| {
+        Error::invalid(format!("container {name}: its image {} is gone", ctr.image))
+    })?;
+    let upper = store.container_dir(name).join("upper");
+
+    let staging = store.staging("commit-")?;
+    let blob_path = staging.path().join("layer.tar.gz");
+    let file =
+        std::fs::File::create(&blob_path).ctx(|| format!("create {}", blob_path.display()))?;
+    let blob_hash = HashWriter::new(io::BufWriter::new(file));
+    let gz = flate2::write::GzEncoder::new(blob_hash, flate2::Compression::default());
+    let diff_hash = HashWriter::new(gz);
+    let diff_hash = write_layer_tar(&upper, diff_hash)?;
+    let (diff_id, _, gz) = diff_hash.finish();
+    let blob_hash = gz.finish().ctx(|| "compress the layer")?;
+    let (blob_digest, blob_size, buf) = blob_hash.finish();
+    let file = buf
+        .into_inner()
+        .map_err(|e| Error::invalid(format!("write {}: {}", blob_path.display(), e.error())))?;
+    file.sync_all()
+        .ctx(|| format!("sync {}", blob_path.display()))?;
+    drop(file);
+
+    let mut txn = store.txn();
+    let reader = std::fs::File::open(&blob_path).ctx(|| format!("open {}", blob_path.display()))?;
+    let new_layer = import::import_layer(
+        store,
+        &mut txn,
+        LayerInput {
+            reader: Box::new(reader),
+            size: blob_size,
+            digest: Some(blob_digest),
+            diff_id: diff_id.clone(),
+        },
+    )?;
+
+    let config_bytes = store.read_blob(&digest::parse(&base.id)?)?;
+    let mut config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).ctx(|| format!("image config {}", base.id))?;
+    config
+        .rootfs_mut()
+        .diff_ids_mut()
+        .push(digest::full(&diff_id));
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let entry = HistoryBuilder::default()
+        .created(now.clone())
+        .created_by(format!("stratafs-mount commit {name}"))
+        .build()
+        .ctx(|| "history entry")?;
+    config
+        .history_mut()
+        .get_or_insert_with(Vec::new)
+        .push(entry);
+    config.set_created(Some(now));
+    let new_config = serde_json::to_vec(&config).ctx(|| "encode the image config")?;
+
+    let mut layers: Vec<Imported> = Vec::new();
+    for l in &base.layers {
+        layers.push(Imported {
+            digest: digest::parse(&l.digest)?,
+            size: l.size,
+            compression: match l.media_type.as_str() {
+                m if m.ends_with("+gzip") => Compression::Gzip,
+                m if m.ends_with("+zstd") => Compression::Zstd,
+                _ => Compression::None,
+            },
+            diff_id: digest::parse(&l.diff_id)?,
+        });
+    }
+    layers.push(new_layer);
+    let rec = import::add_image(
+        store,
+        &mut txn,
+        &new_config,
+        &layers,
+        &format!("commit {name}"),
+    )?;
+    txn.commit()?;
+    import::set_tag(store, tag, &rec.id)?;
+    Ok(rec.id)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    /// path -> (type, size, link name, PAX records)
+    type Entries = BTreeMap<String, (tar::EntryType, u64, Option<String>, Vec<(String, Vec<u8>)>)>;
+
+    fn entries(tar_bytes: &[u8]) -> Entries {
+        let mut out = BTreeMap::new();
+        let mut ar = tar::Archive::new(tar_bytes);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let pax: Vec<(String, Vec<u8>)> = match e.pax_extensions().unwrap() {
+                Some(p) => p
+                    .map(|x| {
+                        let x = x.unwrap();
+                        (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let link = e
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned());
+            let kind = e.header().entry_type();
+            let size = e.size();
+            let mut sink = Vec::new();
+            e.read_to_end(&mut sink).unwrap();
+            out.insert(path, (kind, size, link, pax));
+        }
+        out
+    }
+
+    #[test]
+    fn upper_as_oci_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = dir.path();
+        std::fs::create_dir(u.join("d")).unwrap();
+        std::fs::write(u.join("d/f"), b"data").unwrap();
+        std::fs::hard_link(u.join("d/f"), u.join("d/g")).unwrap();
+        std::os::unix::fs::symlink("d/f", u.join("s")).unwrap();
+        // A rootless upper: .wh. files and the user.overlay.* opaque xattr.
+        std::fs::write(u.join(".wh.gone"), b"").unwrap();
+        std::fs::create_dir(u.join("opq")).unwrap();
+        let set = |p: &str, k: &str, v: &[u8]| {
+            rustix::fs::lsetxattr(u.join(p), k, v, rustix::fs::XattrFlags::empty()).unwrap()
+        };
+        set("opq", "user.overlay.opaque", b"y");
+        set("d/f", "user.keep", b"1");
+        set("d/f", "user.overlay.origin", b"private");
+        let root = rustix::process::geteuid().is_root();
+        if root {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                u.join("d/wh"),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::empty(),
+                0,
+            )
+            .unwrap();
+        }
+        let a = write_layer_tar(u, Vec::new()).unwrap();
+        let b = write_layer_tar(u, Vec::new()).unwrap();
+        assert_eq!(a, b, "the same upper gives the same tar");
+        let e = entries(&a);
+        use tar::EntryType as T;
+        assert_eq!(e["d"].0, T::Directory);
+        assert_eq!(e["d/f"].0, T::Regular);
+        assert_eq!(e["d/f"].1, 4);
+        assert_eq!(
+            e["d/f"].3,
+            vec![("SCHILY.xattr.user.keep".to_string(), b"1".to_vec())]
+        );
+        assert_eq!(e["d/g"].0, T::Link);
+        assert_eq!(e["d/g"].2.as_deref(), Some("d/f"));
+        assert_eq!(e["s"].0, T::Symlink);
+        assert_eq!(e["s"].2.as_deref(), Some("d/f"));
+        assert_eq!(e[".wh.gone"].0, T::Regular);
+        assert_eq!(e["opq/.wh..wh..opq"].0, T::Regular);
+        assert!(e["opq"].3.is_empty(), "private xattrs are not exported");
+        if root {
+            assert_eq!(e["d/.wh.wh"].0, T::Regular, "char 0/0 becomes .wh.");
+            assert!(!e.contains_key("d/wh"));
+        }
+        // Written in name order, a directory before its children.
+        let mut ar = tar::Archive::new(&a[..]);
+        let order: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|x| String::from_utf8_lossy(&x.unwrap().path_bytes()).into_owned())
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
+    }
+}

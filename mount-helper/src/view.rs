@@ -1,0 +1,82 @@
+//! A read-only merged view of layer directories, served by the stratafs library's own union
+//! logic (no mount): what `diff` and `inspect` ask "is this path below?" of.
+
+use std::ffi::OsStr;
+use std::path::{Component, Path, PathBuf};
+
+use stratafs::overlay::{Attr, Error as OvlError, Options, Overlay};
+use stratafs::sys::FileKind;
+
+use crate::error::{Error, Result};
+
+/// The merged view of some layers, topmost first.
+pub struct View {
+    ovl: Overlay,
+}
+
+impl View {
+    /// Opens `layers` (topmost first) read-only.
+    pub fn open(layers: &[PathBuf]) -> Result<View> {
+        let stack =
+            stratafs::layer::LayerStack::open(None, layers, stratafs::config::Xino::Auto, false)
+                .map_err(|e| Error::Io {
+                    what: "open the layers".into(),
+                    source: e,
+                })?;
+        // The options of a read-only mount of these layers, as the daemon would take them.
+        let argv = ["-o", "lowerdir=/,ro", "/"].map(std::ffi::OsString::from);
+        let opts = match stratafs::config::parse_args(argv) {
+            Ok(stratafs::config::Invocation::Mount(cfg)) => Options::from_config(&cfg),
+            _ => return Err(Error::invalid("cannot configure a read-only view")),
+        };
+        Ok(View {
+            ovl: Overlay::new(stack, opts),
+        })
+    }
+
+    /// The root directory's node.
+    pub fn root(&self) -> u64 {
+        stratafs::inode::ROOT
+    }
+
+    /// Looks `name` up in directory node `dir`: `None` when the view does not show it.
+    pub fn lookup(&self, dir: u64, name: &OsStr) -> Result<Option<Attr>> {
+        match self.ovl.lookup(dir, name) {
+            Ok(a) => Ok(Some(a)),
+            Err(OvlError::NotFound) => Ok(None),
+            Err(e) => Err(Error::invalid(format!("{}: {e}", name.to_string_lossy()))),
+        }
+    }
+
+    /// The names directory node `dir` shows.
+    pub fn children(&self, dir: u64) -> Result<Vec<(std::ffi::OsString, FileKind)>> {
+        let l = self
+            .ovl
+            .listing(dir)
+            .map_err(|e| Error::invalid(format!("list a lower directory: {e}")))?;
+        Ok(l.entries.iter().map(|e| (e.name.clone(), e.kind)).collect())
+    }
+
+    /// Which layers provide `path` (relative to the root): `None` when the view does not
+    /// show it.
+    pub fn provenance(&self, path: &Path) -> Result<Option<stratafs::overlay::Provenance>> {
+        match self.ovl.provenance(path.as_os_str()) {
+            Ok(p) => Ok(Some(p)),
+            Err(OvlError::NotFound) => Ok(None),
+            Err(e) => Err(Error::invalid(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// A path given on the command line, as components below the root; `..` is refused.
+pub fn rel_path(p: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            _ => return Err(Error::invalid(format!("path {p:?}: '..' is not allowed"))),
+        }
+    }
+    Ok(out)
+}

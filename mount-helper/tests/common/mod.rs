@@ -1,0 +1,862 @@
+//! Shared support for the stratafs-mount tests: facility checks that fail under CI, image
+//! archives built in the test (OCI layouts, OCI archives, docker-archives; gzip, zstd and
+//! plain layers), a runner for the helper, and mount guards that always unmount.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+// ---- facilities ----
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Says why a test cannot run. Under `CI=true` that is a failure, never a skip, so a green CI
+/// run always means the mounts were exercised. Returns false when the test should skip.
+pub fn facility(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("CI=true but {what} is missing: this test must run in CI");
+    }
+    eprintln!("SKIPPED: {what} is missing");
+    false
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn has_fuse() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+}
+
+fn has_kernel_overlay() -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
+        .unwrap_or(false)
+}
+
+/// Root (device nodes, kernel whiteouts, owners).
+pub fn can_root() -> bool {
+    facility(is_root(), "root")
+}
+
+/// Root and `/dev/fuse`: what a stratafs mount needs here.
+pub fn can_mount() -> bool {
+    can_root() && facility(has_fuse(), "/dev/fuse")
+}
+
+/// Root, `/dev/fuse` and the kernel's overlay filesystem.
+pub fn can_compare() -> bool {
+    can_mount() && facility(has_kernel_overlay(), "kernel overlayfs")
+}
+
+// ---- the binaries ----
+
+/// The helper under test.
+pub fn helper_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stratafs-mount"))
+}
+
+/// The stratafs daemon: next to the helper (`cargo test --workspace` builds it), else built
+/// now into the same target directory.
+pub fn daemon_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let helper = helper_bin();
+        let dir = helper.parent().expect("bin dir").to_path_buf();
+        let bin = dir.join("stratafs");
+        if !bin.is_file() {
+            let target_dir = dir.parent().expect("target dir").to_path_buf();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            let out = run(Command::new(cargo)
+                .args([
+                    "build",
+                    "-p",
+                    "stratafs",
+                    "--bin",
+                    "stratafs",
+                    "--manifest-path",
+                ])
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&target_dir));
+            assert!(
+                out.status.success(),
+                "building the daemon failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(bin.is_file(), "no daemon at {}", bin.display());
+        // A private copy, so a concurrent build replacing the binary cannot break a mount.
+        // Copies of test processes that have exited are removed.
+        if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("stratafs-mount-test-bin-") {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let copy_dir =
+            std::env::temp_dir().join(format!("stratafs-mount-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&copy_dir).expect("bin copy dir");
+        let copy = copy_dir.join("stratafs");
+        let part = copy_dir.join("stratafs.part");
+        std::fs::copy(&bin, &part).expect("copy the daemon");
+        std::fs::rename(&part, &copy).expect("place the daemon copy");
+        copy
+    })
+    .clone()
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> Output {
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    }
+}
+
+/// A store in a temporary directory, and the helper run against it.
+pub struct Helper {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+}
+
+impl Helper {
+    pub fn new() -> Helper {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("store");
+        Helper { dir, store }
+    }
+
+    /// The helper command with `--store` and `--daemon` set.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(helper_bin());
+        c.arg("--store").arg(&self.store);
+        if is_root() && has_fuse() {
+            c.arg("--daemon").arg(daemon_bin());
+        }
+        c.args(args);
+        c
+    }
+
+    /// Runs the helper; returns its output whatever the status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(&mut self.cmd(args))
+    }
+
+    /// Runs the helper, panicking with its stderr unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "stratafs-mount {args:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs the helper expecting failure with exit status 1; returns the stderr line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "stratafs-mount {args:?} should fail with 1: stdout {} stderr {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "one error line, got: {err}");
+        assert!(err.starts_with("stratafs-mount: "), "{err}");
+        err
+    }
+
+    /// A path in the test's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Mounts container `name` (at its own directory, or `target`); unmounted on drop.
+    pub fn mount(&self, name: &str, target: Option<&Path>) -> ContainerMount<'_> {
+        let mut args = vec!["mount", name];
+        let t;
+        if let Some(p) = target {
+            t = p.display().to_string();
+            args.push(&t);
+        }
+        let out = self.ok(&args);
+        ContainerMount {
+            helper: self,
+            name: name.to_string(),
+            target: PathBuf::from(out.trim()),
+            done: false,
+        }
+    }
+
+    /// What the store's directories hold, besides the lock: for checks that a refused
+    /// import left nothing.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for sub in ["tmp", "layers", "blobs/sha256", "images", "containers"] {
+            let d = self.store.join(sub);
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    found.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.store) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let known = [
+                    "lock",
+                    "tmp",
+                    "blobs",
+                    "layers",
+                    "images",
+                    "containers",
+                    "tags.json",
+                ];
+                if !known.contains(&n.as_str()) {
+                    found.push(format!("stray {n}"));
+                }
+            }
+        }
+        for f in ["journal.json"] {
+            if self.store.join(f).exists() {
+                found.push(f.to_string());
+            }
+        }
+        if let Ok(t) = std::fs::read_to_string(self.store.join("tags.json")) {
+            if t.trim() != "{}" {
+                found.push(format!("tags.json: {t}"));
+            }
+        }
+        found
+    }
+}
+
+/// True when `path` is a mount point now.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return path.exists() || std::fs::symlink_metadata(path).is_ok();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m == want).unwrap_or(false))
+}
+
+/// Pids of running stratafs daemons whose command line names `mountpoint`.
+pub fn daemons_for(mountpoint: &Path) -> Vec<u32> {
+    let want = mountpoint.as_os_str().as_bytes();
+    let mut pids = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let ours = args
+            .first()
+            .map(|a| a.ends_with(b"stratafs"))
+            .unwrap_or(false);
+        if ours && args.contains(&want) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until `f` holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A container mounted by the helper: unmounted (by the helper, else by force) when
+/// dropped, even when the test fails.
+pub struct ContainerMount<'a> {
+    pub helper: &'a Helper,
+    pub name: String,
+    pub target: PathBuf,
+    done: bool,
+}
+
+impl ContainerMount<'_> {
+    /// Unmounts through the helper, which must succeed.
+    pub fn umount(mut self) {
+        self.done = true;
+        self.helper.ok(&["umount", &self.name]);
+        assert!(
+            !is_mounted(&self.target),
+            "{} still mounted",
+            self.target.display()
+        );
+        assert!(daemons_for(&self.target).is_empty(), "daemon still running");
+    }
+}
+
+impl Drop for ContainerMount<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = self.helper.run(&["umount", &self.name]);
+        if is_mounted(&self.target) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.target)
+                .status();
+        }
+        if is_mounted(&self.target) {
+            let _ = Command::new("umount").arg("-l").arg(&self.target).status();
+        }
+        let target = self.target.clone();
+        if !wait_until(Duration::from_secs(10), || daemons_for(&target).is_empty()) {
+            for p in daemons_for(&target) {
+                let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+            }
+        }
+    }
+}
+
+/// A kernel overlayfs mount, unmounted when dropped.
+pub struct KernelMount {
+    pub mountpoint: PathBuf,
+}
+
+impl KernelMount {
+    pub fn new(opts: &str, mountpoint: &Path) -> KernelMount {
+        let out = run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", opts])
+            .arg(mountpoint));
+        assert!(
+            out.status.success(),
+            "kernel overlay mount -o {opts} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        KernelMount {
+            mountpoint: mountpoint.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+// ---- trees ----
+
+/// What a tree comparison looks at for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySnap {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: Option<u64>,
+    pub content: Option<Vec<u8>>,
+    pub link_target: Option<OsString>,
+    pub rdev: Option<u64>,
+    pub nlink: Option<u64>,
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+pub type TreeSnap = BTreeMap<PathBuf, EntrySnap>;
+
+fn user_xattrs(path: &Path) -> Vec<(OsString, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut buf[..]) else {
+        return out;
+    };
+    for name in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let name_os = std::ffi::OsStr::from_bytes(name);
+        let mut val = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(path, name_os, &mut val[..]) {
+            val.truncate(len);
+            out.push((name_os.to_os_string(), val));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Walks `root` (never following symlinks) and records every entry.
+pub fn snapshot(root: &Path) -> TreeSnap {
+    let mut out = TreeSnap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) {
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()))
+        .map(|e| e.expect("readdir").file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let md = std::fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else {
+            "blockdev"
+        };
+        let rel = path.strip_prefix(root).expect("under root").to_path_buf();
+        out.insert(
+            rel,
+            EntrySnap {
+                kind,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                size: (!ft.is_dir()).then(|| md.size()),
+                content: ft.is_file().then(|| std::fs::read(&path).expect("read")),
+                link_target: ft.is_symlink().then(|| {
+                    std::fs::read_link(&path)
+                        .expect("readlink")
+                        .into_os_string()
+                }),
+                rdev: (ft.is_char_device() || ft.is_block_device()).then(|| md.rdev()),
+                nlink: (!ft.is_dir()).then(|| md.nlink()),
+                xattrs: user_xattrs(&path),
+            },
+        );
+        if ft.is_dir() {
+            walk(root, &path, out);
+        }
+    }
+}
+
+/// Asserts two snapshots are equal, naming the first differences.
+pub fn assert_same_tree(ours: &TreeSnap, theirs: &TreeSnap, what: &str) {
+    if ours == theirs {
+        return;
+    }
+    let mut report = Vec::new();
+    for (p, e) in ours {
+        match theirs.get(p) {
+            None => report.push(format!("only in the first: {}", p.display())),
+            Some(t) if t != e => report.push(format!(
+                "differs: {}\n  first:  {e:?}\n  second: {t:?}",
+                p.display()
+            )),
+            _ => {}
+        }
+    }
+    for p in theirs.keys() {
+        if !ours.contains_key(p) {
+            report.push(format!("only in the second: {}", p.display()));
+        }
+    }
+    report.truncate(20);
+    panic!("{what}: trees differ:\n{}", report.join("\n"));
+}
+
+// ---- archives ----
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    let d = Sha256::digest(b);
+    d.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A layer tar under construction. Paths are written into the header bytes as given, so
+/// tests can make the entries a hostile archive would hold.
+pub struct LayerTar {
+    b: tar::Builder<Vec<u8>>,
+}
+
+fn header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    h
+}
+
+fn set_raw(field: &mut [u8], value: &[u8]) {
+    assert!(
+        value.len() < field.len(),
+        "name too long for a raw header: {value:?}"
+    );
+    field.fill(0);
+    field[..value.len()].copy_from_slice(value);
+}
+
+impl Default for LayerTar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LayerTar {
+    pub fn new() -> LayerTar {
+        LayerTar {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    /// Appends an entry with raw path (and link name) bytes.
+    pub fn raw(
+        &mut self,
+        mut h: tar::Header,
+        path: &str,
+        link: Option<&str>,
+        data: &[u8],
+    ) -> &mut Self {
+        set_raw(&mut h.as_old_mut().name, path.as_bytes());
+        if let Some(l) = link {
+            set_raw(&mut h.as_old_mut().linkname, l.as_bytes());
+        }
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.b.append(&h, data).expect("append");
+        self
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+        self.raw(
+            header(tar::EntryType::Directory, mode, 0, 0),
+            path,
+            None,
+            b"",
+        )
+    }
+
+    pub fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        self.file_owned(path, data, 0o644, 0, 0)
+    }
+
+    pub fn file_owned(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> &mut Self {
+        self.raw(
+            header(tar::EntryType::Regular, mode, uid, gid),
+            path,
+            None,
+            data,
+        )
+    }
+
+    /// A file with PAX xattr records.
+    pub fn file_xattr(&mut self, path: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> &mut Self {
+        let recs: Vec<(String, Vec<u8>)> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.to_vec()))
+            .collect();
+        self.b
+            .append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .expect("pax");
+        self.file(path, data)
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        self.raw(
+            header(tar::EntryType::Symlink, 0o777, 0, 0),
+            path,
+            Some(target),
+            b"",
+        )
+    }
+
+    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+        self.raw(
+            header(tar::EntryType::Link, 0o644, 0, 0),
+            path,
+            Some(target),
+            b"",
+        )
+    }
+
+    pub fn chardev(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = header(tar::EntryType::Char, 0o666, 0, 0);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        self.raw(h, path, None, b"")
+    }
+
+    pub fn fifo(&mut self, path: &str) -> &mut Self {
+        self.raw(header(tar::EntryType::Fifo, 0o600, 0, 0), path, None, b"")
+    }
+
+    /// `.wh.NAME` next to `path`'s name.
+    pub fn whiteout(&mut self, path: &str) -> &mut Self {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), path),
+        };
+        self.file(&format!("{dir}.wh.{name}"), b"")
+    }
+
+    /// `DIR/.wh..wh..opq`.
+    pub fn opaque(&mut self, dir: &str) -> &mut Self {
+        self.file(&format!("{dir}/.wh..wh..opq"), b"")
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
+        b.into_inner().expect("finish tar")
+    }
+}
+
+/// How a test layer's blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comp {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+/// One layer blob of a test image.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub tar: Vec<u8>,
+    pub blob: Vec<u8>,
+    pub comp: Comp,
+}
+
+impl Blob {
+    pub fn new(tar: Vec<u8>, comp: Comp) -> Blob {
+        let blob = match comp {
+            Comp::Plain => tar.clone(),
+            Comp::Gzip => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&tar).expect("gzip");
+                e.finish().expect("gzip")
+            }
+            Comp::Zstd => zstd::encode_all(&tar[..], 3).expect("zstd"),
+        };
+        Blob { tar, blob, comp }
+    }
+
+    pub fn diff_id(&self) -> String {
+        format!("sha256:{}", sha256_hex(&self.tar))
+    }
+
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", sha256_hex(&self.blob))
+    }
+
+    pub fn media_type(&self) -> &'static str {
+        match self.comp {
+            Comp::Plain => "application/vnd.oci.image.layer.v1.tar",
+            Comp::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Comp::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+/// A test image: layers bottom first. `diff_ids` and `digests` may be overridden to lie.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub layers: Vec<Blob>,
+    pub diff_ids: Vec<String>,
+    /// The digest and size each manifest descriptor claims.
+    pub claims: Vec<(String, u64)>,
+}
+
+impl TestImage {
+    pub fn new(layers: Vec<Blob>) -> TestImage {
+        let diff_ids = layers.iter().map(|l| l.diff_id()).collect();
+        let claims = layers
+            .iter()
+            .map(|l| (l.digest(), l.blob.len() as u64))
+            .collect();
+        TestImage {
+            layers,
+            diff_ids,
+            claims,
+        }
+    }
+
+    pub fn config(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": self.diff_ids},
+            "history": self.layers.iter().map(|_| serde_json::json!({"created_by": "test"})).collect::<Vec<_>>(),
+        });
+        serde_json::to_vec(&v).expect("config")
+    }
+
+    fn manifest(&self, config: &[u8]) -> Vec<u8> {
+        let v = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": format!("sha256:{}", sha256_hex(config)),
+                "size": config.len(),
+            },
+            "layers": self.layers.iter().zip(&self.claims).map(|(l, (d, s))| serde_json::json!({
+                "mediaType": l.media_type(), "digest": d, "size": s,
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::to_vec(&v).expect("manifest")
+    }
+
+    /// The files of an OCI layout: (path, bytes).
+    pub fn oci_files(&self, tag: &str) -> Vec<(String, Vec<u8>)> {
+        let config = self.config();
+        let manifest = self.manifest(&config);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{}", sha256_hex(&manifest)),
+                "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }],
+        });
+        let mut files = vec![
+            (
+                "oci-layout".to_string(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            (
+                "index.json".to_string(),
+                serde_json::to_vec(&index).expect("index"),
+            ),
+            (
+                format!("blobs/sha256/{}", sha256_hex(&config)),
+                config.clone(),
+            ),
+            (format!("blobs/sha256/{}", sha256_hex(&manifest)), manifest),
+        ];
+        for (l, (d, _)) in self.layers.iter().zip(&self.claims) {
+            // A blob is stored under the digest its descriptor claims.
+            files.push((
+                format!("blobs/sha256/{}", d.trim_start_matches("sha256:")),
+                l.blob.clone(),
+            ));
+        }
+        files
+    }
+
+    /// Writes an OCI image layout directory.
+    pub fn write_oci_dir(&self, dir: &Path, tag: &str) {
+        for (p, b) in self.oci_files(tag) {
+            let path = dir.join(p);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, b).expect("write");
+        }
+    }
+
+    /// Writes an OCI archive (the layout in a tar).
+    pub fn write_oci_archive(&self, path: &Path, tag: &str) {
+        write_tar(path, &self.oci_files(tag));
+    }
+
+    /// Writes a docker-archive as `docker save` does (one directory per layer).
+    pub fn write_docker_archive(&self, path: &Path, tag: &str) {
+        let config = self.config();
+        let config_name = format!("{}.json", sha256_hex(&config));
+        let mut files = vec![(config_name.clone(), config)];
+        let mut layer_names = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let name = format!("{:064x}/layer.tar", i + 1);
+            files.push((name.clone(), l.blob.clone()));
+            layer_names.push(name);
+        }
+        let manifest = serde_json::json!([{
+            "Config": config_name,
+            "RepoTags": [tag],
+            "Layers": layer_names,
+        }]);
+        files.push((
+            "manifest.json".to_string(),
+            serde_json::to_vec(&manifest).expect("manifest"),
+        ));
+        write_tar(path, &files);
+    }
+}
+
+/// A tar of regular files.
+pub fn write_tar(path: &Path, files: &[(String, Vec<u8>)]) {
+    let f = std::fs::File::create(path).expect("create archive");
+    let mut b = tar::Builder::new(f);
+    for (p, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, p, &data[..]).expect("append");
+    }
+    b.into_inner().expect("finish").sync_all().expect("sync");
+}
+
+/// The first field of the helper's `imported ID ...` line.
+pub fn imported_id(out: &str) -> String {
+    out.split_whitespace().nth(1).expect("an id").to_string()
+}
