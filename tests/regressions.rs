@@ -292,3 +292,56 @@ fn shared_listing_is_retaken_after_a_copy_up() {
     assert_eq!(now[1], ("g".into(), 0o600, 4));
     assert_eq!(now[2], ("h".into(), 0o644, 8));
 }
+
+/// Missing names are cached by the kernel as negative entries; every way a name can appear
+/// through the mount must replace them.
+#[test]
+fn negative_entries_give_way_to_new_names() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw_with(|l| {
+        fs::write(l.join("src"), "s").unwrap();
+    });
+    let m = &t.mnt;
+    let names = [
+        "created",
+        "made_dir",
+        "renamed",
+        "linked",
+        "symlinked",
+        "fifo",
+    ];
+    for n in names {
+        for _ in 0..2 {
+            assert_eq!(
+                errno_of(fs::symlink_metadata(m.join(n))).err(),
+                Some(libc::ENOENT),
+                "{n}"
+            );
+        }
+    }
+    fs::write(m.join("created"), "c").unwrap();
+    fs::create_dir(m.join("made_dir")).unwrap();
+    fs::copy(m.join("src"), m.join("tmp")).unwrap();
+    fs::rename(m.join("tmp"), m.join("renamed")).unwrap();
+    fs::hard_link(m.join("src"), m.join("linked")).unwrap();
+    std::os::unix::fs::symlink("src", m.join("symlinked")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        m.join("fifo").as_path(),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    for n in names {
+        assert!(fs::symlink_metadata(m.join(n)).is_ok(), "{n} not visible");
+    }
+    // And a name removed again is missing again.
+    fs::remove_file(m.join("created")).unwrap();
+    assert_eq!(
+        errno_of(fs::symlink_metadata(m.join("created"))).err(),
+        Some(libc::ENOENT)
+    );
+}

@@ -323,6 +323,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes that carry only a node id (`.`/`..` entries, and 0 for a negative entry).
 fn dot_attr(ino: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -422,12 +423,14 @@ impl fuser::Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(op = "lookup", parent = parent.0, ?name);
-        self.reply_entry(
-            reply,
-            "lookup",
-            parent.0,
-            self.overlay.lookup(parent.0, name),
-        )
+        match self.overlay.lookup(parent.0, name) {
+            // A negative entry the kernel may cache (node id 0 with a timeout): repeated
+            // lookups of a missing name (PATH and import searches) stay in the kernel. Every
+            // change that could make the name appear goes through the kernel, which then
+            // replaces the negative dentry itself.
+            Err(Error::NotFound) => reply.entry(&self.ttl, &dot_attr(0), Generation(0)),
+            r => self.reply_entry(reply, "lookup", parent.0, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
