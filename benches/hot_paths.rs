@@ -55,6 +55,7 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             listing_cache: 64 * 1024,
             node_limit: 100_000,
             sync_writes: false,
+            xattr_permissions: 0,
         },
     )
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{chown, lchown, MetadataExt};
+use std::os::unix::fs::{chown, lchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -151,4 +151,97 @@ fn squash_options_replace_shown_owners() {
     fs::write(m.mountpoint.join("f"), "x").unwrap();
     assert_eq!(owner(&m.mountpoint.join("f")).0, 9);
     assert_eq!(owner(&s.upper.join("f")), (0, 0));
+}
+
+fn set_override(p: &Path, v: &str) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    rustix::fs::lsetxattr(
+        c.as_c_str(),
+        "user.containers.override_stat",
+        v.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+fn get_override(p: &Path) -> Option<String> {
+    let mut buf = vec![0u8; 256];
+    rustix::fs::lgetxattr(p, "user.containers.override_stat", &mut buf)
+        .ok()
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// `xattr_permissions=2` (podman's `force_mask`): owner and mode come from
+/// `user.containers.override_stat`, changes are written there, the layer files keep their own.
+#[test]
+fn xattr_permissions_keep_owner_and_mode_in_xattrs() {
+    if !can_mount() {
+        return;
+    }
+    let s = setup();
+    let l = &s.lower;
+    fs::create_dir(l.join("o")).unwrap();
+    fs::write(l.join("o/f"), "f").unwrap();
+    fs::set_permissions(l.join("o/f"), fs::Permissions::from_mode(0o755)).unwrap();
+    set_override(&l.join("o/f"), "1000:1001:0640");
+    set_override(&l.join("o"), "1000:1001:0750");
+    fs::write(l.join("o/plain"), "p").unwrap();
+    let lowers = std::slice::from_ref(&s.lower);
+    for (opts, detected) in [
+        (
+            format!("{},xattr_permissions=2", rw_opts(lowers, &s.upper, &s.work)),
+            false,
+        ),
+        // No option, but a layer root carries an override: detected, as fuse-overlayfs does.
+        (rw_opts(lowers, &s.upper, &s.work), true),
+    ] {
+        fs::remove_dir_all(&s.upper).unwrap();
+        fs::create_dir(&s.upper).unwrap();
+        if detected {
+            set_override(&s.lower, "0:0:0755");
+        }
+        let m = Mount::new(&opts, &s.mnt);
+        let o = m.mountpoint.join("o");
+        assert_eq!(owner(&o.join("f")), (1000, 1001), "{opts}");
+        assert_eq!(mode(&o.join("f")), 0o640);
+        assert_eq!((owner(&o), mode(&o)), ((1000, 1001), 0o750));
+        // Without an override the file's own owner and mode show.
+        assert_eq!(owner(&o.join("plain")), (0, 0));
+        // The override is not an xattr of the merged view.
+        let names = rustix::fs::llistxattr(o.join("f").as_path(), &mut [0u8; 1024][..]).unwrap();
+        assert_eq!(names, 0, "override listed");
+
+        fs::set_permissions(o.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        chown(o.join("f"), Some(5), None).unwrap();
+        assert_eq!(
+            (owner(&o.join("f")), mode(&o.join("f"))),
+            ((5, 1001), 0o600)
+        );
+        let up = s.upper.join("o/f");
+        assert_eq!(get_override(&up).as_deref(), Some("5:1001:0600"));
+        // The copy keeps its own owner and mode; the parent's override was copied up too.
+        assert_eq!((owner(&up), mode(&up)), ((0, 0), 0o755));
+        assert_eq!(
+            get_override(&s.upper.join("o")).as_deref(),
+            Some("1000:1001:0750")
+        );
+
+        // A new file records its creator and mode in the override.
+        fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o604)
+            .open(o.join("new"))
+            .unwrap();
+        assert_eq!(
+            get_override(&s.upper.join("o/new")).as_deref(),
+            Some("0:0:0604")
+        );
+        assert_eq!(mode(&o.join("new")), 0o604);
+        drop(m);
+    }
 }

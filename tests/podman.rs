@@ -2079,8 +2079,6 @@ fn podman_root_fuse_overlayfs() {
 }
 
 #[test]
-#[ignore = "xattr_permissions=2 is not implemented yet (issue 6): files show the owner and \
-            mode forced on disk instead of user.containers.override_stat"]
 fn podman_root_force_mask_stratafs() {
     run_suite(Mode::RootForceMask, Prog::Stratafs);
 }

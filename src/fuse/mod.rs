@@ -630,7 +630,7 @@ impl fuser::Filesystem for StrataFs {
             }
         }
         for e in list.after(offset) {
-            let attr = match self.overlay.lookup_entry(ino.0, e) {
+            let attr = match self.overlay.lookup_entry(ino.0, &list, e) {
                 Ok(a) => a,
                 // Gone since the listing was taken: skip it, as a fresh listing would.
                 Err(_) => continue,

@@ -250,10 +250,19 @@ impl NodeTable {
             match self.map.entry(id) {
                 Entry::Occupied(o) => {
                     let node = o.get();
+                    let (was_upper, same_name) = node.with_location(|l| {
+                        (
+                            l.top() == Some(0),
+                            l.parent == loc.parent && l.name == loc.name,
+                        )
+                    });
                     // A non-directory copied up is a different object from a lower file that
-                    // shared its inode through a hard link the copy-up broke.
+                    // shared its inode through a hard link the copy-up broke; under the same
+                    // name it is the same object, seen by a resolution that raced with its
+                    // copy-up.
                     let same_side = kind == FileKind::Directory
-                        || node.with_location(|l| l.top() == Some(0)) == (loc.top() == Some(0))
+                        || same_name
+                        || was_upper == (loc.top() == Some(0))
                         || !self.upper;
                     if node.kind == kind
                         && id != ROOT
@@ -264,7 +273,15 @@ impl NodeTable {
                         node.touched
                             .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
                         let mut cur = node.loc.write();
-                        if *cur != loc {
+                        // A resolution taken before a copy-up finished never moves the node
+                        // back to the lower copy.
+                        let stale = kind != FileKind::Directory
+                            && self.upper
+                            && cur.top() == Some(0)
+                            && loc.top() != Some(0)
+                            && cur.parent == loc.parent
+                            && cur.name == loc.name;
+                        if *cur != loc && !stale {
                             if cur.layers != loc.layers {
                                 node.layers_changed();
                             }
@@ -420,6 +437,29 @@ mod tests {
             name: name.into(),
             layers: vec![0],
         }
+    }
+
+    /// A readdirplus resolution taken before a copy-up placed the upper copy arrives after
+    /// it: same object (same name), and the node stays on the upper copy. (It used to get a
+    /// synthetic id of its own, as a broken lower hard link does, and the next write
+    /// copied it up again: EEXIST under load.)
+    #[test]
+    fn stale_lower_resolution_keeps_the_copied_up_node() {
+        let t = NodeTable::new(vec![0, 1], true);
+        let mut lower = loc(ROOT, "f");
+        lower.layers = vec![1];
+        let n = t.remember(77, FileKind::Regular, lower.clone());
+        assert_eq!(n.ino, 77);
+        // The copy-up moves it up.
+        t.set_layers(77, vec![0]);
+        let again = t.remember(77, FileKind::Regular, lower);
+        assert_eq!(again.ino, 77);
+        assert_eq!(again.location().layers, vec![0]);
+        // Under another name, a lower object with that number is another object (a lower
+        // hard link the copy-up broke).
+        let mut other = loc(ROOT, "g");
+        other.layers = vec![1];
+        assert_ne!(t.remember(77, FileKind::Regular, other).ino, 77);
     }
 
     #[test]

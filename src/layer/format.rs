@@ -21,11 +21,14 @@ pub const OPAQUE_XATTRS: [&str; 3] = [
     "user.fuseoverlayfs.opaque",
 ];
 
-/// Namespaces private to the overlay implementation: never visible through the mount.
-const PRIVATE_XATTR_PREFIXES: [&[u8]; 3] = [
+/// Namespaces private to the overlay implementation: never visible through the mount (the
+/// last two hold owner and mode overrides, see `xattr_permissions`).
+const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
+    b"user.containers.override_stat",
+    b"security.fuseoverlayfs.",
 ];
 
 /// True for a char device 0/0: the kernel's whiteout.

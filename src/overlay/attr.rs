@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
+use super::perms::At;
 use super::{Attr, Error, Overlay, Result};
 use crate::layer::format::XattrTarget;
 use crate::sys::{self, FileKind, SetTime};
@@ -84,11 +85,15 @@ impl Overlay {
             if let Some(size) = set.size {
                 sys::truncate(fd, size)?;
             }
-            if set.uid.is_some() || set.gid.is_some() {
-                sys::chown_at(fd, OsStr::new(""), set.uid, set.gid)?;
-            }
-            if let Some(mode) = set.mode {
-                rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
+            if self.keeps_perms_in_xattrs() {
+                self.set_override(At::Fd(fd), sys::stat_fd(fd)?, &set)?;
+            } else {
+                if set.uid.is_some() || set.gid.is_some() {
+                    sys::chown_at(fd, OsStr::new(""), set.uid, set.gid)?;
+                }
+                if let Some(mode) = set.mode {
+                    rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
+                }
             }
             if set.atime.is_some() || set.mtime.is_some() {
                 sys::set_times_at(
@@ -98,7 +103,8 @@ impl Overlay {
                     set.mtime.unwrap_or(SetTime::Omit),
                 )?;
             }
-            let mut a = self.attr_from(node.ino, &sys::stat_fd(fd)?, false);
+            let st = self.overridden(sys::stat_fd(fd)?, At::Fd(fd));
+            let mut a = self.attr_from(node.ino, &st, false);
             a.ino = node.ino;
             return Ok(a);
         }
@@ -114,10 +120,24 @@ impl Overlay {
             let f = sys::open_beneath(upper.root(), &self.rel_path(&node)?, OFlags::WRONLY)?;
             sys::truncate(f.as_fd(), size)?;
         }
-        if set.uid.is_some() || set.gid.is_some() {
+        if self.keeps_perms_in_xattrs()
+            && (set.uid.is_some() || set.gid.is_some() || set.mode.is_some())
+        {
+            let at = if name.is_empty() {
+                At::Fd(dir)
+            } else {
+                At::Name(dir, &name)
+            };
+            let st = if name.is_empty() {
+                sys::stat_fd(dir)?
+            } else {
+                sys::stat_at(dir, &name)?
+            };
+            self.set_override(at, st, &set)?;
+        } else if set.uid.is_some() || set.gid.is_some() {
             sys::chown_at(dir, &name, set.uid, set.gid)?;
         }
-        if let Some(mode) = set.mode {
+        if let (Some(mode), false) = (set.mode, self.keeps_perms_in_xattrs()) {
             if node.kind != FileKind::Symlink {
                 let target = if name.is_empty() {
                     OsStr::new(".")
@@ -136,6 +156,18 @@ impl Overlay {
             )?;
         }
         self.getattr(ino)
+    }
+
+    /// Applies the owner and mode changes of `set` to the override of the object at `at`
+    /// (whose own attributes are `st`).
+    fn set_override(&self, at: At<'_>, st: crate::sys::Stat, set: &SetAttr) -> Result<()> {
+        let cur = self.overridden(st, at);
+        self.write_override(
+            at,
+            set.uid.unwrap_or(cur.uid),
+            set.gid.unwrap_or(cur.gid),
+            set.mode.unwrap_or(cur.mode),
+        )
     }
 
     /// The upper copy of `ino`, copying it up first.

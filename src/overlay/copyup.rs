@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rustix::fs::OFlags;
 
+use super::perms::At;
 use super::{Error, Overlay, Result};
 use crate::inode::{Node, ROOT};
 use crate::layer::{format, Layer, WorkDir};
@@ -175,10 +176,31 @@ impl Overlay {
         name: &OsStr,
         st: &Stat,
     ) -> Result<()> {
-        sys::chown_at(dir, name, Some(st.uid), Some(st.gid))?;
-        copy_xattrs(src, dst, self.xattr_names())?;
-        if st.kind() != Some(FileKind::Symlink) {
-            sys::chmod_at(dir, name, st.mode)?;
+        if self.keeps_perms_in_xattrs() {
+            // The owner and mode shown go into the copy's override; its own owner is best
+            // effort (a rootless daemon cannot chown).
+            let _ = sys::chown_at(dir, name, Some(st.uid), Some(st.gid));
+            copy_xattrs(src, dst, self.xattr_names())?;
+            if st.kind() != Some(FileKind::Symlink) {
+                sys::chmod_at(dir, name, st.mode)?;
+            }
+            let shown = self.overridden(*st, At::Fd(src));
+            if let Err(e) =
+                self.write_override(At::Name(dir, name), shown.uid, shown.gid, shown.mode)
+            {
+                if matches!(
+                    st.kind(),
+                    Some(FileKind::Regular) | Some(FileKind::Directory)
+                ) {
+                    return Err(e);
+                }
+            }
+        } else {
+            sys::chown_at(dir, name, Some(st.uid), Some(st.gid))?;
+            copy_xattrs(src, dst, self.xattr_names())?;
+            if st.kind() != Some(FileKind::Symlink) {
+                sys::chmod_at(dir, name, st.mode)?;
+            }
         }
         sys::set_times_at(dir, name, SetTime::At(st.atime), SetTime::At(st.mtime))?;
         Ok(())

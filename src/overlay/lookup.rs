@@ -8,6 +8,7 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
+use super::perms::At;
 use super::{Attr, Error, Overlay, Result};
 use crate::inode::{Location, Node, ROOT};
 use crate::layer::{LayerIdx, Probe};
@@ -72,7 +73,7 @@ impl Overlay {
                         None => {
                             found = Some(Resolved {
                                 layers: vec![li],
-                                top: st,
+                                top: self.overridden(st, At::Name(dfd.as_fd(), name)),
                                 ino: 0,
                             });
                             if !is_dir {
@@ -177,14 +178,23 @@ impl Overlay {
         Ok(self.remember(parent, name, &r))
     }
 
-    /// Looks up an entry of a listing of `parent` (readdirplus), starting at the layer the
-    /// listing found it in rather than probing the layers above again.
-    pub fn lookup_entry(&self, parent: u64, entry: &super::DirEntry) -> Result<Attr> {
+    /// Looks up an entry of `listing` of `parent` (readdirplus), starting at the layer the
+    /// listing found it in rather than probing the layers above again, as long as the
+    /// listing is still current once the entry is resolved; otherwise (a copy-up or another
+    /// change landed since) from the top, as a lookup does.
+    pub fn lookup_entry(
+        &self,
+        parent: u64,
+        listing: &super::Listing,
+        entry: &super::DirEntry,
+    ) -> Result<Attr> {
         let dir = self.node(parent)?;
         let chain = dir.with_location(|l| l.layers.clone());
-        let r = self
-            .resolve_in(&dir, &chain, &entry.name, entry.from)?
-            .ok_or(Error::NotFound)?;
+        let mut r = self.resolve_in(&dir, &chain, &entry.name, entry.from)?;
+        if dir.dir_version() != listing.version {
+            r = self.resolve_in(&dir, &chain, &entry.name, 0)?;
+        }
+        let r = r.ok_or(Error::NotFound)?;
         Ok(self.remember(parent, &entry.name, &r))
     }
 
@@ -219,12 +229,13 @@ impl Overlay {
         let top = top.ok_or(Error::StaleNode(ino))?;
         let st = if node.kind == FileKind::Directory {
             let fd = self.dir_fd(&node, top)?;
-            crate::sys::stat_fd(fd.as_fd())?
+            self.overridden(crate::sys::stat_fd(fd.as_fd())?, At::Fd(fd.as_fd()))
         } else {
             let parent = self.node(node.parent())?;
             let name = node.with_location(|l| l.name.clone());
             let pfd = self.dir_fd(&parent, top)?;
-            crate::sys::stat_at(pfd.as_fd(), &name)?
+            let st = crate::sys::stat_at(pfd.as_fd(), &name)?;
+            self.overridden(st, At::Name(pfd.as_fd(), &name))
         };
         let mut attr = self.attr_from(node.ino, &st, merged);
         attr.ino = node.ino;
@@ -285,7 +296,7 @@ impl Overlay {
     /// The attributes of `ino` read from an open fd on it (which works after an unlink).
     pub fn attr_of_fd(&self, ino: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
         let node = self.node(ino)?;
-        let st = crate::sys::stat_fd(fd)?;
+        let st = self.overridden(crate::sys::stat_fd(fd)?, At::Fd(fd));
         let merged = node.with_location(|l| l.layers.len() > 1);
         let mut a = self.attr_from(node.ino, &st, merged);
         a.ino = node.ino;

@@ -7,6 +7,7 @@ mod copyup;
 mod dirfd;
 mod lookup;
 mod namespace;
+pub mod perms;
 mod read;
 mod readdir;
 
@@ -188,6 +189,8 @@ pub struct Options {
     pub node_limit: usize,
     /// fsync copies and honour fsync requests (`fsync=1` and not `volatile`).
     pub sync_writes: bool,
+    /// `xattr_permissions=0|1|2` (0: as the layer roots say, see [`perms::detect`]).
+    pub xattr_permissions: u8,
 }
 
 impl Options {
@@ -201,6 +204,7 @@ impl Options {
             listing_cache: 32 * 1024,
             node_limit: cfg.node_limit,
             sync_writes: cfg.fsync && !cfg.volatile,
+            xattr_permissions: cfg.xattr_permissions,
         }
     }
 }
@@ -213,6 +217,8 @@ pub struct Overlay {
     dirfds: dirfd::DirFdCache,
     listings: readdir::ListingCache,
     idmap: crate::layer::IdMap,
+    /// The xattr owner and mode are kept in (`xattr_permissions`), if any.
+    perm_xattr: Option<&'static str>,
     /// Key of the directory offset cookies (random per mount).
     cookie_key: std::collections::hash_map::RandomState,
     opts: Options,
@@ -231,6 +237,12 @@ impl Overlay {
             listings: readdir::ListingCache::new(opts.listing_cache),
             idmap: crate::layer::IdMap::default(),
             cookie_key: std::collections::hash_map::RandomState::new(),
+            perm_xattr: perms::override_name(if opts.xattr_permissions > 0 {
+                opts.xattr_permissions
+            } else {
+                let roots: Vec<_> = layers.all().iter().map(|l| l.root()).collect();
+                perms::detect(&roots)
+            }),
             layers,
             opts,
             temp_counter: std::sync::atomic::AtomicU64::new(0),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
+use super::perms::At;
 use super::{Attr, Error, Overlay, Result};
 use crate::inode::{Location, Node};
 use crate::layer::{format, WhiteoutFormat};
@@ -279,7 +280,10 @@ impl Overlay {
             let _ = sys::remove_tree(tdir, &tname);
             return Err(e);
         }
-        let st = sys::stat_at(pfd.as_fd(), name)?;
+        let st = self.overridden(
+            sys::stat_at(pfd.as_fd(), name)?,
+            At::Name(pfd.as_fd(), name),
+        );
         let kind = st.kind().unwrap_or(FileKind::Regular);
         let ino = self
             .layers
@@ -345,7 +349,15 @@ impl Overlay {
                 None
             }
         };
-        if uid != sys::euid() || gid != default_gid {
+        if self.keeps_perms_in_xattrs() {
+            // The owner goes into the override (the daemon may not be able to chown);
+            // symlinks and device nodes take no user xattrs, and keep the daemon's owner.
+            if let Err(e) = self.write_override(At::Name(dir, name), uid, gid, perm) {
+                if !matches!(obj, NewObject::Symlink(_) | NewObject::Node { .. }) {
+                    return Err(e);
+                }
+            }
+        } else if uid != sys::euid() || gid != default_gid {
             sys::chown_at(dir, name, Some(uid), Some(gid))?;
         }
         // The daemon's umask is 0 (set at startup), so only special bits need a chmod; a
@@ -468,7 +480,10 @@ impl Overlay {
                 }
             }
         }
-        let st = sys::stat_at(npfd.as_fd(), newname)?;
+        let st = self.overridden(
+            sys::stat_at(npfd.as_fd(), newname)?,
+            At::Name(npfd.as_fd(), newname),
+        );
         let n = self.nodes.remember(
             node.ino,
             node.kind,

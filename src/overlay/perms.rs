@@ -1,0 +1,193 @@
+//! `xattr_permissions=1|2`: owner and mode kept in an xattr instead of the layer files' own
+//! (fuse-overlayfs's scheme, which containers/storage uses with `force_mask`, and rootless
+//! daemons use to record owners they cannot `chown` to).
+//!
+//! The value is `UID:GID:MODE[:TYPE]`, MODE in octal (containers/storage writes `0:0:0644`,
+//! fuse-overlayfs `0:0:100644`, with the file type bits), TYPE as containers/storage writes
+//! it (`file`, `dir`, `symlink`, `pipe`, `socket`, `char-MAJ-MIN`, `block-MAJ-MIN`), kept as
+//! is. It is read from whichever layer holds the object's topmost copy, under any of the
+//! known names; it is written under the name the option selects (1:
+//! `security.fuseoverlayfs.override_stat`, 2: `user.containers.override_stat`) whenever the
+//! owner or mode changes, on new objects and on copy-up. The layer file's own owner and mode
+//! then only need to let the daemon use it.
+
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
+
+use super::{Overlay, Result};
+use crate::sys::{self, Stat};
+
+/// `xattr_permissions=1`.
+pub const SECURITY_OVERRIDE: &str = "security.fuseoverlayfs.override_stat";
+/// `xattr_permissions=2` (containers/storage's name).
+pub const CONTAINERS_OVERRIDE: &str = "user.containers.override_stat";
+/// What fuse-overlayfs before 1.14 wrote for `xattr_permissions=2`.
+pub const FUSEOVERLAYFS_OVERRIDE: &str = "user.fuseoverlayfs.override_stat";
+
+/// Every name an override may be found under, most specific first.
+const READ_ORDER: [&str; 3] = [
+    CONTAINERS_OVERRIDE,
+    SECURITY_OVERRIDE,
+    FUSEOVERLAYFS_OVERRIDE,
+];
+
+/// The xattr name written for `xattr_permissions=level`.
+pub fn override_name(level: u8) -> Option<&'static str> {
+    match level {
+        1 => Some(SECURITY_OVERRIDE),
+        2 => Some(CONTAINERS_OVERRIDE),
+        _ => None,
+    }
+}
+
+/// A parsed override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Owner as stored (before any uid mapping).
+    pub uid: u32,
+    /// Group as stored.
+    pub gid: u32,
+    /// Permission bits (`07777`).
+    pub perm: u32,
+    /// containers/storage's TYPE field, kept as written.
+    pub kind: Option<String>,
+}
+
+impl Override {
+    /// Parses `UID:GID:MODE[:TYPE]`; `None` for anything else.
+    pub fn parse(v: &[u8]) -> Option<Override> {
+        let s = std::str::from_utf8(v).ok()?;
+        let mut f = s.trim_end_matches('\0').splitn(4, ':');
+        let uid = f.next()?.parse().ok()?;
+        let gid = f.next()?.parse().ok()?;
+        let mode = u32::from_str_radix(f.next()?, 8).ok()?;
+        let kind = f.next().map(str::to_string);
+        Some(Override {
+            uid,
+            gid,
+            perm: mode & 0o7777,
+            kind,
+        })
+    }
+
+    /// The value as containers/storage writes it.
+    pub fn format(&self) -> String {
+        match &self.kind {
+            Some(k) => format!("{}:{}:0{:o}:{k}", self.uid, self.gid, self.perm),
+            None => format!("{}:{}:0{:o}", self.uid, self.gid, self.perm),
+        }
+    }
+}
+
+/// Where an object is, for reading or writing its override.
+#[derive(Clone, Copy)]
+pub(crate) enum At<'a> {
+    /// `name` under directory `dir`.
+    Name(BorrowedFd<'a>, &'a OsStr),
+    /// The object an fd holds (`O_PATH` included).
+    Fd(BorrowedFd<'a>),
+}
+
+fn get(at: At<'_>, name: &str) -> Option<Vec<u8>> {
+    let name = OsStr::new(name);
+    match at {
+        At::Name(dir, n) => sys::get_xattr_at(dir, n, name).ok().flatten(),
+        At::Fd(fd) => sys::get_xattr(fd, name).ok().flatten(),
+    }
+}
+
+impl Overlay {
+    /// The override of the object at `at`, if the mount keeps owners in xattrs and it has
+    /// one.
+    pub(crate) fn read_override(&self, at: At<'_>) -> Option<Override> {
+        self.perm_xattr?;
+        READ_ORDER
+            .iter()
+            .find_map(|n| get(at, n).and_then(|v| Override::parse(&v)))
+    }
+
+    /// `st` with the owner and mode its override records (unchanged without one).
+    pub(crate) fn overridden(&self, mut st: Stat, at: At<'_>) -> Stat {
+        if let Some(o) = self.read_override(at) {
+            st.uid = o.uid;
+            st.gid = o.gid;
+            st.mode = (st.mode & libc::S_IFMT) | o.perm;
+        }
+        st
+    }
+
+    /// Records owner and mode for the object at `at` (a no-op unless the mount keeps owners
+    /// in xattrs). A TYPE an earlier override recorded is kept.
+    pub(crate) fn write_override(&self, at: At<'_>, uid: u32, gid: u32, perm: u32) -> Result<()> {
+        let Some(name) = self.perm_xattr else {
+            return Ok(());
+        };
+        let kind = self.read_override(at).and_then(|o| o.kind);
+        let value = Override {
+            uid,
+            gid,
+            perm: perm & 0o7777,
+            kind,
+        }
+        .format();
+        let name = OsStr::new(name);
+        match at {
+            At::Name(dir, n) => sys::set_xattr_at(dir, n, name, value.as_bytes(), 0)?,
+            At::Fd(fd) => sys::set_xattr(fd, name, value.as_bytes(), 0)?,
+        }
+        Ok(())
+    }
+
+    /// True when owners and modes live in override xattrs.
+    pub(crate) fn keeps_perms_in_xattrs(&self) -> bool {
+        self.perm_xattr.is_some()
+    }
+}
+
+/// The `xattr_permissions` level a stack asks for by itself: the level of the first override
+/// found on a layer root (fuse-overlayfs's auto-detection), else 0.
+pub fn detect(roots: &[BorrowedFd<'_>]) -> u8 {
+    for root in roots {
+        for (name, level) in [
+            (CONTAINERS_OVERRIDE, 2),
+            (FUSEOVERLAYFS_OVERRIDE, 2),
+            (SECURITY_OVERRIDE, 1),
+        ] {
+            if get(At::Fd(*root), name).is_some() {
+                return level;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let o = Override::parse(b"1000:1000:0750").unwrap();
+        assert_eq!(
+            (o.uid, o.gid, o.perm, o.kind.as_deref()),
+            (1000, 1000, 0o750, None)
+        );
+        assert_eq!(o.format(), "1000:1000:0750");
+        // fuse-overlayfs writes the type bits too.
+        let o = Override::parse(b"0:0:100755").unwrap();
+        assert_eq!(o.perm, 0o755);
+        let o = Override::parse(b"5:6:04755:char-1-3").unwrap();
+        assert_eq!(o.perm, 0o4755);
+        assert_eq!(o.format(), "5:6:04755:char-1-3");
+        for bad in [&b""[..], b"1:2", b"a:b:c", b"1:2:9", b"1:2:", b"\xff"] {
+            assert_eq!(Override::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_per_level() {
+        assert_eq!(override_name(0), None);
+        assert_eq!(override_name(1), Some(SECURITY_OVERRIDE));
+        assert_eq!(override_name(2), Some(CONTAINERS_OVERRIDE));
+    }
+}
