@@ -323,7 +323,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// Attributes that carry only a node id (`.`/`..` entries, and 0 for a negative entry).
+/// Attributes that carry only a node id (`.`/`..` entries).
 fn dot_attr(ino: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -423,14 +423,15 @@ impl fuser::Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(op = "lookup", parent = parent.0, ?name);
-        match self.overlay.lookup(parent.0, name) {
-            // A negative entry the kernel may cache (node id 0 with a timeout): repeated
-            // lookups of a missing name (PATH and import searches) stay in the kernel. Every
-            // change that could make the name appear goes through the kernel, which then
-            // replaces the negative dentry itself.
-            Err(Error::NotFound) => reply.entry(&self.ttl, &dot_attr(0), Generation(0)),
-            r => self.reply_entry(reply, "lookup", parent.0, r),
-        }
+        // A missing name is answered ENOENT, not as a negative entry the kernel could cache
+        // (node id 0 with a timeout): with negative entries, the same load test as for FLUSH
+        // below saw the same ENOENT, so they wait for that race to be understood.
+        self.reply_entry(
+            reply,
+            "lookup",
+            parent.0,
+            self.overlay.lookup(parent.0, name),
+        )
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -993,9 +994,12 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         // Nothing to flush: data goes to the layer file on each write (or through
-        // passthrough), and locks are the kernel's. ENOSYS tells the kernel to stop sending
-        // FLUSH for every close(), which saves a round trip per file.
-        reply.error(Errno::ENOSYS);
+        // passthrough), and locks are the kernel's. (Answering ENOSYS, which makes the kernel
+        // stop sending FLUSH, saves a round trip per close(), but then a close no longer waits
+        // for the daemon, and tests/durability.rs eight_clients_renaming_over_their_files
+        // saw an open of a file just renamed over fail with ENOENT, 2-3 runs in 60: kept
+        // until that race is understood.)
+        reply.ok();
     }
 
     fn fsync(
