@@ -544,12 +544,12 @@ impl fuser::Filesystem for StrataFs {
         match self.overlay.check_dir(ino.0) {
             Ok(()) => {
                 let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
-                // The kernel caches the entries per inode, filled by whichever handle reads
-                // from offset 0; every handle of one directory version reads the same shared
-                // listing, so the offsets agree. The kernel drops its cache by itself when a
-                // change goes through the mount; a change it cannot see (a copy-up reorders
-                // the merge) leaves no current listing here, and the open then asks it to
-                // drop the cache.
+                // The kernel caches the entries per inode, filled by whichever handle reads;
+                // offsets are name cookies served from the current listing, so every handle
+                // fills it alike. The kernel drops its cache by itself when a change goes
+                // through the mount; after a change it cannot see (a copy-up reorders the
+                // merge) the last listing handed out is no longer current, and the open then
+                // asks it to drop the cache.
                 let mut flags = FopenFlags::FOPEN_CACHE_DIR;
                 if self.overlay.listing_is_current(ino.0) {
                     flags |= FopenFlags::FOPEN_KEEP_CACHE;

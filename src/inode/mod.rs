@@ -132,6 +132,15 @@ impl Node {
         self.version.store(next_version(), Ordering::Release);
     }
 
+    /// Records that a request used this node in `epoch`. Written only when it changes: nodes
+    /// such as the root are used by every request, and a store per use would bounce their
+    /// cache line between CPUs.
+    fn touch(&self, epoch: u32) {
+        if self.touched.load(Ordering::Relaxed) != epoch {
+            self.touched.store(epoch, Ordering::Relaxed);
+        }
+    }
+
     /// The directory's current version (see [`Node::lock_dir`]).
     pub fn dir_version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
@@ -210,8 +219,7 @@ impl NodeTable {
     /// The node with id `ino`, if the kernel holds it.
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
         let node = self.map.get(&ino).map(|n| Arc::clone(n.value()))?;
-        node.touched
-            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        node.touch(self.epoch.load(Ordering::Relaxed));
         Some(node)
     }
 
@@ -250,12 +258,9 @@ impl NodeTable {
             match self.map.entry(id) {
                 Entry::Occupied(o) => {
                     let node = o.get();
-                    let (was_upper, same_name) = node.with_location(|l| {
-                        (
-                            l.top() == Some(0),
-                            l.parent == loc.parent && l.name == loc.name,
-                        )
-                    });
+                    let mut cur = node.loc.write();
+                    let was_upper = cur.top() == Some(0);
+                    let same_name = cur.parent == loc.parent && cur.name == loc.name;
                     // A non-directory copied up is a different object from a lower file that
                     // shared its inode through a hard link the copy-up broke; under the same
                     // name it is the same object, seen by a resolution that raced with its
@@ -270,24 +275,19 @@ impl NodeTable {
                         && !node.dead.load(Ordering::Acquire)
                     {
                         node.lookups.fetch_add(1, Ordering::Relaxed);
-                        node.touched
-                            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
-                        let mut cur = node.loc.write();
+                        node.touch(self.epoch.load(Ordering::Relaxed));
                         // A resolution taken before a copy-up finished never moves the node
                         // back to the lower copy.
                         let stale = kind != FileKind::Directory
                             && self.upper
-                            && cur.top() == Some(0)
+                            && was_upper
                             && loc.top() != Some(0)
-                            && cur.parent == loc.parent
-                            && cur.name == loc.name;
+                            && same_name;
                         if *cur != loc && !stale {
                             if cur.layers != loc.layers {
                                 node.layers_changed();
                             }
-                            if kind != FileKind::Directory
-                                && (cur.parent != loc.parent || cur.name != loc.name)
-                            {
+                            if kind != FileKind::Directory && !same_name {
                                 node.add_alias((cur.parent, cur.name.clone()));
                                 node.aliases
                                     .lock()
@@ -295,13 +295,13 @@ impl NodeTable {
                             }
                             *cur = loc;
                         }
+                        drop(cur);
                         return Arc::clone(node);
                     }
                 }
                 Entry::Vacant(v) => {
                     let node = Arc::new(Node::new(id, ino, kind, loc));
-                    node.touched
-                        .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+                    node.touch(self.epoch.load(Ordering::Relaxed));
                     v.insert(Arc::clone(&node));
                     if id != ino {
                         self.remap.insert(ino, id);

@@ -7,9 +7,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
-use super::perms::At;
 use super::{Attr, Error, Overlay, Result};
 use crate::layer::format::XattrTarget;
+use crate::sys::Object;
 use crate::sys::{self, FileKind, SetTime};
 
 /// The attribute changes of one `setattr`.
@@ -86,7 +86,7 @@ impl Overlay {
                 sys::truncate(fd, size)?;
             }
             if self.keeps_perms_in_xattrs() {
-                self.set_override(At::Fd(fd), sys::stat_fd(fd)?, &set)?;
+                self.set_override(Object::Fd(fd), sys::stat_fd(fd)?, &set)?;
             } else {
                 if set.uid.is_some() || set.gid.is_some() {
                     sys::chown_at(fd, OsStr::new(""), set.uid, set.gid)?;
@@ -103,7 +103,7 @@ impl Overlay {
                     set.mtime.unwrap_or(SetTime::Omit),
                 )?;
             }
-            let st = self.overridden(sys::stat_fd(fd)?, At::Fd(fd));
+            let st = self.overridden(sys::stat_fd(fd)?, Object::Fd(fd));
             let mut a = self.attr_from(node.ino, &st, false);
             a.ino = node.ino;
             return Ok(a);
@@ -123,17 +123,8 @@ impl Overlay {
         if self.keeps_perms_in_xattrs()
             && (set.uid.is_some() || set.gid.is_some() || set.mode.is_some())
         {
-            let at = if name.is_empty() {
-                At::Fd(dir)
-            } else {
-                At::Name(dir, &name)
-            };
-            let st = if name.is_empty() {
-                sys::stat_fd(dir)?
-            } else {
-                sys::stat_at(dir, &name)?
-            };
-            self.set_override(at, st, &set)?;
+            // (An empty name is the root: `dir` itself.)
+            self.set_override(Object::named(dir, &name), sys::stat_at(dir, &name)?, &set)?;
         } else if set.uid.is_some() || set.gid.is_some() {
             sys::chown_at(dir, &name, set.uid, set.gid)?;
         }
@@ -160,7 +151,7 @@ impl Overlay {
 
     /// Applies the owner and mode changes of `set` to the override of the object at `at`
     /// (whose own attributes are `st`).
-    fn set_override(&self, at: At<'_>, st: crate::sys::Stat, set: &SetAttr) -> Result<()> {
+    fn set_override(&self, at: Object<'_>, st: crate::sys::Stat, set: &SetAttr) -> Result<()> {
         let cur = self.overridden(st, at);
         self.write_override(
             at,
@@ -186,7 +177,10 @@ impl Overlay {
             return Err(Error::XattrUnsupported);
         };
         self.writable()?;
-        Ok(self.upper_object(ino)?.set_xattr(&stored, value, flags)?)
+        Ok(self
+            .upper_object(ino)?
+            .object()
+            .set_xattr(&stored, value, flags)?)
     }
 
     /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.
@@ -200,7 +194,7 @@ impl Overlay {
         self.writable()?;
         // Removing what is not there must not copy anything up.
         self.getxattr(ino, name)?;
-        Ok(self.upper_object(ino)?.remove_xattr(&stored)?)
+        Ok(self.upper_object(ino)?.object().remove_xattr(&stored)?)
     }
 
     /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).

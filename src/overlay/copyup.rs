@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use rustix::fs::OFlags;
 
-use super::perms::At;
 use super::{Error, Overlay, Result};
 use crate::inode::{Node, ROOT};
 use crate::layer::{format, Layer, WorkDir};
+use crate::sys::Object;
 use crate::sys::{self, FileKind, SetTime, Stat};
 
 /// The upper layer's index.
@@ -176,30 +176,23 @@ impl Overlay {
         name: &OsStr,
         st: &Stat,
     ) -> Result<()> {
+        // When owners live in override xattrs, the copy's own owner is best effort (a
+        // rootless daemon cannot chown) and the owner and mode shown go into its override.
+        let chowned = sys::chown_at(dir, name, Some(st.uid), Some(st.gid));
+        if !self.keeps_perms_in_xattrs() {
+            chowned?;
+        }
+        copy_xattrs(src, dst, self.xattr_names())?;
+        if st.kind() != Some(FileKind::Symlink) {
+            sys::chmod_at(dir, name, st.mode)?;
+        }
         if self.keeps_perms_in_xattrs() {
-            // The owner and mode shown go into the copy's override; its own owner is best
-            // effort (a rootless daemon cannot chown).
-            let _ = sys::chown_at(dir, name, Some(st.uid), Some(st.gid));
-            copy_xattrs(src, dst, self.xattr_names())?;
-            if st.kind() != Some(FileKind::Symlink) {
-                sys::chmod_at(dir, name, st.mode)?;
-            }
-            let shown = self.overridden(*st, At::Fd(src));
-            if let Err(e) =
-                self.write_override(At::Name(dir, name), shown.uid, shown.gid, shown.mode)
-            {
-                if matches!(
-                    st.kind(),
-                    Some(FileKind::Regular) | Some(FileKind::Directory)
-                ) {
-                    return Err(e);
-                }
-            }
-        } else {
-            sys::chown_at(dir, name, Some(st.uid), Some(st.gid))?;
-            copy_xattrs(src, dst, self.xattr_names())?;
-            if st.kind() != Some(FileKind::Symlink) {
-                sys::chmod_at(dir, name, st.mode)?;
+            let shown = self.overridden(*st, Object::Fd(src));
+            let written =
+                self.write_override(Object::At(dir, name), shown.uid, shown.gid, shown.mode);
+            // Symlinks and device nodes take no user xattrs.
+            if matches!(st.kind(), Some(FileKind::Regular | FileKind::Directory)) {
+                written?;
             }
         }
         sys::set_times_at(dir, name, SetTime::At(st.atime), SetTime::At(st.mtime))?;

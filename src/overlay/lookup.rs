@@ -8,10 +8,10 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
-use super::perms::At;
 use super::{Attr, Error, Overlay, Result};
 use crate::inode::{Location, Node, ROOT};
 use crate::layer::{LayerIdx, Probe};
+use crate::sys::Object;
 use crate::sys::{FileKind, Stat};
 
 /// A name resolved in the merged view.
@@ -73,7 +73,7 @@ impl Overlay {
                         None => {
                             found = Some(Resolved {
                                 layers: vec![li],
-                                top: self.overridden(st, At::Name(dfd.as_fd(), name)),
+                                top: self.overridden(st, Object::At(dfd.as_fd(), name)),
                                 ino: 0,
                             });
                             if !is_dir {
@@ -190,8 +190,10 @@ impl Overlay {
     ) -> Result<Attr> {
         let dir = self.node(parent)?;
         let chain = dir.with_location(|l| l.layers.clone());
-        let mut r = self.resolve_in(&dir, &chain, &entry.name, entry.from)?;
-        if dir.dir_version() != listing.version {
+        let current = || dir.dir_version() == listing.version;
+        let start = if current() { entry.from } else { 0 };
+        let mut r = self.resolve_in(&dir, &chain, &entry.name, start)?;
+        if start != 0 && !current() {
             r = self.resolve_in(&dir, &chain, &entry.name, 0)?;
         }
         let r = r.ok_or(Error::NotFound)?;
@@ -229,13 +231,13 @@ impl Overlay {
         let top = top.ok_or(Error::StaleNode(ino))?;
         let st = if node.kind == FileKind::Directory {
             let fd = self.dir_fd(&node, top)?;
-            self.overridden(crate::sys::stat_fd(fd.as_fd())?, At::Fd(fd.as_fd()))
+            self.overridden(crate::sys::stat_fd(fd.as_fd())?, Object::Fd(fd.as_fd()))
         } else {
             let parent = self.node(node.parent())?;
             let name = node.with_location(|l| l.name.clone());
             let pfd = self.dir_fd(&parent, top)?;
             let st = crate::sys::stat_at(pfd.as_fd(), &name)?;
-            self.overridden(st, At::Name(pfd.as_fd(), &name))
+            self.overridden(st, Object::At(pfd.as_fd(), &name))
         };
         let mut attr = self.attr_from(node.ino, &st, merged);
         attr.ino = node.ino;
@@ -296,7 +298,7 @@ impl Overlay {
     /// The attributes of `ino` read from an open fd on it (which works after an unlink).
     pub fn attr_of_fd(&self, ino: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
         let node = self.node(ino)?;
-        let st = self.overridden(crate::sys::stat_fd(fd)?, At::Fd(fd));
+        let st = self.overridden(crate::sys::stat_fd(fd)?, Object::Fd(fd));
         let merged = node.with_location(|l| l.layers.len() > 1);
         let mut a = self.attr_from(node.ino, &st, merged);
         a.ino = node.ino;

@@ -99,36 +99,9 @@ struct ObjectAt {
 }
 
 impl ObjectAt {
-    fn get_xattr(&self, x: &OsStr) -> io::Result<Option<Vec<u8>>> {
-        if self.name.is_empty() {
-            crate::sys::get_xattr(self.dir.as_fd(), x)
-        } else {
-            crate::sys::get_xattr_at(self.dir.as_fd(), &self.name, x)
-        }
-    }
-
-    fn list_xattr(&self) -> io::Result<Vec<u8>> {
-        if self.name.is_empty() {
-            crate::sys::list_xattr(self.dir.as_fd())
-        } else {
-            crate::sys::list_xattr_at(self.dir.as_fd(), &self.name)
-        }
-    }
-
-    fn set_xattr(&self, x: &OsStr, v: &[u8], flags: i32) -> io::Result<()> {
-        if self.name.is_empty() {
-            crate::sys::set_xattr(self.dir.as_fd(), x, v, flags)
-        } else {
-            crate::sys::set_xattr_at(self.dir.as_fd(), &self.name, x, v, flags)
-        }
-    }
-
-    fn remove_xattr(&self, x: &OsStr) -> io::Result<()> {
-        if self.name.is_empty() {
-            crate::sys::remove_xattr(self.dir.as_fd(), x)
-        } else {
-            crate::sys::remove_xattr_at(self.dir.as_fd(), &self.name, x)
-        }
+    /// The object, for its xattrs.
+    fn object(&self) -> crate::sys::Object<'_> {
+        crate::sys::Object::named(self.dir.as_fd(), &self.name)
     }
 
     fn read_link(&self) -> io::Result<Vec<u8>> {

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
-use super::perms::At;
 use super::{Attr, Error, Overlay, Result};
 use crate::inode::{Location, Node};
 use crate::layer::{format, WhiteoutFormat};
+use crate::sys::Object;
 use crate::sys::{self, FileKind, RenameMode};
 
 /// What to create.
@@ -282,7 +282,7 @@ impl Overlay {
         }
         let st = self.overridden(
             sys::stat_at(pfd.as_fd(), name)?,
-            At::Name(pfd.as_fd(), name),
+            Object::At(pfd.as_fd(), name),
         );
         let kind = st.kind().unwrap_or(FileKind::Regular);
         let ino = self
@@ -352,7 +352,7 @@ impl Overlay {
         if self.keeps_perms_in_xattrs() {
             // The owner goes into the override (the daemon may not be able to chown);
             // symlinks and device nodes take no user xattrs, and keep the daemon's owner.
-            if let Err(e) = self.write_override(At::Name(dir, name), uid, gid, perm) {
+            if let Err(e) = self.write_override(Object::At(dir, name), uid, gid, perm) {
                 if !matches!(obj, NewObject::Symlink(_) | NewObject::Node { .. }) {
                     return Err(e);
                 }
@@ -482,7 +482,7 @@ impl Overlay {
         }
         let st = self.overridden(
             sys::stat_at(npfd.as_fd(), newname)?,
-            At::Name(npfd.as_fd(), newname),
+            Object::At(npfd.as_fd(), newname),
         );
         let n = self.nodes.remember(
             node.ino,

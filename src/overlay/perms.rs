@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
 
 use super::{Overlay, Result};
-use crate::sys::{self, Stat};
+use crate::sys::{Object, Stat};
 
 /// `xattr_permissions=1`.
 pub const SECURITY_OVERRIDE: &str = "security.fuseoverlayfs.override_stat";
@@ -79,27 +79,14 @@ impl Override {
     }
 }
 
-/// Where an object is, for reading or writing its override.
-#[derive(Clone, Copy)]
-pub(crate) enum At<'a> {
-    /// `name` under directory `dir`.
-    Name(BorrowedFd<'a>, &'a OsStr),
-    /// The object an fd holds (`O_PATH` included).
-    Fd(BorrowedFd<'a>),
-}
-
-fn get(at: At<'_>, name: &str) -> Option<Vec<u8>> {
-    let name = OsStr::new(name);
-    match at {
-        At::Name(dir, n) => sys::get_xattr_at(dir, n, name).ok().flatten(),
-        At::Fd(fd) => sys::get_xattr(fd, name).ok().flatten(),
-    }
+fn get(at: Object<'_>, name: &str) -> Option<Vec<u8>> {
+    at.get_xattr(OsStr::new(name)).ok().flatten()
 }
 
 impl Overlay {
     /// The override of the object at `at`, if the mount keeps owners in xattrs and it has
     /// one.
-    pub(crate) fn read_override(&self, at: At<'_>) -> Option<Override> {
+    pub(crate) fn read_override(&self, at: Object<'_>) -> Option<Override> {
         self.perm_xattr?;
         READ_ORDER
             .iter()
@@ -107,7 +94,7 @@ impl Overlay {
     }
 
     /// `st` with the owner and mode its override records (unchanged without one).
-    pub(crate) fn overridden(&self, mut st: Stat, at: At<'_>) -> Stat {
+    pub(crate) fn overridden(&self, mut st: Stat, at: Object<'_>) -> Stat {
         if let Some(o) = self.read_override(at) {
             st.uid = o.uid;
             st.gid = o.gid;
@@ -118,7 +105,13 @@ impl Overlay {
 
     /// Records owner and mode for the object at `at` (a no-op unless the mount keeps owners
     /// in xattrs). A TYPE an earlier override recorded is kept.
-    pub(crate) fn write_override(&self, at: At<'_>, uid: u32, gid: u32, perm: u32) -> Result<()> {
+    pub(crate) fn write_override(
+        &self,
+        at: Object<'_>,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+    ) -> Result<()> {
         let Some(name) = self.perm_xattr else {
             return Ok(());
         };
@@ -130,12 +123,7 @@ impl Overlay {
             kind,
         }
         .format();
-        let name = OsStr::new(name);
-        match at {
-            At::Name(dir, n) => sys::set_xattr_at(dir, n, name, value.as_bytes(), 0)?,
-            At::Fd(fd) => sys::set_xattr(fd, name, value.as_bytes(), 0)?,
-        }
-        Ok(())
+        Ok(at.set_xattr(OsStr::new(name), value.as_bytes(), 0)?)
     }
 
     /// True when owners and modes live in override xattrs.
@@ -153,7 +141,7 @@ pub fn detect(roots: &[BorrowedFd<'_>]) -> u8 {
             (FUSEOVERLAYFS_OVERRIDE, 2),
             (SECURITY_OVERRIDE, 1),
         ] {
-            if get(At::Fd(*root), name).is_some() {
+            if get(Object::Fd(*root), name).is_some() {
                 return level;
             }
         }

@@ -115,6 +115,7 @@ impl Overlay {
         };
         let node = self.node(ino)?;
         self.object_at(&node)?
+            .object()
             .get_xattr(&stored)?
             .ok_or(Error::NoXattr)
     }
@@ -125,7 +126,7 @@ impl Overlay {
             return Err(Error::XattrUnsupported);
         }
         let node = self.node(ino)?;
-        let raw = match self.object_at(&node)?.list_xattr() {
+        let raw = match self.object_at(&node)?.object().list_xattr() {
             Ok(r) => r,
             Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
             Err(e) => return Err(e.into()),

@@ -31,11 +31,46 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// Where the attributes live.
-#[derive(Clone, Copy)]
-enum Obj<'a> {
+/// A layer object whose xattrs are read or written: held by an fd (`O_PATH` included), or
+/// named under a directory fd (never followed if it is a symlink).
+#[derive(Debug, Clone, Copy)]
+pub enum Object<'a> {
+    /// The object the fd holds.
     Fd(BorrowedFd<'a>),
+    /// Entry `name` directly under directory `dir`.
     At(BorrowedFd<'a>, &'a OsStr),
+}
+
+impl<'a> Object<'a> {
+    /// Entry `name` under `dir`, or `dir` itself when `name` is empty (the root of a layer is
+    /// its own directory fd with an empty name).
+    pub fn named(dir: BorrowedFd<'a>, name: &'a OsStr) -> Object<'a> {
+        if name.is_empty() {
+            Object::Fd(dir)
+        } else {
+            Object::At(dir, name)
+        }
+    }
+
+    /// The value of xattr `x`; `Ok(None)` when the object has none.
+    pub fn get_xattr(self, x: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        get(self, x)
+    }
+
+    /// The names of all xattrs (NUL-terminated, back to back).
+    pub fn list_xattr(self) -> io::Result<Vec<u8>> {
+        with_growing_buffer(|buf| list_raw(self, buf))
+    }
+
+    /// Sets xattr `x`. `flags` is `XATTR_CREATE`, `XATTR_REPLACE` or 0.
+    pub fn set_xattr(self, x: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        set_raw(self, &cstr(x.as_bytes())?, value, flags)
+    }
+
+    /// Removes xattr `x`.
+    pub fn remove_xattr(self, x: &OsStr) -> io::Result<()> {
+        remove_raw(self, &cstr(x.as_bytes())?)
+    }
 }
 
 fn cstr(b: &[u8]) -> io::Result<CString> {
@@ -43,10 +78,10 @@ fn cstr(b: &[u8]) -> io::Result<CString> {
 }
 
 /// `/proc/self/fd/N` for an fd, `/proc/self/fd/N/NAME` for a name under a directory fd.
-fn proc_path(o: Obj<'_>) -> io::Result<CString> {
+fn proc_path(o: Object<'_>) -> io::Result<CString> {
     match o {
-        Obj::Fd(fd) => cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes()),
-        Obj::At(dir, name) => {
+        Object::Fd(fd) => cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes()),
+        Object::At(dir, name) => {
             let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
             p.extend_from_slice(name.as_bytes());
             cstr(&p)
@@ -75,33 +110,33 @@ fn is_ebadf(e: &rustix::io::Errno) -> bool {
 /// under a directory fd; `on_path` (given the `/proc/self/fd` path and whether the final
 /// component must not be followed) for `O_PATH` fds and kernels without `*xattrat`.
 fn dispatch<C: ?Sized>(
-    o: Obj<'_>,
+    o: Object<'_>,
     ctx: &mut C,
     on_fd: impl FnOnce(BorrowedFd<'_>, &mut C) -> rustix::io::Result<usize>,
     on_at: impl FnOnce(BorrowedFd<'_>, &CString, &mut C) -> libc::c_long,
     on_path: impl FnOnce(&CString, bool, &mut C) -> libc::c_long,
 ) -> io::Result<usize> {
     match o {
-        Obj::Fd(fd) => match on_fd(fd, ctx) {
+        Object::Fd(fd) => match on_fd(fd, ctx) {
             Err(e) if is_ebadf(&e) => {}
             r => return r.map_err(io::Error::from),
         },
-        Obj::At(dir, path) if !NO_XATTRAT.load(Ordering::Relaxed) => {
+        Object::At(dir, path) if !NO_XATTRAT.load(Ordering::Relaxed) => {
             let p = cstr(path.as_bytes())?;
             match ret_len(on_at(dir, &p, ctx)) {
                 Err(e) if is_enosys(&e) => NO_XATTRAT.store(true, Ordering::Relaxed),
                 r => return r,
             }
         }
-        Obj::At(..) => {}
+        Object::At(..) => {}
     }
     let path = proc_path(o)?;
     // For an fd the magic link itself resolves to the object the fd holds; for a name under
     // a directory the final component must not be followed.
-    ret_len(on_path(&path, matches!(o, Obj::At(..)), ctx))
+    ret_len(on_path(&path, matches!(o, Object::At(..)), ctx))
 }
 
-fn get_raw(o: Obj<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
+fn get_raw(o: Object<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
     dispatch(
         o,
         buf,
@@ -147,7 +182,7 @@ fn get_raw(o: Obj<'_>, name: &CString, buf: &mut [u8]) -> io::Result<usize> {
     )
 }
 
-fn list_raw(o: Obj<'_>, buf: &mut [u8]) -> io::Result<usize> {
+fn list_raw(o: Object<'_>, buf: &mut [u8]) -> io::Result<usize> {
     dispatch(
         o,
         buf,
@@ -179,7 +214,7 @@ fn list_raw(o: Obj<'_>, buf: &mut [u8]) -> io::Result<usize> {
     )
 }
 
-fn set_raw(o: Obj<'_>, name: &CString, value: &[u8], flags: i32) -> io::Result<()> {
+fn set_raw(o: Object<'_>, name: &CString, value: &[u8], flags: i32) -> io::Result<()> {
     dispatch(
         o,
         &mut (),
@@ -231,7 +266,7 @@ fn set_raw(o: Obj<'_>, name: &CString, value: &[u8], flags: i32) -> io::Result<(
     .map(drop)
 }
 
-fn remove_raw(o: Obj<'_>, name: &CString) -> io::Result<()> {
+fn remove_raw(o: Object<'_>, name: &CString) -> io::Result<()> {
     dispatch(
         o,
         &mut (),
@@ -279,7 +314,7 @@ fn with_growing_buffer(mut f: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io:
     }
 }
 
-fn get(o: Obj<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+fn get(o: Object<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
     let cname = cstr(name.as_bytes())?;
     match with_growing_buffer(|buf| get_raw(o, &cname, buf)) {
         Ok(v) => Ok(Some(v)),
@@ -291,7 +326,7 @@ fn get(o: Obj<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
 /// The value of xattr `name` on the object `fd` holds (any fd, `O_PATH` included);
 /// `Ok(None)` when it has no such attribute.
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
-    get(Obj::Fd(fd), name)
+    get(Object::Fd(fd), name)
 }
 
 /// The value of xattr `xattr` on entry `name` directly under `dir`, without following a
@@ -301,23 +336,23 @@ pub fn get_xattr_at(
     name: &OsStr,
     xattr: &OsStr,
 ) -> io::Result<Option<Vec<u8>>> {
-    get(Obj::At(dir, name), xattr)
+    get(Object::At(dir, name), xattr)
 }
 
 /// The names of all xattrs on the object `fd` holds (NUL-terminated, back to back).
 pub fn list_xattr(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    with_growing_buffer(|buf| list_raw(Obj::Fd(fd), buf))
+    Object::Fd(fd).list_xattr()
 }
 
 /// The names of all xattrs of entry `name` directly under `dir`.
 pub fn list_xattr_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
-    with_growing_buffer(|buf| list_raw(Obj::At(dir, name), buf))
+    Object::At(dir, name).list_xattr()
 }
 
 /// Sets xattr `name` on the object `fd` holds. `flags` is `XATTR_CREATE`, `XATTR_REPLACE`
 /// or 0.
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-    set_raw(Obj::Fd(fd), &cstr(name.as_bytes())?, value, flags)
+    Object::Fd(fd).set_xattr(name, value, flags)
 }
 
 /// Sets xattr `xattr` on entry `name` directly under `dir`, without following a symlink.
@@ -328,17 +363,17 @@ pub fn set_xattr_at(
     value: &[u8],
     flags: i32,
 ) -> io::Result<()> {
-    set_raw(Obj::At(dir, name), &cstr(xattr.as_bytes())?, value, flags)
+    Object::At(dir, name).set_xattr(xattr, value, flags)
 }
 
 /// Removes xattr `name` from the object `fd` holds.
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    remove_raw(Obj::Fd(fd), &cstr(name.as_bytes())?)
+    Object::Fd(fd).remove_xattr(name)
 }
 
 /// Removes xattr `xattr` from entry `name` directly under `dir`.
 pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, xattr: &OsStr) -> io::Result<()> {
-    remove_raw(Obj::At(dir, name), &cstr(xattr.as_bytes())?)
+    Object::At(dir, name).remove_xattr(xattr)
 }
 
 /// Splits a kernel xattr name list into names.
