@@ -97,7 +97,7 @@ const FSX_CHUNK: u64 = 10_000;
 
 /// The main fsx profile: every Linux operation fsx has, except `copy_file_range` (fsx 0.3.2
 /// performs it even in the skipped steps of `-b`, so it cannot be chunked; it has its own
-/// profile, [`FSX_CFR`]). `opsize.min` is 1 because fsx 0.3.2 issues zero-length
+/// profile, [`fsx_cfr`]). `opsize.min` is 1 because fsx 0.3.2 issues zero-length
 /// `posix_fallocate` calls, which fail with EINVAL on every filesystem.
 const FSX_FULL: &str = r#"
 flen = 262144
@@ -123,28 +123,11 @@ copy_file_range = 0
 "#;
 
 /// [`FSX_FULL`] plus `copy_file_range`, run unchunked.
-const FSX_CFR: &str = r#"
-flen = 262144
-[opsize]
-max = 65536
-min = 1
-align = 1
-[weights]
-close_open = 1
-read = 10
-write = 10
-mapread = 10
-mapwrite = 10
-invalidate = 1
-truncate = 5
-fsync = 1
-fdatasync = 1
-posix_fallocate = 5
-punch_hole = 5
-sendfile = 2
-posix_fadvise = 2
-copy_file_range = 8
-"#;
+fn fsx_cfr() -> String {
+    let cfg = FSX_FULL.replace("copy_file_range = 0", "copy_file_range = 8");
+    assert_ne!(cfg, FSX_FULL, "FSX_FULL lost its copy_file_range weight");
+    cfg
+}
 
 const FSX_CFR_OPS: u64 = 20_000;
 
@@ -572,7 +555,7 @@ fn pjdfstest_fails_nothing_the_kernel_passes() {
 
 struct FsxProfile {
     name: &'static str,
-    config: &'static str,
+    config: String,
     /// File name in the mount; `fsx-lower` starts in the bottom lower layer.
     file: &'static str,
     seed: u64,
@@ -597,7 +580,7 @@ fn fsx_profiles() -> Vec<FsxProfile> {
     vec![
         FsxProfile {
             name: "lower-file",
-            config: FSX_FULL,
+            config: FSX_FULL.to_string(),
             file: "fsx-lower",
             seed,
             ops,
@@ -605,7 +588,7 @@ fn fsx_profiles() -> Vec<FsxProfile> {
         },
         FsxProfile {
             name: "new-file",
-            config: FSX_FULL,
+            config: FSX_FULL.to_string(),
             file: "fsx-new",
             seed: seed + 1,
             ops,
@@ -613,7 +596,7 @@ fn fsx_profiles() -> Vec<FsxProfile> {
         },
         FsxProfile {
             name: "copy-file-range",
-            config: FSX_CFR,
+            config: fsx_cfr(),
             file: "fsx-cfr",
             seed: seed + 2,
             ops: FSX_CFR_OPS.min(ops),
@@ -817,7 +800,7 @@ fn fsx_on_copied_up_and_new_files() {
     let mut refs = BTreeMap::new();
     for p in fsx_profiles() {
         let cfg = lab.dir.path().join(format!("fsx-{}.toml", p.name));
-        fs::write(&cfg, p.config).unwrap();
+        fs::write(&cfg, &p.config).unwrap();
         refs.insert(p.name, fsx_reference(&bin, &cfg, &p, &refdir));
         configs.insert(p.name, cfg);
         eprintln!(

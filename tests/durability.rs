@@ -90,37 +90,10 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 // ---- a stack, mounts and crashes ----
 
-struct Stack {
-    dir: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-}
-
 impl Stack {
-    fn new() -> Stack {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = |n: &str| {
-            let d = dir.path().join(n);
-            fs::create_dir(&d).unwrap();
-            d
-        };
-        Stack {
-            lower: p("lower"),
-            upper: p("upper"),
-            work: p("work"),
-            mnt: p("mnt"),
-            dir,
-        }
-    }
-
     /// Read-write, fsync honoured.
     fn opts(&self) -> String {
-        format!(
-            "{},fsync=1",
-            rw_opts(std::slice::from_ref(&self.lower), &self.upper, &self.work)
-        )
+        format!("{},fsync=1", self.rw_opts())
     }
 
     fn mount(&self) -> Mount {
@@ -369,6 +342,16 @@ type Validator<'a> = &'a dyn Fn(&Path, &Path) -> Result<(), String>;
 struct CrashStats {
     iterations: usize,
     staged_leftovers: usize,
+}
+
+impl CrashStats {
+    /// Counts one crash of `s`, and whether it left staged copies in the work directory.
+    fn count(&mut self, s: &Stack) {
+        self.iterations += 1;
+        if !dir_names(&s.work.join("work")).is_empty() {
+            self.staged_leftovers += 1;
+        }
+    }
 }
 
 /// Remounts the crashed stack and checks everything issue 4 asks of a recovery; panics with
@@ -633,10 +616,7 @@ fn crash_during_copy_up_of_a_big_file() {
         crash(m);
         let fsynced = client.finish();
         reap(copier, "the copy-up client");
-        stats.iterations += 1;
-        if !dir_names(&s.work.join("work")).is_empty() {
-            stats.staged_leftovers += 1;
-        }
+        stats.count(&s);
         check_recovery(&s, &format!("copy-up crash {i}"), &valid, &fsynced);
     }
     eprintln!("{stats:?}");
@@ -752,10 +732,7 @@ fn crash_during_untar_of_10k_files() {
         crash(m);
         let fsynced = client.finish();
         reap(tar_proc, "tar");
-        stats.iterations += 1;
-        if !dir_names(&s.work.join("work")).is_empty() {
-            stats.staged_leftovers += 1;
-        }
+        stats.count(&s);
         check_recovery(&s, &format!("untar crash {i}"), &valid, &fsynced);
     }
     eprintln!("{stats:?}");
@@ -902,10 +879,7 @@ fn crash_during_rename_unlink_rmdir_storm() {
             w.join().expect("storm worker");
         }
         let fsynced = client.finish();
-        stats.iterations += 1;
-        if !dir_names(&s.work.join("work")).is_empty() {
-            stats.staged_leftovers += 1;
-        }
+        stats.count(&s);
         eprintln!(
             "storm {i}: {} operations before the kill",
             ops.load(Ordering::Relaxed)

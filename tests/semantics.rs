@@ -7,42 +7,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-struct Stack {
-    _dir: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-}
-
-fn stack() -> Stack {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| {
-        let d = dir.path().join(n);
-        fs::create_dir(&d).unwrap();
-        d
-    };
-    Stack {
-        lower: p("lower"),
-        upper: p("upper"),
-        work: p("work"),
-        mnt: p("mnt"),
-        _dir: dir,
-    }
-}
-
-fn rw_opts(s: &Stack) -> String {
-    format!(
-        "lowerdir={},upperdir={},workdir={}",
-        s.lower.display(),
-        s.upper.display(),
-        s.work.display()
-    )
-}
 
 fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
@@ -53,11 +20,11 @@ fn dot_wh_names_are_reserved() {
     if !can_mount() {
         return;
     }
-    let s = stack();
+    let s = Stack::new();
     // A .wh. file in the upper layer hides the lower file (in its own layer it would not).
     fs::write(s.lower.join("hidden"), "x").unwrap();
     fs::write(s.upper.join(".wh.hidden"), "").unwrap();
-    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
     assert_eq!(
         errno_of(fs::metadata(m.mountpoint.join("hidden"))),
         Some(libc::ENOENT)
@@ -96,7 +63,7 @@ fn private_xattrs_are_hidden() {
     if !can_mount() {
         return;
     }
-    let s = stack();
+    let s = Stack::new();
     let f = s.lower.join("f");
     fs::write(&f, "x").unwrap();
     for (k, v) in [
@@ -107,7 +74,7 @@ fn private_xattrs_are_hidden() {
     ] {
         rustix::fs::lsetxattr(&f, k, v.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap();
     }
-    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
     let mf = m.mountpoint.join("f");
     let names = xattr_names(&mf);
     assert!(names.contains(&"user.kept".to_string()), "{names:?}");
@@ -150,8 +117,8 @@ fn root_inode_is_one() {
     if !can_mount() {
         return;
     }
-    let s = stack();
-    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let s = Stack::new();
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
     assert_eq!(fs::metadata(&m.mountpoint).unwrap().ino(), 1);
 }
 
@@ -169,12 +136,12 @@ fn inode_survives_copy_up_and_remount() {
     if !can_mount() {
         return;
     }
-    let s = stack();
+    let s = Stack::new();
     fs::create_dir(s.lower.join("d")).unwrap();
     fs::write(s.lower.join("d/f"), "lower").unwrap();
     let before;
     {
-        let m = Mount::new(&rw_opts(&s), &s.mnt);
+        let m = Mount::new(&s.rw_opts(), &s.mnt);
         let f = m.mountpoint.join("d/f");
         before = fs::metadata(&f).unwrap().ino();
         let dino = fs::metadata(m.mountpoint.join("d")).unwrap().ino();
@@ -184,7 +151,7 @@ fn inode_survives_copy_up_and_remount() {
         assert_eq!(dir_ino(&m.mountpoint.join("d"), "f"), before);
     }
     assert!(s.upper.join("d/f").exists(), "copy-up happened");
-    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
     assert_eq!(
         fs::metadata(m.mountpoint.join("d/f")).unwrap().ino(),
         before
@@ -201,10 +168,10 @@ fn broken_lower_hardlink_gets_own_identity() {
     if !can_mount() {
         return;
     }
-    let s = stack();
+    let s = Stack::new();
     fs::write(s.lower.join("a"), "same").unwrap();
     fs::hard_link(s.lower.join("a"), s.lower.join("b")).unwrap();
-    let m = Mount::new(&rw_opts(&s), &s.mnt);
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
     let (a, b) = (m.mountpoint.join("a"), m.mountpoint.join("b"));
     // Each name is its own object, as in the kernel with index=off, whose copy-up breaks
     // the link; unlike the kernel, the two names report different inode numbers.

@@ -3,6 +3,11 @@
 //! plain layers), a runner for the helper, and mount guards that always unmount.
 #![allow(dead_code)]
 
+// Facility checks, mount-table queries and the kernel mount guard are the stratafs tests'.
+#[path = "../../../tests/common/base.rs"]
+mod base;
+pub use base::*;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
@@ -10,62 +15,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 // ---- facilities ----
 
-fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-}
-
-/// Says why a test cannot run. Under `CI=true` that is a failure, never a skip, so a green CI
-/// run always means the mounts were exercised. Returns false when the test should skip.
-pub fn facility(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if in_ci() {
-        panic!("CI=true but {what} is missing: this test must run in CI");
-    }
-    eprintln!("SKIPPED: {what} is missing");
-    false
-}
-
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-fn has_fuse() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-}
-
-fn has_kernel_overlay() -> bool {
-    std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
-        .unwrap_or(false)
-}
-
 /// Root (device nodes, kernel whiteouts, owners).
 pub fn can_root() -> bool {
     facility(is_root(), "root")
-}
-
-/// Root and `/dev/fuse`: what a stratafs mount needs here.
-pub fn can_mount() -> bool {
-    can_root() && facility(has_fuse(), "/dev/fuse")
-}
-
-/// Root, `/dev/fuse` and the kernel's overlay filesystem.
-pub fn can_compare() -> bool {
-    can_mount() && facility(has_kernel_overlay(), "kernel overlayfs")
 }
 
 // ---- the binaries ----
@@ -260,55 +218,6 @@ impl Helper {
     }
 }
 
-/// True when `path` is a mount point now.
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path) else {
-        return path.exists() || std::fs::symlink_metadata(path).is_ok();
-    };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = canon.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(' ').nth(4).map(|m| m == want).unwrap_or(false))
-}
-
-/// Pids of running stratafs daemons whose command line names `mountpoint`.
-pub fn daemons_for(mountpoint: &Path) -> Vec<u32> {
-    let want = mountpoint.as_os_str().as_bytes();
-    let mut pids = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let ours = args
-            .first()
-            .map(|a| a.ends_with(b"stratafs"))
-            .unwrap_or(false);
-        if ours && args.contains(&want) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Waits until `f` holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 /// A container mounted by the helper: unmounted (by the helper, else by force) when
 /// dropped, even when the test fails.
 pub struct ContainerMount<'a> {
@@ -352,39 +261,6 @@ impl Drop for ContainerMount<'_> {
             for p in daemons_for(&target) {
                 let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
             }
-        }
-    }
-}
-
-/// A kernel overlayfs mount, unmounted when dropped.
-pub struct KernelMount {
-    pub mountpoint: PathBuf,
-}
-
-impl KernelMount {
-    pub fn new(opts: &str, mountpoint: &Path) -> KernelMount {
-        let out = run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", opts])
-            .arg(mountpoint));
-        assert!(
-            out.status.success(),
-            "kernel overlay mount -o {opts} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        KernelMount {
-            mountpoint: mountpoint.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for KernelMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mountpoint).status();
-        if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
         }
     }
 }
