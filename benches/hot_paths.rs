@@ -56,6 +56,7 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             node_limit: 100_000,
             sync_writes: false,
             xattr_permissions: 0,
+            acl: true,
         },
     )
 }

@@ -1217,12 +1217,26 @@ fn lower_load_content(rel: &str) -> Vec<u8> {
     rel.as_bytes().repeat(64)
 }
 
+/// After a rename of `rel`: an error if the mount still shows the old name.
+fn left_behind(mnt: &Path, rel: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(mnt.join(rel)) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) => Err(std::io::Error::other(format!(
+            "the old name is still there (ino {})",
+            m.ino()
+        ))),
+    }
+}
+
 /// One load client. It owns the names `w{id}-*` in the shared directories and the lower files
 /// `lJJ` with `JJ % CLIENTS == id` (which it may append to or delete); it reads everything
 /// else. Every operation on what it owns must succeed and show what it did.
 struct Client {
     id: u64,
     mnt: PathBuf,
+    /// The upper layer, looked at directly to explain a listing that is wrong.
+    upper: PathBuf,
     rng: Rng,
     n: u64,
     /// Own regular files: relative path -> content.
@@ -1235,7 +1249,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(id: u64, mnt: &Path, seed: u64) -> Client {
+    fn new(id: u64, mnt: &Path, upper: &Path, seed: u64) -> Client {
         let mut owned_lower = BTreeMap::new();
         for d in 0..SHARED_DIRS {
             for j in (0..LOWER_PER_DIR).filter(|j| j % CLIENTS == id) {
@@ -1247,6 +1261,7 @@ impl Client {
         Client {
             id,
             mnt: mnt.to_path_buf(),
+            upper: upper.to_path_buf(),
             rng: Rng::new(seed ^ (id + 7).wrapping_mul(0x5851_f42d)),
             n: 0,
             files: BTreeMap::new(),
@@ -1332,7 +1347,7 @@ impl Client {
             6 => {
                 let Some(rel) = own_file else { return };
                 let to = self.new_name("f");
-                let r = fs::rename(m.join(&rel), m.join(&to));
+                let r = fs::rename(m.join(&rel), m.join(&to)).and_then(|()| left_behind(&m, &rel));
                 self.check(&format!("rename {} {}", rel.display(), to.display()), r);
                 let c = self.files.remove(&rel).unwrap();
                 self.files.insert(to, c);
@@ -1345,7 +1360,7 @@ impl Client {
                 if rel == to {
                     return;
                 }
-                let r = fs::rename(m.join(&rel), m.join(&to));
+                let r = fs::rename(m.join(&rel), m.join(&to)).and_then(|()| left_behind(&m, &rel));
                 self.check(
                     &format!("rename over {} {}", rel.display(), to.display()),
                     r,
@@ -1421,8 +1436,10 @@ impl Client {
                             .collect();
                         let want: BTreeSet<PathBuf> = self.owned_names_in(&dir);
                         if seen != want {
+                            let odd: Vec<&PathBuf> = want.symmetric_difference(&seen).collect();
+                            let why = self.explain(&dir, &odd);
                             self.fail(format!(
-                                "listing of {}: {:?} missing, {:?} unexpected",
+                                "listing of {}: {:?} missing, {:?} unexpected ({why})",
                                 dir.display(),
                                 want.difference(&seen).collect::<Vec<_>>(),
                                 seen.difference(&want).collect::<Vec<_>>()
@@ -1502,6 +1519,29 @@ impl Client {
                 self.owned_lower.insert(rel, None);
             }
         }
+    }
+
+    /// What the mount and the upper layer say of `names` of `dir` now, and whether a second
+    /// listing agrees with the first: tells a stale listing from a wrong model.
+    fn explain(&self, dir: &Path, names: &[&PathBuf]) -> String {
+        let again: BTreeSet<PathBuf> = fs::read_dir(self.mnt.join(dir))
+            .map(|rd| rd.flatten().map(|e| dir.join(e.file_name())).collect())
+            .unwrap_or_default();
+        names
+            .iter()
+            .map(|n| {
+                let through = fs::symlink_metadata(self.mnt.join(n)).map(|m| m.ino());
+                let on_disk = fs::symlink_metadata(self.upper.join(n)).map(|m| m.ino());
+                format!(
+                    "{}: lstat {:?}, upper {:?}, listed again {}",
+                    n.display(),
+                    through.map_err(|e| e.kind()),
+                    on_disk.map_err(|e| e.kind()),
+                    again.contains(*n)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn owned_names_in(&self, dir: &Path) -> BTreeSet<PathBuf> {
@@ -1608,9 +1648,9 @@ fn eight_clients_of_mixed_load() {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
-            let (mnt, progress) = (s.mnt.clone(), progress.clone());
+            let (mnt, upper, progress) = (s.mnt.clone(), s.upper.clone(), progress.clone());
             std::thread::spawn(move || {
-                let mut c = Client::new(id, &mnt, seed);
+                let mut c = Client::new(id, &mnt, &upper, seed);
                 let mut ops = 0u64;
                 while Instant::now() < deadline && c.errors.len() < 20 {
                     c.step();

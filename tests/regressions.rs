@@ -345,3 +345,49 @@ fn negative_entries_give_way_to_new_names() {
         Some(libc::ENOENT)
     );
 }
+
+/// An fd of `path` reopened through `/proc/self/fd`: the kernel sends OPEN for the inode it
+/// holds, with no lookup of the name.
+fn reopen(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<Vec<u8>> {
+    fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The kernel still holds a copied-up file whose name was unlinked (an `O_PATH` fd, or a
+/// lookup racing with the unlink): the daemon used to go by the name, where a whiteout now
+/// sits. A stat reported a character device (the kernel then marks the inode bad: EIO) and
+/// an open opened the whiteout (ENXIO). Under load this was `eight_clients_of_mixed_load`'s
+/// "read shared/s2/l12: Input/output error". The object is gone: both say ENOENT.
+#[test]
+fn unlinked_copied_up_file_is_gone_not_a_whiteout() {
+    if !can_mount() {
+        return;
+    }
+    let t = rw_with(|l| {
+        fs::write(l.join("f"), "lower").unwrap();
+        fs::write(l.join("g"), "lower").unwrap();
+    });
+    let (f, g) = (t.mnt.join("f"), t.mnt.join("g"));
+    for p in [&f, &g] {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(p)
+            .unwrap()
+            .write_all(b"+up")
+            .unwrap();
+    }
+    let held = rustix::fs::open(&f, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+    assert_eq!(reopen(&held).unwrap(), b"lower+up");
+    fs::remove_file(&f).unwrap();
+    let st = rustix::fs::fstat(&held).map(|s| s.st_mode & libc::S_IFMT);
+    assert!(
+        st.is_err() || st == Ok(libc::S_IFREG),
+        "fstat of the unlinked file: {st:?}"
+    );
+    assert_eq!(errno_of(reopen(&held)).err(), Some(libc::ENOENT));
+    // A new file under the old name is another object: the old fd never opens it.
+    let held_g = rustix::fs::open(&g, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+    fs::remove_file(&g).unwrap();
+    fs::write(&g, "new").unwrap();
+    assert_eq!(errno_of(reopen(&held_g)).err(), Some(libc::ENOENT));
+    assert_eq!(fs::read(&g).unwrap(), b"new");
+}

@@ -345,9 +345,15 @@ fn dot_attr(ino: u64) -> FileAttr {
 }
 
 fn caller(req: &Request) -> Caller {
+    caller_with_umask(req, 0)
+}
+
+/// The caller of a request that creates something, with the umask the kernel sent.
+fn caller_with_umask(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask,
     }
 }
 
@@ -406,6 +412,14 @@ impl fuser::Filesystem for StrataFs {
             if config.add_capabilities(cap).is_err() {
                 debug!(?cap, "kernel lacks capability");
             }
+        }
+        // POSIX ACLs: the kernel enforces them from the ACL xattrs, and leaves the umask to
+        // the daemon (which skips it under a default ACL, as the filesystem does).
+        if self.overlay.acl()
+            && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_err()
+        {
+            debug!("kernel lacks FUSE_DONT_MASK");
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -787,7 +801,7 @@ impl fuser::Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -807,7 +821,7 @@ impl fuser::Filesystem for StrataFs {
             "mknod",
             parent.0,
             self.overlay
-                .create(parent.0, name, obj, mode, caller(req))
+                .create(parent.0, name, obj, mode, caller_with_umask(req, umask))
                 .map(|(a, _)| a),
         )
     }
@@ -818,7 +832,7 @@ impl fuser::Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         debug!(op = "mkdir", parent = parent.0, ?name, mode);
@@ -827,7 +841,13 @@ impl fuser::Filesystem for StrataFs {
             "mkdir",
             parent.0,
             self.overlay
-                .create(parent.0, name, NewObject::Dir, mode, caller(req))
+                .create(
+                    parent.0,
+                    name,
+                    NewObject::Dir,
+                    mode,
+                    caller_with_umask(req, umask),
+                )
                 .map(|(a, _)| a),
         )
     }
@@ -858,15 +878,18 @@ impl fuser::Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         debug!(op = "create", parent = parent.0, ?name, mode, flags);
-        match self
-            .overlay
-            .create(parent.0, name, NewObject::File { flags }, mode, caller(req))
-        {
+        match self.overlay.create(
+            parent.0,
+            name,
+            NewObject::File { flags },
+            mode,
+            caller_with_umask(req, umask),
+        ) {
             Ok((a, Some(fd))) => {
                 let (fh, _, backing) = self.add_file(a.ino, fd, false, |fd| reply.open_backing(fd));
                 let attr = file_attr(&a);

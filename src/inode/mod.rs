@@ -40,14 +40,17 @@ impl Location {
     }
 }
 
-/// Source of directory versions, unique for the life of the daemon.
-static VERSIONS: AtomicU64 = AtomicU64::new(1);
+/// Source of directory versions, unique for the life of the daemon. They are even; a
+/// directory's version is odd while its mutation lock is held (see [`Node::lock_dir`]).
+static VERSIONS: AtomicU64 = AtomicU64::new(2);
 
 fn next_version() -> u64 {
-    VERSIONS.fetch_add(1, Ordering::Relaxed)
+    VERSIONS.fetch_add(2, Ordering::Relaxed)
 }
 
-/// A directory's mutation lock; bumps the directory's version when released.
+/// A directory's mutation lock. Taking it makes the directory's version odd, releasing it
+/// moves it on to a new even one: a version read before and after a resolution in the
+/// directory, even and unchanged, means no change touched it meanwhile (a seqlock).
 #[derive(Debug)]
 pub struct DirGuard<'a> {
     node: &'a Node,
@@ -121,15 +124,29 @@ impl Node {
     /// Takes this directory's mutation lock; when the guard is dropped (after the change) the
     /// directory's version moves on, so listings taken before the change are stale.
     pub fn lock_dir(&self) -> DirGuard<'_> {
+        let lock = self.dir_lock.lock();
+        // Before any change is made: a resolution running now sees the version move.
+        self.version.store(next_version() | 1, Ordering::SeqCst);
         DirGuard {
             node: self,
-            _lock: self.dir_lock.lock(),
+            _lock: lock,
         }
+    }
+
+    /// Holds this directory's mutation lock without counting as a change: resolutions made
+    /// meanwhile cannot race with one.
+    pub fn hold_dir(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.dir_lock.lock()
     }
 
     /// The layers merged into this directory changed: listings positions index the old chain.
     fn layers_changed(&self) {
-        self.version.store(next_version(), Ordering::Release);
+        // A new version, odd still if the directory's lock is held.
+        let _ = self
+            .version
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(next_version() | (v & 1))
+            });
     }
 
     /// Records that a request used this node in `epoch`. Written only when it changes: nodes
@@ -146,6 +163,12 @@ impl Node {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The directory's version when no change is under way in it (none when one is).
+    pub fn quiet_version(&self) -> Option<u64> {
+        let v = self.version.load(Ordering::SeqCst);
+        (v & 1 == 0).then_some(v)
+    }
+
     /// Records that a listing of `version` was handed to a reader starting at offset 0.
     pub fn set_listed(&self, version: u64) {
         self.listed.store(version, Ordering::Release);
@@ -155,6 +178,11 @@ impl Node {
     /// cached from it is still right.
     pub fn listed_is_current(&self) -> bool {
         self.listed.load(Ordering::Acquire) == self.dir_version()
+    }
+
+    /// The object was removed from every layer through the mount (see [`NodeTable::mark_dead`]).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 
     /// A snapshot of where the node is now.
@@ -252,6 +280,25 @@ impl NodeTable {
     /// remembered so that later lookups (and listings, through [`NodeTable::visible_id`])
     /// agree on it.
     pub fn remember(&self, ino: u64, kind: FileKind, loc: Location) -> Arc<Node> {
+        let mut loc = loc;
+        loop {
+            match self.remember_if(ino, kind, loc, || true) {
+                Ok(node) => return node,
+                Err(back) => loc = back,
+            }
+        }
+    }
+
+    /// [`NodeTable::remember`], unless `valid` (asked while the node cannot change) says
+    /// the resolution that produced `loc` is out of date: then nothing is recorded and `loc`
+    /// comes back.
+    pub fn remember_if(
+        &self,
+        ino: u64,
+        kind: FileKind,
+        loc: Location,
+        valid: impl Fn() -> bool,
+    ) -> Result<Arc<Node>, Location> {
         let first = self.remap.get(&ino).map(|v| *v).unwrap_or(ino);
         let mut id = first;
         loop {
@@ -274,6 +321,9 @@ impl NodeTable {
                         && same_side
                         && !node.dead.load(Ordering::Acquire)
                     {
+                        if !valid() {
+                            return Err(loc);
+                        }
                         node.lookups.fetch_add(1, Ordering::Relaxed);
                         node.touch(self.epoch.load(Ordering::Relaxed));
                         // A resolution taken before a copy-up finished never moves the node
@@ -296,10 +346,13 @@ impl NodeTable {
                             *cur = loc;
                         }
                         drop(cur);
-                        return Arc::clone(node);
+                        return Ok(Arc::clone(node));
                     }
                 }
                 Entry::Vacant(v) => {
+                    if !valid() {
+                        return Err(loc);
+                    }
                     let node = Arc::new(Node::new(id, ino, kind, loc));
                     node.touch(self.epoch.load(Ordering::Relaxed));
                     v.insert(Arc::clone(&node));
@@ -309,7 +362,7 @@ impl NodeTable {
                         // The number is the object's own again: an older mapping is stale.
                         self.remap.remove(&ino);
                     }
-                    return node;
+                    return Ok(node);
                 }
             }
             id = if id == first && first != ino {

@@ -104,6 +104,63 @@ impl IdMap {
         }
         to_disk(&self.gids, gid)
     }
+
+    /// A POSIX ACL xattr value as stored, with its named users and groups as presented.
+    pub fn acl_to_mount(&self, value: &[u8]) -> Vec<u8> {
+        map_acl(
+            value,
+            |uid| Some(self.uid_to_mount(uid)),
+            |gid| Some(self.gid_to_mount(gid)),
+        )
+        .unwrap_or_else(|| value.to_vec())
+    }
+
+    /// A POSIX ACL xattr value as presented, with its named users and groups as stored;
+    /// none when one of them has no stored id.
+    pub fn acl_to_disk(&self, value: &[u8]) -> Option<Vec<u8>> {
+        map_acl(
+            value,
+            |uid| self.uid_to_disk(uid),
+            |gid| self.gid_to_disk(gid),
+        )
+    }
+}
+
+/// The POSIX ACL xattr format (`system.posix_acl_access`/`_default`): a little-endian
+/// version word (2), then entries of tag (u16), permissions (u16) and id (u32).
+const ACL_VERSION: u32 = 2;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP: u16 = 0x08;
+
+/// `value` with the ids of its named user and group entries mapped; a value not in the
+/// format comes back unchanged (the layer's filesystem judges it).
+fn map_acl(
+    value: &[u8],
+    uid: impl Fn(u32) -> Option<u32>,
+    gid: impl Fn(u32) -> Option<u32>,
+) -> Option<Vec<u8>> {
+    let (head, entries) = value.split_at_checked(4)?;
+    if u32::from_le_bytes(head.try_into().ok()?) != ACL_VERSION || entries.len() % 8 != 0 {
+        return Some(value.to_vec());
+    }
+    let mut out = value.to_vec();
+    for (i, e) in entries.chunks_exact(8).enumerate() {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let mapped = match tag {
+            ACL_USER => uid(id)?,
+            ACL_GROUP => gid(id)?,
+            _ => continue,
+        };
+        let at = 4 + i * 8 + 4;
+        out[at..at + 4].copy_from_slice(&mapped.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// True for the xattr names that hold POSIX ACLs.
+pub fn is_acl_name(name: &std::ffi::OsStr) -> bool {
+    name == "system.posix_acl_access" || name == "system.posix_acl_default"
 }
 
 #[cfg(test)]
@@ -122,6 +179,51 @@ mod tests {
                 .collect(),
             ..IdMap::default()
         }
+    }
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = ACL_VERSION.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    /// Named users and groups of an ACL follow the mapping; the owner, owning group, mask
+    /// and other entries carry no id; an unmapped presented id cannot be stored.
+    #[test]
+    fn acl_ids_map_both_ways() {
+        let mut m = map(&[(0, 1000, 1), (1, 100_000, 65_536)]);
+        m.gids = m.uids.clone();
+        let undef = u32::MAX;
+        let stored = acl(&[
+            (0x01, 6, undef),
+            (ACL_USER, 4, 0),
+            (ACL_USER, 4, 5),
+            (0x04, 4, undef),
+            (ACL_GROUP, 2, 7),
+            (0x10, 6, undef),
+            (0x20, 0, undef),
+        ]);
+        let shown = m.acl_to_mount(&stored);
+        assert_eq!(
+            shown,
+            acl(&[
+                (0x01, 6, undef),
+                (ACL_USER, 4, 1000),
+                (ACL_USER, 4, 100_004),
+                (0x04, 4, undef),
+                (ACL_GROUP, 2, 100_006),
+                (0x10, 6, undef),
+                (0x20, 0, undef),
+            ])
+        );
+        assert_eq!(m.acl_to_disk(&shown), Some(stored));
+        assert_eq!(m.acl_to_disk(&acl(&[(ACL_USER, 4, 5)])), None);
+        // Not an ACL value: left to the filesystem to refuse.
+        assert_eq!(m.acl_to_mount(b"xy"), b"xy");
     }
 
     #[test]

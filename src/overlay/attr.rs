@@ -34,7 +34,7 @@ impl Overlay {
     /// `O_TRUNC` open skips copying the data.
     pub fn open_for_write(&self, ino: u64, flags: i32) -> Result<OwnedFd> {
         self.writable()?;
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         if node.kind == FileKind::Directory {
             return Err(Error::IsDir);
         }
@@ -56,7 +56,10 @@ impl Overlay {
         if flags & libc::O_SYNC != 0 {
             of |= OFlags::SYNC;
         }
-        Ok(sys::open_beneath(upper.root(), &path, of)?)
+        Overlay::still_named(
+            &node,
+            sys::open_beneath(upper.root(), &path, of).map_err(Error::from),
+        )
     }
 
     /// The upper directory of `ino`'s parent and its name there (after a copy-up).
@@ -107,6 +110,9 @@ impl Overlay {
             let mut a = self.attr_from(node.ino, &st, false);
             a.ino = node.ino;
             return Ok(a);
+        }
+        if node.is_dead() {
+            return Err(Error::NotFound);
         }
         let truncate_all = set.size == Some(0);
         self.copy_up(&node, !truncate_all)?;
@@ -163,20 +169,31 @@ impl Overlay {
 
     /// The upper copy of `ino`, copying it up first.
     fn upper_object(&self, ino: u64) -> Result<super::ObjectAt> {
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         self.copy_up(&node, true)?;
         self.object_at(&node)
     }
 
     /// Sets xattr `name` on `ino` (copying it up). Overlay-private names are refused.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if self.opts.no_xattrs {
+        if self.opts.no_xattrs || self.acl_refused(name) {
             return Err(Error::XattrUnsupported);
         }
         let XattrTarget::Stored(stored) = self.xattr_names().to_layer(name) else {
             return Err(Error::XattrUnsupported);
         };
         self.writable()?;
+        // The named users and groups of an ACL are stored as the layers keep ids.
+        let mapped;
+        let value = if crate::layer::idmap::is_acl_name(name) && !self.idmap.is_identity() {
+            mapped = self
+                .idmap
+                .acl_to_disk(value)
+                .ok_or(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+            &mapped[..]
+        } else {
+            value
+        };
         Ok(self
             .upper_object(ino)?
             .object()
@@ -185,7 +202,7 @@ impl Overlay {
 
     /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
-        if self.opts.no_xattrs {
+        if self.opts.no_xattrs || self.acl_refused(name) {
             return Err(Error::XattrUnsupported);
         }
         let XattrTarget::Stored(stored) = self.xattr_names().to_layer(name) else {

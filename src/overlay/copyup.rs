@@ -110,6 +110,10 @@ impl Overlay {
         let src_dir = self.dir_fd(&parent, top)?;
         let st = sys::stat_at(src_dir.as_fd(), &name)?;
         let _dir_guard = parent.lock_dir();
+        // Removed while this waited for the lock: a copy would bring it back.
+        if node.is_dead() {
+            return Err(Error::NotFound);
+        }
         let tmp = self.temp_name();
         let staged = self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data);
         let placed = staged.and_then(|()| place_copy(work, &tmp, pfd.as_fd(), &name));

@@ -171,17 +171,13 @@ impl Overlay {
         if dir.kind != FileKind::Directory {
             return Err(Error::NotDir);
         }
-        let chain = dir.with_location(|l| l.layers.clone());
-        let r = self
-            .resolve_in(&dir, &chain, name, 0)?
-            .ok_or(Error::NotFound)?;
-        Ok(self.remember(parent, name, &r))
+        self.lookup_in(&dir, name, None)
     }
 
     /// Looks up an entry of `listing` of `parent` (readdirplus), starting at the layer the
     /// listing found it in rather than probing the layers above again, as long as the
-    /// listing is still current once the entry is resolved; otherwise (a copy-up or another
-    /// change landed since) from the top, as a lookup does.
+    /// listing is still current; otherwise (a copy-up or another change landed since) from
+    /// the top, as a lookup does.
     pub fn lookup_entry(
         &self,
         parent: u64,
@@ -189,15 +185,48 @@ impl Overlay {
         entry: &super::DirEntry,
     ) -> Result<Attr> {
         let dir = self.node(parent)?;
-        let chain = dir.with_location(|l| l.layers.clone());
-        let current = || dir.dir_version() == listing.version;
-        let start = if current() { entry.from } else { 0 };
-        let mut r = self.resolve_in(&dir, &chain, &entry.name, start)?;
-        if start != 0 && !current() {
-            r = self.resolve_in(&dir, &chain, &entry.name, 0)?;
+        self.lookup_in(&dir, &entry.name, Some((listing.version, entry.from)))
+    }
+
+    /// Resolves `name` in `dir` and records it with the node table, unless a change in the
+    /// directory raced with the resolution: the kernel revalidates cached names with
+    /// lookups it does not serialise with renames, and a resolution of a name that a rename
+    /// then moved must not put the node back under its old name. Such a resolution is
+    /// retaken; after a few tries, under the directory's lock. `hint` is a listing's version
+    /// and the position in the merge chain where it found the name.
+    fn lookup_in(&self, dir: &Node, name: &OsStr, hint: Option<(u64, usize)>) -> Result<Attr> {
+        for _ in 0..3 {
+            let Some(seen) = dir.quiet_version() else {
+                break;
+            };
+            let start = match hint {
+                Some((version, from)) if version == seen => from,
+                _ => 0,
+            };
+            let chain = dir.with_location(|l| l.layers.clone());
+            let r = self
+                .resolve_in(dir, &chain, name, start)?
+                .ok_or(Error::NotFound)?;
+            #[cfg(test)]
+            tests::between_resolution_and_record();
+            let loc = Location {
+                parent: dir.ino,
+                name: name.to_os_string(),
+                layers: r.layers.clone(),
+            };
+            if let Ok(node) = self
+                .nodes
+                .remember_if(r.ino, r.kind(), loc, || dir.dir_version() == seen)
+            {
+                return Ok(self.attr_for(&node, &r));
+            }
         }
-        let r = r.ok_or(Error::NotFound)?;
-        Ok(self.remember(parent, &entry.name, &r))
+        let _held = dir.hold_dir();
+        let chain = dir.with_location(|l| l.layers.clone());
+        let r = self
+            .resolve_in(dir, &chain, name, 0)?
+            .ok_or(Error::NotFound)?;
+        Ok(self.remember(dir.ino, name, &r))
     }
 
     /// Registers a resolved child with the node table and returns its attributes.
@@ -211,6 +240,11 @@ impl Overlay {
                 layers: r.layers.clone(),
             },
         );
+        self.attr_for(&node, r)
+    }
+
+    /// The attributes of `r`, recorded as `node`.
+    fn attr_for(&self, node: &Node, r: &Resolved) -> Attr {
         let mut attr = self.attr_of(r);
         attr.ino = node.ino;
         attr
@@ -226,7 +260,7 @@ impl Overlay {
 
     /// The attributes of node `ino`, read from its topmost copy now.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         let (top, merged) = node.with_location(|l| (l.top(), l.layers.len() > 1));
         let top = top.ok_or(Error::StaleNode(ino))?;
         let st = if node.kind == FileKind::Directory {
@@ -236,7 +270,8 @@ impl Overlay {
             let parent = self.node(node.parent())?;
             let name = node.with_location(|l| l.name.clone());
             let pfd = self.dir_fd(&parent, top)?;
-            let st = crate::sys::stat_at(pfd.as_fd(), &name)?;
+            let st = crate::sys::stat_at(pfd.as_fd(), &name).map_err(Error::from);
+            let st = Overlay::still_named(&node, st)?;
             self.overridden(st, Object::At(pfd.as_fd(), &name))
         };
         let mut attr = self.attr_from(node.ino, &st, merged);
@@ -313,5 +348,57 @@ impl Overlay {
             .get(ino)
             .map(|n| n.with_location(|l| l.top() == Some(0)) && self.layers.upper().is_some())
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::ffi::OsStr;
+
+    use super::super::RenameFlag;
+    use crate::inode::ROOT;
+
+    thread_local! {
+        /// Run once by this thread's next lookup, between its resolution and its record.
+        static BETWEEN: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn between_resolution_and_record() {
+        if let Some(f) = BETWEEN.with(|b| b.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// A lookup of a name that a rename moves while it is resolved (the kernel revalidates
+    /// cached names without the directory's lock) must not record the old name on the node:
+    /// it used to, and the node's next request by id went to a name that no longer held it.
+    #[test]
+    fn lookup_overtaken_by_a_rename_keeps_the_new_name() {
+        let (_t, ov) = super::super::scratch_overlay(|_, u| {
+            std::fs::write(u.join("a"), "data").unwrap();
+        });
+        let ov = std::sync::Arc::new(ov);
+        let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
+        let mover = std::sync::Arc::clone(&ov);
+        BETWEEN.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                mover
+                    .rename(
+                        ROOT,
+                        OsStr::new("a"),
+                        ROOT,
+                        OsStr::new("b"),
+                        RenameFlag::Plain,
+                    )
+                    .unwrap();
+            }))
+        });
+        // Resolved before the rename, recorded after it: retaken, and "a" is gone.
+        let again = ov.lookup(ROOT, OsStr::new("a"));
+        assert!(again.is_err(), "{again:?}");
+        let node = ov.nodes.get(a.ino).unwrap();
+        assert_eq!(node.location().name, "b");
+        assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
     }
 }

@@ -164,6 +164,9 @@ pub struct Options {
     pub sync_writes: bool,
     /// `xattr_permissions=0|1|2` (0: as the layer roots say, see [`perms::detect`]).
     pub xattr_permissions: u8,
+    /// POSIX ACLs are enforced (by the kernel, from the ACL xattrs) and inherited (not
+    /// `noacl` or `noxattrs`).
+    pub acl: bool,
 }
 
 impl Options {
@@ -178,6 +181,7 @@ impl Options {
             node_limit: cfg.node_limit,
             sync_writes: cfg.fsync && !cfg.volatile,
             xattr_permissions: cfg.xattr_permissions,
+            acl: !cfg.noacl && !cfg.noxattrs,
         }
     }
 }
@@ -221,6 +225,17 @@ impl Overlay {
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             exact_modes: crate::sys::current_umask() == 0,
         }
+    }
+
+    /// True when POSIX ACLs are supported (see [`Options::acl`]).
+    pub fn acl(&self) -> bool {
+        self.opts.acl
+    }
+
+    /// True for an ACL xattr on a mount without ACLs (`noacl`): refused as a filesystem
+    /// mounted `noacl` refuses it, rather than kept as an ACL nobody enforces.
+    fn acl_refused(&self, name: &std::ffi::OsStr) -> bool {
+        !self.opts.acl && crate::layer::idmap::is_acl_name(name)
     }
 
     /// The same view with owners mapped by `idmap` (`uidmapping=`, `squash_*`...).
@@ -299,6 +314,27 @@ impl Overlay {
 
     fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.nodes.get(ino).ok_or(Error::StaleNode(ino))
+    }
+
+    /// Node `ino` for an operation that reaches its object by name. A node whose object was
+    /// removed through the mount (the kernel may still hold it: an `O_PATH` fd, a lookup
+    /// racing with the unlink) has no name any more; what its old name holds now (a
+    /// whiteout, a new object) is not it.
+    fn named(&self, ino: u64) -> Result<Arc<Node>> {
+        let node = self.node(ino)?;
+        if node.is_dead() {
+            return Err(Error::NotFound);
+        }
+        Ok(node)
+    }
+
+    /// `r`, the result of reaching `node` by name, unless the node died meanwhile: then the
+    /// name may have reached a whiteout or a new object, and the answer is ENOENT.
+    fn still_named<T>(node: &Node, r: Result<T>) -> Result<T> {
+        if node.is_dead() {
+            return Err(Error::NotFound);
+        }
+        r
     }
 
     /// The node's path relative to every layer root (`a/b/c`; empty for the root).
@@ -395,4 +431,24 @@ impl Overlay {
             Ok(())
         }
     }
+}
+
+/// A writable overlay of one lower and one upper layer in a temporary directory, for unit
+/// tests: `fill` gets the lower and upper directories before the layers are opened.
+#[cfg(test)]
+pub(crate) fn scratch_overlay(
+    fill: impl FnOnce(&std::path::Path, &std::path::Path),
+) -> (tempfile::TempDir, Overlay) {
+    let t = tempfile::tempdir().unwrap();
+    let (l, u, w) = (t.path().join("l"), t.path().join("u"), t.path().join("w"));
+    for d in [&l, &u, &w] {
+        std::fs::create_dir(d).unwrap();
+    }
+    fill(&l, &u);
+    let stack = LayerStack::open(Some((&u, &w)), &[l], crate::config::Xino::Auto, false).unwrap();
+    let mut cfg = crate::config::MountConfig::new(t.path().join("m"), vec![]);
+    cfg.upperdir = Some(u);
+    cfg.workdir = Some(w);
+    let ov = Overlay::new(stack, Options::from_config(&cfg));
+    (t, ov)
 }

@@ -14,6 +14,9 @@ use std::sync::Arc;
 use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
+
+/// The xattr holding a directory's default POSIX ACL.
+const DEFAULT_ACL: &str = "system.posix_acl_default";
 use super::{Attr, Error, Overlay, Result};
 use crate::inode::{Location, Node};
 use crate::layer::{format, WhiteoutFormat};
@@ -48,6 +51,9 @@ pub struct Caller {
     pub uid: u32,
     /// fsgid.
     pub gid: u32,
+    /// The caller's umask, applied to what it creates unless the directory has a default
+    /// ACL (the kernel leaves both to the daemon when POSIX ACLs are on).
+    pub umask: u32,
 }
 
 /// Rename behaviour asked by the caller.
@@ -201,7 +207,11 @@ impl Overlay {
         // not cover cannot own anything here.
         let caller =
             match self.owner_to_disk(Some(caller.uid), Some(caller.gid), libc::EOVERFLOW)? {
-                (Some(uid), Some(gid)) => Caller { uid, gid },
+                (Some(uid), Some(gid)) => Caller {
+                    uid,
+                    gid,
+                    umask: caller.umask,
+                },
                 _ => caller,
             };
         if let NewObject::Node { file_type, rdev: 0 } = obj {
@@ -229,17 +239,40 @@ impl Overlay {
         } else {
             caller.gid
         };
+        // A directory's default ACL replaces the umask: the filesystem derives the new
+        // object's ACL and mode from it (posix_acl_create), as it does for the daemon's own
+        // creation in that directory.
+        let default_acl = if self.opts.acl {
+            Object::named(pfd.as_fd(), OsStr::new(""))
+                .get_xattr(OsStr::new(DEFAULT_ACL))
+                .unwrap_or(None)
+        } else {
+            None
+        };
         let mut perm = mode & 0o7777;
+        if default_acl.is_none() {
+            perm &= !(caller.umask & 0o777);
+        }
         if pst.mode & libc::S_ISGID != 0 && matches!(obj, NewObject::Dir) {
             perm |= libc::S_ISGID;
         }
         // Over a whiteout the object is staged in the work directory and swapped in, so the
-        // name is never missing (and a directory there is opaque before anyone sees it).
+        // name is never missing (and a directory there is opaque before anyone sees it). To
+        // inherit a default ACL there, it is staged in a directory of its own that has it.
         let staged = slot == UpperSlot::CharWhiteout;
-        let (tdir, tname): (BorrowedFd<'_>, OsString) = if staged {
-            (work.fd(), self.temp_name())
-        } else {
-            (pfd.as_fd(), name.to_os_string())
+        let stage = match (&default_acl, staged) {
+            (Some(acl), true) => Some(self.acl_stage(acl)?),
+            _ => None,
+        };
+        let (tdir, tname): (BorrowedFd<'_>, OsString) = match (&stage, staged) {
+            (Some((fd, _)), _) => (fd.as_fd(), self.temp_name()),
+            (None, true) => (work.fd(), self.temp_name()),
+            (None, false) => (pfd.as_fd(), name.to_os_string()),
+        };
+        // What to remove when the creation fails: the staging directory, or the object.
+        let (undo_dir, undo_name) = match &stage {
+            Some((_, stage_name)) => (work.fd(), stage_name.clone()),
+            None => (tdir, tname.clone()),
         };
         // The group the filesystem gives a new entry of the directory it is made in.
         let tst = if staged { sys::stat_fd(tdir)? } else { pst };
@@ -248,12 +281,19 @@ impl Overlay {
         } else {
             sys::egid()
         };
-        let made = self.make_object(tdir, &tname, &obj, perm, caller.uid, gid, default_gid);
+        let made = self.make_object(
+            tdir,
+            &tname,
+            &obj,
+            perm,
+            (caller.uid, gid, default_gid),
+            default_acl.is_some(),
+        );
         let fd = match made {
             Ok(fd) => fd,
             Err(e) => {
                 if staged {
-                    let _ = sys::remove_tree(work.fd(), &tname);
+                    let _ = sys::remove_tree(undo_dir, &undo_name);
                 }
                 return Err(e);
             }
@@ -265,11 +305,14 @@ impl Overlay {
             }
             if staged {
                 if matches!(obj, NewObject::Dir) {
-                    sys::rename_at(work.fd(), &tname, pfd.as_fd(), name, RenameMode::Exchange)?;
-                    sys::remove_tree(work.fd(), &tname)?;
+                    sys::rename_at(tdir, &tname, pfd.as_fd(), name, RenameMode::Exchange)?;
+                    sys::remove_tree(tdir, &tname)?;
                 } else {
-                    sys::rename_at(work.fd(), &tname, pfd.as_fd(), name, RenameMode::Replace)?;
+                    sys::rename_at(tdir, &tname, pfd.as_fd(), name, RenameMode::Replace)?;
                 }
+            }
+            if let Some((_, stage_name)) = &stage {
+                sys::remove_tree(work.fd(), stage_name)?;
             }
             if slot == UpperSlot::DotWhiteout {
                 sys::unlink_at(pfd.as_fd(), &format::whiteout_name(name), false)?;
@@ -277,7 +320,7 @@ impl Overlay {
             Ok(())
         })();
         if let Err(e) = finish {
-            let _ = sys::remove_tree(tdir, &tname);
+            let _ = sys::remove_tree(undo_dir, &undo_name);
             return Err(e);
         }
         let st = self.overridden(
@@ -307,16 +350,16 @@ impl Overlay {
     /// Creates the object as `name` in `dir` with permissions `perm` and owner `uid`:`gid`,
     /// where `default_gid` is the group the filesystem itself gives a new entry of `dir`.
     /// Owner and mode are set afterwards only when creation could not give them.
-    #[allow(clippy::too_many_arguments)]
+    /// `inherits_acl`: the directory has a default ACL, from which the filesystem derived
+    /// the permission bits.
     fn make_object(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         obj: &NewObject,
         perm: u32,
-        uid: u32,
-        gid: u32,
-        default_gid: u32,
+        (uid, gid, default_gid): (u32, u32, u32),
+        inherits_acl: bool,
     ) -> Result<Option<OwnedFd>> {
         let fd = match obj {
             NewObject::File { flags } => {
@@ -362,11 +405,38 @@ impl Overlay {
         }
         // The daemon's umask is 0 (set at startup), so only special bits need a chmod; a
         // library caller with another umask gets the mode set explicitly.
-        let exact = self.exact_modes && perm & 0o7000 == 0;
+        let exact = (self.exact_modes || inherits_acl) && perm & 0o7000 == 0;
         if !matches!(obj, NewObject::Symlink(_)) && !exact {
-            sys::chmod_at(dir, name, perm)?;
+            // Under a default ACL the permission bits are the filesystem's (they mirror
+            // the inherited ACL); only the special bits are added.
+            let bits = if inherits_acl {
+                sys::stat_at(dir, name)?.mode & 0o777
+            } else {
+                perm & 0o777
+            };
+            sys::chmod_at(dir, name, bits | (perm & 0o7000))?;
         }
         Ok(fd)
+    }
+
+    /// A fresh directory in the work directory with default ACL `acl`: what is created in
+    /// it inherits from it as from the directory it will be moved to. Returns an `O_PATH`
+    /// fd on it and its name there.
+    fn acl_stage(&self, acl: &[u8]) -> Result<(OwnedFd, OsString)> {
+        let (_, work) = self.writable()?;
+        let name = self.temp_name();
+        sys::mkdir_at(work.fd(), &name, 0o700)?;
+        let staged = (|| -> Result<OwnedFd> {
+            Object::named(work.fd(), &name).set_xattr(OsStr::new(DEFAULT_ACL), acl, 0)?;
+            Ok(sys::open_dir_path(work.fd(), name.as_bytes())?)
+        })();
+        match staged {
+            Ok(fd) => Ok((fd, name)),
+            Err(e) => {
+                let _ = sys::remove_tree(work.fd(), &name);
+                Err(e)
+            }
+        }
     }
 
     /// Removes non-directory `name` from `parent`.
@@ -414,24 +484,27 @@ impl Overlay {
         }
         let whiteout = self.lower_has(&dir, name)?;
         let node = self.nodes.get(self.nodes.visible_id(r.ino));
-        match self.upper_slot(pfd.as_fd(), name)? {
-            UpperSlot::Object(d) => {
-                // Mark the node dead before its upper inode is freed: the filesystem may hand
-                // the number to an object created concurrently in another directory, which
-                // must not be taken for this one.
-                let last = is_dir || r.top.nlink <= 1;
-                if let (Some(n), true) = (&node, last) {
-                    self.nodes.mark_dead(n.ino);
-                }
-                if let Err(e) = self.remove_upper(pfd.as_fd(), name, d, whiteout) {
-                    if let (Some(n), true) = (&node, last) {
-                        self.nodes.revive(n.ino);
-                    }
-                    return Err(e);
-                }
+        // The node dies with its last name (a lower object's node is this name's alone: see
+        // `nondir_ino`). It is marked before an upper inode is freed, as the filesystem may
+        // hand the number to an object created concurrently in another directory, which
+        // must not be taken for this one; and before copy-ups and opens by name can see
+        // the whiteout.
+        let last = is_dir || r.top.nlink <= 1 || r.layers.first() != Some(&UPPER);
+        let dying = node.as_ref().filter(|_| last);
+        if let Some(n) = dying {
+            self.nodes.mark_dead(n.ino);
+        }
+        let removed = match self.upper_slot(pfd.as_fd(), name) {
+            Ok(UpperSlot::Object(d)) => self.remove_upper(pfd.as_fd(), name, d, whiteout),
+            Ok(_) if whiteout => self.write_whiteout(pfd.as_fd(), name),
+            Ok(_) => Err(Error::NotFound),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            if let Some(n) = dying {
+                self.nodes.revive(n.ino);
             }
-            _ if whiteout => self.write_whiteout(pfd.as_fd(), name)?,
-            _ => return Err(Error::NotFound),
+            return Err(e);
         }
         if let Some(n) = node {
             if is_dir {
@@ -447,7 +520,7 @@ impl Overlay {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         check_component(newname)?;
         let (_, work) = self.writable()?;
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         if node.kind == FileKind::Directory {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
         }
@@ -661,12 +734,13 @@ impl Overlay {
         }
         let src_whiteout = self.lower_has(sdir, name)?;
         let dst_slot = self.upper_slot(dpfd.as_fd(), newname)?;
-        // A replaced upper object is marked dead before its inode is freed (see `remove`).
+        // A replaced object whose last name this was dies, before its inode is freed (see
+        // `remove`).
         let dst_dies = match &dst {
             Some(d) => {
-                let last_link =
-                    d.kind == FileKind::Directory || dst_attr.map(|a| a.nlink <= 1).unwrap_or(true);
-                dst_slot == UpperSlot::Object(d.kind == FileKind::Directory) && last_link
+                d.kind == FileKind::Directory
+                    || !Overlay::in_upper(d)
+                    || dst_attr.map(|a| a.nlink <= 1).unwrap_or(true)
             }
             None => false,
         };

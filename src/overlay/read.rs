@@ -44,7 +44,7 @@ const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O
 impl Overlay {
     /// Opens node `ino` with the `open(2)` flags the caller used.
     pub fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile> {
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         if flags & WRITE_FLAGS != 0 {
             if node.kind == FileKind::Directory {
                 return Err(Error::IsDir);
@@ -61,13 +61,14 @@ impl Overlay {
         let path = self.rel_path(&node)?;
         let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
         let oflags = OFlags::RDONLY | OFlags::from_bits_retain(pass as u32);
-        let fd = match sys::open_beneath(layer.root(), &path, oflags) {
+        let opened = match sys::open_beneath(layer.root(), &path, oflags) {
             // O_NOATIME is refused on files the daemon does not own; retry without it.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 => {
-                sys::open_beneath(layer.root(), &path, oflags - OFlags::NOATIME)?
+                sys::open_beneath(layer.root(), &path, oflags - OFlags::NOATIME)
             }
-            r => r?,
+            r => r,
         };
+        let fd = Overlay::still_named(&node, opened.map_err(Error::from))?;
         Ok(OpenedFile {
             fd,
             immutable: !layer.upper,
@@ -78,7 +79,7 @@ impl Overlay {
     /// (every open of the node shares it, writers included), or on a read-only union its
     /// topmost copy opened read-only.
     pub fn backing_fd(&self, ino: u64) -> Result<OwnedFd> {
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         if node.kind != FileKind::Regular {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
@@ -92,12 +93,15 @@ impl Overlay {
         } else {
             OFlags::RDONLY
         };
-        Ok(sys::open_beneath(layer.root(), &path, flags)?)
+        Overlay::still_named(
+            &node,
+            sys::open_beneath(layer.root(), &path, flags).map_err(Error::from),
+        )
     }
 
     /// The target of symlink `ino`, as stored in its layer (never followed).
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         if node.kind != FileKind::Symlink {
             return Err(Error::NotSymlink);
         }
@@ -106,18 +110,23 @@ impl Overlay {
 
     /// The value of xattr `name` on `ino`. Overlay-private attributes do not exist here.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
-        if self.opts.no_xattrs {
+        if self.opts.no_xattrs || self.acl_refused(name) {
             return Err(Error::XattrUnsupported);
         }
         let XattrTarget::Stored(stored) = self.xattr_names().to_layer(name) else {
             // As the kernel answers for private names: there is no such attribute.
             return Err(Error::NoXattr);
         };
-        let node = self.node(ino)?;
-        self.object_at(&node)?
+        let node = self.named(ino)?;
+        let value = self
+            .object_at(&node)?
             .object()
             .get_xattr(&stored)?
-            .ok_or(Error::NoXattr)
+            .ok_or(Error::NoXattr)?;
+        if crate::layer::idmap::is_acl_name(name) && !self.idmap.is_identity() {
+            return Ok(self.idmap.acl_to_mount(&value));
+        }
+        Ok(value)
     }
 
     /// The xattr names of `ino` (kernel list format), overlay-private ones left out.
@@ -125,7 +134,7 @@ impl Overlay {
         if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
-        let node = self.node(ino)?;
+        let node = self.named(ino)?;
         let raw = match self.object_at(&node)?.object().list_xattr() {
             Ok(r) => r,
             Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
@@ -134,6 +143,9 @@ impl Overlay {
         let names = self.xattr_names();
         let mut out = Vec::with_capacity(raw.len());
         for name in sys::split_xattr_list(&raw) {
+            if self.acl_refused(name) {
+                continue;
+            }
             if let Some(shown) = names.to_mount(name) {
                 out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(&*shown));
                 out.push(0);
