@@ -8,11 +8,7 @@
 mod base;
 pub use base::*;
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -265,129 +261,12 @@ impl Drop for ContainerMount<'_> {
     }
 }
 
-// ---- trees ----
+// ---- trees: the stratafs tests' snapshot ----
 
-/// What a tree comparison looks at for one entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntrySnap {
-    pub kind: &'static str,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: Option<u64>,
-    pub content: Option<Vec<u8>>,
-    pub link_target: Option<OsString>,
-    pub rdev: Option<u64>,
-    pub nlink: Option<u64>,
-    pub xattrs: Vec<(OsString, Vec<u8>)>,
-}
-
-pub type TreeSnap = BTreeMap<PathBuf, EntrySnap>;
-
-fn user_xattrs(path: &Path) -> Vec<(OsString, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut buf[..]) else {
-        return out;
-    };
-    for name in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !name.starts_with(b"user.") {
-            continue;
-        }
-        let name_os = std::ffi::OsStr::from_bytes(name);
-        let mut val = vec![0u8; 65536];
-        if let Ok(len) = rustix::fs::lgetxattr(path, name_os, &mut val[..]) {
-            val.truncate(len);
-            out.push((name_os.to_os_string(), val));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Walks `root` (never following symlinks) and records every entry.
-pub fn snapshot(root: &Path) -> TreeSnap {
-    let mut out = TreeSnap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) {
-    let mut names: Vec<OsString> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()))
-        .map(|e| e.expect("readdir").file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let path = dir.join(&name);
-        let md = std::fs::symlink_metadata(&path)
-            .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            "dir"
-        } else if ft.is_file() {
-            "file"
-        } else if ft.is_symlink() {
-            "symlink"
-        } else if ft.is_fifo() {
-            "fifo"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_char_device() {
-            "chardev"
-        } else {
-            "blockdev"
-        };
-        let rel = path.strip_prefix(root).expect("under root").to_path_buf();
-        out.insert(
-            rel,
-            EntrySnap {
-                kind,
-                mode: md.mode(),
-                uid: md.uid(),
-                gid: md.gid(),
-                size: (!ft.is_dir()).then(|| md.size()),
-                content: ft.is_file().then(|| std::fs::read(&path).expect("read")),
-                link_target: ft.is_symlink().then(|| {
-                    std::fs::read_link(&path)
-                        .expect("readlink")
-                        .into_os_string()
-                }),
-                rdev: (ft.is_char_device() || ft.is_block_device()).then(|| md.rdev()),
-                nlink: (!ft.is_dir()).then(|| md.nlink()),
-                xattrs: user_xattrs(&path),
-            },
-        );
-        if ft.is_dir() {
-            walk(root, &path, out);
-        }
-    }
-}
-
-/// Asserts two snapshots are equal, naming the first differences.
-pub fn assert_same_tree(ours: &TreeSnap, theirs: &TreeSnap, what: &str) {
-    if ours == theirs {
-        return;
-    }
-    let mut report = Vec::new();
-    for (p, e) in ours {
-        match theirs.get(p) {
-            None => report.push(format!("only in the first: {}", p.display())),
-            Some(t) if t != e => report.push(format!(
-                "differs: {}\n  first:  {e:?}\n  second: {t:?}",
-                p.display()
-            )),
-            _ => {}
-        }
-    }
-    for p in theirs.keys() {
-        if !ours.contains_key(p) {
-            report.push(format!("only in the second: {}", p.display()));
-        }
-    }
-    report.truncate(20);
-    panic!("{what}: trees differ:\n{}", report.join("\n"));
-}
+#[path = "../../../tests/common/snap.rs"]
+mod snap;
+#[allow(unused_imports)]
+pub use snap::*;
 
 // ---- archives ----
 
