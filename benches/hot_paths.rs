@@ -57,6 +57,8 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             sync_writes: false,
             xattr_permissions: 0,
             acl: true,
+            markers: stratafs::config::Markers::Auto,
+            writeback: false,
         },
     )
 }

@@ -245,3 +245,78 @@ fn xattr_permissions_keep_owner_and_mode_in_xattrs() {
         drop(m);
     }
 }
+
+/// Special files containers/storage stored as empty regular files under `force_mask` (their
+/// TYPE in the override) show as what they were in the image, and keep their TYPE through a
+/// copy-up.
+#[test]
+fn override_type_shows_special_files() {
+    use std::os::unix::fs::FileTypeExt;
+    if !can_mount() {
+        return;
+    }
+    let s = setup();
+    let l = &s.lower;
+    fs::create_dir(l.join("dev")).unwrap();
+    for (name, v) in [
+        ("null", "0:0:0666:char-1-3"),
+        ("sda", "0:6:0660:block-8-0"),
+        ("fifo", "0:0:0644:pipe"),
+        ("sock", "0:0:0755:socket"),
+        ("file", "0:0:0644:file"),
+    ] {
+        fs::write(l.join("dev").join(name), "").unwrap();
+        set_override(&l.join("dev").join(name), v);
+    }
+    // A TYPE on a file with data is not believed: the data would be lost.
+    fs::write(l.join("dev/data"), "data").unwrap();
+    set_override(&l.join("dev/data"), "0:0:0644:char-1-5");
+    let opts = format!(
+        "{},xattr_permissions=2",
+        rw_opts(std::slice::from_ref(&s.lower), &s.upper, &s.work)
+    );
+    let m = Mount::new(&opts, &s.mnt);
+    let d = m.mountpoint.join("dev");
+    let md = |n: &str| fs::symlink_metadata(d.join(n)).unwrap();
+    assert!(md("null").file_type().is_char_device());
+    assert_eq!(md("null").rdev(), libc_makedev(1, 3));
+    assert_eq!(md("null").mode() & 0o7777, 0o666);
+    assert!(md("sda").file_type().is_block_device());
+    assert_eq!(md("sda").rdev(), libc_makedev(8, 0));
+    assert_eq!(md("sda").gid(), 6);
+    assert!(md("fifo").file_type().is_fifo());
+    assert!(md("sock").file_type().is_socket());
+    assert!(md("file").file_type().is_file());
+    assert!(md("data").file_type().is_file());
+    // Listings agree with stat.
+    let types: Vec<(String, bool)> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            (n, e.file_type().unwrap().is_char_device())
+        })
+        .filter(|(n, _)| n == "null")
+        .collect();
+    assert_eq!(types, [("null".to_string(), true)]);
+
+    fs::set_permissions(d.join("null"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        get_override(&s.upper.join("dev/null")).as_deref(),
+        Some("0:0:0600:char-1-3")
+    );
+    assert!(md("null").file_type().is_char_device());
+    assert_eq!(md("null").mode() & 0o7777, 0o600);
+    drop(m);
+    let m = Mount::new(&opts, &s.mnt);
+    let got = fs::symlink_metadata(m.mountpoint.join("dev/null")).unwrap();
+    assert!(got.file_type().is_char_device() && got.rdev() == libc_makedev(1, 3));
+}
+
+/// The kernel's encoding of a device number (as `st_rdev` shows it).
+fn libc_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xfffff000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffffff00) << 12)
+        | (minor & 0xff)
+}

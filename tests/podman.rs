@@ -30,14 +30,14 @@ mod common;
 
 use std::cell::RefCell;
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::facility;
+use common::{facility, DevFuseOpen};
 
 /// The user the rootless runs use (created, with subordinate ids, when missing).
 const ROOTLESS_USER: &str = "stratafs-podman";
@@ -708,6 +708,7 @@ struct User {
 /// Dropping it removes every container, mount, daemon and file it made.
 struct Podman {
     mode: Mode,
+    prog: Prog,
     /// The program under test (a private copy for stratafs).
     real_prog: PathBuf,
     /// What `mount_program` names: tests/podman/mount-program.sh filled in.
@@ -876,6 +877,7 @@ impl Podman {
         }
         Podman {
             mode,
+            prog,
             real_prog,
             wrapper,
             argv_log,
@@ -1195,25 +1197,6 @@ fn kill(pid: u32) {
     });
     if !gone {
         let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-    }
-}
-
-/// `/dev/fuse` opened to every user for the rootless run; the old mode comes back on drop.
-struct DevFuseOpen {
-    mode: u32,
-}
-
-impl DevFuseOpen {
-    fn new() -> DevFuseOpen {
-        let mode = fs::metadata("/dev/fuse").expect("/dev/fuse").mode() & 0o7777;
-        chmod(Path::new("/dev/fuse"), 0o666);
-        DevFuseOpen { mode }
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.mode));
     }
 }
 
@@ -1763,6 +1746,7 @@ fn check_recreated_dir(pm: &Podman) -> Result<(), String> {
     pm.ok(&a)?;
     let out = pm.ok(&["start", "--attach", "strata-r"])?;
     same_lines("inside the container", &out, want)?;
+    check_opaque_markers(pm, "strata-r", "data/opq")?;
     let diff = pm.ok(&["diff", "strata-r"])?;
     let mut problems = Vec::new();
     for d in [
@@ -1789,6 +1773,49 @@ fn check_recreated_dir(pm: &Podman) -> Result<(), String> {
         &["sh", "-c", &show],
     )?;
     same_lines("the committed image", &out, want)
+}
+
+/// The markers of re-created directory `rel` in container `name`'s upper layer. stratafs
+/// writes the kernel's xattr alone where the upper takes the kernel's formats (root, and
+/// rootless, where char 0/0 whiteouts are allowed and `user.overlay.opaque` is what the
+/// kernel's `userxattr` reads), fuse-overlayfs's `.wh..wh..opq` and
+/// `user.fuseoverlayfs.opaque` as well where owners live in xattrs (`force_mask`).
+/// fuse-overlayfs always writes `.wh..wh..opq`.
+fn check_opaque_markers(pm: &Podman, name: &str, rel: &str) -> Result<(), String> {
+    let upper = pm.ok(&[
+        "inspect",
+        "--format",
+        "{{.GraphDriver.Data.UpperDir}}",
+        name,
+    ])?;
+    let dir = Path::new(upper.trim()).join(rel);
+    let mut buf = vec![0u8; 64];
+    let mut has =
+        |x: &str| matches!(rustix::fs::lgetxattr(&dir, x, &mut buf), Ok(1)) && buf[0] == b'y';
+    let kernel_xattr = has("trusted.overlay.opaque") || has("user.overlay.opaque");
+    let fuse_xattr = has("user.fuseoverlayfs.opaque");
+    let opq = dir.join(".wh..wh..opq").exists();
+    let kernel_only = pm.prog == Prog::Stratafs && pm.mode != Mode::RootForceMask;
+    let ok = if kernel_only {
+        kernel_xattr && !fuse_xattr && !opq
+    } else {
+        // Rootless, trusted.* is refused and fuse-overlayfs writes its own xattr.
+        opq && (fuse_xattr || (pm.mode != Mode::Rootless && kernel_xattr))
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: kernel opaque xattr {kernel_xattr}, user.fuseoverlayfs.opaque {fuse_xattr}, \
+             .wh..wh..opq {opq} ({})",
+            dir.display(),
+            if kernel_only {
+                "want the kernel's xattr alone"
+            } else {
+                "want fuse-overlayfs's markers"
+            }
+        ))
+    }
 }
 
 /// Two running containers of one image do not see each other's changes.

@@ -66,6 +66,20 @@ pub enum RedirectDir {
     NoFollow,
 }
 
+/// `markers=` (stratafs): which opaque and copy-up markers are written in the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Markers {
+    /// The kernel's where the upper layer takes the kernel's formats (char 0/0 whiteouts,
+    /// owners kept on the files), fuse-overlayfs's as well where it does not.
+    #[default]
+    Auto,
+    /// Only the kernel's (the upper layer stays mountable by the kernel's overlayfs).
+    Kernel,
+    /// fuse-overlayfs's as well: `.wh..wh..opq` and `user.fuseoverlayfs.opaque` in opaque
+    /// directories, `user.fuseoverlayfs.origin` on copied-up files.
+    FuseOverlayfs,
+}
+
 /// A kernel mount flag given as an `-o` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFlag {
@@ -148,6 +162,8 @@ pub struct MountConfig {
     pub writeback: bool,
     /// `fast_ino=0|1`: accepted for compatibility.
     pub fast_ino: bool,
+    /// `markers=auto|kernel|fuse-overlayfs` (stratafs).
+    pub markers: Markers,
     /// `noxattrs`: xattr requests get ENOTSUP.
     pub noxattrs: bool,
     /// `xattr_permissions=0|1|2`: keep owner and mode in an xattr (1: security., 2: user.).
@@ -197,6 +213,7 @@ impl MountConfig {
             node_limit: 160_000,
             writeback: true,
             fast_ino: false,
+            markers: Markers::Auto,
             noxattrs: false,
             xattr_permissions: 0,
             plugins: Vec::new(),

@@ -16,7 +16,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ConfigError, IdMapping, Invocation, KernelFlag, MountConfig, RedirectDir, Xino};
+use super::{
+    ConfigError, IdMapping, Invocation, KernelFlag, Markers, MountConfig, RedirectDir, Xino,
+};
 
 /// Parses the command line (without argv\[0\]) into what it asks for.
 ///
@@ -312,6 +314,14 @@ fn apply_option(
         "threaded" => cfg.threaded = parse_bool(key, value)?,
         "writeback" => cfg.writeback = parse_bool(key, value)?,
         "fast_ino" => cfg.fast_ino = parse_bool(key, value)?,
+        "markers" => {
+            cfg.markers = match utf8_value(key, value)? {
+                "auto" => Markers::Auto,
+                "kernel" => Markers::Kernel,
+                "fuse-overlayfs" => Markers::FuseOverlayfs,
+                _ => return Err(bad(key, "expected auto, kernel or fuse-overlayfs")),
+            }
+        }
         "noxattrs" => cfg.noxattrs = value.is_none() || parse_bool(key, value)?,
         "timeout" => cfg.timeout = parse_timeout(key, utf8_value(key, value)?)?,
         "node_limit" => {
@@ -834,6 +844,15 @@ mod tests {
             let opt = format!("redirect_dir={v}");
             assert_eq!(mount(&["-o", &opt, "/m"]).redirect_dir, want);
         }
+        assert_eq!(mount(&["/m"]).markers, Markers::Auto);
+        for (v, want) in [
+            ("auto", Markers::Auto),
+            ("kernel", Markers::Kernel),
+            ("fuse-overlayfs", Markers::FuseOverlayfs),
+        ] {
+            let opt = format!("markers={v}");
+            assert_eq!(mount(&["-o", &opt, "/m"]).markers, want);
+        }
 
         for (opt, key) in [
             ("fsync=2", "fsync"),
@@ -846,6 +865,8 @@ mod tests {
             ("xattr_permissions=3", "xattr_permissions"),
             ("xino=maybe", "xino"),
             ("redirect_dir=yes", "redirect_dir"),
+            ("markers=aufs", "markers"),
+            ("markers", "markers"),
             ("ro=1", "ro"),
             ("debug=1", "debug"),
             ("volatile=0", "volatile"),

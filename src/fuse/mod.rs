@@ -431,7 +431,17 @@ impl fuser::Filesystem for StrataFs {
         {
             self.passthrough = true;
         }
-        debug!(passthrough = self.passthrough, "init");
+        // Otherwise (a daemon without CAP_SYS_ADMIN: rootless podman's) the writeback cache,
+        // as fuse-overlayfs's `writeback=1`: writes gather in the page cache and reach the
+        // daemon as large requests. The two are exclusive. Handles are opened read-write
+        // whatever the open asked for (the kernel reads pages to fill partial writes), and
+        // never O_APPEND (the kernel places appended data itself).
+        let writeback = !self.passthrough
+            && self.overlay.options().writeback
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok();
+        debug!(passthrough = self.passthrough, writeback, "init");
         Ok(())
     }
 

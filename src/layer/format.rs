@@ -13,12 +13,19 @@ pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// A file named `.wh..wh..opq` makes its directory opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// fuse-overlayfs's opaque marker (written where `trusted.overlay.opaque` is refused).
+pub const FUSE_OVERLAYFS_OPAQUE: &str = "user.fuseoverlayfs.opaque";
+
+/// fuse-overlayfs's record of a copied-up file's path (NUL-terminated), from which it
+/// finds the original's inode number.
+pub const FUSE_OVERLAYFS_ORIGIN: &str = "user.fuseoverlayfs.origin";
+
 /// The xattrs that mark a directory opaque when their value is `y`: the kernel's (root and
 /// `userxattr` mounts) and fuse-overlayfs's own.
 pub const OPAQUE_XATTRS: [&str; 3] = [
     "trusted.overlay.opaque",
     "user.overlay.opaque",
-    "user.fuseoverlayfs.opaque",
+    FUSE_OVERLAYFS_OPAQUE,
 ];
 
 /// Namespaces private to the overlay implementation: never visible through the mount (the

@@ -170,9 +170,20 @@ impl WorkDir {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| annotate(e.into(), "workdir", workdir))?;
-        match sys::mkdir_at(base.as_fd(), OsStr::new("work"), 0) {
+        // Mode 0 as the kernel makes it; a daemon without CAP_DAC_OVERRIDE could not use
+        // that, so it makes (or mends) its own 0700.
+        let root = sys::euid() == 0;
+        match sys::mkdir_at(
+            base.as_fd(),
+            OsStr::new("work"),
+            if root { 0 } else { 0o700 },
+        ) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if !root {
+                    let _ = sys::chmod_at(base.as_fd(), OsStr::new("work"), 0o700);
+                }
+            }
             Err(e) => return Err(annotate(e, "workdir", workdir)),
         }
         let fd = sys::open_dir_path(base.as_fd(), b"work")
@@ -188,7 +199,18 @@ impl WorkDir {
             }
             Err(_) => WhiteoutFormat::DotWh,
         };
-        let xattr_prefix = if sys::euid() == 0 {
+        // `trusted.` xattrs need CAP_SYS_ADMIN in the initial user namespace: a daemon that
+        // is root only in a user namespace (rootless podman's) uses `user.overlay.`, as the
+        // kernel's overlayfs does with `userxattr`.
+        let probe_key = OsStr::new("trusted.overlay.stratafs.probe");
+        let xattr_prefix = if sys::euid() == 0
+            && match sys::set_xattr(fd.as_fd(), probe_key, b"y", 0) {
+                Ok(()) => {
+                    let _ = sys::remove_xattr(fd.as_fd(), probe_key);
+                    true
+                }
+                Err(e) => e.raw_os_error() != Some(libc::EPERM),
+            } {
             "trusted.overlay."
         } else {
             "user.overlay."

@@ -56,10 +56,19 @@ impl Overlay {
         if flags & libc::O_SYNC != 0 {
             of |= OFlags::SYNC;
         }
-        Overlay::still_named(
-            &node,
-            sys::open_beneath(upper.root(), &path, of).map_err(Error::from),
-        )
+        let opened = match sys::open_beneath(upper.root(), &path, of) {
+            // A daemon without CAP_DAC_OVERRIDE may write but not read a file of mode 0200:
+            // then the handle is write-only (a partial-page write through the writeback
+            // cache would fail to read it, as on any filesystem that cannot).
+            Err(e)
+                if e.raw_os_error() == Some(libc::EACCES)
+                    && flags & libc::O_ACCMODE == libc::O_WRONLY =>
+            {
+                sys::open_beneath(upper.root(), &path, (of - OFlags::RDWR) | OFlags::WRONLY)
+            }
+            r => r,
+        };
+        Overlay::still_named(&node, opened.map_err(Error::from))
     }
 
     /// The upper directory of `ino`'s parent and its name there (after a copy-up).

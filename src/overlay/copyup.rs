@@ -167,6 +167,22 @@ impl Overlay {
         let key = work.xattr(ORIGIN_INO);
         // Best effort: without it the copy shows its own inode number after a remount.
         let _ = sys::set_xattr(dst.as_fd(), &key, node.ino.to_string().as_bytes(), 0);
+        if self.fuse_markers && st.kind() == Some(FileKind::Regular) {
+            // As fuse-overlayfs records it: the path in the layers, NUL-terminated (user
+            // xattrs may be refused by the upper filesystem; fuse-overlayfs skips it then).
+            let mut origin = self.rel_path(node)?;
+            origin.push(0);
+            match sys::set_xattr(
+                dst.as_fd(),
+                OsStr::new(format::FUSE_OVERLAYFS_ORIGIN),
+                &origin,
+                0,
+            ) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
@@ -191,6 +207,12 @@ impl Overlay {
             sys::chmod_at(dir, name, st.mode)?;
         }
         if self.keeps_perms_in_xattrs() {
+            // The TYPE the source's override records stays with the copy.
+            if let Some(o) = self.read_override(Object::Fd(src)) {
+                if o.kind.is_some() {
+                    self.write_raw_override(Object::At(dir, name), &o)?;
+                }
+            }
             let shown = self.overridden(*st, Object::Fd(src));
             let written =
                 self.write_override(Object::At(dir, name), shown.uid, shown.gid, shown.mode);

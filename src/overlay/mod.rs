@@ -167,6 +167,10 @@ pub struct Options {
     /// POSIX ACLs are enforced (by the kernel, from the ACL xattrs) and inherited (not
     /// `noacl` or `noxattrs`).
     pub acl: bool,
+    /// Which opaque and copy-up markers the upper layer gets (`markers=`).
+    pub markers: crate::config::Markers,
+    /// `writeback=1`: the kernel's writeback cache, where FUSE passthrough is not used.
+    pub writeback: bool,
 }
 
 impl Options {
@@ -182,6 +186,8 @@ impl Options {
             sync_writes: cfg.fsync && !cfg.volatile,
             xattr_permissions: cfg.xattr_permissions,
             acl: !cfg.noacl && !cfg.noxattrs,
+            markers: cfg.markers,
+            writeback: cfg.writeback,
         }
     }
 }
@@ -202,28 +208,44 @@ pub struct Overlay {
     temp_counter: std::sync::atomic::AtomicU64,
     /// The umask is 0, so new objects get their exact mode at creation.
     exact_modes: bool,
+    /// fuse-overlayfs's markers are written too (see [`crate::config::Markers`]).
+    fuse_markers: bool,
 }
 
 impl Overlay {
     /// A merged view of `layers`.
     pub fn new(layers: LayerStack, opts: Options) -> Overlay {
         let root_layers = (0..layers.len() as LayerIdx).collect();
+        let perm_xattr = perms::override_name(if opts.xattr_permissions > 0 {
+            opts.xattr_permissions
+        } else {
+            let roots: Vec<_> = layers.all().iter().map(|l| l.root()).collect();
+            perms::detect(&roots)
+        });
+        // An upper layer already in the mount-program dialect (`.wh.` whiteouts, owners in
+        // xattrs) is one the kernel cannot mount as it is: it gets fuse-overlayfs's markers.
+        let fuse_markers = match opts.markers {
+            crate::config::Markers::Kernel => false,
+            crate::config::Markers::FuseOverlayfs => true,
+            crate::config::Markers::Auto => {
+                perm_xattr.is_some()
+                    || layers
+                        .work()
+                        .is_some_and(|w| w.whiteout == crate::layer::WhiteoutFormat::DotWh)
+            }
+        };
         Overlay {
             nodes: NodeTable::new(root_layers, layers.upper().is_some()),
             dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
             listings: readdir::ListingCache::new(opts.listing_cache),
             idmap: crate::layer::IdMap::default(),
             cookie_key: std::collections::hash_map::RandomState::new(),
-            perm_xattr: perms::override_name(if opts.xattr_permissions > 0 {
-                opts.xattr_permissions
-            } else {
-                let roots: Vec<_> = layers.all().iter().map(|l| l.root()).collect();
-                perms::detect(&roots)
-            }),
+            perm_xattr,
             layers,
             opts,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             exact_modes: crate::sys::current_umask() == 0,
+            fuse_markers,
         }
     }
 

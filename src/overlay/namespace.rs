@@ -173,22 +173,35 @@ impl Overlay {
         Ok(())
     }
 
-    /// Sets the opaque marker on a new upper directory.
+    /// Sets the opaque marker on a new upper directory: the kernel's xattr, or where the
+    /// upper filesystem refuses it, a `.wh..wh..opq` file. With fuse-overlayfs's markers,
+    /// `user.fuseoverlayfs.opaque` and `.wh..wh..opq` as well, as fuse-overlayfs writes them.
     fn make_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
         let (_, work) = self.writable()?;
-        match sys::set_xattr(dir, &work.xattr("opaque"), b"y", 0) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
-                drop(sys::create_file(
-                    dir,
-                    OsStr::new(format::OPAQUE_MARKER),
-                    OFlags::WRONLY,
-                    0,
-                )?);
-                Ok(())
+        let refused = |e: &std::io::Error| {
+            matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM))
+        };
+        let kernel = match sys::set_xattr(dir, &work.xattr("opaque"), b"y", 0) {
+            Ok(()) => true,
+            Err(e) if refused(&e) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if self.fuse_markers {
+            match sys::set_xattr(dir, OsStr::new(format::FUSE_OVERLAYFS_OPAQUE), b"y", 0) {
+                Ok(()) => {}
+                Err(e) if refused(&e) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
+        if !kernel || self.fuse_markers {
+            drop(sys::create_file(
+                dir,
+                OsStr::new(format::OPAQUE_MARKER),
+                OFlags::WRONLY,
+                0,
+            )?);
+        }
+        Ok(())
     }
 
     /// Creates `name` in directory `parent`. Returns the new object's attributes (one kernel

@@ -5,8 +5,10 @@
 //! The value is `UID:GID:MODE[:TYPE]`, MODE in octal (containers/storage writes `0:0:0644`,
 //! fuse-overlayfs `0:0:100644`, with the file type bits), TYPE as containers/storage writes
 //! it (`file`, `dir`, `symlink`, `pipe`, `socket`, `char-MAJ-MIN`, `block-MAJ-MIN`), kept as
-//! is. It is read from whichever layer holds the object's topmost copy, under any of the
-//! known names; it is written under the name the option selects (1:
+//! is and copied up with the object. A special file containers/storage stored as an empty
+//! regular file (it cannot make devices under `force_mask`) is shown as the type and device
+//! number its TYPE records. The override is read from whichever layer holds the object's
+//! topmost copy, under any of the known names; it is written under the name the option selects (1:
 //! `security.fuseoverlayfs.override_stat`, 2: `user.containers.override_stat`) whenever the
 //! owner or mode changes, on new objects and on copy-up. The layer file's own owner and mode
 //! then only need to let the daemon use it.
@@ -70,6 +72,25 @@ impl Override {
         })
     }
 
+    /// The file type and device number the TYPE field records for a special file (`pipe`,
+    /// `socket`, `char-MAJ-MIN`, `block-MAJ-MIN`), which containers/storage stores as an
+    /// empty regular file under `force_mask`; `None` for the other types (kept as they are).
+    pub fn special(&self) -> Option<(u32, u64)> {
+        let k = self.kind.as_deref()?;
+        match k {
+            "pipe" => return Some((libc::S_IFIFO, 0)),
+            "socket" => return Some((libc::S_IFSOCK, 0)),
+            _ => {}
+        }
+        let (fmt, dev) = match (k.strip_prefix("char-"), k.strip_prefix("block-")) {
+            (Some(d), _) => (libc::S_IFCHR, d),
+            (_, Some(d)) => (libc::S_IFBLK, d),
+            _ => return None,
+        };
+        let (major, minor) = dev.split_once('-')?;
+        Some((fmt, libc::makedev(major.parse().ok()?, minor.parse().ok()?)))
+    }
+
     /// The value as containers/storage writes it.
     pub fn format(&self) -> String {
         match &self.kind {
@@ -93,12 +114,20 @@ impl Overlay {
             .find_map(|n| get(at, n).and_then(|v| Override::parse(&v)))
     }
 
-    /// `st` with the owner and mode its override records (unchanged without one).
+    /// `st` with the owner and mode its override records (unchanged without one). An empty
+    /// regular file whose override records a special file type is shown as that type (with
+    /// its device number), as it was in the image.
     pub(crate) fn overridden(&self, mut st: Stat, at: Object<'_>) -> Stat {
         if let Some(o) = self.read_override(at) {
             st.uid = o.uid;
             st.gid = o.gid;
             st.mode = (st.mode & libc::S_IFMT) | o.perm;
+            if st.mode & libc::S_IFMT == libc::S_IFREG && st.size == 0 {
+                if let Some((fmt, rdev)) = o.special() {
+                    st.mode = fmt | o.perm;
+                    st.rdev = rdev;
+                }
+            }
         }
         st
     }
@@ -112,18 +141,27 @@ impl Overlay {
         gid: u32,
         perm: u32,
     ) -> Result<()> {
+        if self.perm_xattr.is_none() {
+            return Ok(());
+        }
+        let kind = self.read_override(at).and_then(|o| o.kind);
+        self.write_raw_override(
+            at,
+            &Override {
+                uid,
+                gid,
+                perm: perm & 0o7777,
+                kind,
+            },
+        )
+    }
+
+    /// Writes override `o` for the object at `at`, under the name the mount uses.
+    pub(crate) fn write_raw_override(&self, at: Object<'_>, o: &Override) -> Result<()> {
         let Some(name) = self.perm_xattr else {
             return Ok(());
         };
-        let kind = self.read_override(at).and_then(|o| o.kind);
-        let value = Override {
-            uid,
-            gid,
-            perm: perm & 0o7777,
-            kind,
-        }
-        .format();
-        Ok(at.set_xattr(OsStr::new(name), value.as_bytes(), 0)?)
+        Ok(at.set_xattr(OsStr::new(name), o.format().as_bytes(), 0)?)
     }
 
     /// True when owners and modes live in override xattrs.
@@ -169,6 +207,36 @@ mod tests {
         assert_eq!(o.format(), "5:6:04755:char-1-3");
         for bad in [&b""[..], b"1:2", b"a:b:c", b"1:2:9", b"1:2:", b"\xff"] {
             assert_eq!(Override::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn special_types() {
+        let t = |v: &[u8]| Override::parse(v).and_then(|o| o.special());
+        assert_eq!(
+            t(b"0:0:0666:char-1-3"),
+            Some((libc::S_IFCHR, libc::makedev(1, 3)))
+        );
+        assert_eq!(
+            t(b"0:0:0660:block-259-1"),
+            Some((libc::S_IFBLK, libc::makedev(259, 1)))
+        );
+        assert_eq!(t(b"0:0:0644:pipe"), Some((libc::S_IFIFO, 0)));
+        assert_eq!(t(b"0:0:0644:socket"), Some((libc::S_IFSOCK, 0)));
+        for plain in [
+            &b"0:0:0644"[..],
+            b"0:0:0644:file",
+            b"0:0:0755:dir",
+            b"0:0:0777:symlink",
+        ] {
+            assert_eq!(t(plain), None);
+        }
+        for bad in [
+            &b"0:0:0644:char-1"[..],
+            b"0:0:0644:char-x-1",
+            b"0:0:0644:fifo",
+        ] {
+            assert_eq!(t(bad), None);
         }
     }
 

@@ -1,0 +1,294 @@
+//! Integration tests may panic: a failed assertion is how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! A daemon run by an unprivileged user, as rootless podman runs its `mount_program`: it
+//! mounts through fusermount3, writes `.wh.` whiteouts and fuse-overlayfs's markers (the
+//! upper filesystem refuses it char devices and `trusted.` xattrs), and uses the kernel's
+//! writeback cache (FUSE passthrough needs CAP_SYS_ADMIN).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The unprivileged user the daemon runs as.
+const NOBODY: u32 = 65534;
+
+/// `cmd` run as nobody, with no supplementary groups.
+fn as_nobody(prog: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(prog);
+    c
+}
+
+/// A stack owned by nobody: `d/f` to append to, `d/sub/old` in a directory to replace, and
+/// `d/gone` to delete.
+struct Stack {
+    _dir: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+fn stack() -> Stack {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let p = |n: &str| dir.path().join(n);
+    for d in ["lower/d/sub", "upper", "work", "mnt"] {
+        fs::create_dir_all(p(d)).unwrap();
+    }
+    fs::write(p("lower/d/f"), "lower\n").unwrap();
+    fs::write(p("lower/d/sub/old"), "old\n").unwrap();
+    fs::write(p("lower/d/gone"), "gone\n").unwrap();
+    let out = run(Command::new("chown")
+        .arg("-R")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(dir.path()));
+    assert!(out.status.success(), "chown");
+    Stack {
+        lower: p("lower"),
+        upper: p("upper"),
+        work: p("work"),
+        mnt: p("mnt"),
+        _dir: dir,
+    }
+}
+
+fn facilities() -> bool {
+    can_mount()
+        && facility(find_tool("fusermount3").is_some(), "fusermount3")
+        && facility(find_tool("setpriv").is_some(), "setpriv")
+        && facility(find_tool("perl").is_some(), "perl")
+}
+
+/// Mounts `s` as nobody with `extra` options, runs `script` as nobody in the mount point
+/// (`$U` is the upper directory; root may not enter a user's FUSE mount), unmounts, and returns the script's output.
+fn run_as_nobody(s: &Stack, extra: &str, script: &str) -> String {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}{extra}",
+        s.lower.display(),
+        s.upper.display(),
+        s.work.display()
+    );
+    let out = run(as_nobody(&stable_stratafs_bin())
+        .arg("-o")
+        .arg(&opts)
+        .arg(&s.mnt));
+    assert!(
+        out.status.success(),
+        "stratafs as nobody: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mount {
+        mountpoint: s.mnt.clone(),
+    };
+    let (status, output) = run_timeout(
+        as_nobody(Path::new("/bin/sh"))
+            .arg("-c")
+            .arg(format!("cd \"$M\" || exit 1\n{script}"))
+            .env("U", &s.upper)
+            .env("M", &s.mnt),
+        Duration::from_secs(60),
+    );
+    m.unmount();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the script failed ({status:?}):\n{output}"
+    );
+    output
+}
+
+/// Appends to a lower file through a descriptor kept open, and reports the upper copy's
+/// size before and after an fsync: with the writeback cache the data waits in the page
+/// cache; without it every write reaches the upper file at once. (Perl, from the essential
+/// perl-base, because every close of a duplicate descriptor, which a shell's redirections
+/// and any child process make, flushes the cache.)
+const APPEND: &str = r#"exec perl -e '
+use IO::Handle;
+open(my $f, ">>", "d/f") or die "open: $!";
+syswrite($f, "more\n") or die "write: $!";
+print "before ", (lstat("$ENV{U}/d/f"))[7], "\n";
+$f->sync or die "fsync: $!";
+print "after ", (lstat("$ENV{U}/d/f"))[7], "\n";
+close($f) or die "close: $!";
+open($f, "<", "d/f") or die "reopen: $!";
+print <$f>;
+'
+"#;
+
+#[test]
+fn unprivileged_daemon_uses_the_writeback_cache() {
+    if !facilities() {
+        return;
+    }
+    let _fuse = DevFuseOpen::new();
+    let s = stack();
+    let out = run_as_nobody(&s, "", APPEND);
+    assert_eq!(
+        out, "before 6\nafter 11\nlower\nmore\n",
+        "writeback=1 (default)"
+    );
+    let t = stack();
+    let out = run_as_nobody(&t, ",writeback=0", APPEND);
+    assert_eq!(out, "before 11\nafter 11\nlower\nmore\n", "writeback=0");
+}
+
+const REPLACE: &str = "set -e\nrm d/gone\nrm -r d/sub\nmkdir d/sub\necho new > d/sub/new\n\
+                       echo more >> d/f\nls -A d d/sub\n";
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::lgetxattr(p, OsStr::new(name), &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// What `REPLACE` left in the upper layer.
+#[derive(Debug, PartialEq)]
+struct Upper {
+    names: Vec<String>,
+    gone_is_char_whiteout: bool,
+    sub_names: Vec<String>,
+    user_overlay_opaque: bool,
+    trusted_opaque: bool,
+    fuse_opaque: bool,
+    origin: Option<Vec<u8>>,
+}
+
+fn upper(s: &Stack) -> Upper {
+    let d = s.upper.join("d");
+    let sub = d.join("sub");
+    let y = |x: &str| xattr(&sub, x).as_deref() == Some(b"y");
+    Upper {
+        names: dir_names(&d),
+        gone_is_char_whiteout: fs::symlink_metadata(d.join("gone"))
+            .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0),
+        sub_names: dir_names(&sub),
+        user_overlay_opaque: y("user.overlay.opaque"),
+        trusted_opaque: y("trusted.overlay.opaque"),
+        fuse_opaque: y("user.fuseoverlayfs.opaque"),
+        origin: xattr(&d.join("f"), "user.fuseoverlayfs.origin"),
+    }
+}
+
+/// An unprivileged daemon may make char 0/0 whiteouts (Linux 5.8 and later) and `user.`
+/// xattrs: the upper is in the format of the kernel's `userxattr` mounts, and gets only
+/// those markers unless `markers=fuse-overlayfs` asks for fuse-overlayfs's too.
+#[test]
+fn unprivileged_daemon_writes_the_userxattr_format() {
+    if !facilities() {
+        return;
+    }
+    let _fuse = DevFuseOpen::new();
+    let kernel = Upper {
+        names: vec!["f".into(), "gone".into(), "sub".into()],
+        gone_is_char_whiteout: true,
+        sub_names: vec!["new".into()],
+        user_overlay_opaque: true,
+        trusted_opaque: false,
+        fuse_opaque: false,
+        origin: None,
+    };
+    let s = stack();
+    let out = run_as_nobody(&s, "", REPLACE);
+    assert_eq!(out, "d:\nf\nsub\n\nd/sub:\nnew\n");
+    assert_eq!(upper(&s), kernel);
+
+    let t = stack();
+    let out = run_as_nobody(&t, ",markers=fuse-overlayfs", REPLACE);
+    assert_eq!(out, "d:\nf\nsub\n\nd/sub:\nnew\n");
+    assert_eq!(
+        upper(&t),
+        Upper {
+            sub_names: vec![".wh..wh..opq".into(), "new".into()],
+            fuse_opaque: true,
+            origin: Some(b"d/f\0".to_vec()),
+            ..kernel
+        }
+    );
+}
+
+/// Kills, when dropped, every process whose command line names `path` (a daemon left in a
+/// namespace the test cannot reach when its script failed half-way).
+struct KillNaming(PathBuf);
+
+impl Drop for KillNaming {
+    fn drop(&mut self) {
+        let needle = self.0.as_os_str().as_encoded_bytes().to_vec();
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if pid != std::process::id()
+                && cmdline
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice())
+            {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+    }
+}
+
+/// A daemon that is root only inside a user namespace (how rootless podman runs its
+/// `mount_program`): `trusted.` xattrs are refused to it, so it keeps its markers in
+/// `user.overlay.`, as the kernel's overlayfs does with `userxattr`.
+#[test]
+fn root_in_a_user_namespace_uses_user_xattrs() {
+    if !facilities() {
+        return;
+    }
+    if !facility(find_tool("unshare").is_some(), "unshare") {
+        return;
+    }
+    let s = stack();
+    let out = run(Command::new("chown")
+        .arg("-R")
+        .arg("0:0")
+        .arg(s._dir.path()));
+    assert!(out.status.success(), "chown");
+    let _kill = KillNaming(s._dir.path().to_path_buf());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        s.lower.display(),
+        s.upper.display(),
+        s.work.display()
+    );
+    let script = format!(
+        "\"$BIN\" -o \"$OPTS\" \"$M\" || exit 1\ncd \"$M\" || exit 1\n(\n{REPLACE}\n)\n\
+         rc=$?\ncd /\numount \"$M\"\nexit $rc\n"
+    );
+    let (status, output) = run_timeout(
+        Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+            .env("BIN", stable_stratafs_bin())
+            .env("OPTS", &opts)
+            .env("M", &s.mnt),
+        Duration::from_secs(60),
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the script failed ({status:?}):\n{output}"
+    );
+    assert_eq!(output, "d:\nf\nsub\n\nd/sub:\nnew\n");
+    let got = upper(&s);
+    assert!(
+        got.user_overlay_opaque && !got.trusted_opaque && got.gone_is_char_whiteout,
+        "{got:?}"
+    );
+}
