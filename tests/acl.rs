@@ -58,7 +58,7 @@ fn get(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
 /// The lower layer: `inh` with a default ACL (and a file to delete and re-create), `acl/f`
 /// readable by READER through its ACL, `acl/g` without one, `plain/` with neither.
 fn lower(l: &Path) {
-    for d in ["inh", "acl", "plain"] {
+    for d in ["inh", "acl", "plain", "sgid"] {
         fs::create_dir(l.join(d)).unwrap();
         fs::set_permissions(l.join(d), fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -68,6 +68,11 @@ fn lower(l: &Path) {
         fs::write(l.join(f), "secret").unwrap();
         fs::set_permissions(l.join(f), fs::Permissions::from_mode(0o600)).unwrap();
     }
+    // Owned by READER, setgid, in a group READER is not in: READER setting an ACL on it
+    // drops the setgid bit, as a chmod by READER would.
+    fs::write(l.join("sgid/f"), "x").unwrap();
+    std::os::unix::fs::chown(l.join("sgid/f"), Some(READER), Some(0)).unwrap();
+    fs::set_permissions(l.join("sgid/f"), fs::Permissions::from_mode(0o2770)).unwrap();
     set(
         &l.join("acl/f"),
         ACCESS,
@@ -98,6 +103,24 @@ fn changes(m: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     set(&m.join("plain/h"), ACCESS, &reader_acl());
+    let hex: String = reader_acl().iter().map(|b| format!("{b:02x}")).collect();
+    let out = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={READER}"),
+            &format!("--regid={READER}"),
+            "--clear-groups",
+            "setfattr",
+            "-n",
+            ACCESS,
+            "-v",
+            &format!("0x{hex}"),
+        ])
+        .arg(m.join("sgid/f")));
+    assert!(
+        out.status.success(),
+        "setfattr as READER: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Whether READER can read `path` (a child with that uid and no groups).
@@ -128,6 +151,7 @@ fn observe(m: &Path) -> Vec<String> {
         "plain/h",
         "acl/f",
         "acl/g",
+        "sgid/f",
     ]
     .iter()
     .map(|p| {
@@ -182,6 +206,7 @@ fn acls_match_kernel_overlayfs() {
     assert!(line("plain/new").contains("mode 640"), "{got:#?}");
     assert!(line("inh/gone").contains("READER reads: true"), "{got:#?}");
     assert!(!line("inh/newdir").contains("default Err"), "{got:#?}");
+    assert!(line("sgid/f").contains("mode 770,"), "{got:#?}");
     drop(m);
     // Both uppers hold the same ACLs: kernel overlayfs can mount ours.
     assert_eq!(

@@ -52,6 +52,9 @@ impl OpenFile {
 
 const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
 
+/// The access ACL xattr.
+const ACL_ACCESS_XATTR: &str = "system.posix_acl_access";
+
 /// File capabilities: dropped on a write by an unprivileged caller, like setuid.
 const CAPS_XATTR: &str = "security.capability";
 
@@ -253,6 +256,26 @@ impl StrataFs {
             }
         }
         of.setid.store(false, Ordering::Relaxed);
+    }
+
+    /// After an access ACL was set by a caller outside the file's group (and not root), the
+    /// setgid bit goes, as a local filesystem's `posix_acl_update_mode` drops it. The kernel
+    /// would say so with `FUSE_SETXATTR_ACL_KILL_SGID`, but only in the extended setxattr
+    /// request that fuser 0.18 cannot parse, so the daemon decides from the caller itself.
+    fn acl_kill_sgid(&self, ino: u64, req: &Request) -> Result<(), crate::overlay::Error> {
+        if req.uid() == 0 {
+            return Ok(());
+        }
+        let a = self.overlay.getattr(ino)?;
+        let perm = u32::from(a.perm);
+        if perm & libc::S_ISGID == 0 || caller_in_group(req, a.gid) {
+            return Ok(());
+        }
+        let set = crate::overlay::SetAttr {
+            mode: Some(perm & !libc::S_ISGID),
+            ..Default::default()
+        };
+        self.overlay.setattr(ino, set, None).map(|_| ())
     }
 
     /// An open fd on node `ino`, if any file of it is open.
@@ -1068,7 +1091,7 @@ impl fuser::Filesystem for StrataFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1077,12 +1100,11 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         debug!(op = "setxattr", ino = ino.0, ?name);
-        reply_empty(
-            reply,
-            "setxattr",
-            ino.0,
-            self.overlay.setxattr(ino.0, name, value, flags),
-        )
+        let mut r = self.overlay.setxattr(ino.0, name, value, flags);
+        if r.is_ok() && name == ACL_ACCESS_XATTR && self.overlay.acl() {
+            r = self.acl_kill_sgid(ino.0, req);
+        }
+        reply_empty(reply, "setxattr", ino.0, r)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
