@@ -158,6 +158,67 @@ fn map_acl(
     Some(out)
 }
 
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// The entries of an ACL value as (tag, permissions) with their positions; none when the
+/// value is not in the format.
+fn acl_entries(value: &[u8]) -> Option<Vec<(usize, u16, u16)>> {
+    let (head, entries) = value.split_at_checked(4)?;
+    if u32::from_le_bytes(head.try_into().ok()?) != ACL_VERSION || entries.len() % 8 != 0 {
+        return None;
+    }
+    Some(
+        entries
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(i, e)| {
+                (
+                    4 + i * 8,
+                    u16::from_le_bytes([e[0], e[1]]),
+                    u16::from_le_bytes([e[2], e[3]]),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The permission bits an access ACL stands for, as the filesystem sets them when the ACL
+/// is set: owner from `USER_OBJ`, group from `MASK` (`GROUP_OBJ` without one), other from
+/// `OTHER`. None when the value is not an ACL with those entries.
+pub fn acl_mode(value: &[u8]) -> Option<u32> {
+    let entries = acl_entries(value)?;
+    let perm = |tag: u16| {
+        entries
+            .iter()
+            .find(|e| e.1 == tag)
+            .map(|e| u32::from(e.2 & 7))
+    };
+    let group = perm(ACL_MASK).or_else(|| perm(ACL_GROUP_OBJ))?;
+    Some(perm(ACL_USER_OBJ)? << 6 | group << 3 | perm(ACL_OTHER)?)
+}
+
+/// `value` with the entries that stand for the permission bits set from `mode`, as a chmod
+/// changes an access ACL (`posix_acl_chmod`); none when the value is not an ACL.
+pub fn acl_with_mode(value: &[u8], mode: u32) -> Option<Vec<u8>> {
+    let entries = acl_entries(value)?;
+    let has_mask = entries.iter().any(|e| e.1 == ACL_MASK);
+    let mut out = value.to_vec();
+    for (at, tag, _) in entries {
+        let bits = match tag {
+            ACL_USER_OBJ => mode >> 6,
+            ACL_MASK => mode >> 3,
+            ACL_GROUP_OBJ if !has_mask => mode >> 3,
+            ACL_OTHER => mode,
+            _ => continue,
+        };
+        out[at + 2..at + 4].copy_from_slice(&((bits & 7) as u16).to_le_bytes());
+    }
+    Some(out)
+}
+
 /// True for the xattr names that hold POSIX ACLs.
 pub fn is_acl_name(name: &std::ffi::OsStr) -> bool {
     name == "system.posix_acl_access" || name == "system.posix_acl_default"
@@ -166,6 +227,26 @@ pub fn is_acl_name(name: &std::ffi::OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acl_modes_both_ways() {
+        let u = u32::MAX;
+        let masked = acl(&[(1, 7, u), (2, 5, 42), (4, 5, u), (0x10, 6, u), (0x20, 1, u)]);
+        assert_eq!(acl_mode(&masked), Some(0o761));
+        let chmodded = acl_with_mode(&masked, 0o640).unwrap();
+        assert_eq!(
+            chmodded,
+            acl(&[(1, 6, u), (2, 5, 42), (4, 5, u), (0x10, 4, u), (0x20, 0, u)])
+        );
+        let plain = acl(&[(1, 6, u), (4, 4, u), (0x20, 4, u)]);
+        assert_eq!(acl_mode(&plain), Some(0o644));
+        assert_eq!(
+            acl_with_mode(&plain, 0o750).unwrap(),
+            acl(&[(1, 7, u), (4, 5, u), (0x20, 0, u)])
+        );
+        assert_eq!(acl_mode(b"junk"), None);
+        assert_eq!(acl_with_mode(b"junk", 0o644), None);
+    }
 
     fn map(uids: &[(u32, u32, u32)]) -> IdMap {
         IdMap {

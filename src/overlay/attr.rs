@@ -203,10 +203,17 @@ impl Overlay {
         } else {
             value
         };
-        Ok(self
-            .upper_object(ino)?
-            .object()
-            .set_xattr(&stored, value, flags)?)
+        let at = self.upper_object(ino)?;
+        at.object().set_xattr(&stored, value, flags)?;
+        if name == super::read::ACCESS_ACL && self.keeps_perms_in_xattrs() {
+            // Setting an access ACL sets the permission bits it stands for; here they
+            // live in the override.
+            if let Some(bits) = crate::layer::idmap::acl_mode(value) {
+                let cur = self.overridden(at.stat()?, at.object());
+                self.write_override(at.object(), cur.uid, cur.gid, (cur.mode & 0o7000) | bits)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.

@@ -408,6 +408,12 @@ impl Overlay {
         if self.keeps_perms_in_xattrs() {
             // The owner goes into the override (the daemon may not be able to chown);
             // symlinks and device nodes take no user xattrs, and keep the daemon's owner.
+            // Under a default ACL the permission bits are those the filesystem derived.
+            let perm = if inherits_acl && !matches!(obj, NewObject::Symlink(_)) {
+                (sys::stat_at(dir, name)?.mode & 0o777) | (perm & 0o7000)
+            } else {
+                perm
+            };
             if let Err(e) = self.write_override(Object::At(dir, name), uid, gid, perm) {
                 if !matches!(obj, NewObject::Symlink(_) | NewObject::Node { .. }) {
                     return Err(e);

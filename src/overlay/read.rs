@@ -39,6 +39,9 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// The access ACL xattr.
+pub(crate) const ACCESS_ACL: &str = "system.posix_acl_access";
+
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 impl Overlay {
@@ -118,11 +121,17 @@ impl Overlay {
             return Err(Error::NoXattr);
         };
         let node = self.named(ino)?;
-        let value = self
-            .object_at(&node)?
-            .object()
-            .get_xattr(&stored)?
-            .ok_or(Error::NoXattr)?;
+        let at = self.object_at(&node)?;
+        let mut value = at.object().get_xattr(&stored)?.ok_or(Error::NoXattr)?;
+        if name == ACCESS_ACL {
+            // Where the mode lives in an override, the ACL entries that stand for the
+            // permission bits follow it (the layer file's own mode may be anything).
+            if let Some(o) = self.read_override(at.object()) {
+                if let Some(v) = crate::layer::idmap::acl_with_mode(&value, o.perm) {
+                    value = v;
+                }
+            }
+        }
         if crate::layer::idmap::is_acl_name(name) && !self.idmap.is_identity() {
             return Ok(self.idmap.acl_to_mount(&value));
         }
