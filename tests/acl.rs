@@ -169,25 +169,28 @@ fn observe(m: &Path) -> Vec<String> {
     .collect()
 }
 
-/// What the cases give on kernel overlayfs.
-fn kernel_result() -> Vec<String> {
+/// What the cases give on kernel overlayfs, and its stack (for its upper layer).
+fn kernel_result() -> (Stack, Vec<String>) {
     let theirs = Stack::new();
     lower(&theirs.lower);
-    let _k = KernelMount::new(
-        &kernel_rw_opts(
-            std::slice::from_ref(&theirs.lower),
-            &theirs.upper,
-            &theirs.work,
-        ),
-        &theirs.mnt,
-    );
-    changes(&theirs.mnt);
-    observe(&theirs.mnt)
+    let got = {
+        let _k = KernelMount::new(
+            &kernel_rw_opts(
+                std::slice::from_ref(&theirs.lower),
+                &theirs.upper,
+                &theirs.work,
+            ),
+            &theirs.mnt,
+        );
+        changes(&theirs.mnt);
+        observe(&theirs.mnt)
+    };
+    (theirs, got)
 }
 
 /// The cases on stratafs with `extra` options, checked against the kernel's result.
-fn compare(ours: &Stack, extra: &str) {
-    let want = kernel_result();
+fn compare(ours: &Stack, extra: &str) -> Stack {
+    let (theirs, want) = kernel_result();
     let m = Mount::new(&format!("{}{extra}", ours.rw_opts()), &ours.mnt);
     changes(&m.mountpoint);
     let got = observe(&m.mountpoint);
@@ -205,6 +208,7 @@ fn compare(ours: &Stack, extra: &str) {
     assert!(line("inh/gone").contains("READER reads: true"), "{got:#?}");
     assert!(!line("inh/newdir").contains("default Err"), "{got:#?}");
     assert!(line("sgid/f").contains("mode 770,"), "{got:#?}");
+    theirs
 }
 
 #[test]
@@ -214,21 +218,8 @@ fn acls_match_kernel_overlayfs() {
     }
     let ours = Stack::new();
     lower(&ours.lower);
-    compare(&ours, "");
+    let theirs = compare(&ours, "");
     // Both uppers hold the same ACLs: kernel overlayfs can mount ours.
-    let theirs = Stack::new();
-    lower(&theirs.lower);
-    {
-        let _k = KernelMount::new(
-            &kernel_rw_opts(
-                std::slice::from_ref(&theirs.lower),
-                &theirs.upper,
-                &theirs.work,
-            ),
-            &theirs.mnt,
-        );
-        changes(&theirs.mnt);
-    }
     assert_eq!(
         get(&ours.upper.join("inh/new"), ACCESS),
         get(&theirs.upper.join("inh/new"), ACCESS)
