@@ -247,7 +247,8 @@ impl Drop for KillNaming {
 
 /// A daemon that is root only inside a user namespace (how rootless podman runs its
 /// `mount_program`): `trusted.` xattrs are refused to it, so it keeps its markers in
-/// `user.overlay.`, as the kernel's overlayfs does with `userxattr`.
+/// `user.overlay.`, as the kernel's overlayfs does with `userxattr`; and FUSE passthrough
+/// is refused to it, so it uses the writeback cache.
 #[test]
 fn root_in_a_user_namespace_uses_user_xattrs() {
     if !facilities() {
@@ -270,7 +271,7 @@ fn root_in_a_user_namespace_uses_user_xattrs() {
         s.work.display()
     );
     let script = format!(
-        "\"$BIN\" -o \"$OPTS\" \"$M\" || exit 1\ncd \"$M\" || exit 1\n(\n{REPLACE}\n)\n\
+        "\"$BIN\" -o \"$OPTS\" \"$M\" || exit 1\ncd \"$M\" || exit 1\n(\n{REPLACE}\n) && (\n{APPEND}\n)\n\
          rc=$?\ncd /\numount \"$M\"\nexit $rc\n"
     );
     let (status, output) = run_timeout(
@@ -278,6 +279,7 @@ fn root_in_a_user_namespace_uses_user_xattrs() {
             .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
             .env("BIN", stable_stratafs_bin())
             .env("OPTS", &opts)
+            .env("U", &s.upper)
             .env("M", &s.mnt),
         Duration::from_secs(60),
     );
@@ -285,7 +287,10 @@ fn root_in_a_user_namespace_uses_user_xattrs() {
         status.is_some_and(|s| s.success()),
         "the script failed ({status:?}):\n{output}"
     );
-    assert_eq!(output, "d:\nf\nsub\n\nd/sub:\nnew\n");
+    assert_eq!(
+        output,
+        "d:\nf\nsub\n\nd/sub:\nnew\nbefore 11\nafter 16\nlower\nmore\nmore\n"
+    );
     let got = upper(&s);
     assert!(
         got.user_overlay_opaque && !got.trusted_opaque && got.gone_is_char_whiteout,

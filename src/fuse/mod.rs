@@ -448,7 +448,7 @@ impl fuser::Filesystem for StrataFs {
         let _ = config.set_congestion_threshold(48);
         // Passthrough needs CAP_SYS_ADMIN for the backing-file ioctl, and a stacking depth
         // of 1 (layers on ordinary filesystems; this mount may still sit under an overlay).
-        if sys::euid() == 0
+        if sys::admin_in_initial_userns()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {

@@ -320,6 +320,28 @@ pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// True when this process holds CAP_SYS_ADMIN in the initial user namespace (what FUSE
+/// passthrough's backing files need): root, in a user namespace that maps every id to
+/// itself, with the capability effective. A daemon that is root only inside a user
+/// namespace (rootless podman's) is not.
+pub fn admin_in_initial_userns() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    if euid() != 0 {
+        return false;
+    }
+    let identity = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        f == ["0", "0", "4294967295"]
+    });
+    let cap = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|c| c & (1 << CAP_SYS_ADMIN) != 0)
+    });
+    identity && cap
+}
+
 /// Lazily detaches the mount at `path` (`umount2(MNT_DETACH)`).
 pub fn unmount_lazy(path: &std::path::Path) -> io::Result<()> {
     rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(io::Error::from)
