@@ -59,6 +59,7 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             acl: true,
             markers: stratafs::config::Markers::Auto,
             writeback: false,
+            passthrough: stratafs::config::Passthrough::All,
         },
     )
 }

@@ -356,7 +356,8 @@ fn reopen(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<Vec<u8>> {
 /// lookup racing with the unlink): the daemon used to go by the name, where a whiteout now
 /// sits. A stat reported a character device (the kernel then marks the inode bad: EIO) and
 /// an open opened the whiteout (ENXIO). Under load this was `eight_clients_of_mixed_load`'s
-/// "read shared/s2/l12: Input/output error". The object is gone: both say ENOENT.
+/// "read shared/s2/l12: Input/output error". The object is gone: both say ENOENT (ESTALE
+/// once the name holds another object).
 #[test]
 fn unlinked_copied_up_file_is_gone_not_a_whiteout() {
     if !can_mount() {
@@ -384,10 +385,11 @@ fn unlinked_copied_up_file_is_gone_not_a_whiteout() {
         "fstat of the unlinked file: {st:?}"
     );
     assert_eq!(errno_of(reopen(&held)).err(), Some(libc::ENOENT));
-    // A new file under the old name is another object: the old fd never opens it.
+    // A new file under the old name is another object: the old fd never opens it. (ESTALE:
+    // the name holds another object, so a path-based call would walk again and find it.)
     let held_g = rustix::fs::open(&g, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
     fs::remove_file(&g).unwrap();
     fs::write(&g, "new").unwrap();
-    assert_eq!(errno_of(reopen(&held_g)).err(), Some(libc::ENOENT));
+    assert_eq!(errno_of(reopen(&held_g)).err(), Some(libc::ESTALE));
     assert_eq!(fs::read(&g).unwrap(), b"new");
 }

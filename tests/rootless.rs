@@ -297,3 +297,36 @@ fn root_in_a_user_namespace_uses_user_xattrs() {
         "{got:?}"
     );
 }
+
+/// A root daemon uses FUSE passthrough, which excludes the writeback cache; with
+/// `passthrough=off` it uses the writeback cache instead.
+#[test]
+fn root_daemon_with_passthrough_off_uses_the_writeback_cache() {
+    if !facilities() {
+        return;
+    }
+    for (extra, want) in [
+        ("", "before 11\nafter 11\nlower\nmore\n"),
+        (",passthrough=off", "before 6\nafter 11\nlower\nmore\n"),
+    ] {
+        let s = stack();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}{extra}",
+            s.lower.display(),
+            s.upper.display(),
+            s.work.display()
+        );
+        let m = Mount::new(&opts, &s.mnt);
+        let (status, output) = run_timeout(
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("cd \"$M\" || exit 1\n{APPEND}"))
+                .env("U", &s.upper)
+                .env("M", &s.mnt),
+            Duration::from_secs(60),
+        );
+        drop(m);
+        assert!(status.is_some_and(|s| s.success()), "{output}");
+        assert_eq!(output, want, "options: {extra:?}");
+    }
+}

@@ -184,3 +184,106 @@ fn broken_lower_hardlink_gets_own_identity() {
     assert_eq!(fs::read_to_string(&a).unwrap(), "changed");
     assert_eq!(fs::read_to_string(&b).unwrap(), "same");
 }
+
+/// What a read-only fd opened on a lower file before a copy-up, and the name after it, show.
+#[derive(Debug, PartialEq)]
+struct CopyUpUnderReader {
+    old_fd_reads: String,
+    path_reads: String,
+    truncated_reads: String,
+}
+
+/// Lower file `f` is opened read-only (in FUSE passthrough on stratafs, as root), then
+/// opened for append by path and appended to, then truncated by path after a chmod.
+fn copy_up_under_reader(mnt: &Path) -> (CopyUpUnderReader, u64, u64) {
+    use std::io::{Read, Seek, Write};
+    let f = mnt.join("f");
+    let mut r = fs::File::open(&f).unwrap();
+    let mut first = String::new();
+    r.read_to_string(&mut first).unwrap();
+    assert_eq!(first, "lower data\n");
+    let mut w = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    w.write_all(b"more\n").unwrap();
+    drop(w);
+    let mut old = String::new();
+    r.rewind().unwrap();
+    r.read_to_string(&mut old).unwrap();
+    let path_reads = fs::read_to_string(&f).unwrap();
+    let old_ino = r.metadata().unwrap().ino();
+    let new_ino = fs::metadata(&f).unwrap().ino();
+    // A second file: copied up by a chmod (no open), then truncated and read by path.
+    let g = mnt.join("g");
+    let r2 = fs::File::open(&g).unwrap();
+    fs::set_permissions(&g, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    truncate_path(&g, 3).unwrap();
+    let truncated_reads = fs::read_to_string(&g).unwrap();
+    drop(r2);
+    (
+        CopyUpUnderReader {
+            old_fd_reads: old,
+            path_reads,
+            truncated_reads,
+        },
+        old_ino,
+        new_ino,
+    )
+}
+
+/// The policy for a copy-up while the lower copy is open in FUSE passthrough (docs/SEMANTICS.md
+/// row 13): handles opened before the copy-up keep reading the lower copy (the kernel's
+/// overlayfs moves them to the copy, since Linux 4.19); what the name shows, and every open
+/// after the copy-up, is the kernel's; the lower layer is never written; the name shows a
+/// new inode number while an old handle is open, and the original again after a remount.
+#[test]
+fn copy_up_while_lower_open_in_passthrough() {
+    if !can_compare() {
+        return;
+    }
+    let fill = |l: &Path| {
+        fs::write(l.join("f"), "lower data\n").unwrap();
+        fs::write(l.join("g"), "lower g\n").unwrap();
+    };
+    let k = Stack::new();
+    fill(&k.lower);
+    let (want, k_old, k_new) = {
+        let _m = KernelMount::new(
+            &kernel_rw_opts(std::slice::from_ref(&k.lower), &k.upper, &k.work),
+            &k.mnt,
+        );
+        copy_up_under_reader(&k.mnt)
+    };
+    assert_eq!(k_old, k_new, "the kernel keeps the inode number");
+    let s = Stack::new();
+    fill(&s.lower);
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
+    let before = fs::metadata(s.mnt.join("f")).unwrap().ino();
+    let (got, old, new) = copy_up_under_reader(&s.mnt);
+    assert_eq!(
+        want.old_fd_reads, "lower data\nmore\n",
+        "the kernel's old handle"
+    );
+    assert_eq!(
+        got,
+        CopyUpUnderReader {
+            old_fd_reads: "lower data\n".into(),
+            ..want
+        }
+    );
+    assert_eq!(old, before);
+    assert_ne!(
+        new, old,
+        "the name got a new node while the old handle was open"
+    );
+    assert_eq!(
+        fs::read_to_string(s.lower.join("f")).unwrap(),
+        "lower data\n"
+    );
+    assert_eq!(fs::read_to_string(s.lower.join("g")).unwrap(), "lower g\n");
+    assert_eq!(
+        fs::read_to_string(s.upper.join("f")).unwrap(),
+        "lower data\nmore\n"
+    );
+    drop(m);
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
+    assert_eq!(fs::metadata(m.mountpoint.join("f")).unwrap().ino(), before);
+}

@@ -80,6 +80,20 @@ pub enum Markers {
     FuseOverlayfs,
 }
 
+/// `passthrough=` (stratafs): which files a daemon allowed FUSE passthrough opens in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Every regular file, lower copies too (handles opened on a lower copy keep reading it
+    /// after a copy-up).
+    #[default]
+    All,
+    /// Only upper copies (and any file of a read-only union): reads of lower copies go
+    /// through the daemon, and follow a copy-up as on the kernel's overlayfs.
+    Upper,
+    /// None (the writeback cache is used instead).
+    Off,
+}
+
 /// A kernel mount flag given as an `-o` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFlag {
@@ -164,6 +178,8 @@ pub struct MountConfig {
     pub fast_ino: bool,
     /// `markers=auto|kernel|fuse-overlayfs` (stratafs).
     pub markers: Markers,
+    /// `passthrough=all|upper|off` (stratafs).
+    pub passthrough: Passthrough,
     /// `noxattrs`: xattr requests get ENOTSUP.
     pub noxattrs: bool,
     /// `xattr_permissions=0|1|2`: keep owner and mode in an xattr (1: security., 2: user.).
@@ -214,6 +230,7 @@ impl MountConfig {
             writeback: true,
             fast_ino: false,
             markers: Markers::Auto,
+            passthrough: Passthrough::All,
             noxattrs: false,
             xattr_permissions: 0,
             plugins: Vec::new(),

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    ConfigError, IdMapping, Invocation, KernelFlag, Markers, MountConfig, RedirectDir, Xino,
+    ConfigError, IdMapping, Invocation, KernelFlag, Markers, MountConfig, Passthrough, RedirectDir,
+    Xino,
 };
 
 /// Parses the command line (without argv\[0\]) into what it asks for.
@@ -314,6 +315,14 @@ fn apply_option(
         "threaded" => cfg.threaded = parse_bool(key, value)?,
         "writeback" => cfg.writeback = parse_bool(key, value)?,
         "fast_ino" => cfg.fast_ino = parse_bool(key, value)?,
+        "passthrough" => {
+            cfg.passthrough = match utf8_value(key, value)? {
+                "all" => Passthrough::All,
+                "upper" => Passthrough::Upper,
+                "off" => Passthrough::Off,
+                _ => return Err(bad(key, "expected all, upper or off")),
+            }
+        }
         "markers" => {
             cfg.markers = match utf8_value(key, value)? {
                 "auto" => Markers::Auto,
@@ -845,6 +854,15 @@ mod tests {
             assert_eq!(mount(&["-o", &opt, "/m"]).redirect_dir, want);
         }
         assert_eq!(mount(&["/m"]).markers, Markers::Auto);
+        assert_eq!(mount(&["/m"]).passthrough, Passthrough::All);
+        for (v, want) in [
+            ("all", Passthrough::All),
+            ("upper", Passthrough::Upper),
+            ("off", Passthrough::Off),
+        ] {
+            let opt = format!("passthrough={v}");
+            assert_eq!(mount(&["-o", &opt, "/m"]).passthrough, want);
+        }
         for (v, want) in [
             ("auto", Markers::Auto),
             ("kernel", Markers::Kernel),
@@ -866,6 +884,7 @@ mod tests {
             ("xino=maybe", "xino"),
             ("redirect_dir=yes", "redirect_dir"),
             ("markers=aufs", "markers"),
+            ("passthrough=1", "passthrough"),
             ("markers", "markers"),
             ("ro=1", "ro"),
             ("debug=1", "debug"),

@@ -21,6 +21,7 @@ use fuser::{
 use std::path::Path;
 use tracing::debug;
 
+use crate::config::Passthrough;
 use crate::overlay::{Attr, Caller, Error, Listing, NewObject, Overlay, RenameFlag, SetAttr};
 use crate::sys::{self, FileKind};
 
@@ -107,12 +108,20 @@ pub struct StrataFs {
 /// The open files of one node.
 ///
 /// Passthrough policy: the kernel wants every open of an inode to use one backing file,
-/// and no mixing of passthrough and cached opens. A file is opened in passthrough when its
-/// data is in the upper layer (or the union is read-only, so no copy-up can happen), it has
-/// no setuid/setgid bits (a write through the backing file would not drop them), and no
-/// cached open of it is live; once one passthrough open is live, every further open of the
-/// node shares its backing file. A lower file in a writable union is read through the
-/// daemon (with the page cache kept), so a copy-up never has to swap a backing file.
+/// and no mixing of passthrough and cached opens. A regular file is opened in passthrough
+/// when it has no setuid/setgid bits or capabilities (a write through the backing file
+/// would not drop them) and no cached open of it is live; once one passthrough open is
+/// live, every further open of the node shares its backing file. The backing file is the
+/// upper copy, or while the file has none, its lower copy opened read-only (only readers
+/// open a lower copy: a writer copies it up first).
+///
+/// A copy-up while the lower copy is open in passthrough: the open handles keep reading
+/// the lower copy (as files opened read-only before a copy-up do on the kernel's
+/// overlayfs), and the next open of the node, which needs the upper copy, cannot share
+/// their backing file. The node is then retired ([`Overlay::retire`]) and that open
+/// answered `ESTALE`: the kernel walks the path again, its lookup makes a new node for the
+/// name (with an inode number of its own while the old one is held), and the open proceeds
+/// on it.
 #[derive(Debug)]
 struct NodeIo {
     /// Open handles.
@@ -123,6 +132,8 @@ struct NodeIo {
     /// How many of the handles are in passthrough, all on `backing`.
     passthrough: usize,
     backing: Option<Arc<fuser::BackingId>>,
+    /// `backing` is the upper copy (else a lower copy, read-only).
+    backing_upper: bool,
 }
 
 impl StrataFs {
@@ -148,14 +159,16 @@ impl StrataFs {
     }
 
     /// Registers an open file of node `ino` (`lower`: opened on a lower layer) and returns
-    /// its handle and, for a passthrough open, the backing file to reply with.
+    /// its handle and, for a passthrough open, the backing file to reply with. `None` when
+    /// the open cannot share the node's passthrough backing file: that is a lower copy, and
+    /// the node has been copied up since (see [`NodeIo`]); `fd` is then closed.
     fn add_file(
         &self,
         ino: u64,
         fd: OwnedFd,
         lower: bool,
         open_backing: impl FnOnce(&OwnedFd) -> io::Result<fuser::BackingId>,
-    ) -> (FileHandle, Arc<OpenFile>, Option<Arc<fuser::BackingId>>) {
+    ) -> Option<(FileHandle, Arc<OpenFile>, Option<Arc<fuser::BackingId>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
         // are never in passthrough (writes through the backing file would keep them).
         let setid = sys::stat_fd(fd.as_fd())
@@ -166,13 +179,20 @@ impl StrataFs {
                 Ok(Some(_))
             );
         let fd = Arc::new(fd);
-        let eligible = self.passthrough && (!lower || self.overlay.options().read_only) && !setid;
+        let opts = self.overlay.options();
+        let eligible = self.passthrough
+            && !setid
+            && (!lower || opts.read_only || opts.passthrough == Passthrough::All);
         let mut io = self.node_io.entry(ino).or_insert_with(|| NodeIo {
             opens: 0,
             newest: Arc::clone(&fd),
             passthrough: 0,
             backing: None,
+            backing_upper: false,
         });
+        if io.passthrough > 0 && !io.backing_upper && self.overlay.is_copied_up(ino) {
+            return None;
+        }
         let cached_live = io.opens - io.passthrough > 0;
         io.opens += 1;
         io.newest = Arc::clone(&fd);
@@ -182,9 +202,12 @@ impl StrataFs {
             match self
                 .overlay
                 .backing_fd(ino)
-                .and_then(|b| Ok(open_backing(&b)?))
+                .and_then(|(b, upper)| Ok((open_backing(&b)?, upper)))
             {
-                Ok(b) => Some(Arc::new(b)),
+                Ok((b, upper)) => {
+                    io.backing_upper = upper;
+                    Some(Arc::new(b))
+                }
                 Err(e) => {
                     debug!(ino, error = %e, "no passthrough for this open");
                     None
@@ -204,7 +227,7 @@ impl StrataFs {
             setid: AtomicBool::new(setid),
             passthrough: backing.is_some(),
         });
-        (self.add_handle(Handle::File(Arc::clone(&of))), of, backing)
+        Some((self.add_handle(Handle::File(Arc::clone(&of))), of, backing))
     }
 
     fn open_file(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
@@ -449,6 +472,7 @@ impl fuser::Filesystem for StrataFs {
         // Passthrough needs CAP_SYS_ADMIN for the backing-file ioctl, and a stacking depth
         // of 1 (layers on ordinary filesystems; this mount may still sit under an overlay).
         if sys::admin_in_initial_userns()
+            && self.overlay.options().passthrough != Passthrough::Off
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
@@ -496,7 +520,8 @@ impl fuser::Filesystem for StrataFs {
             return;
         }
         let r = match self.overlay.getattr(ino.0) {
-            Err(e) if e.errno() == libc::ENOENT => match self.open_fd(ino.0) {
+            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => match self.open_fd(ino.0)
+            {
                 Some(fd) => self.overlay.attr_of_fd(ino.0, fd.as_fd()),
                 None => Err(e),
             },
@@ -525,8 +550,17 @@ impl fuser::Filesystem for StrataFs {
                 } else {
                     FopenFlags::empty()
                 };
-                let (fh, of, backing) =
-                    self.add_file(ino.0, f.fd, f.immutable, |fd| reply.open_backing(fd));
+                let Some((fh, of, backing)) =
+                    self.add_file(ino.0, f.fd, f.immutable, |fd| reply.open_backing(fd))
+                else {
+                    debug!(
+                        ino = ino.0,
+                        "open after a copy-up under passthrough: node retired"
+                    );
+                    self.overlay.retire(ino.0);
+                    reply.error(Errno::from_i32(libc::ESTALE));
+                    return;
+                };
                 if flags.0 & libc::O_TRUNC != 0 {
                     // A truncating open is a write (atomic O_TRUNC: no setattr follows).
                     self.kill_setid(&of, req);
@@ -924,7 +958,14 @@ impl fuser::Filesystem for StrataFs {
             caller_with_umask(req, umask),
         ) {
             Ok((a, Some(fd))) => {
-                let (fh, _, backing) = self.add_file(a.ino, fd, false, |fd| reply.open_backing(fd));
+                // A new object's node has no earlier opens, so it shares no backing file.
+                let Some((fh, _, backing)) =
+                    self.add_file(a.ino, fd, false, |fd| reply.open_backing(fd))
+                else {
+                    self.overlay.forget(a.ino, 1);
+                    reply.error(Errno::from_i32(libc::EIO));
+                    return;
+                };
                 let attr = file_attr(&a);
                 match backing {
                     Some(b) => reply.created_passthrough(

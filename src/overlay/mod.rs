@@ -176,6 +176,8 @@ pub struct Options {
     pub markers: crate::config::Markers,
     /// `writeback=1`: the kernel's writeback cache, where FUSE passthrough is not used.
     pub writeback: bool,
+    /// `passthrough=`: which files are opened in FUSE passthrough where it is allowed.
+    pub passthrough: crate::config::Passthrough,
 }
 
 impl Options {
@@ -193,6 +195,7 @@ impl Options {
             acl: !cfg.noacl && !cfg.noxattrs,
             markers: cfg.markers,
             writeback: cfg.writeback,
+            passthrough: cfg.passthrough,
         }
     }
 }
@@ -346,13 +349,38 @@ impl Overlay {
     /// Node `ino` for an operation that reaches its object by name. A node whose object was
     /// removed through the mount (the kernel may still hold it: an `O_PATH` fd, a lookup
     /// racing with the unlink) has no name any more; what its old name holds now (a
-    /// whiteout, a new object) is not it.
+    /// whiteout, a new object) is not it. When the name holds another object, the kernel
+    /// reached the node through a stale dentry (a readdirplus reply overtaken by a rename,
+    /// a node retired by [`Overlay::retire`]): `ESTALE` makes it walk the path again with
+    /// a fresh lookup, for every path-based call. Otherwise the answer is `ENOENT`.
     fn named(&self, ino: u64) -> Result<Arc<Node>> {
         let node = self.node(ino)?;
         if node.is_dead() {
-            return Err(Error::NotFound);
+            return Err(if self.name_taken(&node) {
+                Error::StaleNode(ino)
+            } else {
+                Error::NotFound
+            });
         }
         Ok(node)
+    }
+
+    /// True when the last name of dead `node` now holds another object.
+    fn name_taken(&self, node: &Node) -> bool {
+        let (parent, name) = node.with_location(|l| (l.parent, l.name.clone()));
+        let Some(dir) = self.nodes.get(parent).filter(|d| !d.is_dead()) else {
+            return false;
+        };
+        let chain = dir.with_location(|l| l.layers.clone());
+        matches!(self.resolve_in(&dir, &chain, &name, 0), Ok(Some(_)))
+    }
+
+    /// Gives node `ino` up while the kernel may still hold it (its open files keep working):
+    /// requests reaching it by name get `ESTALE`, and the next lookup of its name makes a
+    /// new node. Used when an open cannot share the passthrough backing file of the
+    /// node's earlier opens (see `fuse::NodeIo`).
+    pub fn retire(&self, ino: u64) {
+        self.nodes.mark_dead(ino);
     }
 
     /// `r`, the result of reaching `node` by name, unless the node died meanwhile: then the

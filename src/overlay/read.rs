@@ -78,10 +78,10 @@ impl Overlay {
         })
     }
 
-    /// An fd for FUSE passthrough of regular file `ino`: its upper copy opened read-write
-    /// (every open of the node shares it, writers included), or on a read-only union its
-    /// topmost copy opened read-only.
-    pub fn backing_fd(&self, ino: u64) -> Result<OwnedFd> {
+    /// An fd for FUSE passthrough of regular file `ino`, and whether it is the upper copy:
+    /// the upper copy opened read-write (every open of the node shares it, writers
+    /// included), else its topmost copy opened read-only (only readers open a lower copy).
+    pub fn backing_fd(&self, ino: u64) -> Result<(OwnedFd, bool)> {
         let node = self.named(ino)?;
         if node.kind != FileKind::Regular {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
@@ -96,10 +96,11 @@ impl Overlay {
         } else {
             OFlags::RDONLY
         };
-        Overlay::still_named(
+        let fd = Overlay::still_named(
             &node,
             sys::open_beneath(layer.root(), &path, flags).map_err(Error::from),
-        )
+        )?;
+        Ok((fd, layer.upper && !self.opts.read_only))
     }
 
     /// The target of symlink `ino`, as stored in its layer (never followed).
