@@ -68,7 +68,7 @@ impl Overlay {
             }
             r => r,
         };
-        Overlay::still_named(&node, opened.map_err(Error::from))
+        self.still_named(&node, opened.map_err(Error::from))
     }
 
     /// The upper directory of `ino`'s parent and its name there (after a copy-up).

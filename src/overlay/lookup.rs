@@ -271,7 +271,7 @@ impl Overlay {
             let name = node.with_location(|l| l.name.clone());
             let pfd = self.dir_fd(&parent, top)?;
             let st = crate::sys::stat_at(pfd.as_fd(), &name).map_err(Error::from);
-            let st = Overlay::still_named(&node, st)?;
+            let st = self.still_named(&node, st)?;
             self.overridden(st, Object::At(pfd.as_fd(), &name))
         };
         let mut attr = self.attr_from(node.ino, &st, merged);
@@ -400,5 +400,29 @@ mod tests {
         let node = ov.nodes.get(a.ino).unwrap();
         assert_eq!(node.location().name, "b");
         assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
+    }
+
+    /// A live node whose recorded name no longer holds its object (what the kernel holds
+    /// for it is out of date) answers by-name requests with ESTALE, not ENOENT: the kernel
+    /// then walks the path again, and the lookup records where the object is now. A node
+    /// whose object is gone, and whose name holds nothing, answers ENOENT.
+    #[test]
+    fn stale_location_answers_estale_and_a_lookup_heals_it() {
+        let (_t, ov) = super::super::scratch_overlay(|_, u| {
+            std::fs::write(u.join("a"), "data").unwrap();
+        });
+        let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
+        // The node is told of a move that did not happen.
+        ov.nodes
+            .relocate(a.ino, (ROOT, OsStr::new("a")), ROOT, "elsewhere".into());
+        fn errno<T>(r: super::Result<T>) -> Result<(), i32> {
+            r.map(|_| ()).map_err(|e| e.errno())
+        }
+        assert_eq!(errno(ov.getattr(a.ino)), Err(libc::ESTALE));
+        assert_eq!(errno(ov.open(a.ino, libc::O_RDONLY)), Err(libc::ESTALE));
+        assert_eq!(ov.lookup(ROOT, OsStr::new("a")).unwrap().ino, a.ino);
+        assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
+        ov.unlink(ROOT, OsStr::new("a")).unwrap();
+        assert_eq!(errno(ov.getattr(a.ino)), Err(libc::ENOENT));
     }
 }

@@ -356,13 +356,19 @@ impl Overlay {
     fn named(&self, ino: u64) -> Result<Arc<Node>> {
         let node = self.node(ino)?;
         if node.is_dead() {
-            return Err(if self.name_taken(&node) {
-                Error::StaleNode(ino)
-            } else {
-                Error::NotFound
-            });
+            return Err(self.gone(&node));
         }
         Ok(node)
+    }
+
+    /// The answer for a request that reached dead `node` by name: `ESTALE` when its name
+    /// now holds another object, else `ENOENT`.
+    fn gone(&self, node: &Node) -> Error {
+        if self.name_taken(node) {
+            Error::StaleNode(node.ino)
+        } else {
+            Error::NotFound
+        }
     }
 
     /// True when the last name of dead `node` now holds another object.
@@ -383,13 +389,23 @@ impl Overlay {
         self.nodes.mark_dead(ino);
     }
 
-    /// `r`, the result of reaching `node` by name, unless the node died meanwhile: then the
-    /// name may have reached a whiteout or a new object, and the answer is ENOENT.
-    fn still_named<T>(node: &Node, r: Result<T>) -> Result<T> {
+    /// `r`, the result of reaching `node` by its recorded name. If the node died meanwhile,
+    /// the name may have reached a whiteout or a new object: `ENOENT`, or `ESTALE` when the
+    /// name holds another object (see [`Overlay::named`]). If the recorded name of a live
+    /// node is missing, what the kernel holds for it is out of date (the object moved or
+    /// went without this node being told, or the kernel reached it through a stale dentry):
+    /// `ESTALE`, so a path-based call walks again, and the lookup records where the object
+    /// is now.
+    fn still_named<T>(&self, node: &Node, r: Result<T>) -> Result<T> {
         if node.is_dead() {
-            return Err(Error::NotFound);
+            return Err(self.gone(node));
         }
-        r
+        match r {
+            Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                Err(Error::StaleNode(node.ino))
+            }
+            r => r,
+        }
     }
 
     /// The node's path relative to every layer root (`a/b/c`; empty for the root).

@@ -71,7 +71,7 @@ impl Overlay {
             }
             r => r,
         };
-        let fd = Overlay::still_named(&node, opened.map_err(Error::from))?;
+        let fd = self.still_named(&node, opened.map_err(Error::from))?;
         Ok(OpenedFile {
             fd,
             immutable: !layer.upper,
@@ -96,7 +96,7 @@ impl Overlay {
         } else {
             OFlags::RDONLY
         };
-        let fd = Overlay::still_named(
+        let fd = self.still_named(
             &node,
             sys::open_beneath(layer.root(), &path, flags).map_err(Error::from),
         )?;
