@@ -473,16 +473,15 @@ impl Overlay {
         self.writable()?;
         let dir = self.node(parent)?;
         let chain = dir.with_location(|l| l.layers.clone());
-        let r = self
-            .resolve_in(&dir, &chain, name, 0)?
-            .ok_or(Error::NotFound)?;
-        let is_dir = r.kind() == FileKind::Directory;
-        match (want_dir, is_dir) {
-            (true, false) => return Err(Error::NotDir),
-            (false, true) => return Err(Error::IsDir),
-            _ => {}
-        }
-        if is_dir {
+        if want_dir {
+            // Only an empty directory goes; its listing is taken before the lock (a listing
+            // takes locks of its own), and the name is checked again under it.
+            let r = self
+                .resolve_in(&dir, &chain, name, 0)?
+                .ok_or(Error::NotFound)?;
+            if r.kind() != FileKind::Directory {
+                return Err(Error::NotDir);
+            }
             let attr = self.lookup(parent, name)?;
             let empty = self.read_dir(attr.ino).map(|e| e.is_empty());
             self.forget(attr.ino, 1);
@@ -494,14 +493,23 @@ impl Overlay {
         }
         let pfd = self.upper_dir(&dir)?;
         let _guard = dir.lock_dir();
-        // What the name holds now, under the lock: a concurrent rename may have changed it.
+        // What the name holds now, under the lock (nothing else changes the directory
+        // meanwhile): one resolution says what goes and what the upper layer holds.
         let r = self
             .resolve_in(&dir, &chain, name, 0)?
             .ok_or(Error::NotFound)?;
-        if (r.kind() == FileKind::Directory) != is_dir {
-            return Err(if is_dir { Error::NotDir } else { Error::IsDir });
+        let is_dir = r.kind() == FileKind::Directory;
+        if is_dir != want_dir {
+            return Err(if want_dir {
+                Error::NotDir
+            } else {
+                Error::IsDir
+            });
         }
-        let whiteout = self.lower_has(&dir, name)?;
+        // A name found below the upper layer needs a whiteout, and the upper layer holds
+        // nothing under it (anything there would have hidden it).
+        let on_upper = r.layers.first() == Some(&UPPER);
+        let whiteout = !on_upper || self.lower_has(&dir, name)?;
         let node = self.nodes.get(self.nodes.visible_id(r.ino));
         // The node dies with its last name (a lower object's node is this name's alone: see
         // `nondir_ino`). It is marked before an upper inode is freed, as the filesystem may
@@ -513,7 +521,12 @@ impl Overlay {
         if let Some(n) = dying {
             self.nodes.mark_dead(n.ino);
         }
-        let removed = match self.upper_slot(pfd.as_fd(), name) {
+        let slot = if on_upper {
+            self.upper_slot(pfd.as_fd(), name)
+        } else {
+            Ok(UpperSlot::Empty)
+        };
+        let removed = match slot {
             Ok(UpperSlot::Object(d)) => self.remove_upper(pfd.as_fd(), name, d, whiteout),
             Ok(_) if whiteout => self.write_whiteout(pfd.as_fd(), name),
             Ok(_) => Err(Error::NotFound),
