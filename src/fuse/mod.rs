@@ -495,8 +495,9 @@ impl fuser::Filesystem for StrataFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(op = "lookup", parent = parent.0, ?name);
         // A missing name is answered ENOENT, not as a negative entry the kernel could cache
-        // (node id 0 with a timeout): with negative entries, the same load test as for FLUSH
-        // below saw the same ENOENT, so they wait for that race to be understood.
+        // (node id 0 with a timeout): a negative entry the kernel trusts is never asked about
+        // again, so a node left at a stale name (see `flush`) could not heal; and with them
+        // the load test saw a persistent ENOENT.
         self.reply_entry(
             reply,
             "lookup",
@@ -1091,12 +1092,12 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         // Nothing to flush: data goes to the layer file on each write (or through
-        // passthrough), and locks are the kernel's. (Answering ENOSYS, which makes the kernel
-        // stop sending FLUSH, saves a round trip per close(), but then a close no longer waits
-        // for the daemon, and tests/durability.rs eight_clients_renaming_over_their_files
-        // saw an open of a file just renamed over fail with ENOENT, 2-3 runs in 60: kept
-        // until that race is understood.)
-        reply.ok();
+        // passthrough; the writeback cache is written back by the kernel before it would
+        // send FLUSH), and locks are the kernel's. ENOSYS makes the kernel stop sending
+        // FLUSH: one round trip less per close(). (It was answered until the race it
+        // exposed under load, a node left at a name it no longer had, was found to heal
+        // itself: such requests now get ESTALE and the kernel looks the name up again.)
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn fsync(
