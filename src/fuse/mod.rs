@@ -199,11 +199,15 @@ impl StrataFs {
         let backing = if io.passthrough > 0 {
             io.backing.clone()
         } else if eligible && !cached_live {
-            match self
-                .overlay
-                .backing_fd(ino)
-                .and_then(|(b, upper)| Ok((open_backing(&b)?, upper)))
-            {
+            // A read-only open of a file with no upper copy: its own fd is the backing file.
+            let opened = if lower && !self.overlay.is_copied_up(ino) {
+                open_backing(&fd).map(|b| (b, false)).map_err(Error::from)
+            } else {
+                self.overlay
+                    .backing_fd(ino)
+                    .and_then(|(b, upper)| Ok((open_backing(&b)?, upper)))
+            };
+            match opened {
                 Ok((b, upper)) => {
                     io.backing_upper = upper;
                     Some(Arc::new(b))
