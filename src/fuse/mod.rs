@@ -53,9 +53,6 @@ impl OpenFile {
 
 const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
 
-/// The access ACL xattr.
-const ACL_ACCESS_XATTR: &str = "system.posix_acl_access";
-
 /// File capabilities: dropped on a write by an unprivileged caller, like setuid.
 const CAPS_XATTR: &str = "security.capability";
 
@@ -1147,7 +1144,7 @@ impl fuser::Filesystem for StrataFs {
     ) {
         debug!(op = "setxattr", ino = ino.0, ?name);
         let mut r = self.overlay.setxattr(ino.0, name, value, flags);
-        if r.is_ok() && name == ACL_ACCESS_XATTR && self.overlay.acl() {
+        if r.is_ok() && name == crate::layer::idmap::ACCESS_ACL && self.overlay.acl() {
             r = self.acl_kill_sgid(ino.0, req);
         }
         reply_empty(reply, "setxattr", ino.0, r)

@@ -219,9 +219,14 @@ pub fn acl_with_mode(value: &[u8], mode: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The xattr of a POSIX access ACL.
+pub const ACCESS_ACL: &str = "system.posix_acl_access";
+/// The xattr of a directory's default ACL.
+pub const DEFAULT_ACL: &str = "system.posix_acl_default";
+
 /// True for the xattr names that hold POSIX ACLs.
 pub fn is_acl_name(name: &std::ffi::OsStr) -> bool {
-    name == "system.posix_acl_access" || name == "system.posix_acl_default"
+    name == ACCESS_ACL || name == DEFAULT_ACL
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ impl Overlay {
         };
         let at = self.upper_object(ino)?;
         at.object().set_xattr(&stored, value, flags)?;
-        if name == super::read::ACCESS_ACL && self.keeps_perms_in_xattrs() {
+        if name == crate::layer::idmap::ACCESS_ACL && self.keeps_perms_in_xattrs() {
             // Setting an access ACL sets the permission bits it stands for; here they
             // live in the override.
             if let Some(bits) = crate::layer::idmap::acl_mode(value) {

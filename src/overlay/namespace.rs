@@ -15,10 +15,9 @@ use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
 
-/// The xattr holding a directory's default POSIX ACL.
-const DEFAULT_ACL: &str = "system.posix_acl_default";
 use super::{Attr, Error, Overlay, Result};
 use crate::inode::{Location, Node};
+use crate::layer::idmap::DEFAULT_ACL;
 use crate::layer::{format, WhiteoutFormat};
 use crate::sys::Object;
 use crate::sys::{self, FileKind, RenameMode};

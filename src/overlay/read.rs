@@ -39,9 +39,6 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
-/// The access ACL xattr.
-pub(crate) const ACCESS_ACL: &str = "system.posix_acl_access";
-
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 impl Overlay {
@@ -124,7 +121,7 @@ impl Overlay {
         let node = self.named(ino)?;
         let at = self.object_at(&node)?;
         let mut value = at.object().get_xattr(&stored)?.ok_or(Error::NoXattr)?;
-        if name == ACCESS_ACL {
+        if name == crate::layer::idmap::ACCESS_ACL {
             // Where the mode lives in an override, the ACL entries that stand for the
             // permission bits follow it (the layer file's own mode may be anything).
             if let Some(o) = self.read_override(at.object()) {
