@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -37,17 +36,6 @@ fn change(mnt: &Path) {
     fs::create_dir(mnt.join("d/sub")).unwrap();
     fs::write(mnt.join("d/sub/new"), "new\n").unwrap();
     assert_eq!(dir_names(&mnt.join("d/sub")), ["new"], "the mount's d/sub");
-}
-
-fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    xattr_of(p, OsStr::new(name))
-}
-
-fn xattr_of(p: &Path, name: &OsStr) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    let n = rustix::fs::lgetxattr(p, name, &mut buf).ok()?;
-    buf.truncate(n);
-    Some(buf)
 }
 
 /// What the upper layer holds for the two changes.

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -146,13 +145,6 @@ fn unprivileged_daemon_uses_the_writeback_cache() {
 
 const REPLACE: &str = "set -e\nrm d/gone\nrm -r d/sub\nmkdir d/sub\necho new > d/sub/new\n\
                        echo more >> d/f\nls -A d d/sub\n";
-
-fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    let n = rustix::fs::lgetxattr(p, OsStr::new(name), &mut buf).ok()?;
-    buf.truncate(n);
-    Some(buf)
-}
 
 /// What `REPLACE` left in the upper layer.
 #[derive(Debug, PartialEq)]

@@ -89,6 +89,14 @@ impl Drop for DevFuseOpen {
     }
 }
 
+/// The value of xattr `name` of `p` itself (a symlink is not followed), if it has one.
+pub fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::lgetxattr(p, name, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
 /// Unmounts a FUSE mount (politely, then lazily) and waits for its daemon to exit.
 pub fn unmount_and_wait(mountpoint: &Path) {
     let pids = daemons_for(mountpoint);
