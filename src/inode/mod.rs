@@ -355,7 +355,9 @@ impl NodeTable {
                     }
                     let node = Arc::new(Node::new(id, ino, kind, loc));
                     node.touch(self.epoch.load(Ordering::Relaxed));
-                    v.insert(Arc::clone(&node));
+                    // The number is mapped while the new entry is held (lock order: node
+                    // entry, then mapping), as `forget` unmaps it.
+                    let _held = v.insert(Arc::clone(&node));
                     if id != ino {
                         self.remap.insert(ino, id);
                     } else {
@@ -412,10 +414,15 @@ impl NodeTable {
                     .map(|prev| prev.saturating_sub(n))
                     .unwrap_or(0);
                 if left == 0 {
-                    let (_, node) = o.remove_entry();
+                    // The number's mapping goes while the entry is still held: a lookup that
+                    // makes the node again (it waits for the entry) maps the number anew.
+                    let node = o.get();
                     if node.raw != node.ino {
                         self.remap.remove_if(&node.raw, |_, v| *v == node.ino);
                     }
+                    o.remove();
+                    #[cfg(test)]
+                    tests::after_forget_removed_the_node();
                     true
                 } else {
                     false
@@ -483,6 +490,47 @@ impl NodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Run once by this thread's next forget that removes a node, right after.
+        static AFTER_FORGET: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn after_forget_removed_the_node() {
+        if let Some(f) = AFTER_FORGET.with(|b| b.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// The kernel forgets a node with a synthetic id while a lookup of its object comes in:
+    /// the lookup makes a node again, and the object's inode number must map to it. (The
+    /// forget used to drop that mapping after the lookup had made it; the node then stood
+    /// for an object no lookup found, a rename over the object killed another node, and
+    /// this one kept a name the object no longer had.)
+    #[test]
+    fn forget_racing_a_lookup_keeps_the_number_mapped() {
+        let t = std::sync::Arc::new(NodeTable::new(vec![0], true));
+        // A dead node holds number 50, so the object now numbered 50 gets a synthetic id.
+        t.remember(50, FileKind::Regular, loc(ROOT, "old"));
+        t.mark_dead(50);
+        let s = t.remember(50, FileKind::Regular, loc(ROOT, "b"));
+        assert_ne!(s.ino, 50);
+        assert!(t.forget(50, 1));
+        let t2 = std::sync::Arc::clone(&t);
+        let again = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = std::sync::Arc::clone(&again);
+        AFTER_FORGET.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                let n = t2.remember(50, FileKind::Regular, loc(ROOT, "b"));
+                *seen.lock().unwrap() = Some(n.ino);
+            }))
+        });
+        assert!(t.forget(s.ino, 1));
+        let id = again.lock().unwrap().expect("the lookup ran");
+        assert!(t.get(id).is_some_and(|n| !n.is_dead()));
+        assert_eq!(t.visible_id(50), id, "number 50 must lead to the live node");
+    }
 
     fn loc(parent: u64, name: &str) -> Location {
         Location {
