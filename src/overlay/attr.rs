@@ -209,8 +209,20 @@ impl Overlay {
             // Setting an access ACL sets the permission bits it stands for; here they
             // live in the override.
             if let Some(bits) = crate::layer::idmap::acl_mode(value) {
-                let cur = self.overridden(at.stat()?, at.object());
-                self.write_override(at.object(), cur.uid, cur.gid, (cur.mode & 0o7000) | bits)?;
+                let cur = match self.read_override(at.object()) {
+                    Some(o) => o,
+                    None => {
+                        let st = at.stat()?;
+                        super::perms::Override {
+                            uid: st.uid,
+                            gid: st.gid,
+                            perm: st.mode & 0o7777,
+                            kind: None,
+                        }
+                    }
+                };
+                let perm = (cur.perm & 0o7000) | bits;
+                self.write_raw_override(at.object(), &super::perms::Override { perm, ..cur })?;
             }
         }
         Ok(())

@@ -207,15 +207,16 @@ impl Overlay {
             sys::chmod_at(dir, name, st.mode)?;
         }
         if self.keeps_perms_in_xattrs() {
-            // The TYPE the source's override records stays with the copy.
-            if let Some(o) = self.read_override(Object::Fd(src)) {
-                if o.kind.is_some() {
-                    self.write_raw_override(Object::At(dir, name), &o)?;
-                }
-            }
-            let shown = self.overridden(*st, Object::Fd(src));
-            let written =
-                self.write_override(Object::At(dir, name), shown.uid, shown.gid, shown.mode);
+            // The copy's override records what the source shows, its TYPE included.
+            let source = self.read_override(Object::Fd(src));
+            let shown = super::perms::with_override(*st, source.as_ref());
+            let copied = super::perms::Override {
+                uid: shown.uid,
+                gid: shown.gid,
+                perm: shown.mode & 0o7777,
+                kind: source.and_then(|o| o.kind),
+            };
+            let written = self.write_raw_override(Object::At(dir, name), &copied);
             // Symlinks and device nodes take no user xattrs.
             if matches!(st.kind(), Some(FileKind::Regular | FileKind::Directory)) {
                 written?;

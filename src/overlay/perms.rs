@@ -117,19 +117,8 @@ impl Overlay {
     /// `st` with the owner and mode its override records (unchanged without one). An empty
     /// regular file whose override records a special file type is shown as that type (with
     /// its device number), as it was in the image.
-    pub(crate) fn overridden(&self, mut st: Stat, at: Object<'_>) -> Stat {
-        if let Some(o) = self.read_override(at) {
-            st.uid = o.uid;
-            st.gid = o.gid;
-            st.mode = (st.mode & libc::S_IFMT) | o.perm;
-            if st.mode & libc::S_IFMT == libc::S_IFREG && st.size == 0 {
-                if let Some((fmt, rdev)) = o.special() {
-                    st.mode = fmt | o.perm;
-                    st.rdev = rdev;
-                }
-            }
-        }
-        st
+    pub(crate) fn overridden(&self, st: Stat, at: Object<'_>) -> Stat {
+        with_override(st, self.read_override(at).as_ref())
     }
 
     /// Records owner and mode for the object at `at` (a no-op unless the mount keeps owners
@@ -168,6 +157,22 @@ impl Overlay {
     pub(crate) fn keeps_perms_in_xattrs(&self) -> bool {
         self.perm_xattr.is_some()
     }
+}
+
+/// `st` as override `o` shows it (see [`Overlay::overridden`]).
+pub(crate) fn with_override(mut st: Stat, o: Option<&Override>) -> Stat {
+    if let Some(o) = o {
+        st.uid = o.uid;
+        st.gid = o.gid;
+        st.mode = (st.mode & libc::S_IFMT) | o.perm;
+        if st.mode & libc::S_IFMT == libc::S_IFREG && st.size == 0 {
+            if let Some((fmt, rdev)) = o.special() {
+                st.mode = fmt | o.perm;
+                st.rdev = rdev;
+            }
+        }
+    }
+    st
 }
 
 /// The `xattr_permissions` level a stack asks for by itself: the level of the first override
