@@ -30,38 +30,21 @@ fn as_nobody(prog: &Path) -> Command {
     c
 }
 
-/// A stack owned by nobody: `d/f` to append to, `d/sub/old` in a directory to replace, and
-/// `d/gone` to delete.
-struct Stack {
-    _dir: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-}
-
+/// A stack owned by nobody (`common::Stack`): `d/f` to append to, `d/sub/old` in a
+/// directory to replace, and `d/gone` to delete.
 fn stack() -> Stack {
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let p = |n: &str| dir.path().join(n);
-    for d in ["lower/d/sub", "upper", "work", "mnt"] {
-        fs::create_dir_all(p(d)).unwrap();
-    }
-    fs::write(p("lower/d/f"), "lower\n").unwrap();
-    fs::write(p("lower/d/sub/old"), "old\n").unwrap();
-    fs::write(p("lower/d/gone"), "gone\n").unwrap();
+    let s = Stack::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(s.lower.join("d/sub")).unwrap();
+    fs::write(s.lower.join("d/f"), "lower\n").unwrap();
+    fs::write(s.lower.join("d/sub/old"), "old\n").unwrap();
+    fs::write(s.lower.join("d/gone"), "gone\n").unwrap();
     let out = run(Command::new("chown")
         .arg("-R")
         .arg(format!("{NOBODY}:{NOBODY}"))
-        .arg(dir.path()));
+        .arg(s.dir.path()));
     assert!(out.status.success(), "chown");
-    Stack {
-        lower: p("lower"),
-        upper: p("upper"),
-        work: p("work"),
-        mnt: p("mnt"),
-        _dir: dir,
-    }
+    s
 }
 
 fn facilities() -> bool {
@@ -74,12 +57,7 @@ fn facilities() -> bool {
 /// Mounts `s` as nobody with `extra` options, runs `script` as nobody in the mount point
 /// (`$U` is the upper directory; root may not enter a user's FUSE mount), unmounts, and returns the script's output.
 fn run_as_nobody(s: &Stack, extra: &str, script: &str) -> String {
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}{extra}",
-        s.lower.display(),
-        s.upper.display(),
-        s.work.display()
-    );
+    let opts = format!("{}{extra}", s.rw_opts());
     let out = run(as_nobody(&stable_stratafs_bin())
         .arg("-o")
         .arg(&opts)
@@ -250,18 +228,10 @@ fn root_in_a_user_namespace_uses_user_xattrs() {
         return;
     }
     let s = stack();
-    let out = run(Command::new("chown")
-        .arg("-R")
-        .arg("0:0")
-        .arg(s._dir.path()));
+    let out = run(Command::new("chown").arg("-R").arg("0:0").arg(s.dir.path()));
     assert!(out.status.success(), "chown");
-    let _kill = KillNaming(s._dir.path().to_path_buf());
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        s.lower.display(),
-        s.upper.display(),
-        s.work.display()
-    );
+    let _kill = KillNaming(s.dir.path().to_path_buf());
+    let opts = s.rw_opts();
     let script = format!(
         "\"$BIN\" -o \"$OPTS\" \"$M\" || exit 1\ncd \"$M\" || exit 1\n(\n{REPLACE}\n) && (\n{APPEND}\n)\n\
          rc=$?\ncd /\numount \"$M\"\nexit $rc\n"
@@ -302,12 +272,7 @@ fn root_daemon_with_passthrough_off_uses_the_writeback_cache() {
         (",passthrough=off", "before 6\nafter 11\nlower\nmore\n"),
     ] {
         let s = stack();
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}{extra}",
-            s.lower.display(),
-            s.upper.display(),
-            s.work.display()
-        );
+        let opts = format!("{}{extra}", s.rw_opts());
         let m = Mount::new(&opts, &s.mnt);
         let (status, output) = run_timeout(
             Command::new("/bin/sh")
