@@ -12,3 +12,5 @@ pub mod inode;
 pub mod layer;
 pub mod overlay;
 pub mod sys;
+#[cfg(test)]
+mod test_hook;

@@ -422,7 +422,7 @@ impl NodeTable {
                     }
                     o.remove();
                     #[cfg(test)]
-                    tests::after_forget_removed_the_node();
+                    tests::AFTER_FORGET.with(crate::test_hook::Hook::fire);
                     true
                 } else {
                     false
@@ -490,17 +490,11 @@ impl NodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use crate::test_hook::Hook;
 
     thread_local! {
         /// Run once by this thread's next forget that removes a node, right after.
-        static AFTER_FORGET: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
-    }
-
-    pub(super) fn after_forget_removed_the_node() {
-        if let Some(f) = AFTER_FORGET.with(|b| b.borrow_mut().take()) {
-            f();
-        }
+        pub(super) static AFTER_FORGET: Hook = Hook::default();
     }
 
     /// The kernel forgets a node with a synthetic id while a lookup of its object comes in:
@@ -521,10 +515,10 @@ mod tests {
         let again = std::sync::Arc::new(std::sync::Mutex::new(None));
         let seen = std::sync::Arc::clone(&again);
         AFTER_FORGET.with(|b| {
-            *b.borrow_mut() = Some(Box::new(move || {
+            b.arm(move || {
                 let n = t2.remember(50, FileKind::Regular, loc(ROOT, "b"));
                 *seen.lock().unwrap() = Some(n.ino);
-            }))
+            })
         });
         assert!(t.forget(s.ino, 1));
         let id = again.lock().unwrap().expect("the lookup ran");

@@ -208,7 +208,7 @@ impl Overlay {
                 .resolve_in(dir, &chain, name, start)?
                 .ok_or(Error::NotFound)?;
             #[cfg(test)]
-            tests::between_resolution_and_record();
+            tests::BETWEEN.with(crate::test_hook::Hook::fire);
             let loc = Location {
                 parent: dir.ino,
                 name: name.to_os_string(),
@@ -353,21 +353,15 @@ impl Overlay {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
     use std::ffi::OsStr;
 
     use super::super::RenameFlag;
     use crate::inode::ROOT;
+    use crate::test_hook::Hook;
 
     thread_local! {
         /// Run once by this thread's next lookup, between its resolution and its record.
-        static BETWEEN: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
-    }
-
-    pub(super) fn between_resolution_and_record() {
-        if let Some(f) = BETWEEN.with(|b| b.borrow_mut().take()) {
-            f();
-        }
+        pub(super) static BETWEEN: Hook = Hook::default();
     }
 
     /// A lookup of a name that a rename moves while it is resolved (the kernel revalidates
@@ -382,7 +376,7 @@ mod tests {
         let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
         let mover = std::sync::Arc::clone(&ov);
         BETWEEN.with(|b| {
-            *b.borrow_mut() = Some(Box::new(move || {
+            b.arm(move || {
                 mover
                     .rename(
                         ROOT,
@@ -392,7 +386,7 @@ mod tests {
                         RenameFlag::Plain,
                     )
                     .unwrap();
-            }))
+            })
         });
         // Resolved before the rename, recorded after it: retaken, and "a" is gone.
         let again = ov.lookup(ROOT, OsStr::new("a"));
