@@ -197,6 +197,11 @@ fn mtime_of(p: &Path) -> i64 {
         .mtime()
 }
 
+fn ctime_of(p: &Path) -> (i64, i64) {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+    (m.ctime(), m.ctime_nsec())
+}
+
 fn is_whiteout(p: &Path) -> bool {
     std::fs::symlink_metadata(p)
         .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
@@ -244,7 +249,36 @@ fn check_copy_up(what: &str, act: impl Fn(&Path) -> Result<(), i32>, file_mtime_
     let Some(tw) = twin(1, deep_lower) else {
         return;
     };
+    let rels = ["p", "p/q", "p/q/f"];
+    // The kernel caches what these stats return...
+    for side in [&tw.s, &tw.k] {
+        for rel in rels {
+            ctime_of(&side.mnt.join(rel));
+        }
+    }
     tw.ok(what, |m| act(&m.join("p/q/f")));
+    // ...and a copy-up changes their ctimes (the copies are new inodes, a placed child
+    // changes its directory): the mount must show the upper copies' ctimes, not the
+    // cached ones.
+    for side in [&tw.s, &tw.k] {
+        let stale: Vec<String> = rels
+            .iter()
+            .filter_map(|rel| {
+                let (shown, upper) = (
+                    ctime_of(&side.mnt.join(rel)),
+                    ctime_of(&side.upper.join(rel)),
+                );
+                (shown != upper).then(|| format!("{rel}: shown {shown:?}, upper {upper:?}"))
+            })
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "{what}: ctimes after the copy-up ({}):\n{}",
+            side.mnt.display(),
+            stale.join("\n")
+        );
+    }
+    // (After: listing a directory refreshes its entries' attributes.)
     tw.same_tree(what);
     tw.same_upper(what);
     // The parents came up with their own metadata, times included.

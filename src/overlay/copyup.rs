@@ -85,6 +85,9 @@ impl Overlay {
         let mut layers = vec![UPPER];
         layers.extend(chain);
         self.nodes.set_layers(dir.ino, layers);
+        // The directory is shown from its new upper copy, and its parent changed.
+        self.attrs_changed(dir.ino);
+        self.attrs_changed(parent.ino);
         self.dir_fd(dir, UPPER)
     }
 
@@ -123,6 +126,8 @@ impl Overlay {
         }
         self.mark_impure(pfd.as_fd());
         self.nodes.set_layers(node.ino, vec![UPPER]);
+        self.attrs_changed(node.ino);
+        self.attrs_changed(parent.ino);
         Ok(())
     }
 

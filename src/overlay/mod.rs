@@ -218,6 +218,22 @@ pub struct Overlay {
     exact_modes: bool,
     /// fuse-overlayfs's markers are written too (see [`crate::config::Markers`]).
     fuse_markers: bool,
+    /// Tells the kernel that a node's attributes changed (see [`Overlay::set_attr_notifier`]).
+    attr_notifier: AttrNotifier,
+}
+
+/// A function that tells the kernel a node's cached attributes are out of date.
+type NotifyFn = Box<dyn Fn(u64) + Send + Sync>;
+
+#[derive(Default)]
+struct AttrNotifier(std::sync::OnceLock<NotifyFn>);
+
+impl std::fmt::Debug for AttrNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AttrNotifier")
+            .field(&self.0.get().is_some())
+            .finish()
+    }
 }
 
 impl Overlay {
@@ -254,6 +270,22 @@ impl Overlay {
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             exact_modes: crate::sys::current_umask() == 0,
             fuse_markers,
+            attr_notifier: AttrNotifier::default(),
+        }
+    }
+
+    /// Sets how the kernel is told that attributes it may cache changed where no reply of
+    /// its own requests shows it: a copy-up replaces a node's inode (a new ctime) and
+    /// changes the directory it is placed in. Set once, before requests are served; until
+    /// then (and in unit tests) nobody is told.
+    pub fn set_attr_notifier(&self, notify: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.attr_notifier.0.set(Box::new(notify));
+    }
+
+    /// The attributes of node `ino` changed behind the kernel's back.
+    fn attrs_changed(&self, ino: u64) {
+        if let Some(notify) = self.attr_notifier.0.get() {
+            notify(ino);
         }
     }
 

@@ -755,6 +755,28 @@ pub fn fuse_notify_prune(dev: BorrowedFd<'_>, nodes: &[u64]) -> io::Result<()> {
     Ok(())
 }
 
+const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+
+/// Sends one `FUSE_NOTIFY_INVAL_INODE` for node `ino` down the FUSE connection `dev`, for
+/// its attributes only (offset -1: the page cache is left alone, so the kernel never waits
+/// for page locks or writeback, and the call cannot block on a request in flight). Fails
+/// with `ENOENT` when the kernel does not hold the node.
+pub fn fuse_notify_inval_attrs(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> {
+    const LEN: usize = 16 + 24;
+    let mut msg = [0u8; LEN];
+    // struct fuse_out_header { len: u32, error: i32 (the notify code), unique: u64 (0) }
+    msg[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
+    // struct fuse_notify_inval_inode_out { ino: u64, off: i64, len: i64 }
+    msg[16..24].copy_from_slice(&ino.to_ne_bytes());
+    msg[24..32].copy_from_slice(&(-1i64).to_ne_bytes());
+    let written = rustix::io::write(dev, &msg)?;
+    if written != LEN {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
 /// Opens `/dev/fuse` for a new session.
 pub fn open_fuse_device() -> io::Result<OwnedFd> {
     rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
