@@ -43,7 +43,9 @@ fn touch(p: &Path) {
     File::create(p).unwrap();
 }
 
-fn open(lowers: &[PathBuf]) -> Overlay {
+/// A read-only overlay of `lowers`; `negative_cache` 0 probes the layers for every missing
+/// name, as the first lookup of a name does.
+fn open(lowers: &[PathBuf], negative_cache: usize) -> Overlay {
     let stack = LayerStack::open(None, lowers, Xino::Auto, false).expect("open layers");
     Overlay::new(
         stack,
@@ -53,6 +55,7 @@ fn open(lowers: &[PathBuf]) -> Overlay {
             no_xattrs: false,
             dir_fd_cache: 4096,
             listing_cache: 64 * 1024,
+            negative_cache,
             node_limit: 100_000,
             sync_writes: false,
             xattr_permissions: 0,
@@ -138,7 +141,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     for n in [1usize, 4, 16] {
         let lowers = name_stack(&tmp.path().join(format!("names{n}")), n);
-        let ov = open(&lowers);
+        let ov = open(&lowers, 0);
         for (what, name, found) in [
             ("top", "top", true),
             ("bottom", "bottom", true),
@@ -149,13 +152,19 @@ fn benches(c: &mut Criterion) {
                 b.iter(|| lookup_forget(&ov, black_box(OsStr::new(name))))
             });
         }
+        // A name looked up again while missing: answered from the negative cache.
+        let ov = open(&lowers, 4096);
+        assert!(!lookup_forget(&ov, OsStr::new("nothing-here")));
+        g.bench_with_input(BenchmarkId::new("miss-again", n), &n, |b, _| {
+            b.iter(|| lookup_forget(&ov, black_box(OsStr::new("nothing-here"))))
+        });
     }
     g.finish();
 
     let mut g = c.benchmark_group("whiteout");
     for n in [1usize, 4, 16] {
         let lowers = name_stack(&tmp.path().join(format!("wh{n}")), n);
-        let ov = open(&lowers);
+        let ov = open(&lowers, 0);
         for (what, name) in [("chardev", "wh"), ("dot-wh", "dotwh")] {
             assert!(!lookup_forget(&ov, OsStr::new(name)), "{what} at {n}");
             g.bench_with_input(BenchmarkId::new(what, n), &n, |b, _| {
@@ -180,7 +189,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("readdir-3-layers");
     for total in [1_000usize, 10_000] {
         let lowers = listing_stack(&tmp.path().join(format!("list{total}")), total);
-        let ov = open(&lowers);
+        let ov = open(&lowers, 0);
         let dir = ov.lookup(ROOT, OsStr::new("dir")).unwrap();
         let expect = total - total * 3 / 100 - total * 2 / 100;
         assert_eq!(ov.read_dir(dir.ino).unwrap().len(), expect);

@@ -171,7 +171,18 @@ impl Overlay {
         if dir.kind != FileKind::Directory {
             return Err(Error::NotDir);
         }
-        self.lookup_in(&dir, name, None)
+        let Some(seen) = dir.quiet_version() else {
+            return self.lookup_in(&dir, name, None);
+        };
+        if self.negative.is_missing(dir.ino, seen, name) {
+            return Err(Error::NotFound);
+        }
+        let r = self.lookup_in(&dir, name, None);
+        // Missing, and no change in the directory meanwhile: missing at that version.
+        if matches!(r, Err(Error::NotFound)) && dir.dir_version() == seen {
+            self.negative.remember_missing(dir.ino, seen, name);
+        }
+        r
     }
 
     /// Looks up an entry of `listing` of `parent` (readdirplus), starting at the layer the
@@ -355,7 +366,7 @@ impl Overlay {
 mod tests {
     use std::ffi::OsStr;
 
-    use super::super::RenameFlag;
+    use super::super::{Error, RenameFlag};
     use crate::inode::ROOT;
     use crate::test_hook::Hook;
 
@@ -394,6 +405,50 @@ mod tests {
         let node = ov.nodes.get(a.ino).unwrap();
         assert_eq!(node.location().name, "b");
         assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
+    }
+
+    /// A name found missing is remembered for that version of its directory only: each way
+    /// a name can appear through the mount (create, rename into the directory, link, a
+    /// change in a directory copied up meanwhile) moves the version on.
+    #[test]
+    fn missing_names_are_remembered_until_the_directory_changes() {
+        let (t, ov) = super::super::scratch_overlay(|l, _| {
+            std::fs::write(l.join("src"), "x").unwrap();
+            std::fs::create_dir(l.join("d")).unwrap();
+        });
+        let upper = t.path().join("u");
+        let caller = super::super::Caller {
+            uid: 0,
+            gid: 0,
+            umask: 0,
+        };
+        let missing = |dir, name| matches!(ov.lookup(dir, OsStr::new(name)), Err(Error::NotFound));
+        assert!(missing(ROOT, "n"));
+        // Remembered: a file put in the upper layer behind the mount's back is not seen
+        // (changes to the layers of a mounted overlay are undefined, as for the kernel's).
+        std::fs::write(upper.join("n"), "behind").unwrap();
+        assert!(missing(ROOT, "n"));
+        std::fs::remove_file(upper.join("n")).unwrap();
+        // Created through the mount.
+        let file = || super::super::NewObject::File {
+            flags: libc::O_RDWR,
+        };
+        ov.create(ROOT, OsStr::new("n"), file(), 0o644, caller)
+            .unwrap();
+        assert!(!missing(ROOT, "n"));
+        // Renamed into the directory.
+        assert!(missing(ROOT, "m"));
+        let d = ov.lookup(ROOT, OsStr::new("d")).unwrap().ino;
+        ov.create(d, OsStr::new("x"), file(), 0o644, caller)
+            .unwrap();
+        ov.rename(d, OsStr::new("x"), ROOT, OsStr::new("m"), RenameFlag::Plain)
+            .unwrap();
+        assert!(!missing(ROOT, "m"));
+        // Linked into it.
+        assert!(missing(ROOT, "l"));
+        let src = ov.lookup(ROOT, OsStr::new("src")).unwrap().ino;
+        ov.link(src, ROOT, OsStr::new("l")).unwrap();
+        assert!(!missing(ROOT, "l"));
     }
 
     /// A live node whose recorded name no longer holds its object (what the kernel holds

@@ -7,6 +7,7 @@ mod copyup;
 mod dirfd;
 mod lookup;
 mod namespace;
+mod negative;
 pub mod perms;
 mod read;
 mod readdir;
@@ -163,6 +164,8 @@ pub struct Options {
     pub dir_fd_cache: usize,
     /// How many entries of merged directory listings to keep cached, over all directories.
     pub listing_cache: usize,
+    /// How many names found missing to remember (per directory version).
+    pub negative_cache: usize,
     /// How many nodes the daemon keeps before asking the kernel to forget unused ones.
     pub node_limit: usize,
     /// fsync copies and honour fsync requests (`fsync=1` and not `volatile`).
@@ -189,6 +192,7 @@ impl Options {
             no_xattrs: cfg.noxattrs,
             dir_fd_cache: 4096,
             listing_cache: 32 * 1024,
+            negative_cache: 4096,
             node_limit: cfg.node_limit,
             sync_writes: cfg.fsync && !cfg.volatile,
             xattr_permissions: cfg.xattr_permissions,
@@ -207,6 +211,8 @@ pub struct Overlay {
     nodes: NodeTable,
     dirfds: dirfd::DirFdCache,
     listings: readdir::ListingCache,
+    /// Names found missing, per directory version.
+    negative: negative::NegativeCache,
     idmap: crate::layer::IdMap,
     /// The xattr owner and mode are kept in (`xattr_permissions`), if any.
     perm_xattr: Option<&'static str>,
@@ -262,6 +268,7 @@ impl Overlay {
             nodes: NodeTable::new(root_layers, layers.upper().is_some()),
             dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
             listings: readdir::ListingCache::new(opts.listing_cache),
+            negative: negative::NegativeCache::new(opts.negative_cache),
             idmap: crate::layer::IdMap::default(),
             cookie_key: std::collections::hash_map::RandomState::new(),
             perm_xattr,
