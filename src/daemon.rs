@@ -336,12 +336,7 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     }
     // Before the session serves requests (it starts in `run`).
     match session.as_fd().try_clone_to_owned() {
-        Ok(dev) => overlay.set_attr_notifier(move |ino| {
-            // ENOENT: the kernel does not hold the node, so caches nothing of it.
-            if let Err(e) = sys::fuse_notify_inval_attrs(dev.as_fd(), ino) {
-                tracing::debug!(ino, error = %e, "attribute invalidation not sent");
-            }
-        }),
+        Ok(dev) => overlay.set_kernel_connection(dev),
         Err(e) => tracing::warn!(error = %e, "no attribute invalidation after copy-ups"),
     }
     let signals = signal_hook::iterator::Signals::new([

@@ -14,7 +14,18 @@ use parking_lot::Mutex;
 
 use crate::layer::LayerIdx;
 
-const SHARDS: usize = 16;
+/// How many shards a sharded cache has.
+pub(crate) const SHARDS: usize = 16;
+
+/// The shards of an LRU cache of about `capacity` entries in all (at least one per shard).
+pub(crate) fn lru_shards<K: std::hash::Hash + Eq, V>(
+    capacity: usize,
+) -> Vec<Mutex<LruCache<K, V>>> {
+    let per = NonZeroUsize::new((capacity / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+    (0..SHARDS)
+        .map(|_| Mutex::new(LruCache::new(per)))
+        .collect()
+}
 
 type Shard = Mutex<LruCache<(u64, LayerIdx), Arc<OwnedFd>>>;
 
@@ -25,11 +36,8 @@ pub(crate) struct DirFdCache {
 
 impl DirFdCache {
     pub(crate) fn new(capacity: usize) -> DirFdCache {
-        let per = NonZeroUsize::new((capacity / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
         DirFdCache {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per)))
-                .collect(),
+            shards: lru_shards(capacity),
         }
     }
 

@@ -224,22 +224,9 @@ pub struct Overlay {
     exact_modes: bool,
     /// fuse-overlayfs's markers are written too (see [`crate::config::Markers`]).
     fuse_markers: bool,
-    /// Tells the kernel that a node's attributes changed (see [`Overlay::set_attr_notifier`]).
-    attr_notifier: AttrNotifier,
-}
-
-/// A function that tells the kernel a node's cached attributes are out of date.
-type NotifyFn = Box<dyn Fn(u64) + Send + Sync>;
-
-#[derive(Default)]
-struct AttrNotifier(std::sync::OnceLock<NotifyFn>);
-
-impl std::fmt::Debug for AttrNotifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("AttrNotifier")
-            .field(&self.0.get().is_some())
-            .finish()
-    }
+    /// The FUSE connection, for telling the kernel that a node's attributes changed (see
+    /// [`Overlay::set_kernel_connection`]).
+    kernel: std::sync::OnceLock<OwnedFd>,
 }
 
 impl Overlay {
@@ -277,22 +264,26 @@ impl Overlay {
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             exact_modes: crate::sys::current_umask() == 0,
             fuse_markers,
-            attr_notifier: AttrNotifier::default(),
+            kernel: std::sync::OnceLock::new(),
         }
     }
 
-    /// Sets how the kernel is told that attributes it may cache changed where no reply of
-    /// its own requests shows it: a copy-up replaces a node's inode (a new ctime) and
-    /// changes the directory it is placed in. Set once, before requests are served; until
-    /// then (and in unit tests) nobody is told.
-    pub fn set_attr_notifier(&self, notify: impl Fn(u64) + Send + Sync + 'static) {
-        let _ = self.attr_notifier.0.set(Box::new(notify));
+    /// Gives the overlay the FUSE connection `dev`, down which the kernel is told that
+    /// attributes it may cache changed where no reply of its own requests shows it: a
+    /// copy-up replaces a node's inode (a new ctime) and changes the directory it is placed
+    /// in. Set once, before requests are served; until then (and in unit tests) nobody is
+    /// told.
+    pub fn set_kernel_connection(&self, dev: OwnedFd) {
+        let _ = self.kernel.set(dev);
     }
 
     /// The attributes of node `ino` changed behind the kernel's back.
     fn attrs_changed(&self, ino: u64) {
-        if let Some(notify) = self.attr_notifier.0.get() {
-            notify(ino);
+        if let Some(dev) = self.kernel.get() {
+            // ENOENT: the kernel does not hold the node, so caches nothing of it.
+            if let Err(e) = crate::sys::fuse_notify_inval_attrs(dev.as_fd(), ino) {
+                tracing::debug!(ino, error = %e, "attribute invalidation not sent");
+            }
         }
     }
 

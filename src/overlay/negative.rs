@@ -12,12 +12,11 @@
 use std::collections::hash_map::RandomState;
 use std::ffi::{OsStr, OsString};
 use std::hash::BuildHasher;
-use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use parking_lot::Mutex;
 
-const SHARDS: usize = 16;
+use super::dirfd::{lru_shards, SHARDS};
 
 /// (directory node, keyed hash of the name) -> (directory version, the name).
 type Shard = Mutex<LruCache<(u64, u64), (u64, OsString)>>;
@@ -32,12 +31,12 @@ pub(crate) struct NegativeCache {
 impl NegativeCache {
     /// A cache of about `capacity` names; 0 remembers nothing.
     pub(crate) fn new(capacity: usize) -> NegativeCache {
-        let shards = if capacity == 0 { 0 } else { SHARDS };
-        let per = NonZeroUsize::new((capacity / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
         NegativeCache {
-            shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::new(per)))
-                .collect(),
+            shards: if capacity == 0 {
+                Vec::new()
+            } else {
+                lru_shards(capacity)
+            },
             key: RandomState::new(),
         }
     }

@@ -729,30 +729,38 @@ pub fn unmount(path: &std::path::Path) -> io::Result<()> {
 /// dentries of these nodes, so their inodes are evicted and forgotten.
 const FUSE_NOTIFY_PRUNE: i32 = 9;
 
+/// Writes one notification `code` with payload `body` down the FUSE connection `dev`.
+fn fuse_notify(dev: BorrowedFd<'_>, code: i32, body: &[u8]) -> io::Result<()> {
+    let len = 16 + body.len();
+    let len32 = u32::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let mut msg = Vec::with_capacity(len);
+    // struct fuse_out_header { len: u32, error: i32 (the notify code), unique: u64 (0) }
+    msg.extend_from_slice(&len32.to_ne_bytes());
+    msg.extend_from_slice(&code.to_ne_bytes());
+    msg.extend_from_slice(&0u64.to_ne_bytes());
+    msg.extend_from_slice(body);
+    let written = rustix::io::write(dev, &msg)?;
+    if written != msg.len() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
 /// Sends one `FUSE_NOTIFY_PRUNE` for `nodes` down the FUSE connection `dev`. Dentries in use
 /// (open files, working directories, mount points) are left alone by the kernel. Fails with
 /// `EINVAL` on kernels without the notification.
 pub fn fuse_notify_prune(dev: BorrowedFd<'_>, nodes: &[u64]) -> io::Result<()> {
     let count =
         u32::try_from(nodes.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
-    let len = 16 + 16 + 8 * nodes.len();
-    let mut msg = Vec::with_capacity(len);
-    // struct fuse_out_header { len: u32, error: i32 (the notify code), unique: u64 (0) }
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&FUSE_NOTIFY_PRUNE.to_ne_bytes());
-    msg.extend_from_slice(&0u64.to_ne_bytes());
     // struct fuse_notify_prune_out { count: u32, padding: u32, spare: u64 }, then the ids.
-    msg.extend_from_slice(&count.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&0u64.to_ne_bytes());
+    let mut body = Vec::with_capacity(16 + 8 * nodes.len());
+    body.extend_from_slice(&count.to_ne_bytes());
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    body.extend_from_slice(&0u64.to_ne_bytes());
     for n in nodes {
-        msg.extend_from_slice(&n.to_ne_bytes());
+        body.extend_from_slice(&n.to_ne_bytes());
     }
-    let written = rustix::io::write(dev, &msg)?;
-    if written != msg.len() {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
-    }
-    Ok(())
+    fuse_notify(dev, FUSE_NOTIFY_PRUNE, &body)
 }
 
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
@@ -762,19 +770,11 @@ const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 /// for page locks or writeback, and the call cannot block on a request in flight). Fails
 /// with `ENOENT` when the kernel does not hold the node.
 pub fn fuse_notify_inval_attrs(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> {
-    const LEN: usize = 16 + 24;
-    let mut msg = [0u8; LEN];
-    // struct fuse_out_header { len: u32, error: i32 (the notify code), unique: u64 (0) }
-    msg[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
-    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
     // struct fuse_notify_inval_inode_out { ino: u64, off: i64, len: i64 }
-    msg[16..24].copy_from_slice(&ino.to_ne_bytes());
-    msg[24..32].copy_from_slice(&(-1i64).to_ne_bytes());
-    let written = rustix::io::write(dev, &msg)?;
-    if written != LEN {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
-    }
-    Ok(())
+    let mut body = [0u8; 24];
+    body[0..8].copy_from_slice(&ino.to_ne_bytes());
+    body[8..16].copy_from_slice(&(-1i64).to_ne_bytes());
+    fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &body)
 }
 
 /// Opens `/dev/fuse` for a new session.
