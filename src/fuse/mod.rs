@@ -260,7 +260,7 @@ impl StrataFs {
     /// A write by someone other than root drops setuid, and setgid when the group may
     /// execute or the writer is not in the file's group, and file capabilities: what a local
     /// filesystem does (the kernel leaves it to us under handle_killpriv_v2).
-    fn kill_setid(&self, of: &OpenFile, req: &Request) {
+    fn kill_setid(&self, ino: u64, of: &OpenFile, req: &Request) {
         if req.uid() == 0 || !of.setid.load(Ordering::Relaxed) {
             return;
         }
@@ -270,8 +270,9 @@ impl StrataFs {
         };
         let mode = kept_mode(st.mode, self.overlay.idmap().gid_to_mount(st.gid), req);
         if mode != st.mode & 0o7777 {
-            if let Err(e) = rustix::fs::fchmod(&*fd, rustix::fs::Mode::from_raw_mode(mode)) {
-                debug!(error = %e, "dropping setuid/setgid bits failed");
+            match rustix::fs::fchmod(&*fd, rustix::fs::Mode::from_raw_mode(mode)) {
+                Ok(()) => self.overlay.attrs_changed(ino),
+                Err(e) => debug!(error = %e, "dropping setuid/setgid bits failed"),
             }
         }
         if let Err(e) = sys::remove_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)) {
@@ -565,7 +566,7 @@ impl fuser::Filesystem for StrataFs {
                 };
                 if flags.0 & libc::O_TRUNC != 0 {
                     // A truncating open is a write (atomic O_TRUNC: no setattr follows).
-                    self.kill_setid(&of, req);
+                    self.kill_setid(ino.0, &of, req);
                 }
                 match backing {
                     Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
@@ -1077,7 +1078,7 @@ impl fuser::Filesystem for StrataFs {
         };
         match sys::pwrite_all(of.current().as_fd(), data, offset) {
             Ok(()) => {
-                self.kill_setid(&of, req);
+                self.kill_setid(ino.0, &of, req);
                 reply.written(data.len() as u32)
             }
             Err(e) => reply.error(io_errno("write", ino.0, e)),

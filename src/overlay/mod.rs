@@ -277,8 +277,10 @@ impl Overlay {
         let _ = self.kernel.set(dev);
     }
 
-    /// The attributes of node `ino` changed behind the kernel's back.
-    fn attrs_changed(&self, ino: u64) {
+    /// The attributes of node `ino` changed behind the kernel's back: a copy-up, or the
+    /// front end dropping setuid/setgid bits after a write (no reply to a write carries
+    /// attributes, so the kernel would keep showing, and executing with, the cached mode).
+    pub fn attrs_changed(&self, ino: u64) {
         if let Some(dev) = self.kernel.get() {
             // ENOENT: the kernel does not hold the node, so caches nothing of it.
             if let Err(e) = crate::sys::fuse_notify_inval_attrs(dev.as_fd(), ino) {
