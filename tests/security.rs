@@ -47,11 +47,17 @@ fn append_to_setuid_file_drops_the_bit_in_the_mount() {
         let s = Stack::new();
         fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(s.lower.join("lower-suid"), "").unwrap();
-        fs::set_permissions(s.lower.join("lower-suid"), fs::Permissions::from_mode(0o4777))
-            .unwrap();
+        fs::set_permissions(
+            s.lower.join("lower-suid"),
+            fs::Permissions::from_mode(0o4777),
+        )
+        .unwrap();
         fs::write(s.upper.join("upper-suid"), "").unwrap();
-        fs::set_permissions(s.upper.join("upper-suid"), fs::Permissions::from_mode(0o4777))
-            .unwrap();
+        fs::set_permissions(
+            s.upper.join("upper-suid"),
+            fs::Permissions::from_mode(0o4777),
+        )
+        .unwrap();
         let m = Mount::new(&format!("{},{extra}", s.rw_opts()), &s.mnt);
         for name in ["lower-suid", "upper-suid"] {
             let p = s.mnt.join(name);
@@ -86,4 +92,158 @@ fn append_to_setuid_file_drops_the_bit_in_the_mount() {
             );
         }
     }
+}
+
+/// A mount inside a layer directory (a tmpfs on a lower's or the upper's subdirectory, or
+/// the daemon's own mount propagated there) is not part of the layer: the kernel's
+/// overlayfs works on private clones of the layers' mounts and shows the directory
+/// underneath, and writes there land in the upper layer itself. The daemon crossed into
+/// such mounts (and into its own, deadlocking).
+#[test]
+fn mounts_inside_layers_are_not_crossed() {
+    if !can_compare() {
+        return;
+    }
+    let s = Stack::new();
+    fs::create_dir(s.lower.join("sub")).unwrap();
+    fs::write(s.lower.join("sub/under"), "lower\n").unwrap();
+    fs::create_dir(s.upper.join("usub")).unwrap();
+    fs::write(s.upper.join("usub/under"), "upper\n").unwrap();
+    let mut guards = Vec::new();
+    for d in [s.lower.join("sub"), s.upper.join("usub")] {
+        let out = run(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&d));
+        assert!(out.status.success(), "mount tmpfs");
+        guards.push(UmountGuard { path: d.clone() });
+        fs::write(d.join("over"), "tmpfs\n").unwrap();
+    }
+    let view = |m: &std::path::Path, new: &str| {
+        fs::write(m.join("usub").join(new), "new\n").unwrap();
+        (
+            dir_names(&m.join("sub")),
+            dir_names(&m.join("usub")),
+            fs::read_to_string(m.join("sub/under")).ok(),
+        )
+    };
+    let kernel = {
+        let _k = KernelMount::new(
+            &kernel_rw_opts(&[s.lower.clone()], &s.upper, &s.work),
+            &s.mnt,
+        );
+        view(&s.mnt, "by-kernel")
+    };
+    let ours = {
+        let _m = Mount::new(&s.rw_opts(), &s.mnt);
+        view(&s.mnt, "by-stratafs")
+    };
+    drop(guards);
+    assert_eq!(kernel.0, vec!["under"], "kernel: lower");
+    assert_eq!(ours.0, kernel.0, "a lower's subdirectory");
+    assert_eq!(ours.2, kernel.2);
+    assert_eq!(
+        dir_names(&s.upper.join("usub")),
+        vec!["by-kernel", "by-stratafs", "under"],
+        "new files belong in the upper directory under the tmpfs"
+    );
+    assert!(ours.1.contains(&"by-kernel".to_string()), "{:?}", ours.1);
+    assert!(!ours.1.contains(&"over".to_string()), "{:?}", ours.1);
+}
+
+/// The daemon's own mount propagated into a lower layer (a bind of `l1/sub` on a shared
+/// mount used as the mount point): the daemon used to walk into its own mount, recursing
+/// until its clients hung. In a private mount namespace, so nothing leaks to the host.
+#[test]
+fn own_mount_propagated_into_a_lower_is_not_entered() {
+    if !can_mount() || !facility(find_tool("unshare").is_some(), "unshare") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("shared");
+    fs::create_dir(&root).unwrap();
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs {root}
+mount --make-shared {root}
+cd {root}
+mkdir -p l1/sub u w m
+echo a > l1/sub/file
+mount --bind l1/sub m
+{bin} m -o lowerdir=l1,upperdir=u,workdir=w
+echo "propagated: $(grep " $PWD/l1/sub " /proc/self/mountinfo | grep -c fuse)"
+echo "sub: $(timeout 10 ls m/sub)"
+echo "walk: $(timeout 10 find m | sort | tr '\n' ' ')"
+umount m
+umount m
+"#,
+        root = root.display(),
+        bin = stratafs_bin().display()
+    );
+    let out = run(Command::new("timeout")
+        .args([
+            "60",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(&script));
+    // Whatever happened, no daemon of this test outlives it.
+    kill_daemons(&root.join("m"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("propagated: 1"),
+        "the mount did not propagate: {stdout}"
+    );
+    assert!(stdout.contains("sub: file\n"), "{stdout}");
+    assert!(stdout.contains("walk: m m/sub m/sub/file \n"), "{stdout}");
+}
+
+/// A daemon under a low hard fd limit (`ulimit -n 1024`) walking more directories than
+/// that: its directory-fd cache filled the limit, `find` stopped part-way with `EMFILE`,
+/// and every later operation failed until a remount. The cache is now sized from the
+/// limit and gives fds back when an open fails for want of them.
+#[test]
+fn low_fd_limit_does_not_exhaust_the_daemon() {
+    if !can_mount() || !facility(find_tool("prlimit").is_some(), "prlimit") {
+        return;
+    }
+    let s = Stack::new();
+    for i in 0..3000 {
+        fs::create_dir(s.lower.join(format!("d{i:04}"))).unwrap();
+    }
+    let out = run(Command::new("prlimit")
+        .arg("--nofile=1024:1024")
+        .arg(stratafs_bin())
+        .arg("-o")
+        .arg(s.rw_opts())
+        .arg(&s.mnt));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _m = Mount {
+        mountpoint: s.mnt.clone(),
+    };
+    for round in 0..2 {
+        let out = run(Command::new("find").arg(&s.mnt));
+        let seen = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert!(
+            out.status.success() && seen == 3001,
+            "round {round}: find saw {seen} entries: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+    }
+    fs::write(s.mnt.join("after"), "x").unwrap();
+    let daemon = daemons_for(&s.mnt)[0];
+    assert!(fd_count(daemon) <= 1024);
 }

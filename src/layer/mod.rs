@@ -54,6 +54,21 @@ impl Layer {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?;
+        // A lower layer is reached through a private clone of its mount, so that mounts
+        // inside it (and this daemon's own, propagated there) never show, as on the kernel's
+        // overlayfs. The upper layer is cloned with the work directory
+        // ([`LayerStack::open`]): renames between the two need one mount. Where the daemon
+        // may not clone mounts, mount points inside the layer are refused instead
+        // (`sys::stat_at`, `RESOLVE_NO_XDEV`).
+        let root = if upper {
+            root
+        } else {
+            sys::private_mount_clone(root.as_fd()).unwrap_or(root)
+        };
+        Layer::from_fd(path, root, upper)
+    }
+
+    fn from_fd(path: &Path, root: OwnedFd, upper: bool) -> io::Result<Layer> {
         let st = sys::stat_fd(root.as_fd())?;
         Ok(Layer {
             path: path.to_path_buf(),
@@ -164,12 +179,20 @@ impl WorkDir {
     /// Opens `workdir/work` (creating it), clears entries a crash left in it, and finds out
     /// which whiteout format the upper filesystem allows.
     pub fn open(workdir: &Path) -> io::Result<WorkDir> {
-        let base: OwnedFd = rustix::fs::open(
-            workdir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| annotate(e.into(), "workdir", workdir))?;
+        WorkDir::open_in(workdir, None)
+    }
+
+    /// [`WorkDir::open`], through `base` (the work directory, opened already) when given.
+    fn open_in(workdir: &Path, base: Option<OwnedFd>) -> io::Result<WorkDir> {
+        let base: OwnedFd = match base {
+            Some(b) => b,
+            None => rustix::fs::open(
+                workdir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| annotate(e.into(), "workdir", workdir))?,
+        };
         // Mode 0 as the kernel makes it; a daemon without CAP_DAC_OVERRIDE could not use
         // that, so it makes (or mends) its own 0700.
         let root = sys::euid() == 0;
@@ -298,8 +321,14 @@ impl LayerStack {
         let mut layers = Vec::with_capacity(lowers.len() + 1);
         let mut work = None;
         if let Some((u, w)) = upper {
-            layers.push(Layer::open(u, true).map_err(|e| annotate(e, "upperdir", u))?);
-            work = Some(WorkDir::open(w)?);
+            let mut layer = Layer::open(u, true).map_err(|e| annotate(e, "upperdir", u))?;
+            let mut work_base = None;
+            if let Some((cu, cw)) = clone_upper_and_work(&layer, u, w) {
+                layer = Layer::from_fd(u, cu, true).map_err(|e| annotate(e, "upperdir", u))?;
+                work_base = Some(cw);
+            }
+            layers.push(layer);
+            work = Some(WorkDir::open_in(w, work_base)?);
         }
         for l in lowers {
             layers.push(Layer::open(l, false).map_err(|e| annotate(e, "lowerdir", l))?);
@@ -367,6 +396,35 @@ impl LayerStack {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+}
+
+/// The upper and work directories through one private clone of their mount (see
+/// [`sys::private_mount_clone`]), made at their deepest common directory so that both are
+/// in it; `None` where the daemon may not clone mounts, or the clone does not lead to the
+/// same upper directory (`upper`, opened already).
+fn clone_upper_and_work(upper: &Layer, u: &Path, w: &Path) -> Option<(OwnedFd, OwnedFd)> {
+    let cu = std::fs::canonicalize(u).ok()?;
+    let cw = std::fs::canonicalize(w).ok()?;
+    let common: PathBuf = cu
+        .components()
+        .zip(cw.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let base = rustix::fs::open(
+        &common,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let clone = sys::private_mount_clone(base.as_fd()).ok()?;
+    let open = |p: &Path| {
+        let rel = p.strip_prefix(&common).ok()?;
+        sys::open_dir_path(clone.as_fd(), rel.as_os_str().as_bytes()).ok()
+    };
+    let (ufd, wfd) = (open(&cu)?, open(&cw)?);
+    let same = |a: BorrowedFd<'_>, b: BorrowedFd<'_>| matches!((sys::stat_fd(a), sys::stat_fd(b)), (Ok(x), Ok(y)) if (x.dev, x.ino) == (y.dev, y.ino));
+    same(ufd.as_fd(), upper.root()).then_some((ufd, wfd))
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {

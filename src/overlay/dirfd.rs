@@ -34,11 +34,24 @@ pub(crate) struct DirFdCache {
     shards: Vec<Shard>,
 }
 
+/// The share of the process's fd limit the cache may hold: the rest is for open files,
+/// listings being read and the FUSE connection.
+const SHARE_OF_FD_LIMIT: u64 = 4;
+
 impl DirFdCache {
-    pub(crate) fn new(capacity: usize) -> DirFdCache {
-        DirFdCache {
+    /// A cache of at most `capacity` fds, and at most a quarter of the process's fd limit
+    /// (a daemon started under `ulimit -n 1024` would otherwise fill its limit with cached
+    /// directories and fail every open after). Registered to give fds back when an open
+    /// fails with `EMFILE` all the same ([`crate::sys::FdReclaim`]).
+    pub(crate) fn new(capacity: usize) -> Arc<DirFdCache> {
+        let budget = crate::sys::nofile_limit() / SHARE_OF_FD_LIMIT;
+        let capacity = capacity.min(usize::try_from(budget).unwrap_or(usize::MAX));
+        let cache = Arc::new(DirFdCache {
             shards: lru_shards(capacity),
-        }
+        });
+        let weak: std::sync::Weak<dyn crate::sys::FdReclaim> = Arc::downgrade(&cache) as _;
+        crate::sys::register_fd_reclaimer(weak);
+        cache
     }
 
     fn shard(&self, ino: u64) -> &Shard {
@@ -61,5 +74,55 @@ impl DirFdCache {
         for l in 0..layers {
             shard.pop(&(ino, l as LayerIdx));
         }
+    }
+}
+
+impl crate::sys::FdReclaim for DirFdCache {
+    /// Drops the older half of every shard.
+    fn reclaim(&self) -> usize {
+        let mut freed = 0;
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            for _ in 0..shard.len().div_ceil(2) {
+                if shard.pop_lru().is_some() {
+                    freed += 1;
+                }
+            }
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::sys::FdReclaim;
+
+    fn fd() -> Arc<OwnedFd> {
+        Arc::new(OwnedFd::from(std::fs::File::open("/").unwrap()))
+    }
+
+    #[test]
+    fn reclaim_drops_the_older_half() {
+        let c = DirFdCache::new(SHARDS * 64);
+        for ino in 0..64 {
+            c.put(ino, 0, fd());
+        }
+        let freed = c.reclaim();
+        assert!(freed >= 32, "freed {freed}");
+        let kept = (0..64).filter(|i| c.get(*i, 0).is_some()).count();
+        assert_eq!(kept + freed, 64);
+    }
+
+    #[test]
+    fn capacity_follows_the_fd_limit() {
+        let limit = crate::sys::nofile_limit();
+        let c = DirFdCache::new(usize::MAX);
+        let cap: usize = c.shards.iter().map(|s| s.lock().cap().get()).sum();
+        assert!(
+            cap as u64 <= (limit / SHARE_OF_FD_LIMIT).max(SHARDS as u64),
+            "{cap} for {limit}"
+        );
     }
 }

@@ -209,7 +209,7 @@ impl Options {
 pub struct Overlay {
     layers: LayerStack,
     nodes: NodeTable,
-    dirfds: dirfd::DirFdCache,
+    dirfds: Arc<dirfd::DirFdCache>,
     listings: readdir::ListingCache,
     /// Names found missing, per directory version.
     negative: negative::NegativeCache,

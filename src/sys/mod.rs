@@ -152,9 +152,13 @@ fn from_statx(s: &rustix::fs::Statx) -> Stat {
     }
 }
 
+/// Beneath the directory, following no symlink and crossing no mount point: a mount inside
+/// a layer directory is not part of the layer (the kernel's overlayfs works on private
+/// clones of the layers' mounts, which have none).
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
 
 /// Opens `path` (relative, `/`-separated, no `..` needed) beneath `dir` with `openat2`.
 ///
@@ -164,14 +168,62 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 pub fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
     let path: &[u8] = if path.is_empty() { b"." } else { path };
     let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    // RESOLVE_BENEATH fails with EAGAIN when a rename raced the walk; the walk is then retried.
+    openat2_retrying(dir, OsStr::from_bytes(path), flags, Mode::empty())
+}
+
+/// `openat2` beneath `dir`, retried when a rename raced the walk (`RESOLVE_BENEATH` fails
+/// with `EAGAIN` then), and once more after the fd caches gave fds back when the process
+/// ran out of them ([`reclaim_fds`]).
+fn openat2_retrying(
+    dir: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: OFlags,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
     let mut tries = 0;
+    let mut reclaimed = false;
     loop {
-        match rustix::fs::openat2(dir, OsStr::from_bytes(path), flags, Mode::empty(), RESOLVE) {
+        match rustix::fs::openat2(dir, path, flags, mode, RESOLVE) {
             Err(Errno::AGAIN) if tries < 16 => tries += 1,
+            Err(Errno::MFILE | Errno::NFILE) if !reclaimed && reclaim_fds() => reclaimed = true,
             r => return r.map_err(io::Error::from),
         }
     }
+}
+
+/// Something that keeps fds open for speed and can close some of them when the process
+/// runs out (the directory-fd cache).
+pub trait FdReclaim: Send + Sync {
+    /// Closes some of the fds kept; returns how many it let go of.
+    fn reclaim(&self) -> usize;
+}
+
+/// The live fd keepers of this process (several in one process only in tests).
+static RECLAIMERS: parking_lot::Mutex<Vec<std::sync::Weak<dyn FdReclaim>>> =
+    parking_lot::Mutex::new(Vec::new());
+
+/// Registers `r`, asked to give fds back whenever an open fails with `EMFILE`/`ENFILE`.
+pub fn register_fd_reclaimer(r: std::sync::Weak<dyn FdReclaim>) {
+    let mut all = RECLAIMERS.lock();
+    all.retain(|w| w.strong_count() > 0);
+    all.push(r);
+}
+
+/// Asks every registered keeper to give fds back; true when any did.
+fn reclaim_fds() -> bool {
+    let live: Vec<_> = RECLAIMERS
+        .lock()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
+    live.iter().map(|r| r.reclaim()).sum::<usize>() > 0
+}
+
+/// The soft limit on open fds (`RLIMIT_NOFILE`).
+pub fn nofile_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
 }
 
 /// Opens a directory beneath `dir` as an `O_PATH` handle: enough for `*at` calls and `statx`,
@@ -182,15 +234,77 @@ pub fn open_dir_path(dir: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
 
 /// `statx(dir, name, AT_SYMLINK_NOFOLLOW)`: one name directly under `dir`. An empty name
 /// stats `dir` itself.
+///
+/// A name that is a mount point fails with `EXDEV`: `statx` would report the root of what
+/// is mounted there, which is not part of the layer (and may be this daemon's own mount).
+/// Layers cloned with [`private_mount_clone`] have no mount points inside.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
-    let flags = if name.is_empty() {
-        AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH
-    } else {
-        AtFlags::SYMLINK_NOFOLLOW
+    if name.is_empty() {
+        let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH;
+        return rustix::fs::statx(dir, name, flags, StatxFlags::BASIC_STATS)
+            .map(|s| from_statx(&s))
+            .map_err(io::Error::from);
+    }
+    let s = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::BASIC_STATS,
+    )?;
+    if s.stx_attributes
+        .contains(rustix::fs::StatxAttributes::MOUNT_ROOT)
+    {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    Ok(from_statx(&s))
+}
+
+/// A private, detached copy of the mount `dir` is on, rooted at `dir`, without the mounts
+/// below it: what the kernel's overlayfs makes of each layer (`clone_private_mount`). What
+/// is mounted inside the directory later, or propagated there (this daemon's own mount
+/// among them), never shows in the copy. Needs `CAP_SYS_ADMIN` over the mount's namespace
+/// (root, or root in the user namespace that owns it, as rootless podman's mount program
+/// is); `EPERM` otherwise.
+pub fn private_mount_clone(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    let clone = rustix::mount::open_tree(
+        dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
+    // A clone of a shared mount joins its peer group: make it private, so nothing mounted
+    // elsewhere propagates into it.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
     };
-    rustix::fs::statx(dir, name, flags, StatxFlags::BASIC_STATS)
-        .map(|s| from_statx(&s))
-        .map_err(io::Error::from)
+    // SAFETY: mount_setattr(2) reads `size` bytes of `attr`, a live, properly laid out
+    // `struct mount_attr` (four u64s), and the empty C string; it writes nothing of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            clone.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(clone)
 }
 
 /// Stats the object an fd refers to (`O_PATH` fds included).
@@ -399,8 +513,7 @@ pub fn create_file(
     mode: u32,
 ) -> io::Result<OwnedFd> {
     let flags = flags | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    rustix::fs::openat2(dir, name, flags, Mode::from_raw_mode(mode), RESOLVE)
-        .map_err(io::Error::from)
+    openat2_retrying(dir, name, flags, Mode::from_raw_mode(mode))
 }
 
 /// `mkdirat`.
