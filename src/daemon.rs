@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::config::{KernelFlag, MountConfig};
+use crate::config::{os_error_text, strip_os_error_codes, KernelFlag, MountConfig};
 use crate::fuse::StrataFs;
 use crate::layer::LayerStack;
 use crate::overlay::{Options, Overlay};
@@ -15,14 +15,14 @@ use crate::sys;
 
 /// A failure before the mount is live: one line for stderr, and the exit status.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("{}", crate::config::one_line(.0))]
 pub struct MountError(pub String);
 
 /// Opens the layers of `cfg` into a merged view (no mount).
 pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
     let upper = cfg.upperdir.as_deref().zip(cfg.workdir.as_deref());
     let layers = LayerStack::open(upper, &cfg.lowerdirs, cfg.xino, cfg.ino32)
-        .map_err(|e| MountError(e.to_string()))?;
+        .map_err(|e| MountError(strip_os_error_codes(&e.to_string())))?;
     Ok(Overlay::new(layers, Options::from_config(cfg))
         .with_idmap(crate::layer::IdMap::from_config(cfg)))
 }
@@ -276,15 +276,26 @@ pub fn run(cfg: &MountConfig) -> Result<(), MountError> {
     // New objects are created with the caller's exact mode (the kernel has applied the
     // caller's umask already).
     sys::set_umask(0);
+    // Before the work directory is touched: a second daemon on it would clear `work/` under
+    // the first one. The locks live as long as this process and the daemon child (which
+    // inherits them), so they go with the daemon, however it ends.
+    let _in_use = lock_upper_and_work(cfg)?;
+    if let Some(w) = &cfg.workdir {
+        replace_non_directory_work(w)?;
+    }
     // Every layer is opened here, before the launcher returns: podman detaches idmapped
     // lower mounts right after the mount program exits.
     let overlay = open_overlay(cfg)?;
     if cfg.foreground {
         return serve(cfg, overlay, None);
     }
-    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| MountError(format!("cannot create a pipe: {e}")))?;
-    match sys::fork().map_err(|e| MountError(format!("cannot fork: {e}")))? {
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+        MountError(format!(
+            "cannot create a pipe: {}",
+            os_error_text(&e.into())
+        ))
+    })?;
+    match sys::fork().map_err(|e| MountError(format!("cannot fork: {}", os_error_text(&e))))? {
         sys::Forked::Parent(_) => {
             drop(wr);
             wait_for_child(rd)
@@ -296,6 +307,143 @@ pub fn run(cfg: &MountConfig) -> Result<(), MountError> {
             // The parent already got our verdict; exit without running destructors twice.
             std::process::exit(if r.is_ok() { 0 } else { 1 });
         }
+    }
+}
+
+/// How long a lock on the upper or work directory is waited for: a daemon whose mount was
+/// just taken down may still be exiting (podman restarts containers that fast).
+const IN_USE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The kernel's words for a directory another mount writes to.
+const IN_USE: &str = "in-use as upperdir/workdir of another mount";
+
+/// Takes an exclusive `flock` on the upper and work directories, as the kernel's overlayfs
+/// marks them in use: a second stratafs mount on either (or inside either) is refused before
+/// it touches anything. A lower layer in use that way gets the kernel's warning. The locks
+/// are on directory fds (no lock file: the kernel's overlayfs needs `work/` clearable and
+/// the upper's contents are the user's), released when the last process holding them, the
+/// daemon, exits.
+fn lock_upper_and_work(cfg: &MountConfig) -> Result<Vec<OwnedFd>, MountError> {
+    let writable = [("upperdir", &cfg.upperdir), ("workdir", &cfg.workdir)];
+    // Inside a directory in use (the kernel walks the ancestors too).
+    for (role, dir) in writable.iter().filter_map(|(r, d)| Some((*r, d.as_ref()?))) {
+        let canon = std::fs::canonicalize(dir).map_err(|e| {
+            MountError(format!("{role} '{}': {}", dir.display(), os_error_text(&e)))
+        })?;
+        if let Some(outer) = canon.ancestors().skip(1).find(|a| held_by_another_mount(a)) {
+            return Err(MountError(format!(
+                "{role} '{}' is inside '{}', {IN_USE}",
+                dir.display(),
+                outer.display()
+            )));
+        }
+    }
+    for lower in &cfg.lowerdirs {
+        let Ok(canon) = std::fs::canonicalize(lower) else {
+            continue;
+        };
+        if canon.ancestors().any(held_by_another_mount) {
+            eprintln!(
+                "stratafs: warning: lowerdir '{}' is {IN_USE}, accessing files from both \
+                 mounts will result in undefined behavior",
+                crate::config::one_line(&lower.display().to_string())
+            );
+        }
+    }
+    let mut held = Vec::with_capacity(2);
+    for (role, dir) in writable.iter().filter_map(|(r, d)| Some((*r, d.as_ref()?))) {
+        let fd = match open_for_lock(dir) {
+            Ok(fd) => fd,
+            // A directory the daemon may search but not read cannot be locked; it is used
+            // unlocked, as before.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => continue,
+            Err(e) => {
+                return Err(MountError(format!(
+                    "{role} '{}': {}",
+                    dir.display(),
+                    os_error_text(&e)
+                )))
+            }
+        };
+        let start = std::time::Instant::now();
+        loop {
+            match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if start.elapsed() < IN_USE_GRACE => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(MountError(format!(
+                        "{role} '{}' is {IN_USE}",
+                        dir.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(MountError(format!(
+                        "{role} '{}': cannot lock: {}",
+                        dir.display(),
+                        os_error_text(&e.into())
+                    )))
+                }
+            }
+        }
+        held.push(fd);
+    }
+    Ok(held)
+}
+
+/// A directory fd `flock` works on (not `O_PATH`), closed on exec (fusermount3 must not
+/// inherit it).
+fn open_for_lock(dir: &std::path::Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// True when another daemon holds `dir` as its upper or work directory: a shared lock
+/// cannot be had. Directories that cannot be opened are taken as free.
+fn held_by_another_mount(dir: &std::path::Path) -> bool {
+    let Ok(fd) = open_for_lock(dir) else {
+        return false;
+    };
+    match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            let _ = rustix::fs::flock(&fd, rustix::fs::FlockOperation::Unlock);
+            false
+        }
+        Err(e) => e == rustix::io::Errno::WOULDBLOCK,
+    }
+}
+
+/// Removes `WORKDIR/work` when it is not a directory (a file, a symlink, anything), without
+/// following it, so that it is made afresh, as the kernel's overlayfs does.
+fn replace_non_directory_work(workdir: &std::path::Path) -> Result<(), MountError> {
+    let fail = |what: &str, e: std::io::Error| {
+        MountError(format!(
+            "workdir '{}': {what}{}",
+            workdir.display(),
+            os_error_text(&e)
+        ))
+    };
+    let base: OwnedFd = rustix::fs::open(
+        workdir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| fail("", e.into()))?;
+    let name = std::ffi::OsStr::new("work");
+    match sys::stat_at(base.as_fd(), name) {
+        Ok(st) if !st.is_dir() => sys::unlink_at(base.as_fd(), name, false).map_err(|e| {
+            fail(
+                &format!("cannot replace '{}': ", workdir.join("work").display()),
+                e,
+            )
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(fail(&format!("'{}': ", workdir.join("work").display()), e)),
     }
 }
 
@@ -321,8 +469,9 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
         Ok(s) => s,
         Err(e) => {
             let err = MountError(format!(
-                "cannot mount on '{}': {e}",
-                cfg.mountpoint.display()
+                "cannot mount on '{}': {}",
+                cfg.mountpoint.display(),
+                os_error_text(&e)
             ));
             if let Some(fd) = notify {
                 let _ = std::fs::File::from(fd).write_all(err.0.as_bytes());
@@ -370,7 +519,12 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     let r = session.run();
     overlay.unmounted();
     tracing::info!(nodes = overlay.node_count(), "unmounted");
-    r.map_err(|e| MountError(format!("FUSE session ended with an error: {e}")))
+    r.map_err(|e| {
+        MountError(format!(
+            "FUSE session ended with an error: {}",
+            os_error_text(&e)
+        ))
+    })
 }
 
 #[cfg(test)]

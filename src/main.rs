@@ -54,14 +54,20 @@ fn main() -> ExitCode {
             match stratafs::demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("stratafs: demo: {e}");
+                    eprintln!(
+                        "stratafs: demo: {}",
+                        config::one_line(&config::strip_os_error_codes(&e.to_string()))
+                    );
                     ExitCode::FAILURE
                 }
             }
         }
         Invocation::Mount(cfg) => {
             for key in &cfg.unknown {
-                eprintln!("stratafs: warning: unknown option '{key}' ignored");
+                eprintln!(
+                    "stratafs: warning: unknown option '{}' ignored",
+                    config::one_line(key)
+                );
             }
             if let Err(e) = config::validate(&cfg) {
                 eprintln!("stratafs: {e}");

@@ -96,6 +96,11 @@ fn refused(args: &[OsString], mountpoint: &Path, want: &[&str]) -> (String, Opti
         1,
         "stratafs {args:?}: expected one stderr line, got {stderr:?}"
     );
+    assert!(
+        !lines[0].contains("(os error"),
+        "stratafs {args:?}: the error line carries an OS error code: {:?}",
+        lines[0]
+    );
     for w in want {
         assert!(
             lines[0].contains(w),
@@ -437,6 +442,291 @@ fn refuses_unknown_flag() {
 fn refuses_bad_option_value() {
     let s = Scratch::new();
     refused_opts(&format!("{},fsync=2", s.lowers()), &s.p("m"), &["fsync"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Misuse the kernel's overlayfs refuses too (issue 14, items 13 and 14).
+
+/// A bind mount for one test, unmounted when dropped.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    fn new(from: &Path, to: &Path) -> BindMount {
+        fs::create_dir_all(to).expect("mkdir");
+        let out = run(Command::new("mount").arg("--bind").arg(from).arg(to));
+        assert!(
+            out.status.success(),
+            "mount --bind {} {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        BindMount(to.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// True when the kernel's overlayfs refuses `opts` on `mountpoint` (a mount it makes anyway
+/// is taken down at once).
+fn kernel_refuses(opts: &str, mountpoint: &Path) -> bool {
+    let out = run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", opts])
+        .arg(mountpoint));
+    if out.status.success() {
+        let _ = Command::new("umount").arg(mountpoint).status();
+        return false;
+    }
+    true
+}
+
+#[test]
+fn refuses_a_second_daemon_on_an_upper_or_work_in_use() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    for d in ["u2", "w2", "m2"] {
+        fs::create_dir(s.p(d)).expect("mkdir");
+    }
+    let first = Mount::new(&s.full(), &s.p("m"));
+    // What a copy-up of the first daemon has staged in its work directory right now.
+    fs::write(s.p("w/work/staged"), "in flight\n").expect("write");
+    let second = |upper: &str, work: &str, want: &[&str]| {
+        refused_opts(
+            &format!(
+                "lowerdir={},upperdir={},workdir={}",
+                s.p("l2").display(),
+                s.p(upper).display(),
+                s.p(work).display()
+            ),
+            &s.p("m2"),
+            want,
+        )
+    };
+    // The same upper and work; the same upper with another work; the same work with another
+    // upper; an upper inside the first mount's upper.
+    fs::create_dir(s.p("u/nested")).expect("mkdir");
+    let line = second(
+        "u",
+        "w",
+        &["upperdir", "in-use as upperdir/workdir of another mount"],
+    );
+    assert!(line.contains(&s.p("u").display().to_string()), "{line}");
+    second(
+        "u",
+        "w2",
+        &["upperdir", "in-use as upperdir/workdir of another mount"],
+    );
+    second(
+        "u2",
+        "w",
+        &["workdir", "in-use as upperdir/workdir of another mount"],
+    );
+    second("u/nested", "w2", &["upperdir", "in-use"]);
+    assert_eq!(
+        read(&s.p("w/work/staged")),
+        "in flight\n",
+        "the second daemon cleared the first one's work directory"
+    );
+    // The first mount still writes (copy-up through its work directory).
+    fs::write(first.mountpoint.join("top"), "changed\n").expect("write through the mount");
+    assert_eq!(read(&s.p("u/top")), "changed\n");
+    fs::remove_file(s.p("w/work/staged")).expect("rm");
+    // The lock goes with the first daemon.
+    first.unmount();
+    let again = Mount::new(
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l2").display(),
+            s.p("u").display(),
+            s.p("w").display()
+        ),
+        &s.p("m2"),
+    );
+    assert_eq!(read(&again.mountpoint.join("top")), "changed\n");
+}
+
+#[test]
+fn a_killed_daemon_leaves_no_lock_behind() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir(s.p("m2")).expect("mkdir");
+    let first = Mount::new(&s.full(), &s.p("m"));
+    let pid = the_daemon(&first.mountpoint);
+    send_signal(pid, rustix::process::Signal::KILL);
+    assert!(
+        wait_until(TIMEOUT, || daemons_for(&first.mountpoint).is_empty()),
+        "the killed daemon is still there"
+    );
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(&first.mountpoint)
+        .status();
+    let again = Mount::new(&s.full(), &s.p("m2"));
+    assert_eq!(read(&again.mountpoint.join("top")), "from l1\n");
+}
+
+#[test]
+fn refuses_upper_and_work_on_different_mounts_of_one_filesystem() {
+    if !facility(is_root(), "root") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.p("elsewhere/w")).expect("mkdir");
+    let _bind = BindMount::new(&s.p("elsewhere"), &s.p("bind"));
+    let work = s.p("bind/w");
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        s.lowers(),
+        s.p("u").display(),
+        work.display()
+    );
+    let line = refused_opts(
+        &opts,
+        &s.p("m"),
+        &["upperdir", "workdir", "must reside under the same mount"],
+    );
+    assert!(line.contains(&work.display().to_string()), "{line}");
+    if has_kernel_overlay() {
+        assert!(kernel_refuses(&opts, &s.p("m")), "the kernel mounted it");
+    }
+}
+
+#[test]
+fn refuses_overlapping_layers() {
+    let s = Scratch::new();
+    for d in ["u/x", "l1/sub", "w/x"] {
+        fs::create_dir(s.p(d)).expect("mkdir");
+    }
+    let opts = |lowers: &[&str]| {
+        let l: Vec<String> = lowers
+            .iter()
+            .map(|d| s.p(d).display().to_string())
+            .collect();
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l.join(":"),
+            s.p("u").display(),
+            s.p("w").display()
+        )
+    };
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["u/x"], "lowerdir", "upperdir"),
+        (&["l1", "l1/sub"], "lowerdir", "lowerdir"),
+        (&["l1/sub", "l1"], "lowerdir", "lowerdir"),
+        (&["w/x"], "lowerdir", "workdir"),
+    ];
+    for (lowers, inner, outer) in cases {
+        let o = opts(lowers);
+        let line = refused_opts(&o, &s.p("m"), &[inner, outer, "overlapping"]);
+        assert!(line.contains("is inside"), "{line}");
+        if is_root() && has_kernel_overlay() {
+            assert!(kernel_refuses(&o, &s.p("m")), "the kernel mounted {o}");
+        }
+    }
+}
+
+#[test]
+fn replaces_a_work_entry_that_is_not_a_directory() {
+    // The kernel's overlayfs removes whatever non-directory sits at WORKDIR/work (without
+    // following a symlink) and makes the directory afresh.
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir(s.p("target")).expect("mkdir");
+    fs::write(s.p("target/precious"), "keep\n").expect("write");
+    for make in ["file", "symlink", "dangling symlink"] {
+        let work = s.p("w/work");
+        match make {
+            "file" => fs::write(&work, "junk").expect("write"),
+            "symlink" => symlink(s.p("target"), &work).expect("symlink"),
+            _ => symlink(s.p("gone"), &work).expect("symlink"),
+        }
+        let m = Mount::new(&s.full(), &s.p("m"));
+        let meta = fs::symlink_metadata(&work).expect("stat work");
+        assert!(meta.is_dir(), "{make}: WORKDIR/work is not a directory now");
+        // A copy-up goes through the new work directory.
+        fs::write(m.mountpoint.join("top"), format!("{make}\n")).expect("write");
+        assert_eq!(read(&s.p("u/top")), format!("{make}\n"));
+        m.unmount();
+        assert_eq!(read(&s.p("target/precious")), "keep\n", "{make}");
+        fs::remove_dir(&work).expect("rmdir work");
+    }
+}
+
+#[test]
+fn error_lines_carry_no_os_error_code() {
+    // An OS error met while the daemon prepares the layers (here EROFS making WORKDIR/work on
+    // a read-only filesystem) is reported with its text only, naming the directory.
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let fs_dir = s.p("ro-fs");
+    let _tmpfs = Tmpfs::new(&fs_dir);
+    for d in ["u", "w"] {
+        fs::create_dir(fs_dir.join(d)).expect("mkdir");
+    }
+    let out = run(Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&fs_dir));
+    assert!(out.status.success(), "remount,ro");
+    let line = refused_opts(
+        &format!(
+            "{},upperdir={},workdir={}",
+            s.lowers(),
+            fs_dir.join("u").display(),
+            fs_dir.join("w").display()
+        ),
+        &s.p("m"),
+        &["Read-only file system"],
+    );
+    assert!(
+        line.contains(&fs_dir.join("w").display().to_string()),
+        "{line}"
+    );
+}
+
+#[test]
+fn relative_path_from_a_removed_directory_has_no_os_error_code() {
+    let s = Scratch::new();
+    let gone = s.p("gone");
+    fs::create_dir(&gone).expect("mkdir");
+    let out = run(Command::new("sh")
+        .args([
+            "-c",
+            "cd \"$1\" && rmdir \"$1\" && exec \"$2\" -o lowerdir=l1 m",
+            "sh",
+        ])
+        .arg(&gone)
+        .arg(stratafs_bin())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr:?}");
+    assert!(
+        lines[0].contains("current directory: No such file or directory"),
+        "{}",
+        lines[0]
+    );
+    assert!(!lines[0].contains("(os error"), "{}", lines[0]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -250,14 +250,15 @@ impl MountConfig {
     }
 }
 
-/// Why a command line or a layer set was refused. Each displays as one line naming the problem.
+/// Why a command line or a layer set was refused. Each displays as one line naming the problem
+/// (control characters of paths and values shown escaped, see [`one_line`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A usage error on the command line.
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Usage(String),
     /// An option value that does not parse.
-    #[error("invalid value for option '{key}': {reason}")]
+    #[error("invalid value for option '{}': {}", one_line(key), one_line(reason))]
     BadValue {
         /// The option key.
         key: String,
@@ -265,6 +266,99 @@ pub enum ConfigError {
         reason: String,
     },
     /// A directory or layer arrangement that cannot be mounted.
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Layout(String),
+}
+
+/// `msg` fit for one line of stderr: control characters (a newline in a path or an option
+/// value, an escape sequence) are shown escaped (`\n`, `\u{1b}`); everything else is kept.
+pub fn one_line(msg: &str) -> std::borrow::Cow<'_, str> {
+    if !msg.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(msg);
+    }
+    let mut out = String::with_capacity(msg.len() + 8);
+    for c in msg.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The text of an OS error for a message line: std's `Display` of an `io::Error` (and
+/// rustix's of an `Errno`) appends ` (os error N)`; error lines carry the strerror text only.
+pub fn os_error_text(err: &std::io::Error) -> String {
+    strip_os_error_codes(&err.to_string())
+}
+
+/// `msg` with every ` (os error N)` removed (messages built from nested `io::Error`s carry
+/// one per level).
+pub fn strip_os_error_codes(msg: &str) -> String {
+    const MARK: &str = " (os error ";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let digits = after
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'-')
+            .count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + MARK.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_codes_are_stripped() {
+        let e = std::io::Error::from_raw_os_error(libc::EROFS);
+        assert_eq!(os_error_text(&e), "Read-only file system");
+        assert_eq!(
+            strip_os_error_codes("workdir '/w': Not a directory (os error 20)"),
+            "workdir '/w': Not a directory"
+        );
+        assert_eq!(
+            strip_os_error_codes("a (os error 1): b (os error 13) c"),
+            "a: b c"
+        );
+        // Only the exact form goes.
+        for keep in [
+            "x (os error )",
+            "x (os error 2",
+            "x (os error two)",
+            "(os error 3)",
+        ] {
+            assert_eq!(strip_os_error_codes(keep), keep);
+        }
+        assert_eq!(os_error_text(&std::io::Error::other("plain")), "plain");
+    }
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        assert_eq!(one_line("plain 'é'"), "plain 'é'");
+        assert_eq!(one_line("a\nb\tc\u{1b}[1m\r"), "a\\nb\\tc\\u{1b}[1m\\r");
+        let e = ConfigError::Layout("lowerdir '/x\ny' does not exist".into());
+        assert_eq!(e.to_string(), "lowerdir '/x\\ny' does not exist");
+        let e = ConfigError::BadValue {
+            key: "k\n".into(),
+            reason: "'1\n2' is bad".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid value for option 'k\\n': '1\\n2' is bad"
+        );
+    }
 }

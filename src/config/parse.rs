@@ -530,8 +530,9 @@ impl CwdCache {
                 None => {
                     let c = std::env::current_dir().map_err(|e| {
                         ConfigError::Layout(format!(
-                            "cannot resolve relative path '{}': current directory: {e}",
-                            p.display()
+                            "cannot resolve relative path '{}': current directory: {}",
+                            p.display(),
+                            super::os_error_text(&e)
                         ))
                     })?;
                     self.0 = Some(c.clone());

@@ -5,15 +5,16 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, MountConfig};
+use super::{os_error_text, ConfigError, MountConfig};
 
 /// Checks that the layer directories and the mount point can make a working union.
 ///
 /// In order: at least one lowerdir; upperdir and workdir given together; every layer and the
 /// mount point exists and is a directory (symlinks followed); upperdir and workdir on one
-/// filesystem, distinct, and neither inside the other; the mount point neither equal to, inside,
-/// nor containing a layer; no directory used twice among the layers (compared by device and
-/// inode, so two spellings of one directory are caught). Nesting is judged on canonical paths,
+/// mount of one filesystem, distinct, and neither inside the other; the mount point neither
+/// equal to, inside, nor containing a layer; no directory used twice among the layers
+/// (compared by device and inode, so two spellings of one directory are caught); no lowerdir
+/// inside another layer (the kernel's `ELOOP`). Nesting is judged on canonical paths,
 /// component by component.
 ///
 /// # Errors
@@ -51,7 +52,8 @@ pub fn validate(cfg: &MountConfig) -> Result<(), ConfigError> {
     for layer in &layers {
         check_mount_point(&mount, layer)?;
     }
-    check_duplicates(&layers)
+    check_duplicates(&layers)?;
+    check_overlaps(&layers)
 }
 
 fn layout(msg: String) -> ConfigError {
@@ -68,6 +70,8 @@ struct Dir<'a> {
     canon: PathBuf,
     dev: u64,
     ino: u64,
+    /// The mount it is reached through (`STATX_MNT_ID`), where the kernel tells it.
+    mnt_id: Option<u64>,
 }
 
 impl<'a> Dir<'a> {
@@ -97,6 +101,7 @@ impl<'a> Dir<'a> {
         Ok(Dir {
             role,
             given: path,
+            mnt_id: mount_id(&canon),
             canon,
             dev: meta.dev(),
             ino: meta.ino(),
@@ -132,6 +137,18 @@ impl<'a> Dir<'a> {
     }
 }
 
+/// The id of the mount `path` (canonical) is reached through; `None` before Linux 5.8.
+fn mount_id(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()?;
+    (st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id)
+}
+
 /// `role 'path': <OS error text>`, with a hint for a stale FUSE mount.
 fn os_failure(role: &str, path: &Path, err: &io::Error) -> ConfigError {
     let mut msg = format!("{role} '{}': {}", path.display(), os_error_text(err));
@@ -142,21 +159,6 @@ fn os_failure(role: &str, path: &Path, err: &io::Error) -> ConfigError {
         ));
     }
     layout(msg)
-}
-
-/// The error's text without std's ` (os error N)` suffix.
-fn os_error_text(err: &io::Error) -> String {
-    let text = err.to_string();
-    match err.raw_os_error() {
-        Some(code) => {
-            let suffix = format!(" (os error {code})");
-            match text.strip_suffix(&suffix) {
-                Some(stripped) => stripped.to_string(),
-                None => text,
-            }
-        }
-        None => text,
-    }
 }
 
 fn check_upper_work(upper: &Dir<'_>, work: &Dir<'_>) -> Result<(), ConfigError> {
@@ -173,6 +175,19 @@ fn check_upper_work(upper: &Dir<'_>, work: &Dir<'_>) -> Result<(), ConfigError> 
             upper.name(),
             work.name()
         )));
+    }
+    // One filesystem is not enough: a rename between two mounts of it fails with EXDEV,
+    // so every copy-up would (the kernel's "workdir and upperdir must reside under the same
+    // mount").
+    if let (Some(u), Some(w)) = (upper.mnt_id, work.mnt_id) {
+        if u != w {
+            return Err(layout(format!(
+                "{} and {} are on different mounts of one filesystem \
+                 (workdir and upperdir must reside under the same mount)",
+                upper.name(),
+                work.name()
+            )));
+        }
     }
     if work.inside(upper) {
         return Err(layout(format!(
@@ -206,6 +221,23 @@ fn check_mount_point(mount: &Dir<'_>, layer: &Dir<'_>) -> Result<(), ConfigError
         mount.describe(),
         layer.describe()
     )))
+}
+
+/// No lower layer inside another layer, as the kernel's overlayfs refuses them (`ELOOP`,
+/// "overlapping lowerdir path"): a lower inside the upper or work directory would show the
+/// mount's own changes half-made, and nested lowers show one tree twice. The kernel allows
+/// the upper and work directories inside a lower layer, and so does this.
+fn check_overlaps(layers: &[Dir<'_>]) -> Result<(), ConfigError> {
+    for lower in layers.iter().filter(|l| l.role == "lowerdir") {
+        if let Some(outer) = layers.iter().find(|o| lower.inside(o)) {
+            return Err(layout(format!(
+                "{} is inside {} (overlapping lowerdir path)",
+                lower.describe(),
+                outer.describe()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_duplicates(layers: &[Dir<'_>]) -> Result<(), ConfigError> {
@@ -523,6 +555,57 @@ mod tests {
                 other.path().display()
             )
         );
+    }
+
+    #[test]
+    fn overlapping_layers() {
+        let t = Tree::new();
+        for d in ["u/x", "l1/sub", "w/x"] {
+            fs::create_dir(t.p(d)).unwrap();
+        }
+        // Refused as the kernel refuses them: a lower inside any other layer.
+        for (lowers, inner, outer) in [
+            (vec!["u/x"], "u/x", "upperdir 'U'"),
+            (vec!["l1", "l1/sub"], "l1/sub", "lowerdir 'U'"),
+            (vec!["l1/sub", "l1"], "l1/sub", "lowerdir 'U'"),
+            (vec!["w/x"], "w/x", "workdir 'U'"),
+        ] {
+            let mut cfg = t.cfg();
+            cfg.lowerdirs = lowers.iter().map(|l| t.p(l)).collect();
+            let outer_dir = &inner[..inner.find('/').unwrap()];
+            assert_eq!(
+                layout_err(&cfg),
+                format!(
+                    "lowerdir '{}' is inside {} (overlapping lowerdir path)",
+                    t.p(inner).display(),
+                    outer.replace('U', &t.p(outer_dir).display().to_string())
+                )
+            );
+        }
+        // Hidden behind a symlink: the message shows the resolution.
+        symlink(t.p("l1/sub"), t.p("sublink")).unwrap();
+        let mut cfg = t.cfg();
+        cfg.lowerdirs = vec![t.p("l1"), t.p("sublink")];
+        let msg = layout_err(&cfg);
+        assert!(msg.contains("resolves to"), "{msg}");
+        // Allowed as the kernel allows them: the upper or work directory inside a lower.
+        fs::create_dir_all(t.p("l2/up")).unwrap();
+        fs::create_dir_all(t.p("l2/wk")).unwrap();
+        let mut cfg = t.cfg();
+        cfg.upperdir = Some(t.p("l2/up"));
+        validate(&cfg).unwrap();
+        let mut cfg = t.cfg();
+        cfg.workdir = Some(t.p("l2/wk"));
+        validate(&cfg).unwrap();
+    }
+
+    #[test]
+    fn mount_ids_are_known() {
+        // Linux 5.8+ tells the mount of a path; the upper/work check relies on it.
+        let t = Tree::new();
+        let u = mount_id(&t.p("u"));
+        assert!(u.is_some());
+        assert_eq!(u, mount_id(&t.p("w")));
     }
 
     #[test]
