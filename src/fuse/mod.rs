@@ -43,6 +43,8 @@ struct OpenFile {
     setid: AtomicBool,
     /// Reads and writes go straight to the backing file in the kernel.
     passthrough: bool,
+    /// Opened to execute the file.
+    exec: bool,
 }
 
 impl OpenFile {
@@ -52,6 +54,9 @@ impl OpenFile {
 }
 
 const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// `__FMODE_EXEC`: the kernel passes it in the open flags of the open that `execve` makes.
+const FMODE_EXEC: i32 = 0x20;
 
 /// File capabilities: dropped on a write by an unprivileged caller, like setuid.
 const CAPS_XATTR: &str = "security.capability";
@@ -128,6 +133,9 @@ struct NodeIo {
     newest: Arc<OwnedFd>,
     /// How many of the handles are in passthrough, all on `backing`.
     passthrough: usize,
+    /// How many of the handles were opened to execute the file (`__FMODE_EXEC`): while
+    /// any is, a truncating open gets `ETXTBSY`, as the kernel gives it.
+    execs: usize,
     backing: Option<Arc<fuser::BackingId>>,
     /// `backing` is the upper copy (else a lower copy, read-only).
     backing_upper: bool,
@@ -164,6 +172,7 @@ impl StrataFs {
         ino: u64,
         fd: OwnedFd,
         lower: bool,
+        exec: bool,
         open_backing: impl FnOnce(&OwnedFd) -> io::Result<fuser::BackingId>,
     ) -> Option<(FileHandle, Arc<OpenFile>, Option<Arc<fuser::BackingId>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
@@ -184,6 +193,7 @@ impl StrataFs {
             opens: 0,
             newest: Arc::clone(&fd),
             passthrough: 0,
+            execs: 0,
             backing: None,
             backing_upper: false,
         });
@@ -192,6 +202,7 @@ impl StrataFs {
         }
         let cached_live = io.opens - io.passthrough > 0;
         io.opens += 1;
+        io.execs += usize::from(exec);
         io.newest = Arc::clone(&fd);
         let backing = if io.passthrough > 0 {
             io.backing.clone()
@@ -227,6 +238,7 @@ impl StrataFs {
             lower: AtomicBool::new(lower),
             setid: AtomicBool::new(setid),
             passthrough: backing.is_some(),
+            exec,
         });
         Some((self.add_handle(Handle::File(Arc::clone(&of))), of, backing))
     }
@@ -451,8 +463,12 @@ impl fuser::Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
-            // Not FUSE_ATOMIC_O_TRUNC: with it the truncation happens at FUSE_OPEN, before the
-            // kernel's ETXTBSY check, so O_TRUNC on a running program would destroy it.
+            // The truncation of an O_TRUNC open happens at FUSE_OPEN: a lower file is then
+            // copied up without its data (otherwise the kernel opens for writing, which
+            // copies everything up, and truncates after). The kernel checks ETXTBSY for
+            // writable opens before FUSE_OPEN but for `O_RDONLY|O_TRUNC` only after it, so
+            // the daemon refuses to truncate a node open for execution itself (`execs`).
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
             // We drop setuid/setgid/capabilities ourselves: otherwise the kernel asks for
             // security.capability before every write.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
@@ -546,6 +562,13 @@ impl fuser::Filesystem for StrataFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!(op = "open", ino = ino.0, flags = flags.0);
+        // With atomic O_TRUNC the kernel checks ETXTBSY for `O_RDONLY|O_TRUNC` only after
+        // this open has truncated: a running program would be destroyed (see `init`).
+        if flags.0 & libc::O_TRUNC != 0 && self.node_io.get(&ino.0).is_some_and(|io| io.execs > 0) {
+            reply.error(Errno::from_i32(libc::ETXTBSY));
+            return;
+        }
+        let exec = flags.0 & FMODE_EXEC != 0;
         match self.overlay.open(ino.0, flags.0) {
             Ok(f) => {
                 let keep = if f.immutable {
@@ -554,7 +577,7 @@ impl fuser::Filesystem for StrataFs {
                     FopenFlags::empty()
                 };
                 let Some((fh, of, backing)) =
-                    self.add_file(ino.0, f.fd, f.immutable, |fd| reply.open_backing(fd))
+                    self.add_file(ino.0, f.fd, f.immutable, exec, |fd| reply.open_backing(fd))
                 else {
                     debug!(
                         ino = ino.0,
@@ -611,6 +634,9 @@ impl fuser::Filesystem for StrataFs {
         if let Some((_, Handle::File(of))) = self.handles.remove(&fh.0) {
             self.node_io.remove_if_mut(&ino.0, |_, io| {
                 io.opens = io.opens.saturating_sub(1);
+                if of.exec {
+                    io.execs = io.execs.saturating_sub(1);
+                }
                 if of.passthrough {
                     io.passthrough = io.passthrough.saturating_sub(1);
                     if io.passthrough == 0 {
@@ -963,7 +989,7 @@ impl fuser::Filesystem for StrataFs {
             Ok((a, Some(fd))) => {
                 // A new object's node has no earlier opens, so it shares no backing file.
                 let Some((fh, _, backing)) =
-                    self.add_file(a.ino, fd, false, |fd| reply.open_backing(fd))
+                    self.add_file(a.ino, fd, false, false, |fd| reply.open_backing(fd))
                 else {
                     self.overlay.forget(a.ino, 1);
                     reply.error(Errno::from_i32(libc::EIO));
