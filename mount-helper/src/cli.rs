@@ -38,6 +38,11 @@ pub enum Cmd {
         /// Which image of a source holding several (its ref name or repo tag).
         #[arg(long = "ref")]
         reference: Option<String>,
+        /// The most a layer may unpack to (`20GiB`, `500MB`, bytes): its uncompressed tar,
+        /// and its files with sparse holes counted [default: 100 times the layer's blob,
+        /// at least 1 GiB].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_layer_size: Option<u64>,
     },
     /// Create a container from an image.
     Create {
@@ -52,6 +57,13 @@ pub enum Cmd {
         name: String,
         /// Where to mount it.
         target: Option<PathBuf>,
+        /// Let setuid and setgid bits and file capabilities of the image take effect (the
+        /// default is `nosuid`).
+        #[arg(long)]
+        suid: bool,
+        /// Let device nodes be opened (the default is `nodev`).
+        #[arg(long)]
+        dev: bool,
     },
     /// Unmount a container.
     Umount {
@@ -120,4 +132,13 @@ impl Cmd {
             Cmd::Inspect { .. } => "inspect",
         }
     }
+}
+
+/// A size: bytes, or a number with a unit (`KB`, `MiB`, `GiB`, `TiB`...; `K`, `M`, `G` are
+/// powers of 1000).
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size: {e}"))
 }

@@ -266,6 +266,8 @@ pub fn run(store: &Store, name: &str, tag: &str) -> Result<String> {
         &mut txn,
         LayerInput {
             reader: Box::new(reader),
+            // The container's own changes: no expansion limit (the free-space check holds).
+            max_size: Some(u64::MAX),
             size: blob_size,
             digest: Some(blob_digest),
             diff_id: diff_id.clone(),

@@ -17,6 +17,8 @@ pub fn create(store: &Store, name: &str, image: &str) -> Result<ContainerRecord>
     let img = store.resolve_image(image)?;
     let staging = store.staging("container-")?;
     let dir = staging.path().join("c");
+    // Only the owner may reach the container's layers and its default mount point.
+    store::make_private_dir(&dir)?;
     for sub in ["upper", "work", "merged"] {
         let p = dir.join(sub);
         std::fs::create_dir_all(&p).ctx(|| format!("create {}", p.display()))?;

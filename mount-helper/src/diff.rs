@@ -38,10 +38,16 @@ impl Change {
     }
 }
 
-/// The layer trees of a container's image, topmost first.
+/// The layer trees of a container's image, topmost first. A layer the image lists more than
+/// once (old docker builds repeat the empty layer) is kept at its topmost place only: what a
+/// lower occurrence provides, the topmost one provides above it, so the view is the same.
 pub fn lower_trees(store: &Store, ctr: &ContainerRecord) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for d in ctr.layers.iter().rev() {
+        if !seen.insert(d.as_str()) {
+            continue;
+        }
         let dg = crate::digest::parse(d)?;
         let tree = store.layer_tree(&dg);
         if !tree.is_dir() {

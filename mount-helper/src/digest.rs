@@ -26,6 +26,11 @@ pub fn parse(s: &str) -> Result<Sha256Digest> {
     of(&d)
 }
 
+/// True for 64 lowercase hex digits: a whole sha256 value, spelled as image ids are.
+pub fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The SHA-256 value of an OCI digest.
 pub fn of(d: &Digest) -> Result<Sha256Digest> {
     if *d.algorithm() != DigestAlgorithm::Sha256 {

@@ -15,7 +15,7 @@ pub enum Error {
         source: io::Error,
     },
     /// An entry of a layer archive was refused.
-    #[error("layer {layer}: entry {entry:?} {problem}")]
+    #[error("layer {layer}: entry {} {problem}", quote(entry))]
     Entry {
         /// The layer (short digest).
         layer: String,
@@ -83,5 +83,60 @@ impl<T> Context<T> for std::result::Result<T, serde_json::Error> {
 impl<T> Context<T> for std::result::Result<T, oci_spec::OciSpecError> {
     fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
         self.map_err(|e| Error::Invalid(format!("{}: {e}", what().into())))
+    }
+}
+
+/// The longest name quoted whole in a message; longer ones are cut (an archive may hold
+/// names of megabytes, and an error stays one short line).
+pub const QUOTE_MAX: usize = 200;
+
+/// `name` quoted as Rust writes strings (`"a\nb"`), cut to [`QUOTE_MAX`] characters with
+/// `...` and the full length when longer.
+pub fn quote(name: &str) -> String {
+    let n = name.chars().count();
+    if n <= QUOTE_MAX {
+        return format!("{name:?}");
+    }
+    let cut: String = name.chars().take(QUOTE_MAX).collect();
+    format!("{cut:?}... ({n} characters)")
+}
+
+/// [`quote`] of bytes that may not be UTF-8.
+pub fn quote_bytes(name: &[u8]) -> String {
+    let cut = &name[..name.len().min(QUOTE_MAX * 4)];
+    let s = String::from_utf8_lossy(cut);
+    let n = s.chars().count();
+    if n <= QUOTE_MAX && cut.len() == name.len() {
+        return format!("{s:?}");
+    }
+    let cut: String = s.chars().take(QUOTE_MAX).collect();
+    format!("{cut:?}... ({} bytes)", name.len())
+}
+
+/// Bytes of a name as text (lossy), cut to [`QUOTE_MAX`] characters with `...`, unquoted.
+pub fn cut_bytes(name: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&name[..name.len().min(QUOTE_MAX * 4)]);
+    if s.chars().count() <= QUOTE_MAX && name.len() <= QUOTE_MAX * 4 {
+        return s.into_owned();
+    }
+    let cut: String = s.chars().take(QUOTE_MAX).collect();
+    format!("{cut}...")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn quotes_are_short() {
+        assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(10_000);
+        let q = quote(&long);
+        assert!(q.len() < QUOTE_MAX + 40, "{q}");
+        assert!(q.ends_with("... (10000 characters)"), "{q}");
+        let q = quote_bytes(long.as_bytes());
+        assert!(q.ends_with("... (10000 bytes)"), "{q}");
+        assert_eq!(quote_bytes(b"ab"), "\"ab\"");
     }
 }

@@ -12,8 +12,9 @@ use std::path::Path;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType, Sha256Digest};
 
 use crate::digest::{self, HashReader, TeeReader};
-use crate::error::{Context, Error, Result};
-use crate::source::{self, Files};
+use crate::error::{quote, Context, Error, Result};
+use crate::limits::{self, human, Bounded, HeaderGuard};
+use crate::source::{self, Files, LayerRef};
 use crate::store::{ImageLayer, ImageRecord, LayerRecord, Store, Txn};
 use crate::unpack;
 
@@ -54,6 +55,9 @@ impl Compression {
 pub struct LayerInput<'r> {
     /// The blob.
     pub reader: Box<dyn Read + Send + 'r>,
+    /// The most its layer may unpack to (`--max-layer-size`); `None`: the default for its
+    /// size ([`limits::layer_limit`]).
+    pub max_size: Option<u64>,
     /// Its size, as the image claims.
     pub size: u64,
     /// Its digest, when the image states one.
@@ -105,7 +109,36 @@ fn read_magic(r: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(buf[..n].to_vec())
 }
 
+/// What the store's filesystem can take: refuses `need` bytes unless they leave the reserve
+/// free.
+pub fn check_free_space(store: &Store, need: u64, what: impl FnOnce() -> String) -> Result<()> {
+    let tmp = store.tmp_dir();
+    let dir = std::fs::File::open(&tmp).ctx(|| format!("open {}", tmp.display()))?;
+    let (free, reserve) = limits::free_space(&dir).ctx(|| format!("statvfs {}", tmp.display()))?;
+    if need > free.saturating_sub(reserve) {
+        return Err(Error::invalid(format!(
+            "{} needs {}, the store's filesystem ({}) has {} free{}",
+            what(),
+            human(need),
+            store.root().display(),
+            human(free),
+            if reserve > 0 {
+                format!(" and keeps {} of it", human(reserve))
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(())
+}
+
 /// Brings one layer into the store through `txn`: verified, unpacked if new, blob kept.
+///
+/// The blob is read once, stopping at the first byte past its declared size; the
+/// uncompressed tar stops at the layer size limit, and the unpacker refuses a file that
+/// would take the layer past it (sparse holes counted) or not fit in the store's free space.
+/// Everything is written under `tmp/` and renamed into place only once the blob's digest and
+/// size and the diff-id match.
 pub fn import_layer(store: &Store, txn: &mut Txn<'_>, input: LayerInput<'_>) -> Result<Imported> {
     let label = match &input.digest {
         Some(d) => digest::short(d),
@@ -125,24 +158,31 @@ pub fn import_layer(store: &Store, txn: &mut Txn<'_>, input: LayerInput<'_>) -> 
             });
         }
     }
+    check_free_space(store, input.size, || format!("layer {label}: its blob"))?;
+    let limit = limits::layer_limit(input.max_size, input.size);
     let staging = store.staging("layer-")?;
     let blob_path = staging.path().join("blob");
     let layer_path = staging.path().join("layer");
     let tree = layer_path.join("diff");
     let unpack_it = known.is_none();
     if unpack_it {
-        std::fs::create_dir_all(&tree).ctx(|| format!("create {}", tree.display()))?;
+        crate::store::make_private_dir(&layer_path)?;
+        std::fs::create_dir(&tree).ctx(|| format!("create {}", tree.display()))?;
     }
     let blob_file =
         std::fs::File::create(&blob_path).ctx(|| format!("create {}", blob_path.display()))?;
-    let corrupt = |e: io::Error| {
-        Error::invalid(format!(
+    let corrupt = |e: io::Error| match limits::refusal(&e) {
+        Some(r) => Error::invalid(format!("layer {label}: {r}")),
+        None => Error::invalid(format!(
             "layer {label}: the blob is corrupt or truncated: {e}"
-        ))
+        )),
     };
 
     // blob bytes -> copy kept + digest -> decompressor -> diff-id digest -> tar
-    let limited = input.reader.take(input.size.saturating_add(1));
+    let claimed = input.size;
+    let limited = Bounded::new(input.reader, claimed, move |l| {
+        format!("the blob is larger than the {l} bytes the image claims")
+    });
     let tee = TeeReader::new(limited, BufWriter::new(blob_file));
     let mut blob = HashReader::new(tee, progress_bar(input.size, &label));
     let magic = read_magic(&mut blob).map_err(corrupt)?;
@@ -158,11 +198,18 @@ pub fn import_layer(store: &Store, txn: &mut Txn<'_>, input: LayerInput<'_>) -> 
                 Box::new(zstd::stream::read::Decoder::new(compressed).map_err(corrupt)?)
             }
         };
-        let mut diff = HashReader::new(decompressed, None);
+        let bounded = Bounded::new(decompressed, limit, |l| {
+            format!(
+                "its uncompressed tar is over the layer size limit of {} (--max-layer-size)",
+                human(l)
+            )
+        });
+        let mut diff = HashReader::new(bounded, None);
         stats = if unpack_it {
             let root = unpack::open_root(&tree)?;
-            let opts = unpack::Options::for_user(store.rootless, label.clone());
-            let mut archive = tar::Archive::new(&mut diff);
+            let mut opts = unpack::Options::for_user(store.rootless, label.clone());
+            opts.max_bytes = limit;
+            let mut archive = tar::Archive::new(HeaderGuard::new(&mut diff));
             unpack::Unpacker::new(std::os::fd::AsFd::as_fd(&root), opts).run(&mut archive)?
         } else {
             unpack::Stats::default()
@@ -313,69 +360,126 @@ pub fn set_tag(store: &Store, tag: &str, id: &str) -> Result<()> {
     store.set_tags(&tags)
 }
 
-/// Tags: printable, no whitespace, at most 255 bytes.
+/// Tags are image references as docker and podman read them: `[HOST[:PORT]/]NAME[:TAG]`,
+/// NAME's components lowercase letters and digits joined by `.`, `_`, `__` or dashes, TAG
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, at most 255 characters (`oci_spec`'s parser of the
+/// distribution grammar). Refused as docker refuses them: a digest (`NAME@sha256:...`), 64
+/// hex digits (an image id), and a digest algorithm as the name (`sha256:...` reads as an id).
 pub fn check_tag(tag: &str) -> Result<()> {
-    if tag.is_empty() || tag.len() > 255 || tag.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(Error::invalid(format!("tag {tag:?}: not a valid name")));
+    let bad = |why: &str| Err(Error::invalid(format!("tag {}: {why}", quote(tag))));
+    if tag.len() > 255 {
+        return bad("longer than 255 characters");
+    }
+    if digest::is_hex64(tag) {
+        return bad("64 hex digits are an image id, not a name");
+    }
+    let r = match oci_spec::distribution::Reference::try_from(tag) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(&format!(
+                "not an image reference ({e}): use [HOST/]NAME[:TAG], lowercase"
+            ))
+        }
+    };
+    if r.digest().is_some() {
+        return bad("a tag cannot hold a digest");
+    }
+    let name = match tag.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => n,
+        _ => tag,
+    };
+    if matches!(name, "sha256" | "sha384" | "sha512") {
+        return bad("a digest algorithm as the name reads as an image id");
     }
     Ok(())
 }
 
-/// `import PATH [--tag NAME] [--ref REF]`: returns the image and the tag given to it.
-pub fn run(
-    store: &Store,
-    path: &Path,
-    tag: Option<&str>,
-    reference: Option<&str>,
-) -> Result<(ImageRecord, Option<String>)> {
+/// An image read from its source and checked, with every layer blob open: all of an import
+/// that needs no store, done before the store is locked (a source that blocks or fails
+/// holds up no other command).
+pub struct Prepared {
+    /// `import PATH`, for the image record.
+    source: String,
+    /// The config blob.
+    config: Vec<u8>,
+    /// The layers, bottom first, with their blobs open.
+    layers: Vec<(LayerRef, Box<dyn Read + Send>)>,
+    /// The tag to give it.
+    tag: Option<String>,
+}
+
+/// Reads and checks `path`'s image (the one `reference` names), and opens its blobs.
+pub fn prepare(path: &Path, tag: Option<&str>, reference: Option<&str>) -> Result<Prepared> {
     if let Some(t) = tag {
         check_tag(t)?;
     }
     let files = Files::open(path)?;
     let image = source::find_image(&files, reference)?;
-    let mut txn = store.txn();
+    let tag = match tag {
+        Some(t) => Some(t.to_string()),
+        None => match image.tags.first() {
+            Some(t) => {
+                check_tag(t).map_err(|e| {
+                    Error::invalid(format!(
+                        "the image's name in {}: {e} (give it one with --tag)",
+                        path.display()
+                    ))
+                })?;
+                Some(t.clone())
+            }
+            None => None,
+        },
+    };
     let mut layers = Vec::new();
-    for l in &image.layers {
+    for l in image.layers {
         let (reader, actual) = files.open_file(&l.file)?;
         if actual != l.size {
             let label = l
                 .digest
                 .as_ref()
                 .map(digest::short)
-                .unwrap_or_else(|| l.file.clone());
+                .unwrap_or_else(|| quote(&l.file));
             return Err(Error::invalid(format!(
                 "layer {label}: the blob has {actual} bytes, the image claims {}",
                 l.size
             )));
         }
+        layers.push((l, reader));
+    }
+    Ok(Prepared {
+        source: format!("import {}", path.display()),
+        config: image.config,
+        layers,
+        tag,
+    })
+}
+
+/// `import PATH [--tag NAME] [--ref REF] [--max-layer-size SIZE]` into the locked store:
+/// returns the image and the tag given to it.
+pub fn run(
+    store: &Store,
+    prepared: Prepared,
+    max_layer_size: Option<u64>,
+) -> Result<(ImageRecord, Option<String>)> {
+    let mut txn = store.txn();
+    let mut layers = Vec::new();
+    for (l, reader) in prepared.layers {
         layers.push(import_layer(
             store,
             &mut txn,
             LayerInput {
                 reader,
+                max_size: max_layer_size,
                 size: l.size,
                 digest: l.digest.clone(),
                 diff_id: l.diff_id.clone(),
             },
         )?);
     }
-    let rec = add_image(
-        store,
-        &mut txn,
-        &image.config,
-        &layers,
-        &format!("import {}", path.display()),
-    )?;
-    let tag = tag
-        .map(str::to_string)
-        .or_else(|| image.tags.first().cloned());
-    if let Some(t) = &tag {
-        check_tag(t)?;
-    }
+    let rec = add_image(store, &mut txn, &prepared.config, &layers, &prepared.source)?;
     txn.commit()?;
-    if let Some(t) = &tag {
+    if let Some(t) = &prepared.tag {
         set_tag(store, t, &rec.id)?;
     }
-    Ok((rec, tag))
+    Ok((rec, prepared.tag))
 }

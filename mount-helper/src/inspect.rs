@@ -58,8 +58,8 @@ fn probe_layer(layer: &Layer, rel: &Path) -> Result<(Raw, Vec<PathBuf>)> {
         match layer.probe(dir.as_fd(), c).map_err(io)? {
             Probe::Missing => return Ok((Raw::Absent, opaque)),
             Probe::Whiteout => return Ok((Raw::WhiteoutAbove(sofar), opaque)),
-            Probe::Found(st) if !st.is_dir() => return Ok((Raw::NotDirAbove(sofar), opaque)),
-            Probe::Found(_) => {
+            Probe::Found(st, ..) if !st.is_dir() => return Ok((Raw::NotDirAbove(sofar), opaque)),
+            Probe::Found(..) => {
                 if layer.is_opaque(dir.as_fd(), c).map_err(io)? {
                     opaque.push(sofar.clone());
                 }
@@ -71,7 +71,7 @@ fn probe_layer(layer: &Layer, rel: &Path) -> Result<(Raw, Vec<PathBuf>)> {
     let raw = match layer.probe(dir.as_fd(), last).map_err(io)? {
         Probe::Missing => Raw::Absent,
         Probe::Whiteout => Raw::Whiteout,
-        Probe::Found(st) => {
+        Probe::Found(st, ..) => {
             if st.is_dir() && layer.is_opaque(dir.as_fd(), last).map_err(io)? {
                 opaque.push(sofar.join(last));
             }
@@ -110,7 +110,21 @@ pub fn run(store: &Store, target: &str, path: &str) -> Result<Vec<String>> {
             store.layer_tree(&dg),
         ));
     }
-    let trees: Vec<PathBuf> = layers.iter().map(|(_, t)| t.clone()).collect();
+    // A layer listed twice is in the view once, at its topmost place (as `mount` stacks it);
+    // `dup_of[i]` names the occurrence above that stands for layer `i`.
+    let mut dup_of: Vec<Option<usize>> = Vec::new();
+    let mut in_view: Vec<usize> = Vec::new();
+    for (i, (_, tree)) in layers.iter().enumerate() {
+        let first = layers
+            .iter()
+            .position(|(_, t)| t == tree)
+            .filter(|&f| f < i);
+        if first.is_none() {
+            in_view.push(i);
+        }
+        dup_of.push(first);
+    }
+    let trees: Vec<PathBuf> = in_view.iter().map(|&i| layers[i].1.clone()).collect();
     let view = View::open(&trees)?;
     let shown = Path::new("/").join(&rel);
     let prov = view.provenance(&rel)?;
@@ -120,7 +134,8 @@ pub fn run(store: &Store, target: &str, path: &str) -> Result<Vec<String>> {
             let from: Vec<String> = p
                 .layers
                 .iter()
-                .filter_map(|&i| layers.get(usize::from(i)).map(|l| l.0.clone()))
+                .filter_map(|&i| in_view.get(usize::from(i)))
+                .filter_map(|&i| layers.get(i).map(|l| l.0.clone()))
                 .collect();
             out.push(format!(
                 "{}: {} from {}{}",
@@ -138,10 +153,25 @@ pub fn run(store: &Store, target: &str, path: &str) -> Result<Vec<String>> {
     }
     let providing: Vec<usize> = prov
         .as_ref()
-        .map(|p| p.layers.iter().map(|&i| usize::from(i)).collect())
+        .map(|p| {
+            p.layers
+                .iter()
+                .filter_map(|&i| in_view.get(usize::from(i)).copied())
+                .collect()
+        })
         .unwrap_or_default();
     let width = layers.iter().map(|l| l.0.len()).max().unwrap_or(0);
     for (i, (label, tree)) in layers.iter().enumerate() {
+        if let Some(first) = dup_of[i].and_then(|f| layers.get(f)) {
+            let above = first
+                .0
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push(format!("  {label:<width$}  - (the same layer as {above})"));
+            continue;
+        }
         let layer = Layer::open(tree, false).map_err(|e| Error::Io {
             what: format!("open {}", tree.display()),
             source: e,

@@ -16,6 +16,7 @@ mod export;
 mod images;
 mod import;
 mod inspect;
+mod limits;
 mod mounts;
 mod source;
 mod store;
@@ -41,25 +42,48 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
         .store
         .clone()
         .unwrap_or_else(|| store::default_root(rootless));
+    if let Cmd::Import {
+        path,
+        tag,
+        reference,
+        max_layer_size,
+    } = &cli.command
+    {
+        // The source is read and checked before the store is locked.
+        let prepared = import::prepare(path, tag.as_deref(), reference.as_deref())?;
+        let store = Store::open(&root, Access::Write, rootless)?;
+        let (img, tag) = import::run(&store, prepared, *max_layer_size)?;
+        return Ok(vec![match tag {
+            Some(t) => format!("imported {} as {t}", img.id),
+            None => format!("imported {}", img.id),
+        }]);
+    }
     let store = Store::open(&root, access(&cli.command), rootless)?;
     Ok(match &cli.command {
-        Cmd::Import {
-            path,
-            tag,
-            reference,
-        } => {
-            let (img, tag) = import::run(&store, path, tag.as_deref(), reference.as_deref())?;
-            vec![match tag {
-                Some(t) => format!("imported {} as {t}", img.id),
-                None => format!("imported {}", img.id),
-            }]
+        Cmd::Import { .. } => {
+            return Err(error::Error::invalid("import: unreachable"));
         }
         Cmd::Create { name, image } => {
             let c = containers::create(&store, name, image)?;
             vec![format!("created {} from {}", c.name, c.image)]
         }
-        Cmd::Mount { name, target } => {
-            let t = mounts::mount(&store, name, target.as_deref(), cli.daemon.as_deref())?;
+        Cmd::Mount {
+            name,
+            target,
+            suid,
+            dev,
+        } => {
+            let flags = mounts::MountFlags {
+                suid: *suid,
+                dev: *dev,
+            };
+            let t = mounts::mount(
+                &store,
+                name,
+                target.as_deref(),
+                cli.daemon.as_deref(),
+                flags,
+            )?;
             vec![t.display().to_string()]
         }
         Cmd::Umount { name } => {
@@ -86,6 +110,25 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
     })
 }
 
+/// The longest error line printed (characters after the command's name).
+const MAX_ERROR_LINE: usize = 1000;
+
+/// An error as one short line: any line breaks become spaces and a message longer than
+/// [`MAX_ERROR_LINE`] is cut. Names from an archive are cut where they are quoted already;
+/// this also bounds what other layers (JSON parsers, the system) put in a message.
+fn one_line(e: &error::Error) -> String {
+    let s: String = e
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().count() <= MAX_ERROR_LINE {
+        return s;
+    }
+    let cut: String = s.chars().take(MAX_ERROR_LINE).collect();
+    format!("{cut}... (cut)")
+}
+
 fn main() {
     let cli = Cli::parse();
     match run(&cli) {
@@ -95,7 +138,7 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("stratafs-mount: {}: {e}", cli.command.name());
+            eprintln!("stratafs-mount: {}: {}", cli.command.name(), one_line(&e));
             std::process::exit(1);
         }
     }

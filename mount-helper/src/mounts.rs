@@ -118,13 +118,40 @@ fn alive(pid: u32, target: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// What a container's mount allows beyond the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountFlags {
+    /// Setuid and setgid bits (and file capabilities) of the image take effect (`suid`).
+    pub suid: bool,
+    /// Device nodes of the image and the container may be opened (`dev`).
+    pub dev: bool,
+}
+
+impl MountFlags {
+    /// The daemon's mount options for these flags: `nosuid,nodev` unless asked otherwise.
+    fn options(self) -> &'static str {
+        match (self.suid, self.dev) {
+            (false, false) => "nosuid,nodev",
+            (true, false) => "suid,nodev",
+            (false, true) => "nosuid,dev",
+            (true, true) => "suid,dev",
+        }
+    }
+}
+
 /// `mount NAME [TARGET]`: returns the mount point.
 pub fn mount(
     store: &Store,
     name: &str,
     target: Option<&Path>,
     daemon: Option<&Path>,
+    flags: MountFlags,
 ) -> Result<PathBuf> {
+    if (flags.suid || flags.dev) && (store.rootless || !rustix::process::geteuid().is_root()) {
+        return Err(Error::invalid(
+            "--suid and --dev need root: an ordinary user's mounts are always nosuid,nodev",
+        ));
+    }
     let mut ctr = store.container(name)?;
     if let Some(m) = &ctr.mount {
         if is_mounted(&m.target) {
@@ -161,10 +188,11 @@ pub fn mount(
     let daemon = find_daemon(daemon)?;
     let lowerdir: Vec<String> = lowers.iter().map(|l| escape_opt(l)).collect();
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},{}",
         lowerdir.join(":"),
         escape_opt(&dir.join("upper")),
-        escape_opt(&dir.join("work"))
+        escape_opt(&dir.join("work")),
+        flags.options()
     );
     let out = Command::new(&daemon)
         .arg("-o")

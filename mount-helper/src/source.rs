@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use oci_spec::image::{
     Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Sha256Digest,
@@ -20,7 +21,8 @@ use rustix::fs::OFlags;
 use serde::Deserialize;
 
 use crate::digest;
-use crate::error::{Context, Error, Result};
+use crate::error::{quote, quote_bytes, Context, Error, Result};
+use crate::limits::HeaderGuard;
 
 /// The largest manifest, index or config accepted.
 const MAX_DOC: u64 = 8 << 20;
@@ -36,11 +38,58 @@ pub enum Files {
     },
     /// A tar archive and the regular files in it.
     Tar {
-        /// The archive.
+        /// The archive, open (members are read at their offsets, never by reopening it).
+        file: Arc<File>,
+        /// Its path, for messages.
         path: PathBuf,
         /// member path -> (data offset, size)
         members: HashMap<String, (u64, u64)>,
     },
+}
+
+/// Opens `name` beneath `dir` (or `path` itself when `dir` is `None`) for reading, without
+/// waiting: `O_NONBLOCK`, so that a FIFO in place of a file cannot block the open, and
+/// `O_NOFOLLOW` beneath a layout. Anything but a regular file is refused.
+fn open_regular(dir: Option<BorrowedFd<'_>>, name: &str, path: &Path) -> Result<(File, u64)> {
+    let shown = || match dir {
+        Some(_) => format!("{}: {}", path.display(), quote(name)),
+        None => path.display().to_string(),
+    };
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match dir {
+        Some(d) => stratafs::sys::open_beneath(d, name.as_bytes(), flags),
+        None => rustix::fs::open(path, flags, rustix::fs::Mode::empty()).map_err(io::Error::from),
+    }
+    .ctx(|| format!("open {}", shown()))?;
+    let st = rustix::fs::fstat(&fd).ctx(|| format!("stat {}", shown()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::invalid(format!("{}: not a regular file", shown())));
+    }
+    // Reads of a regular file do not wait anyway; clear the flag all the same.
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).ctx(|| format!("open {}", shown()))?;
+    Ok((File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
+}
+
+/// A member of an archive: `len` bytes from `pos`, read with `pread` (readers of several
+/// members share one open file).
+struct Member {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Member {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.end.saturating_sub(self.pos);
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 impl Files {
@@ -73,32 +122,33 @@ impl Files {
     }
 
     /// Opens file `name`, returning a reader and its size.
-    pub fn open_file(&self, name: &str) -> Result<(Box<dyn Read + Send + '_>, u64)> {
+    pub fn open_file(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
         match self {
             Files::Dir { root, path } => {
-                let fd = stratafs::sys::open_beneath(root.as_fd(), name.as_bytes(), OFlags::RDONLY)
-                    .ctx(|| format!("{}: open {name}", path.display()))?;
-                let st = stratafs::sys::stat_fd(fd.as_fd())
-                    .ctx(|| format!("{}: stat {name}", path.display()))?;
-                if st.kind() != Some(stratafs::sys::FileKind::Regular) {
-                    return Err(Error::invalid(format!(
-                        "{}: {name} is not a regular file",
-                        path.display()
-                    )));
-                }
-                Ok((Box::new(File::from(fd)), st.size))
+                let (f, size) = open_regular(Some(root.as_fd()), name, path)?;
+                Ok((Box::new(f), size))
             }
-            Files::Tar { path, members } => {
+            Files::Tar {
+                file,
+                path,
+                members,
+            } => {
                 let Some(&(offset, size)) = members.get(name) else {
                     return Err(Error::invalid(format!(
-                        "{}: no {name} in the archive",
-                        path.display()
+                        "{}: no {} in the archive",
+                        path.display(),
+                        quote(name)
                     )));
                 };
-                let mut f = File::open(path).ctx(|| format!("open {}", path.display()))?;
-                f.seek(SeekFrom::Start(offset))
-                    .ctx(|| format!("read {}", path.display()))?;
-                Ok((Box::new(f.take(size)), size))
+                let end = offset
+                    .checked_add(size)
+                    .ok_or_else(|| Error::invalid(format!("{}: bad member", path.display())))?;
+                let m = Member {
+                    file: Arc::clone(file),
+                    pos: offset,
+                    end,
+                };
+                Ok((Box::new(m), size))
             }
         }
     }
@@ -108,13 +158,14 @@ impl Files {
         let (r, size) = self.open_file(name)?;
         if size > MAX_DOC {
             return Err(Error::invalid(format!(
-                "{name}: {size} bytes is too large for a document"
+                "{}: {size} bytes is too large for a document",
+                quote(name)
             )));
         }
         let mut buf = Vec::with_capacity(size as usize);
         r.take(MAX_DOC)
             .read_to_end(&mut buf)
-            .ctx(|| format!("read {name}"))?;
+            .ctx(|| format!("read {}", quote(name)))?;
         Ok(buf)
     }
 
@@ -164,7 +215,7 @@ fn normalize(raw: &[u8]) -> Option<String> {
 }
 
 fn index_tar(path: &Path) -> Result<Files> {
-    let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let (f, _) = open_regular(None, "", path)?;
     let mut magic = [0u8; 2];
     let n = (&f)
         .read(&mut magic)
@@ -175,9 +226,13 @@ fn index_tar(path: &Path) -> Result<Files> {
             path.display()
         )));
     }
-    (&f).seek(SeekFrom::Start(0))
-        .ctx(|| format!("read {}", path.display()))?;
-    let mut ar = tar::Archive::new(f);
+    let file = Arc::new(f);
+    let whole = Member {
+        file: Arc::clone(&file),
+        pos: 0,
+        end: u64::MAX,
+    };
+    let mut ar = tar::Archive::new(HeaderGuard::new(whole));
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
     let bad = |e: io::Error| {
@@ -191,9 +246,9 @@ fn index_tar(path: &Path) -> Result<Files> {
         let raw = e.path_bytes().into_owned();
         let Some(name) = normalize(&raw) else {
             return Err(Error::invalid(format!(
-                "{}: member {:?} leaves the archive",
+                "{}: member {} leaves the archive",
                 path.display(),
-                String::from_utf8_lossy(&raw)
+                quote_bytes(&raw)
             )));
         };
         let kind = e.header().entry_type();
@@ -201,8 +256,9 @@ fn index_tar(path: &Path) -> Result<Files> {
             let previous = members.insert(name.clone(), (e.raw_file_position(), e.size()));
             if previous.is_some() {
                 return Err(Error::invalid(format!(
-                    "{}: member {name:?} appears twice",
-                    path.display()
+                    "{}: member {} appears twice",
+                    path.display(),
+                    quote(&name)
                 )));
             }
             continue;
@@ -241,6 +297,7 @@ fn index_tar(path: &Path) -> Result<Files> {
         }
     }
     Ok(Files::Tar {
+        file,
         path: path.to_path_buf(),
         members,
     })
@@ -311,12 +368,17 @@ fn oci_image(files: &Files, reference: Option<&str>) -> Result<Image> {
         [one] => (*one).clone(),
         [] => {
             return Err(Error::invalid(match reference {
-                Some(r) => format!("index.json: no image named {r:?}"),
+                Some(r) => format!("index.json: no image named {}", quote(r)),
                 None => "index.json lists no image".into(),
             }))
         }
         many => {
-            let names: Vec<String> = many.iter().filter_map(|d| ref_name(d)).collect();
+            let names: Vec<String> = many
+                .iter()
+                .filter_map(|d| ref_name(d))
+                .take(8)
+                .map(|n| quote(&n).trim_matches('"').to_string())
+                .collect();
             return Err(Error::invalid(format!(
                 "index.json lists {} images: pick one with --ref ({})",
                 many.len(),
@@ -345,8 +407,9 @@ fn oci_image(files: &Files, reference: Option<&str>) -> Result<Image> {
         let mt = d.media_type().to_string();
         if mt.contains("nondistributable") || mt.contains("foreign") {
             return Err(Error::invalid(format!(
-                "layer {}: a foreign layer ({mt}) is not in the archive",
-                d.digest()
+                "layer {}: a foreign layer ({}) is not in the archive",
+                d.digest(),
+                quote(&mt)
             )));
         }
         let dg = digest::of(d.digest())?;
@@ -454,7 +517,7 @@ fn docker_image(files: &Files, reference: Option<&str>) -> Result<Image> {
         [one] => *one,
         [] => {
             return Err(Error::invalid(match reference {
-                Some(r) => format!("manifest.json: no image tagged {r:?}"),
+                Some(r) => format!("manifest.json: no image tagged {}", quote(r)),
                 None => "manifest.json lists no image".into(),
             }))
         }
@@ -467,8 +530,8 @@ fn docker_image(files: &Files, reference: Option<&str>) -> Result<Image> {
     };
     let config_name = normalize(m.config.as_bytes()).ok_or_else(|| {
         Error::invalid(format!(
-            "manifest.json: config {:?} leaves the archive",
-            m.config
+            "manifest.json: config {} leaves the archive",
+            quote(&m.config)
         ))
     })?;
     let config = files.read_doc(&config_name)?;
@@ -493,7 +556,10 @@ fn docker_image(files: &Files, reference: Option<&str>) -> Result<Image> {
     let mut layers = Vec::new();
     for (l, diff_id) in m.layers.iter().zip(diff_ids) {
         let file = normalize(l.as_bytes()).ok_or_else(|| {
-            Error::invalid(format!("manifest.json: layer {l:?} leaves the archive"))
+            Error::invalid(format!(
+                "manifest.json: layer {} leaves the archive",
+                quote(l)
+            ))
         })?;
         let (_, size) = files.open_file(&file)?;
         layers.push(LayerRef {

@@ -121,11 +121,12 @@ impl Store {
     /// Opens (creating it if needed) and locks the store at `root`. A writer first undoes
     /// whatever an interrupted change left.
     pub fn open(root: &Path, access: Access, rootless: bool) -> Result<Store> {
-        if access == Access::Write {
-            fs::create_dir_all(root).ctx(|| format!("create store {}", root.display()))?;
-        } else if !root.is_dir() {
+        if access == Access::Write || !root.is_dir() {
             // A reader of a store that does not exist yet sees an empty one.
-            fs::create_dir_all(root).ctx(|| format!("create store {}", root.display()))?;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).ctx(|| format!("create store {}", root.display()))?;
+            }
+            make_private_dir(root)?;
         }
         let root = fs::canonicalize(root).ctx(|| format!("store {}", root.display()))?;
         let lock_path = root.join("lock");
@@ -148,12 +149,13 @@ impl Store {
         if access == Access::Write {
             for d in [
                 store.tmp_dir(),
+                store.root.join("blobs"),
                 store.root.join("blobs/sha256"),
                 store.root.join("layers"),
                 store.root.join("images"),
                 store.root.join("containers"),
             ] {
-                fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
+                make_private_dir(&d)?;
             }
             store.recover()?;
         }
@@ -345,12 +347,18 @@ impl Store {
     /// hex digits of an id.
     pub fn resolve_image(&self, reference: &str) -> Result<ImageRecord> {
         let tags = self.tags()?;
+        // A whole id (`sha256:HEX`, or its 64 hex digits) is always an id, and so is anything
+        // spelled `sha256:...`: no tag can take those over (`check_tag` refuses such tags, and
+        // a store written before may hold one). Otherwise a tag wins over an id prefix, as in
+        // docker.
+        let full_id = reference.starts_with("sha256:") || digest::is_hex64(reference);
         // `NAME` stands for `NAME:latest`, as docker takes it.
         let latest = format!("{reference}:latest");
         let tagged = tags
             .get(reference)
             .map(|id| (reference, id))
-            .or_else(|| tags.get(&latest).map(|id| (latest.as_str(), id)));
+            .or_else(|| tags.get(&latest).map(|id| (latest.as_str(), id)))
+            .filter(|_| !full_id);
         if let Some((reference, id)) = tagged {
             let d = digest::parse(id)?;
             return self.image(&d)?.ok_or_else(|| {
@@ -574,6 +582,27 @@ fn make_removable(p: &Path) {
             }
         }
     }
+}
+
+/// Makes directory `p` (its parent must exist) readable by its owner alone, or makes an
+/// existing one so: the store holds setuid files and device nodes of images, which no other
+/// user may reach (containers/storage keeps its layers under 0700 directories too).
+pub fn make_private_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match fs::DirBuilder::new().mode(0o700).create(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).ctx(|| format!("create {}", p.display())),
+    }
+    let md = fs::metadata(p).ctx(|| format!("{}", p.display()))?;
+    if !md.is_dir() {
+        return Err(Error::invalid(format!("{}: not a directory", p.display())));
+    }
+    if md.permissions().mode() & 0o7777 != 0o700 {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("chmod {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Reads a JSON document the store wrote.

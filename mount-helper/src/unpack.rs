@@ -22,7 +22,8 @@ use stratafs::layer::format::{self, OPAQUE_MARKER, OPAQUE_XATTRS};
 use stratafs::layer::WhiteoutFormat;
 use stratafs::sys::{self, SetTime};
 
-use crate::error::{Error, Result};
+use crate::error::{cut_bytes, quote_bytes, Error, Result};
+use crate::limits::{self, human};
 
 /// What the unpacker may do.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct Options {
     pub chown: bool,
     /// The layer's name in messages (a short digest).
     pub layer: String,
+    /// The most file data the layer may hold, sparse holes counted (`--max-layer-size`).
+    pub max_bytes: u64,
 }
 
 impl Options {
@@ -51,6 +54,7 @@ impl Options {
             devices: root,
             chown: root,
             layer,
+            max_bytes: u64::MAX,
         }
     }
 }
@@ -152,10 +156,89 @@ impl<'a> Unpacker<'a> {
     }
 
     fn corrupt(&self, e: io::Error) -> Error {
-        Error::invalid(format!(
-            "layer {}: the blob is corrupt or truncated: {e}",
-            self.opts.layer
-        ))
+        match limits::refusal(&e) {
+            Some(r) => Error::invalid(format!("layer {}: {r}", self.opts.layer)),
+            None => Error::invalid(format!(
+                "layer {}: the blob is corrupt or truncated: {e}",
+                self.opts.layer
+            )),
+        }
+    }
+
+    /// Refuses a file of `size` bytes (holes counted) that would take the layer past its
+    /// size limit, or not fit in what the store's filesystem has free.
+    fn check_room(&self, size: u64, raw: &[u8]) -> Result<()> {
+        let total = self.stats.bytes.saturating_add(size);
+        if total > self.opts.max_bytes {
+            return Err(self.refuse(
+                raw,
+                format!(
+                    "is {} ({size} bytes): the layer would hold {}, over its size limit of {} (--max-layer-size)",
+                    human(size),
+                    human(total),
+                    human(self.opts.max_bytes)
+                ),
+            ));
+        }
+        let (free, reserve) = limits::free_space(self.root)
+            .map_err(|e| self.refuse(raw, format!("cannot be checked for space: {e}")))?;
+        if size > free.saturating_sub(reserve) {
+            return Err(self.refuse(
+                raw,
+                format!(
+                    "is {} ({size} bytes): the store's filesystem has {} free and keeps {} of it",
+                    human(size),
+                    human(free),
+                    human(reserve)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies an entry's data into `file`: errors reading the archive are the archive's,
+    /// errors writing are the store's. A sparse entry's holes stay holes.
+    fn copy_data<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut std::fs::File,
+        sparse: bool,
+        raw: &[u8],
+    ) -> Result<u64> {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got: u64 = 0;
+        let mut hole = false;
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.corrupt(e)),
+            };
+            let chunk = &buf[..n];
+            let w = if sparse && chunk.iter().all(|b| *b == 0) {
+                hole = true;
+                file.seek(SeekFrom::Current(n as i64)).map(drop)
+            } else {
+                hole = false;
+                file.write_all(chunk)
+            };
+            w.map_err(|e| self.write_failed(e, raw))?;
+            got += n as u64;
+        }
+        if hole {
+            file.set_len(got).map_err(|e| self.write_failed(e, raw))?;
+        }
+        Ok(got)
+    }
+
+    fn write_failed(&self, e: io::Error, raw: &[u8]) -> Error {
+        if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            self.refuse(raw, "cannot be written: the store's filesystem is full")
+        } else {
+            self.refuse(raw, format!("cannot be written: {e}"))
+        }
     }
 
     /// Unpacks every entry of `archive`, then restores directory times.
@@ -228,12 +311,13 @@ impl<'a> Unpacker<'a> {
                 self.forget_cache_under(parents, name);
             }
             T::Regular | T::Continuous | T::GNUSparse => {
+                self.check_room(entry.size(), &raw)?;
                 self.clear(pfd, name_os, false, &raw)?;
                 let fd = sys::create_file(pfd, name_os, OFlags::WRONLY, 0o600)
                     .map_err(|e| self.refuse(&raw, format!("cannot be created: {e}")))?;
                 let mut file = std::fs::File::from(fd);
                 let want = entry.size();
-                let got = io::copy(entry, &mut file).map_err(|e| self.corrupt(e))?;
+                let got = self.copy_data(entry, &mut file, kind == T::GNUSparse, &raw)?;
                 if got != want {
                     return Err(self.refuse(
                         &raw,
@@ -385,10 +469,7 @@ impl<'a> Unpacker<'a> {
                 Err(e) => {
                     return Err(self.refuse(
                         raw,
-                        format!(
-                            "cannot be given xattr {}: {e}",
-                            String::from_utf8_lossy(key)
-                        ),
+                        format!("cannot be given xattr {}: {e}", quote_bytes(key)),
                     ))
                 }
             }
@@ -412,7 +493,7 @@ impl<'a> Unpacker<'a> {
         let mut cur: OwnedFd = sys::open_dir_path(self.root, b"")
             .map_err(|e| self.refuse(raw, format!("cannot open the layer: {e}")))?;
         for (i, c) in comps.iter().enumerate() {
-            let shown = || String::from_utf8_lossy(&comps[..=i].join(&b'/')).into_owned();
+            let shown = || cut_bytes(&comps[..=i].join(&b'/'));
             let next = match sys::open_dir_path(cur.as_fd(), c) {
                 Ok(fd) => fd,
                 Err(e) if errno(&e) == Some(libc_enoent()) && matches!(reach, Reach::Create) => {
@@ -713,10 +794,7 @@ enum Existing {
 fn link_problem(reach: Reach<'_>, problem: &str) -> String {
     match reach {
         Reach::Create => problem.trim_start_matches("which ").to_string(),
-        Reach::LinkTarget(t) => format!(
-            "is a hard link to {:?}, {problem}",
-            String::from_utf8_lossy(t)
-        ),
+        Reach::LinkTarget(t) => format!("is a hard link to {}, {problem}", quote_bytes(t)),
     }
 }
 

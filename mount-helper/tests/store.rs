@@ -419,3 +419,184 @@ fn directory_modes_and_times_come_last() {
         assert_eq!(h.leftovers(), Vec::<String>::new());
     }
 }
+
+// ---- an image listing one layer twice (issue 14, item 7) ----
+
+#[test]
+fn an_image_listing_a_layer_twice_mounts() {
+    // Old docker builds repeat the empty layer; here a whole layer comes back on top.
+    let a = Blob::new(
+        LayerTar::new()
+            .dir("etc", 0o755)
+            .file("etc/x", b"A\n")
+            .finish(),
+        Comp::Gzip,
+    );
+    let b = Blob::new(
+        LayerTar::new()
+            .file("etc/x", b"B\n")
+            .file("etc/b", b"B\n")
+            .finish(),
+        Comp::Gzip,
+    );
+    let img = TestImage::new(vec![a.clone(), b, a]);
+    let h = Helper::new();
+    let src = h.path("layout");
+    img.write_oci_dir(&src, "twice:1");
+    h.ok(&["import", src.to_str().unwrap()]);
+    assert_eq!(layer_dirs(&h).len(), 2);
+    h.ok(&["create", "c", "twice:1"]);
+    let out = h.ok(&["inspect", "c", "/etc/x"]);
+    assert!(
+        out.starts_with("/etc/x: regular file from layer 3 "),
+        "{out}"
+    );
+    let out = h.ok(&["inspect", "twice:1", "/etc/b"]);
+    assert!(
+        out.starts_with("/etc/b: regular file from layer 2 "),
+        "{out}"
+    );
+    assert_eq!(h.ok(&["diff", "c"]), "");
+    if !can_mount() {
+        return;
+    }
+    let m = h.mount("c", None);
+    assert_eq!(std::fs::read(m.target.join("etc/x")).unwrap(), b"A\n");
+    assert_eq!(std::fs::read(m.target.join("etc/b")).unwrap(), b"B\n");
+    std::fs::write(m.target.join("new"), "n\n").unwrap();
+    assert_eq!(h.ok(&["diff", "c"]), "A /new\n");
+    m.umount();
+    h.ok(&["commit", "c", "--tag", "twice:2"]);
+    h.ok(&["create", "d", "twice:2"]);
+    let m = h.mount("d", None);
+    assert_eq!(std::fs::read(m.target.join("new")).unwrap(), b"n\n");
+    assert_eq!(std::fs::read(m.target.join("etc/x")).unwrap(), b"A\n");
+    m.umount();
+}
+
+// ---- who may reach the store and the mounts (issue 14, item 2) ----
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+/// A copy of `id` made setuid root.
+fn setuid_image() -> TestImage {
+    let id = std::fs::read("/usr/bin/id").unwrap();
+    let l = LayerTar::new()
+        .dir("bin", 0o755)
+        .file_owned("bin/id", &id, 0o4755, 0, 0)
+        .finish();
+    TestImage::new(vec![Blob::new(l, Comp::Gzip)])
+}
+
+#[test]
+fn the_store_is_private() {
+    let h = Helper::new();
+    // An existing store made by an earlier version, open to all.
+    for d in [
+        "",
+        "layers",
+        "containers",
+        "tmp",
+        "blobs",
+        "blobs/sha256",
+        "images",
+    ] {
+        std::fs::create_dir_all(h.store.join(d)).unwrap();
+        std::fs::set_permissions(
+            h.store.join(d),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    let src = h.path("layout");
+    small_image(None).write_oci_dir(&src, "small:1");
+    h.ok(&["import", src.to_str().unwrap()]);
+    h.ok(&["create", "c", "small:1"]);
+    let mut private = vec![
+        h.store.clone(),
+        h.store.join("layers"),
+        h.store.join("containers"),
+        h.store.join("containers/c"),
+        h.store.join("tmp"),
+        h.store.join("blobs"),
+        h.store.join("blobs/sha256"),
+        h.store.join("images"),
+    ];
+    private.extend(layer_dirs(&h));
+    for p in &private {
+        assert_eq!(mode(p), 0o700, "{}", p.display());
+    }
+}
+
+#[test]
+fn setuid_files_of_an_image_are_out_of_other_users_reach() {
+    if !can_root() {
+        return;
+    }
+    let h = Helper::new();
+    // Everything up to the store is open to all: only the store's own modes protect it.
+    std::fs::set_permissions(
+        h.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let src = h.path("layout");
+    setuid_image().write_oci_dir(&src, "suid:1");
+    h.ok(&["import", src.to_str().unwrap()]);
+    let tree = layer_dirs(&h)[0].join("diff");
+    assert_eq!(
+        mode(&tree.join("bin/id")),
+        0o4755,
+        "the image is kept as it is"
+    );
+    let o = as_nobody(&tree.join("bin/id"), &["-u"]);
+    assert!(
+        !o.status.success(),
+        "a layer's setuid file ran for another user: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    h.ok(&["create", "c", "suid:1"]);
+    if !can_mount() {
+        return;
+    }
+    // The default mount point lies in the private store.
+    let m = h.mount("c", None);
+    let o = as_nobody(&m.target.join("bin/id"), &["-u"]);
+    assert!(
+        !o.status.success(),
+        "reached through the default mount point: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let opts = mount_options(&m.target);
+    assert!(opts.contains(&"nodev".to_string()), "{opts:?}");
+    assert!(opts.contains(&"nosuid".to_string()), "{opts:?}");
+    m.umount();
+    // A mount point of the caller's choosing, open to all: setuid bits have no effect.
+    let t = h.path("t");
+    std::fs::create_dir(&t).unwrap();
+    let m = h.mount("c", Some(&t));
+    let opts = mount_options(&t);
+    assert!(opts.contains(&"nodev".to_string()), "{opts:?}");
+    assert!(opts.contains(&"nosuid".to_string()), "{opts:?}");
+    let o = as_nobody(&t.join("bin/id"), &["-u"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "65534",
+        "setuid took effect: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    m.umount();
+    // Asked for, setuid programs work (and device nodes may be opened).
+    let m = h.mount_with("c", Some(&t), &["--suid", "--dev"]);
+    let opts = mount_options(&t);
+    assert!(!opts.contains(&"nosuid".to_string()), "{opts:?}");
+    assert!(!opts.contains(&"nodev".to_string()), "{opts:?}");
+    let o = as_nobody(&t.join("bin/id"), &["-u"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0");
+    m.umount();
+}

@@ -156,12 +156,23 @@ impl Helper {
 
     /// Mounts container `name` (at its own directory, or `target`); unmounted on drop.
     pub fn mount(&self, name: &str, target: Option<&Path>) -> ContainerMount<'_> {
+        self.mount_with(name, target, &[])
+    }
+
+    /// [`Helper::mount`] with more arguments (`--suid`, `--dev`).
+    pub fn mount_with(
+        &self,
+        name: &str,
+        target: Option<&Path>,
+        extra: &[&str],
+    ) -> ContainerMount<'_> {
         let mut args = vec!["mount", name];
         let t;
         if let Some(p) = target {
             t = p.display().to_string();
             args.push(&t);
         }
+        args.extend_from_slice(extra);
         let out = self.ok(&args);
         ContainerMount {
             helper: self,
@@ -614,4 +625,121 @@ pub fn write_tar(path: &Path, files: &[(String, Vec<u8>)]) {
 /// The first field of the helper's `imported ID ...` line.
 pub fn imported_id(out: &str) -> String {
     out.split_whitespace().nth(1).expect("an id").to_string()
+}
+
+// ---- processes with a deadline, resources, mounts ----
+
+/// Runs `cmd`, killing it if it has not finished after `limit`: `None` when it had to be
+/// killed (a hang).
+pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => return Some(child.wait_with_output().expect("output")),
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Runs `cmd` under `/usr/bin/time`: its output and its peak resident set size in bytes.
+pub fn run_measured(cmd: &Command) -> (Output, u64) {
+    let report = tempfile::NamedTempFile::new().expect("report file");
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("-f").arg("%M").arg("-o").arg(report.path());
+    timed.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let out = run(&mut timed);
+    let text = std::fs::read_to_string(report.path()).expect("time's report");
+    let kib: u64 = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
+    (out, kib * 1024)
+}
+
+/// The options of the mount at `target` as /proc/self/mountinfo lists them (per-mount and
+/// superblock options together).
+pub fn mount_options(target: &Path) -> Vec<String> {
+    let canon = std::fs::canonicalize(target).expect("canonicalize");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = canon.to_string_lossy().into_owned();
+    for l in info.lines().rev() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) == Some(&want.as_str()) {
+            let mut opts: Vec<String> = f[5].split(',').map(str::to_string).collect();
+            if let Some(sep) = f.iter().position(|x| *x == "-") {
+                if let Some(s) = f.get(sep + 3) {
+                    opts.extend(s.split(',').map(str::to_string));
+                }
+            }
+            return opts;
+        }
+    }
+    panic!("{want} is not mounted")
+}
+
+/// A tmpfs of a given size (root only), unmounted when dropped: a store on it cannot fill
+/// the machine's disk, whatever an import does.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn new(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("tmpfs mount point");
+        let o = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("tmpfs")
+            .arg(path));
+        assert!(
+            o.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// A command run as the unprivileged user 65534 (setpriv).
+pub fn as_nobody(program: &Path, args: &[&str]) -> Output {
+    run(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        // Through a shell: setpriv looks the program up before it gives up root.
+        .args(["sh", "-c", "exec \"$0\" \"$@\""])
+        .arg(program)
+        .args(args))
 }
