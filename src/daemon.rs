@@ -41,11 +41,14 @@ pub struct MountPlan {
 /// Works out the mount flags and access rules for `cfg`.
 pub fn mount_plan(cfg: &MountConfig) -> MountPlan {
     let root = sys::euid() == 0;
-    // As root, behave like a kernel overlay mount (a container rootfs needs setuid binaries
-    // and device nodes); unprivileged FUSE mounts are always nosuid,nodev.
+    // As root, `suid` as on a kernel overlay mount (a container rootfs needs its setuid
+    // binaries) but `nodev` unless `dev` is asked for, as libfuse mounts and so
+    // fuse-overlayfs: containers/storage drops `nodev` from `mountopt` before it calls a
+    // mount program, so a container could otherwise make and use device nodes on its
+    // rootfs. Unprivileged FUSE mounts are always nosuid,nodev.
     let mut flags = sys::FuseMountFlags {
         read_only: cfg.upperdir.is_none(),
-        nodev: !root,
+        nodev: true,
         nosuid: !root,
         ..Default::default()
     };

@@ -247,3 +247,40 @@ fn low_fd_limit_does_not_exhaust_the_daemon() {
     let daemon = daemons_for(&s.mnt)[0];
     assert!(fd_count(daemon) <= 1024);
 }
+
+/// Device nodes in a mount work only when `dev` is asked for (issue 15, item 2): a root
+/// daemon mounted `dev` by default, and containers/storage drops `nodev` from `mountopt`
+/// before it calls a mount program, so a container could `mknod` and use devices on its
+/// rootfs. libfuse (and so fuse-overlayfs) mounts `nodev` unless told `dev`.
+#[test]
+fn device_nodes_work_only_when_dev_is_asked_for() {
+    if !can_mount() {
+        return;
+    }
+    for (extra, usable) in [("", false), (",nodev", false), (",dev", true)] {
+        let s = Stack::new();
+        let m = Mount::new(&format!("{}{extra}", s.rw_opts()), &s.mnt);
+        let dev = s.mnt.join("null");
+        let out = run(Command::new("mknod").arg(&dev).args(["c", "1", "3"]));
+        assert!(
+            out.status.success(),
+            "mknod: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opened = fs::OpenOptions::new().write(true).open(&dev);
+        assert_eq!(
+            opened.is_ok(),
+            usable,
+            "-o ...{extra}: opening a device node: {opened:?}"
+        );
+        drop(opened);
+        let line = fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(s.mnt.to_str().unwrap()))
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert_eq!(line.contains("nodev"), !usable, "{line}");
+        m.unmount();
+    }
+}
