@@ -139,6 +139,11 @@ fn raise_readahead(mountpoint: &std::path::Path) {
 /// The `MAJ:MIN` of the newest mount on `dir` (a canonical path), from
 /// `/proc/self/mountinfo`; `None` when nothing is mounted there.
 pub fn mount_device(dir: &std::path::Path) -> Option<String> {
+    newest_mount(dir).map(|(dev, _)| dev)
+}
+
+/// The `MAJ:MIN` and filesystem type of the newest mount on `dir` (a canonical path).
+fn newest_mount(dir: &std::path::Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = dir.as_os_str().as_encoded_bytes();
     // The newest mount on that point is the last line naming it.
@@ -146,7 +151,51 @@ pub fn mount_device(dir: &std::path::Path) -> Option<String> {
         let mut f = l.split(' ');
         let dev = f.nth(2)?;
         let point = unescape_mountinfo(f.nth(1)?.as_bytes());
-        (point.as_slice() == want).then(|| dev.to_string())
+        if point.as_slice() != want {
+            return None;
+        }
+        let fstype = f.skip_while(|x| *x != "-").nth(1)?;
+        Some((dev.to_string(), fstype.to_string()))
+    })
+}
+
+/// Detaches a dead FUSE mount from `mountpoint`: one whose daemon is gone (killed, say),
+/// so that every access to it fails with `ENOTCONN`. fuse-overlayfs mounts over such a
+/// mount; detaching it as well leaves nothing dead behind. Returns the line to tell the
+/// user, or `None` when the mount point is not a dead FUSE mount (or could not be
+/// detached: validation then reports it).
+pub fn clear_dead_mount(mountpoint: &std::path::Path) -> Option<String> {
+    let err = std::fs::metadata(mountpoint).err()?;
+    if err.raw_os_error() != Some(libc::ENOTCONN) {
+        return None;
+    }
+    // The mount point itself cannot be resolved; its directory can.
+    let parent = match mountpoint.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let abs = std::fs::canonicalize(parent)
+        .ok()?
+        .join(mountpoint.file_name()?);
+    let (_, fstype) = newest_mount(&abs)?;
+    if fstype != "fuse" && !fstype.starts_with("fuse.") {
+        return None;
+    }
+    let detached = if sys::euid() == 0 {
+        sys::unmount_lazy(&abs).is_ok()
+    } else {
+        std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(&abs)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    detached.then(|| {
+        format!(
+            "mount point '{}' held a dead FUSE mount ({fstype}, its daemon is gone): detached it",
+            mountpoint.display()
+        )
     })
 }
 

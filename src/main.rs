@@ -69,6 +69,9 @@ fn main() -> ExitCode {
                     config::one_line(key)
                 );
             }
+            if let Some(line) = stratafs::daemon::clear_dead_mount(&cfg.mountpoint) {
+                eprintln!("stratafs: {}", config::one_line(&line));
+            }
             if let Err(e) = config::validate(&cfg) {
                 eprintln!("stratafs: {e}");
                 return ExitCode::FAILURE;

@@ -287,3 +287,43 @@ fn root_daemon_with_passthrough_off_uses_the_writeback_cache() {
         assert_eq!(output, want, "options: {extra:?}");
     }
 }
+
+/// An unprivileged daemon killed with `kill -9` leaves a dead mount that the same user's
+/// next mount command detaches (`fusermount3 -u -z`) and mounts again (issue 15, item 4).
+#[test]
+fn unprivileged_mount_over_a_dead_mount() {
+    if !facilities() {
+        return;
+    }
+    let s = stack();
+    let bin = stable_stratafs_bin();
+    let mount = || run(as_nobody(&bin).arg("-o").arg(s.rw_opts()).arg(&s.mnt));
+    let out = mount();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mount {
+        mountpoint: s.mnt.clone(),
+    };
+    let pids = daemons_for(&s.mnt);
+    assert_eq!(pids.len(), 1);
+    run(Command::new("kill").arg("-9").arg(pids[0].to_string()));
+    assert!(wait_until(Duration::from_secs(5), || daemons_for(&s.mnt).is_empty()));
+    let out = mount();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("dead FUSE mount"), "{stderr}");
+    let (status, output) = run_timeout(
+        as_nobody(Path::new("/bin/cat")).arg(s.mnt.join("d/f")),
+        Duration::from_secs(10),
+    );
+    assert!(status.is_some_and(|s| s.success()), "{output}");
+    assert_eq!(output, "lower\n");
+    m.unmount();
+    assert!(
+        !is_mounted(&s.mnt),
+        "a dead mount is left under the new one"
+    );
+}

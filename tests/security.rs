@@ -284,3 +284,37 @@ fn device_nodes_work_only_when_dev_is_asked_for() {
         m.unmount();
     }
 }
+
+/// A daemon killed with `kill -9` leaves a dead FUSE mount (`ENOTCONN`) at the mount point;
+/// the same mount command then mounts again, saying so in one line, as fuse-overlayfs
+/// mounts over it (issue 15, item 4). It used to refuse: "Transport endpoint is not
+/// connected (a stale FUSE mount?)".
+#[test]
+fn mount_over_a_dead_mount_of_a_killed_daemon() {
+    if !can_mount() {
+        return;
+    }
+    let s = Stack::new();
+    fs::write(s.lower.join("f"), "lower\n").unwrap();
+    let m = Mount::new(&s.rw_opts(), &s.mnt);
+    let pids = daemons_for(&s.mnt);
+    assert_eq!(pids.len(), 1);
+    run(Command::new("kill").arg("-9").arg(pids[0].to_string()));
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        fs::metadata(&s.mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    }));
+    let out = run(Command::new(stratafs_bin())
+        .arg("-o")
+        .arg(s.rw_opts())
+        .arg(&s.mnt));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("dead FUSE mount"), "{stderr}");
+    assert_eq!(fs::read_to_string(s.mnt.join("f")).unwrap(), "lower\n");
+    m.unmount();
+    assert!(
+        !is_mounted(&s.mnt),
+        "the dead mount is still there under the new one"
+    );
+}
