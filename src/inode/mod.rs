@@ -6,6 +6,7 @@
 //! table's size follows the kernel's dentry cache, not the size of the tree that was walked.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -31,12 +32,39 @@ pub struct Location {
     /// For a directory, the layers merged into it, topmost first, stopping at an opaque one;
     /// for anything else, the one layer it comes from.
     pub layers: Vec<LayerIdx>,
+    /// Which object the topmost copy is, when known (see [`ObjectId`]).
+    pub object: Option<ObjectId>,
 }
 
 impl Location {
     /// The topmost layer holding the object.
     pub fn top(&self) -> Option<LayerIdx> {
         self.layers.first().copied()
+    }
+}
+
+/// One object of one layer: its inode number there, and its birth time. The number alone
+/// names an object only until the object is freed: a filesystem hands freed numbers to new
+/// objects (ext4 at once), so an object replaced behind the mount could be taken for the
+/// one the kernel looked up, and serve another file's data. The birth time tells them
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectId {
+    /// The layer holding it.
+    pub layer: LayerIdx,
+    /// Its inode number on the layer's filesystem.
+    pub ino: u64,
+    /// Its birth time in nanoseconds since the epoch; 0 where the filesystem keeps none.
+    pub born: u64,
+}
+
+impl ObjectId {
+    /// True when `other`, seen in the same layer, cannot be this object. (In another layer
+    /// it is another copy: a copy-up, or a lower copy seen by a resolution that raced one.)
+    pub fn differs(&self, other: &ObjectId) -> bool {
+        self.layer == other.layer
+            && (self.ino != other.ino
+                || (self.born != 0 && other.born != 0 && self.born != other.born))
     }
 }
 
@@ -93,6 +121,11 @@ pub struct Node {
     /// The object is gone from every layer (its last name removed through the mount) while
     /// the kernel still holds the node: its inode number may be reused by a new object.
     dead: AtomicBool,
+    /// A dead node's object as it was when its last name was removed (an `O_PATH` fd), kept
+    /// while the kernel holds the node: requests that raced with the removal (an open
+    /// through a dentry the kernel found before the unlink) reach it, as they would reach
+    /// the kernel's overlayfs inode, which lives on while it is referenced.
+    kept: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl Node {
@@ -101,6 +134,7 @@ impl Node {
             ino,
             raw,
             dead: AtomicBool::new(false),
+            kept: Mutex::new(None),
             kind,
             lookups: AtomicU64::new(1),
             loc: RwLock::new(loc),
@@ -185,6 +219,15 @@ impl Node {
         self.dead.load(Ordering::Acquire)
     }
 
+    /// A dead node's object as it was when its last name was removed, if it was kept (see
+    /// [`NodeTable::mark_dead_keeping`]).
+    pub fn kept(&self) -> Option<Arc<OwnedFd>> {
+        if !self.is_dead() {
+            return None;
+        }
+        self.kept.lock().clone()
+    }
+
     /// A snapshot of where the node is now.
     pub fn location(&self) -> Location {
         self.loc.read().clone()
@@ -232,6 +275,7 @@ impl NodeTable {
                     parent: ROOT,
                     name: OsString::new(),
                     layers: root_layers,
+                    object: None,
                 },
             )),
         );
@@ -316,6 +360,19 @@ impl NodeTable {
                         || same_name
                         || was_upper == (loc.top() == Some(0))
                         || !self.upper;
+                    // Another object under the number the node's object had in the same
+                    // layer: the node's object is gone (removed behind the mount, its
+                    // number reused). The node dies, as if removed through the mount, so
+                    // that no request reaches the new object through it.
+                    // (Only on a resolution that is still current.)
+                    if let (Some(was), Some(now)) = (cur.object, loc.object) {
+                        if was.differs(&now) && id != ROOT {
+                            if !valid() {
+                                return Err(loc);
+                            }
+                            node.dead.store(true, Ordering::Release);
+                        }
+                    }
                     if node.kind == kind
                         && id != ROOT
                         && same_side
@@ -333,6 +390,17 @@ impl NodeTable {
                             && was_upper
                             && loc.top() != Some(0)
                             && same_name;
+                        let mut loc = loc;
+                        match (cur.object, &mut loc.object) {
+                            // A resolution that did not say which object it found (a new
+                            // name of the same object) keeps what is known.
+                            (Some(was), None) if cur.layers == loc.layers => loc.object = Some(was),
+                            // Nor does one that did not learn its birth time.
+                            (Some(was), Some(now)) if now.born == 0 && !was.differs(now) => {
+                                now.born = was.born
+                            }
+                            _ => {}
+                        }
                         if *cur != loc && !stale {
                             if cur.layers != loc.layers {
                                 node.layers_changed();
@@ -386,7 +454,18 @@ impl NodeTable {
     /// Undoes [`NodeTable::mark_dead`] when the removal it announced failed.
     pub fn revive(&self, ino: u64) {
         if let Some(n) = self.get(ino) {
+            n.kept.lock().take();
             n.dead.store(false, Ordering::Release);
+        }
+    }
+
+    /// [`NodeTable::mark_dead`], keeping `object` (the node's object as it was, an
+    /// `O_PATH` fd) for the requests that raced with its removal, until the kernel
+    /// forgets the node. The filesystem cannot reuse its inode number meanwhile.
+    pub fn mark_dead_keeping(&self, ino: u64, object: Option<OwnedFd>) {
+        if let Some(n) = self.get(ino) {
+            *n.kept.lock() = object.map(Arc::new);
+            n.dead.store(true, Ordering::Release);
         }
     }
 
@@ -465,12 +544,16 @@ impl NodeTable {
         }
     }
 
-    /// Replaces the layers of a node (after a copy-up or a change of merge).
+    /// Replaces the layers of a node (after a copy-up or a change of merge). Which object
+    /// the new topmost copy is becomes known at the next lookup.
     pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>) {
         if let Some(node) = self.get(ino) {
             let mut loc = node.loc.write();
             if loc.layers != layers {
                 node.layers_changed();
+                if loc.top() != layers.first().copied() {
+                    loc.object = None;
+                }
             }
             loc.layers = layers;
         }
@@ -531,6 +614,7 @@ mod tests {
             parent,
             name: name.into(),
             layers: vec![0],
+            object: None,
         }
     }
 
@@ -555,6 +639,45 @@ mod tests {
         let mut other = loc(ROOT, "g");
         other.layers = vec![1];
         assert_ne!(t.remember(77, FileKind::Regular, other).ino, 77);
+    }
+
+    /// Issue 14 item 11, with the reuse faked: an object found under a live node's number in
+    /// the same layer, born at another time, is another object (its number freed and
+    /// reused behind the mount). The node dies and the object gets an id of its own; the
+    /// same object under another name (a hard link) is still the same node.
+    #[test]
+    fn reused_number_with_another_birth_is_another_object() {
+        let t = NodeTable::new(vec![0, 1], true);
+        let at = |name: &str, born: u64| Location {
+            parent: ROOT,
+            name: name.into(),
+            layers: vec![1],
+            object: Some(ObjectId {
+                layer: 1,
+                ino: 50,
+                born,
+            }),
+        };
+        let victim = t.remember(50, FileKind::Regular, at("victim", 100));
+        assert_eq!(victim.ino, 50);
+        let link = t.remember(50, FileKind::Regular, at("link", 100));
+        assert_eq!(link.ino, 50, "a hard link is the same object");
+        // Unknown birth (a filesystem that keeps none): the number decides, as before.
+        assert_eq!(t.remember(50, FileKind::Regular, at("link", 0)).ino, 50);
+        let intruder = t.remember(50, FileKind::Regular, at("intruder", 200));
+        assert_ne!(intruder.ino, 50);
+        assert!(victim.is_dead(), "the old object is gone");
+        assert_eq!(t.visible_id(50), intruder.ino);
+        // In another layer it is another copy of the same object (a copy-up, or a lower
+        // copy seen by a resolution that raced it).
+        let mut up = at("intruder", 300);
+        up.layers = vec![0];
+        up.object = Some(ObjectId {
+            layer: 0,
+            ino: 77,
+            born: 300,
+        });
+        assert_eq!(t.remember(50, FileKind::Regular, up).ino, intruder.ino);
     }
 
     #[test]
@@ -590,6 +713,7 @@ mod tests {
             parent: ROOT,
             name: name.into(),
             layers: vec![0],
+            object: None,
         };
         let f = t.remember(50, FileKind::Regular, up("f"));
         t.mark_dead(f.ino);

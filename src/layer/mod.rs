@@ -41,8 +41,8 @@ pub enum Probe {
     Missing,
     /// A whiteout (char device 0/0 or `.wh.NAME`): hides the name in lower layers.
     Whiteout,
-    /// An object.
-    Found(Stat),
+    /// An object, and its birth time (see [`sys::stat_at_born`]).
+    Found(Stat, u64),
 }
 
 impl Layer {
@@ -88,9 +88,9 @@ impl Layer {
     /// nothing. An object wins over a `.wh.` file for the same name in the same layer: a
     /// whiteout only hides the layers below it.
     pub fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Probe> {
-        match sys::stat_at(dir, name) {
-            Ok(st) if format::is_whiteout_stat(&st) => Ok(Probe::Whiteout),
-            Ok(st) => Ok(Probe::Found(st)),
+        match sys::stat_at_born(dir, name) {
+            Ok((st, _)) if format::is_whiteout_stat(&st) => Ok(Probe::Whiteout),
+            Ok((st, born)) => Ok(Probe::Found(st, born)),
             Err(e) if is_absent(&e) => match sys::stat_at(dir, &format::whiteout_name(name)) {
                 Ok(_) => Ok(Probe::Whiteout),
                 Err(e) if is_absent(&e) => Ok(Probe::Missing),

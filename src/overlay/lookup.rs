@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
 use super::{Attr, Error, Overlay, Result};
-use crate::inode::{Location, Node, ROOT};
+use crate::inode::{Location, Node, ObjectId, ROOT};
 use crate::layer::{LayerIdx, Probe};
 use crate::sys::Object;
 use crate::sys::{FileKind, Stat};
@@ -24,11 +24,23 @@ pub(crate) struct Resolved {
     /// `st_ino` as shown (for a directory, from the bottom of its merge chain, so it stays
     /// the same when the directory is later copied up).
     pub(crate) ino: u64,
+    /// Which object the topmost copy is.
+    pub(crate) object: ObjectId,
 }
 
 impl Resolved {
     pub(crate) fn kind(&self) -> FileKind {
         self.top.kind().unwrap_or(FileKind::Regular)
+    }
+
+    /// Where the object was found, as the node table records it.
+    pub(crate) fn location(&self, parent: u64, name: &OsStr) -> Location {
+        Location {
+            parent,
+            name: name.to_os_string(),
+            layers: self.layers.clone(),
+            object: Some(self.object),
+        }
     }
 }
 
@@ -67,7 +79,7 @@ impl Overlay {
             match layer.probe(dfd.as_fd(), name)? {
                 Probe::Missing => continue,
                 Probe::Whiteout => break,
-                Probe::Found(st) => {
+                Probe::Found(st, born) => {
                     let is_dir = st.is_dir();
                     match &mut found {
                         None => {
@@ -75,6 +87,11 @@ impl Overlay {
                                 layers: vec![li],
                                 top: self.overridden(st, Object::At(dfd.as_fd(), name)),
                                 ino: 0,
+                                object: ObjectId {
+                                    layer: li,
+                                    ino: st.ino,
+                                    born,
+                                },
                             });
                             if !is_dir {
                                 bottom = Some((li, st.ino));
@@ -220,11 +237,7 @@ impl Overlay {
                 .ok_or(Error::NotFound)?;
             #[cfg(test)]
             tests::BETWEEN.with(crate::test_hook::Hook::fire);
-            let loc = Location {
-                parent: dir.ino,
-                name: name.to_os_string(),
-                layers: r.layers.clone(),
-            };
+            let loc = r.location(dir.ino, name);
             if let Ok(node) = self
                 .nodes
                 .remember_if(r.ino, r.kind(), loc, || dir.dir_version() == seen)
@@ -242,15 +255,9 @@ impl Overlay {
 
     /// Registers a resolved child with the node table and returns its attributes.
     pub(crate) fn remember(&self, parent: u64, name: &OsStr, r: &Resolved) -> Attr {
-        let node = self.nodes.remember(
-            r.ino,
-            r.kind(),
-            Location {
-                parent,
-                name: name.to_os_string(),
-                layers: r.layers.clone(),
-            },
-        );
+        let node = self
+            .nodes
+            .remember(r.ino, r.kind(), r.location(parent, name));
         self.attr_for(&node, r)
     }
 
@@ -270,22 +277,42 @@ impl Overlay {
     }
 
     /// The attributes of node `ino`, read from its topmost copy now.
+    ///
+    /// A non-directory is stat'ed at its recorded name; what is found there must be the
+    /// node's object (see [`Overlay::is_its_object`]): a rename that moved the object while
+    /// the request was on its way leaves a whiteout or another object at the name, whose
+    /// attributes (a character device) would make the kernel take the inode for bad (EIO).
+    /// A dead node whose object was kept is stat'ed through it.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let node = self.named(ino)?;
-        let (top, merged) = node.with_location(|l| (l.top(), l.layers.len() > 1));
-        let top = top.ok_or(Error::StaleNode(ino))?;
+        let node = match self.reach(ino)? {
+            super::Reach::Kept(node, fd) => return self.kept_attr(&node, &fd),
+            super::Reach::Named(node) => node,
+        };
+        // One snapshot: a rename moves parent, name and layers together.
+        let loc = node.location();
+        let top = loc.top().ok_or(Error::StaleNode(ino))?;
         let st = if node.kind == FileKind::Directory {
             let fd = self.dir_fd(&node, top)?;
             self.overridden(crate::sys::stat_fd(fd.as_fd())?, Object::Fd(fd.as_fd()))
         } else {
-            let parent = self.node(node.parent())?;
-            let name = node.with_location(|l| l.name.clone());
+            let parent = self.node(loc.parent)?;
             let pfd = self.dir_fd(&parent, top)?;
-            let st = crate::sys::stat_at(pfd.as_fd(), &name).map_err(Error::from);
-            let st = self.still_named(&node, st)?;
-            self.overridden(st, Object::At(pfd.as_fd(), &name))
+            let found = crate::sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+            // Removed meanwhile: the name may hold a whiteout or another object by now.
+            if let Some(fd) = node.kept() {
+                return self.kept_attr(&node, &fd);
+            }
+            let (raw, born) = self.still_named(&node, found)?;
+            let st = self.overridden(raw, Object::At(pfd.as_fd(), &loc.name));
+            if !self.is_its_object(&node, &loc, &raw, born, st.kind()) {
+                return match node.kept() {
+                    Some(fd) => self.kept_attr(&node, &fd),
+                    None => Err(self.not_its_object(&node)),
+                };
+            }
+            st
         };
-        let mut attr = self.attr_from(node.ino, &st, merged);
+        let mut attr = self.attr_from(node.ino, &st, loc.layers.len() > 1);
         attr.ino = node.ino;
         Ok(attr)
     }
@@ -451,10 +478,52 @@ mod tests {
         assert!(!missing(ROOT, "l"));
     }
 
+    /// Issue 14 item 10: a rename moved a node's object while a request was on its way, and
+    /// left a whiteout at its recorded name (here put there directly). A stat used to
+    /// report the whiteout's attributes (a character device: the kernel then marks the
+    /// inode bad, EIO) and an open opened it (ENXIO). Neither is the node's object: ESTALE,
+    /// and the kernel walks the path again.
+    #[test]
+    fn whiteout_at_a_live_nodes_name_is_never_served() {
+        let (t, ov) = super::super::scratch_overlay(|_, u| {
+            std::fs::write(u.join("a"), "data").unwrap();
+            std::fs::write(u.join("b"), "other").unwrap();
+        });
+        let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
+        let b = ov.lookup(ROOT, OsStr::new("b")).unwrap();
+        let u = t.path().join("u");
+        std::fs::remove_file(u.join("a")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            u.join("a"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        let errno = |r: super::Result<()>| r.map_err(|e| e.errno());
+        assert_eq!(errno(ov.getattr(a.ino).map(|_| ())), Err(libc::ESTALE));
+        assert_eq!(
+            errno(ov.open(a.ino, libc::O_RDONLY).map(|_| ())),
+            Err(libc::ESTALE)
+        );
+        // Another object at the name (replaced behind the mount) is not the node's either.
+        std::fs::remove_file(u.join("b")).unwrap();
+        std::fs::write(u.join("b.new"), "intruder").unwrap();
+        std::fs::rename(u.join("b.new"), u.join("b")).unwrap();
+        assert_eq!(errno(ov.getattr(b.ino).map(|_| ())), Err(libc::ESTALE));
+        assert_eq!(
+            errno(ov.open(b.ino, libc::O_RDONLY).map(|_| ())),
+            Err(libc::ESTALE)
+        );
+    }
+
     /// A live node whose recorded name no longer holds its object (what the kernel holds
     /// for it is out of date) answers by-name requests with ESTALE, not ENOENT: the kernel
     /// then walks the path again, and the lookup records where the object is now. A node
-    /// whose object is gone, and whose name holds nothing, answers ENOENT.
+    /// whose object was removed through the mount is served from the object kept at the
+    /// removal (no links left); one whose object is gone unkept (retired), and whose name
+    /// holds nothing, answers ENOENT.
     #[test]
     fn stale_location_answers_estale_and_a_lookup_heals_it() {
         let (_t, ov) = super::super::scratch_overlay(|_, u| {
@@ -472,6 +541,18 @@ mod tests {
         assert_eq!(ov.lookup(ROOT, OsStr::new("a")).unwrap().ino, a.ino);
         assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
         ov.unlink(ROOT, OsStr::new("a")).unwrap();
+        let gone = ov.getattr(a.ino).unwrap();
+        assert_eq!((gone.size, gone.nlink), (4, 0));
+        let mut s = String::new();
+        std::io::Read::read_to_string(
+            &mut std::fs::File::from(ov.open(a.ino, libc::O_RDONLY).unwrap().fd),
+            &mut s,
+        )
+        .unwrap();
+        assert_eq!(s, "data");
+        // Without the kept object (dropped by a revival), a retired node is gone.
+        ov.nodes.revive(a.ino);
+        ov.retire(a.ino);
         assert_eq!(errno(ov.getattr(a.ino)), Err(libc::ENOENT));
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::MountConfig;
-use crate::inode::{Node, NodeTable, ROOT};
+use crate::inode::{Location, Node, NodeTable, ObjectId, ROOT};
 use crate::layer::{LayerIdx, LayerStack};
 use crate::sys::{FileKind, Stat};
 
@@ -90,6 +90,14 @@ impl From<rustix::io::Errno> for Error {
     fn from(e: rustix::io::Errno) -> Self {
         Error::Io(e.into())
     }
+}
+
+/// How a request that reads a node's object reaches it (see `Overlay::reach`).
+enum Reach {
+    /// By the node's recorded name.
+    Named(Arc<Node>),
+    /// A dead node, through its object as it was when its last name was removed.
+    Kept(Arc<Node>, Arc<OwnedFd>),
 }
 
 /// An object named by its directory and name in one layer (see `Overlay::object_at`).
@@ -401,6 +409,73 @@ impl Overlay {
         } else {
             Error::NotFound
         }
+    }
+
+    /// Node `ino` for a request that reads its object. A dead node whose object was kept
+    /// when its last name was removed (see [`crate::inode::NodeTable::mark_dead_keeping`])
+    /// comes with that object: the request raced with the removal, and reaches what the
+    /// kernel's overlayfs inode would still hold. Other dead nodes answer as
+    /// [`Overlay::named`] does.
+    fn reach(&self, ino: u64) -> Result<Reach> {
+        let node = self.node(ino)?;
+        if node.is_dead() {
+            return match node.kept() {
+                Some(fd) => Ok(Reach::Kept(node, fd)),
+                None => Err(self.gone(&node)),
+            };
+        }
+        Ok(Reach::Named(node))
+    }
+
+    /// True when `st` (born `born`, shown as type `shown`), found at `node`'s recorded name
+    /// in `loc.top()`, can be `node`'s object: never a whiteout, an object of another type,
+    /// or another object than the one recorded for the node (see
+    /// [`crate::inode::ObjectId`]).
+    fn is_its_object(
+        &self,
+        node: &Node,
+        loc: &Location,
+        st: &Stat,
+        born: u64,
+        shown: Option<FileKind>,
+    ) -> bool {
+        if crate::layer::format::is_whiteout_stat(st) || shown != Some(node.kind) {
+            return false;
+        }
+        let (Some(was), Some(layer)) = (loc.object, loc.top()) else {
+            return true;
+        };
+        !was.differs(&ObjectId {
+            layer,
+            ino: st.ino,
+            born,
+        })
+    }
+
+    /// The answer when what `node`'s recorded name holds is not its object: `ESTALE` for a
+    /// live node (what the kernel holds is out of date: a rename moved the object while the
+    /// request was on its way, or the object was replaced behind the mount; the kernel
+    /// walks the path again), what [`Overlay::gone`] says for a dead one.
+    fn not_its_object(&self, node: &Node) -> Error {
+        if node.is_dead() {
+            self.gone(node)
+        } else {
+            Error::StaleNode(node.ino)
+        }
+    }
+
+    /// The attributes of dead `node`'s kept object (its last name is gone: no links).
+    fn kept_attr(&self, node: &Node, fd: &OwnedFd) -> Result<Attr> {
+        let st = self.overridden(
+            crate::sys::stat_fd(fd.as_fd())?,
+            crate::sys::Object::Fd(fd.as_fd()),
+        );
+        let mut a = self.attr_from(node.ino, &st, false);
+        a.ino = node.ino;
+        if node.kind != FileKind::Directory {
+            a.nlink = 0;
+        }
+        Ok(a)
     }
 
     /// True when the last name of dead `node` now holds another object.

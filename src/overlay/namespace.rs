@@ -16,7 +16,7 @@ use rustix::fs::OFlags;
 use super::copyup::UPPER;
 
 use super::{Attr, Error, Overlay, Result};
-use crate::inode::{Location, Node};
+use crate::inode::{Location, Node, ObjectId};
 use crate::layer::idmap::DEFAULT_ACL;
 use crate::layer::{format, WhiteoutFormat};
 use crate::sys::Object;
@@ -335,10 +335,8 @@ impl Overlay {
             let _ = sys::remove_tree(undo_dir, &undo_name);
             return Err(e);
         }
-        let st = self.overridden(
-            sys::stat_at(pfd.as_fd(), name)?,
-            Object::At(pfd.as_fd(), name),
-        );
+        let (raw, born) = sys::stat_at_born(pfd.as_fd(), name)?;
+        let st = self.overridden(raw, Object::At(pfd.as_fd(), name));
         let kind = st.kind().unwrap_or(FileKind::Regular);
         let ino = self
             .layers
@@ -352,6 +350,11 @@ impl Overlay {
                 parent,
                 name: name.to_os_string(),
                 layers: vec![UPPER],
+                object: Some(ObjectId {
+                    layer: UPPER,
+                    ino: raw.ino,
+                    born,
+                }),
             },
         );
         let mut attr = self.attr_from(node.ino, &st, false);
@@ -518,7 +521,23 @@ impl Overlay {
         let last = is_dir || r.top.nlink <= 1 || r.layers.first() != Some(&UPPER);
         let dying = node.as_ref().filter(|_| last);
         if let Some(n) = dying {
-            self.nodes.mark_dead(n.ino);
+            // A non-directory's object is kept for the requests that raced with its removal
+            // (an open through the dentry the kernel found before this unlink reached it),
+            // as the kernel's overlayfs inode lives on while referenced: the kernel holds
+            // the node until the dentry goes.
+            let kept = if is_dir {
+                None
+            } else {
+                let top = r.layers.first().copied().unwrap_or(UPPER);
+                let dfd = if on_upper {
+                    Ok(Arc::clone(&pfd))
+                } else {
+                    self.dir_fd(&dir, top)
+                };
+                dfd.ok()
+                    .and_then(|d| sys::open_beneath(d.as_fd(), name.as_bytes(), OFlags::PATH).ok())
+            };
+            self.nodes.mark_dead_keeping(n.ino, kept);
         }
         let slot = if on_upper {
             self.upper_slot(pfd.as_fd(), name)
@@ -595,6 +614,7 @@ impl Overlay {
                 parent: newparent,
                 name: newname.to_os_string(),
                 layers: vec![UPPER],
+                object: None,
             },
         );
         let mut attr = self.attr_from(n.ino, &st, false);

@@ -1,7 +1,8 @@
 //! Reading: open for read, readlink, xattrs, statfs.
 
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::OFlags;
 
@@ -43,35 +44,146 @@ const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O
 
 impl Overlay {
     /// Opens node `ino` with the `open(2)` flags the caller used.
+    ///
+    /// What is opened is the node's object, or nothing: a non-directory is checked at its
+    /// recorded name before it is opened, and what was opened is checked again when a
+    /// change in its directory raced with the open (see [`Overlay::is_its_object`]). A
+    /// whiteout or another object found there answers `ESTALE` (the kernel walks the path
+    /// again). A dead node whose object was kept opens that (see [`Overlay::reach`]).
     pub fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile> {
-        let node = self.named(ino)?;
+        let node = match self.reach(ino)? {
+            super::Reach::Kept(node, fd) => return self.open_kept(&node, &fd, flags),
+            super::Reach::Named(node) => node,
+        };
         if flags & WRITE_FLAGS != 0 {
             if node.kind == FileKind::Directory {
                 return Err(Error::IsDir);
             }
-            return Ok(OpenedFile {
-                fd: self.open_for_write(ino, flags)?,
-                immutable: false,
+            let opened = self.open_for_write(ino, flags);
+            let loc = node.location();
+            let checked = opened.and_then(|fd| {
+                let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
+                if self.is_its_object(&node, &loc, &st, born, st.kind()) {
+                    Ok(fd)
+                } else {
+                    Err(self.not_its_object(&node))
+                }
             });
+            return match checked {
+                Err(_) if node.kept().is_some() => {
+                    let fd = node.kept().ok_or(Error::StaleNode(ino))?;
+                    self.open_kept(&node, &fd, flags)
+                }
+                r => r.map(|fd| OpenedFile {
+                    fd,
+                    immutable: false,
+                }),
+            };
         }
-        let top = node
-            .with_location(|l| l.top())
-            .ok_or(Error::StaleNode(ino))?;
+        let loc = node.location();
+        let top = loc.top().ok_or(Error::StaleNode(ino))?;
         let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
-        let path = self.rel_path(&node)?;
         let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
         let oflags = OFlags::RDONLY | OFlags::from_bits_retain(pass as u32);
-        let opened = match sys::open_beneath(layer.root(), &path, oflags) {
-            // O_NOATIME is refused on files the daemon does not own; retry without it.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 => {
-                sys::open_beneath(layer.root(), &path, oflags - OFlags::NOATIME)
+        if node.kind == FileKind::Directory || node.ino == crate::inode::ROOT {
+            let path = self.rel_path(&node)?;
+            let opened = match sys::open_beneath(layer.root(), &path, oflags) {
+                // O_NOATIME is refused on files the daemon does not own; retry without it.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 => {
+                    sys::open_beneath(layer.root(), &path, oflags - OFlags::NOATIME)
+                }
+                r => r,
+            };
+            let fd = self.still_named(&node, opened.map_err(Error::from))?;
+            return Ok(OpenedFile {
+                fd,
+                immutable: !layer.upper,
+            });
+        }
+        let parent = self.node(loc.parent)?;
+        let pfd = self.dir_fd(&parent, top)?;
+        let seen = parent.quiet_version();
+        let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+        let is_its =
+            |st: &crate::sys::Stat, born: u64| self.is_its_object(&node, &loc, st, born, st.kind());
+        let opened = match self.still_named(&node, found) {
+            Ok((st, born)) if is_its(&st, born) => {
+                match sys::open_beneath(pfd.as_fd(), loc.name.as_bytes(), oflags) {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 =>
+                    {
+                        sys::open_beneath(
+                            pfd.as_fd(),
+                            loc.name.as_bytes(),
+                            oflags - OFlags::NOATIME,
+                        )
+                    }
+                    r => r,
+                }
+                .map_err(Error::from)
             }
+            Ok(_) => Err(self.not_its_object(&node)),
+            Err(e) => Err(e),
+        };
+        // A change in the directory between the check and the open (a rename, an unlink)
+        // may have put something else at the name: what was opened is checked again.
+        let raced = seen.is_none_or(|v| parent.dir_version() != v);
+        let opened = match opened {
+            Ok(fd) if raced => {
+                let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
+                if is_its(&st, born) {
+                    Ok(fd)
+                } else {
+                    Err(self.not_its_object(&node))
+                }
+            }
+            Err(Error::Io(e)) if raced => Err(match sys::stat_at_born(pfd.as_fd(), &loc.name) {
+                Ok((st, born)) if is_its(&st, born) => Error::Io(e),
+                _ => self.not_its_object(&node),
+            }),
             r => r,
         };
-        let fd = self.still_named(&node, opened.map_err(Error::from))?;
+        match opened {
+            // Removed while this was on its way: its kept object is what it opens.
+            Err(_) if node.kept().is_some() => {
+                let fd = node.kept().ok_or(Error::StaleNode(ino))?;
+                self.open_kept(&node, &fd, flags)
+            }
+            r => r.map(|fd| OpenedFile {
+                fd,
+                immutable: !layer.upper,
+            }),
+        }
+    }
+
+    /// Opens the kept object of dead `node` (see [`Overlay::reach`]) with the caller's
+    /// `open(2)` flags: an upper object as it is (it no longer has a name), a lower one
+    /// only for reading. A lower object cannot be written: it has no name to be copied up
+    /// under. That open answers `ESTALE`, and the kernel walks the path again: an
+    /// `O_CREAT` open then creates the name anew, as on the kernel's overlayfs where the
+    /// open would find the name gone.
+    fn open_kept(
+        &self,
+        node: &crate::inode::Node,
+        kept: &OwnedFd,
+        flags: i32,
+    ) -> Result<OpenedFile> {
+        let upper = node.with_location(|l| l.top() == Some(super::copyup::UPPER))
+            && self.layers.upper().is_some()
+            && !self.opts.read_only;
+        let write = flags & WRITE_FLAGS != 0;
+        if write && !upper {
+            return Err(Error::StaleNode(node.ino));
+        }
+        let mut of = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        of |= OFlags::from_bits_retain((flags & (libc::O_DIRECT | libc::O_SYNC)) as u32);
+        let fd = sys::reopen(kept.as_fd(), of)?;
+        if flags & libc::O_TRUNC != 0 {
+            sys::truncate(fd.as_fd(), 0)?;
+        }
         Ok(OpenedFile {
             fd,
-            immutable: !layer.upper,
+            immutable: !upper,
         })
     }
 
@@ -79,13 +191,22 @@ impl Overlay {
     /// the upper copy opened read-write (every open of the node shares it, writers
     /// included), else its topmost copy opened read-only (only readers open a lower copy).
     pub fn backing_fd(&self, ino: u64) -> Result<(OwnedFd, bool)> {
-        let node = self.named(ino)?;
+        let node = match self.reach(ino)? {
+            super::Reach::Kept(node, fd) => {
+                let f = self.open_kept(&node, &fd, libc::O_RDWR);
+                let f = match f {
+                    Err(_) => self.open_kept(&node, &fd, libc::O_RDONLY)?,
+                    Ok(f) => f,
+                };
+                return Ok((f.fd, !f.immutable));
+            }
+            super::Reach::Named(node) => node,
+        };
         if node.kind != FileKind::Regular {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let top = node
-            .with_location(|l| l.top())
-            .ok_or(Error::StaleNode(ino))?;
+        let loc = node.location();
+        let top = loc.top().ok_or(Error::StaleNode(ino))?;
         let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
         let path = self.rel_path(&node)?;
         let flags = if layer.upper && !self.opts.read_only {
@@ -97,12 +218,21 @@ impl Overlay {
             &node,
             sys::open_beneath(layer.root(), &path, flags).map_err(Error::from),
         )?;
+        let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
+        if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
+            return Err(self.not_its_object(&node));
+        }
         Ok((fd, layer.upper && !self.opts.read_only))
     }
 
     /// The target of symlink `ino`, as stored in its layer (never followed).
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let node = self.named(ino)?;
+        let node = match self.reach(ino)? {
+            super::Reach::Kept(node, fd) if node.kind == FileKind::Symlink => {
+                return Ok(sys::read_link_fd(fd.as_fd())?);
+            }
+            super::Reach::Kept(node, _) | super::Reach::Named(node) => node,
+        };
         if node.kind != FileKind::Symlink {
             return Err(Error::NotSymlink);
         }
@@ -118,13 +248,22 @@ impl Overlay {
             // As the kernel answers for private names: there is no such attribute.
             return Err(Error::NoXattr);
         };
-        let node = self.named(ino)?;
-        let at = self.object_at(&node)?;
-        let mut value = at.object().get_xattr(&stored)?.ok_or(Error::NoXattr)?;
+        let (at, kept);
+        let object = match self.reach(ino)? {
+            super::Reach::Kept(_, fd) => {
+                kept = fd;
+                sys::Object::Fd(kept.as_fd())
+            }
+            super::Reach::Named(node) => {
+                at = self.object_at(&node)?;
+                at.object()
+            }
+        };
+        let mut value = object.get_xattr(&stored)?.ok_or(Error::NoXattr)?;
         if name == crate::layer::idmap::ACCESS_ACL {
             // Where the mode lives in an override, the ACL entries that stand for the
             // permission bits follow it (the layer file's own mode may be anything).
-            if let Some(o) = self.read_override(at.object()) {
+            if let Some(o) = self.read_override(object) {
                 if let Some(v) = crate::layer::idmap::acl_with_mode(&value, o.perm) {
                     value = v;
                 }
@@ -141,8 +280,18 @@ impl Overlay {
         if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
-        let node = self.named(ino)?;
-        let raw = match self.object_at(&node)?.object().list_xattr() {
+        let (at, kept);
+        let object = match self.reach(ino)? {
+            super::Reach::Kept(_, fd) => {
+                kept = fd;
+                sys::Object::Fd(kept.as_fd())
+            }
+            super::Reach::Named(node) => {
+                at = self.object_at(&node)?;
+                at.object()
+            }
+        };
+        let raw = match object.list_xattr() {
             Ok(r) => r,
             Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
             Err(e) => return Err(e.into()),

@@ -312,6 +312,49 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     stat_at(fd, OsStr::new(""))
 }
 
+/// Opens the object `fd` (an `O_PATH` fd) refers to anew with `flags`, through
+/// `/proc/self/fd`: this works for a file that has no name left.
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::open(path.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map_err(io::Error::from)
+}
+
+/// [`stat_at`], with the object's birth time in nanoseconds since the epoch (0 where the
+/// filesystem keeps none). An inode number names an object only until it is freed; with
+/// the birth time it names one object for good (ext4, xfs, btrfs and tmpfs keep it), at no
+/// extra system call.
+pub fn stat_at_born(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(Stat, u64)> {
+    let flags = if name.is_empty() {
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT
+    };
+    let s = rustix::fs::statx(
+        dir,
+        name,
+        flags,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    // A mount point under a name is refused as `stat_at` refuses it.
+    if !name.is_empty()
+        && s.stx_attributes
+            .contains(rustix::fs::StatxAttributes::MOUNT_ROOT)
+    {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let born = if s.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        let t = s.stx_btime;
+        (t.tv_sec.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(t.tv_nsec))
+            .max(1)
+    } else {
+        0
+    };
+    Ok((from_statx(&s), born))
+}
+
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawDirEntry {
