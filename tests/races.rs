@@ -243,6 +243,70 @@ fn renames_racing_stats_and_opens_give_only_kernel_errors() {
     );
 }
 
+/// The same with writers: 3 threads rename 10 lower files between two directories while 3
+/// others open them for appending (a copy-up, then an open by the path) and stat them. An
+/// open for writing that raced a rename opened what the old name held by then: the
+/// whiteout (ENXIO).
+#[test]
+fn renames_racing_write_opens_give_only_kernel_errors() {
+    if !can_compare() {
+        return;
+    }
+    let sides = Sides::new(|l| {
+        fs::create_dir(l.join("a")).unwrap();
+        fs::create_dir(l.join("b")).unwrap();
+        for i in 0..FILES {
+            fs::write(l.join("a").join(format!("f{i}")), format!("f{i}:")).unwrap();
+        }
+    });
+    let (kernel, strata) = sides.run(|m| {
+        let mut workers: Vec<Worker> = Vec::new();
+        for t in 0..3u64 {
+            let m = m.to_path_buf();
+            let mut rng = Rng::new(t + 1);
+            workers.push(Box::new(move |c: &mut Counts| {
+                let i = rng.below(FILES);
+                let (from, to) = if rng.below(2) == 0 {
+                    ("a", "b")
+                } else {
+                    ("b", "a")
+                };
+                let f = format!("f{i}");
+                let r = fs::rename(m.join(from).join(&f), m.join(to).join(&f)).map_err(errno);
+                count(c, "rename", r);
+            }));
+        }
+        for t in 0..3u64 {
+            let m = m.to_path_buf();
+            let mut rng = Rng::new(t + 100);
+            workers.push(Box::new(move |c: &mut Counts| {
+                let i = rng.below(FILES);
+                let d = if rng.below(2) == 0 { "a" } else { "b" };
+                let p = m.join(d).join(format!("f{i}"));
+                let r = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(b"+"))
+                    .map_err(errno);
+                count(c, "open(O_APPEND)+write", r);
+                let st = match fs::symlink_metadata(&p) {
+                    Ok(md) if md.is_file() => Ok(()),
+                    Ok(_) => Err(-1),
+                    Err(e) => Err(errno(e)),
+                };
+                count(c, "stat", st);
+            }));
+        }
+        hammer(workers)
+    });
+    report("writers", &kernel, &strata);
+    let extra = extra_errors(&kernel, &strata);
+    assert!(
+        extra.is_empty(),
+        "stratafs gave errors the kernel did not: {extra:?}"
+    );
+}
+
 const NAMES: u64 = 4;
 
 /// Issue 14 item 10: 2 threads unlink names that 3 others open with `O_CREAT|O_TRUNC`.

@@ -544,6 +544,22 @@ impl NodeTable {
         }
     }
 
+    /// Records which object node `ino`'s topmost copy is, where nothing is known yet (after
+    /// a copy-up) and the node is still where `seen` says it was when `object` was found.
+    pub fn learn_object(&self, ino: u64, seen: &Location, object: ObjectId) {
+        if let Some(node) = self.get(ino) {
+            let mut loc = node.loc.write();
+            if loc.object.is_none()
+                && loc.parent == seen.parent
+                && loc.name == seen.name
+                && loc.layers == seen.layers
+                && loc.top() == Some(object.layer)
+            {
+                loc.object = Some(object);
+            }
+        }
+    }
+
     /// Replaces the layers of a node (after a copy-up or a change of merge). Which object
     /// the new topmost copy is becomes known at the next lookup.
     pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>) {

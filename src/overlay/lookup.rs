@@ -297,6 +297,7 @@ impl Overlay {
         } else {
             let parent = self.node(loc.parent)?;
             let pfd = self.dir_fd(&parent, top)?;
+            let seen = parent.quiet_version();
             let found = crate::sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
             // Removed meanwhile: the name may hold a whiteout or another object by now.
             if let Some(fd) = node.kept() {
@@ -309,6 +310,15 @@ impl Overlay {
                     Some(fd) => self.kept_attr(&node, &fd),
                     None => Err(self.not_its_object(&node)),
                 };
+            }
+            if loc.object.is_none() && seen.is_some_and(|v| parent.dir_version() == v) {
+                // Not known since a copy-up, and no change in the directory meanwhile.
+                let object = ObjectId {
+                    layer: top,
+                    ino: raw.ino,
+                    born,
+                };
+                self.nodes.learn_object(ino, &loc, object);
             }
             st
         };
@@ -516,6 +526,25 @@ mod tests {
             errno(ov.open(b.ino, libc::O_RDONLY).map(|_| ())),
             Err(libc::ESTALE)
         );
+    }
+
+    /// An open for writing reaches its file by its path: one that found another object
+    /// there (a rename over the name landing during the open; here a replacement behind
+    /// the mount) used to open it, and a truncating open truncated that other file before
+    /// anything was checked. Now nothing is truncated until the opened file is known to be
+    /// the node's, and the answer is ESTALE.
+    #[test]
+    fn truncating_open_never_truncates_another_object() {
+        let (t, ov) = super::super::scratch_overlay(|_, u| {
+            std::fs::write(u.join("b"), "mine").unwrap();
+        });
+        let b = ov.lookup(ROOT, OsStr::new("b")).unwrap();
+        let u = t.path().join("u");
+        std::fs::write(u.join("b.new"), "someone else's").unwrap();
+        std::fs::rename(u.join("b.new"), u.join("b")).unwrap();
+        let r = ov.open(b.ino, libc::O_WRONLY | libc::O_TRUNC);
+        assert_eq!(r.map(|_| ()).map_err(|e| e.errno()), Err(libc::ESTALE));
+        assert_eq!(std::fs::read(u.join("b")).unwrap(), b"someone else's");
     }
 
     /// A live node whose recorded name no longer holds its object (what the kernel holds

@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::OFlags;
 
 use super::{Error, Overlay, Result};
+use crate::inode::ObjectId;
 use crate::layer::format::XattrTarget;
 use crate::sys::{self, FileKind};
 
@@ -59,16 +60,51 @@ impl Overlay {
             if node.kind == FileKind::Directory {
                 return Err(Error::IsDir);
             }
-            let opened = self.open_for_write(ino, flags);
+            // Opened by its path after the copy-up: a rename landing meanwhile may have put
+            // a whiteout or another object there. So the open itself never truncates: what
+            // it opened is checked first. (A truncating open copies no data up.)
+            let trunc = flags & libc::O_TRUNC != 0;
+            if trunc {
+                self.copy_up(&node, false)?;
+            }
+            let name = |l: &crate::inode::Location| (l.parent, l.name.clone());
+            let before = node.with_location(name);
+            let opened = self.open_for_write(ino, flags & !libc::O_TRUNC);
             let loc = node.location();
-            let checked = opened.and_then(|fd| {
-                let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
-                if self.is_its_object(&node, &loc, &st, born, st.kind()) {
-                    Ok(fd)
-                } else {
+            let moved = name(&loc) != before;
+            let checked = match opened {
+                Ok(fd) => {
+                    let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
+                    let object = ObjectId {
+                        layer: super::copyup::UPPER,
+                        ino: st.ino,
+                        born,
+                    };
+                    // Opened at a name the node left meanwhile: it is the node's object
+                    // only if the node's new name holds that very object.
+                    let its = self.is_its_object(&node, &loc, &st, born, st.kind())
+                        && (!moved || self.object_at_name(&loc) == Some(object));
+                    if its {
+                        if !moved {
+                            self.nodes.learn_object(ino, &loc, object);
+                        }
+                        Ok(fd)
+                    } else {
+                        Err(self.not_its_object(&node))
+                    }
+                }
+                // Failed where the node no longer is, or on what its name holds instead.
+                Err(Error::Io(_)) if moved || !self.name_holds_it(&node, &loc) => {
                     Err(self.not_its_object(&node))
                 }
-            });
+                Err(e) => Err(e),
+            };
+            let checked = match checked {
+                Ok(fd) if trunc => sys::truncate(fd.as_fd(), 0)
+                    .map(|()| fd)
+                    .map_err(Error::from),
+                r => r,
+            };
             return match checked {
                 Err(_) if node.kept().is_some() => {
                     let fd = node.kept().ok_or(Error::StaleNode(ino))?;
@@ -106,8 +142,17 @@ impl Overlay {
         let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
         let is_its =
             |st: &crate::sys::Stat, born: u64| self.is_its_object(&node, &loc, st, born, st.kind());
-        let opened = match self.still_named(&node, found) {
-            Ok((st, born)) if is_its(&st, born) => {
+        let found = self.still_named(&node, found);
+        let checked = match &found {
+            Ok((st, born)) if is_its(st, *born) => Some(ObjectId {
+                layer: top,
+                ino: st.ino,
+                born: *born,
+            }),
+            _ => None,
+        };
+        let opened = match found {
+            Ok(_) if checked.is_some() => {
                 match sys::open_beneath(pfd.as_fd(), loc.name.as_bytes(), oflags) {
                     Err(e)
                         if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 =>
@@ -128,6 +173,10 @@ impl Overlay {
         // A change in the directory between the check and the open (a rename, an unlink)
         // may have put something else at the name: what was opened is checked again.
         let raced = seen.is_none_or(|v| parent.dir_version() != v);
+        if let (Some(object), false, None) = (checked, raced, loc.object) {
+            // Nothing changed in the directory meanwhile: what was checked is the node's.
+            self.nodes.learn_object(ino, &loc, object);
+        }
         let opened = match opened {
             Ok(fd) if raced => {
                 let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
@@ -137,9 +186,10 @@ impl Overlay {
                     Err(self.not_its_object(&node))
                 }
             }
-            Err(Error::Io(e)) if raced => Err(match sys::stat_at_born(pfd.as_fd(), &loc.name) {
-                Ok((st, born)) if is_its(&st, born) => Error::Io(e),
-                _ => self.not_its_object(&node),
+            Err(Error::Io(e)) if raced => Err(if self.name_holds_it(&node, &loc) {
+                Error::Io(e)
+            } else {
+                self.not_its_object(&node)
             }),
             r => r,
         };
@@ -153,6 +203,34 @@ impl Overlay {
                 fd,
                 immutable: !layer.upper,
             }),
+        }
+    }
+
+    /// Which object `loc`'s name holds in `loc`'s top layer now, if any.
+    fn object_at_name(&self, loc: &crate::inode::Location) -> Option<ObjectId> {
+        let top = loc.top()?;
+        let parent = self.nodes.get(loc.parent)?;
+        let pfd = self.dir_fd(&parent, top).ok()?;
+        let (st, born) = sys::stat_at_born(pfd.as_fd(), &loc.name).ok()?;
+        Some(ObjectId {
+            layer: top,
+            ino: st.ino,
+            born,
+        })
+    }
+
+    /// True when `loc`, a snapshot of `node`'s location, still holds `node`'s object (see
+    /// [`Overlay::is_its_object`]): an open there that failed failed on the node's object.
+    fn name_holds_it(&self, node: &crate::inode::Node, loc: &crate::inode::Location) -> bool {
+        let (Some(top), Some(parent)) = (loc.top(), self.nodes.get(loc.parent)) else {
+            return false;
+        };
+        let Ok(pfd) = self.dir_fd(&parent, top) else {
+            return false;
+        };
+        match sys::stat_at_born(pfd.as_fd(), &loc.name) {
+            Ok((st, born)) => self.is_its_object(node, loc, &st, born, st.kind()),
+            Err(_) => false,
         }
     }
 
