@@ -68,6 +68,11 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// The longest path (and hard link target) an entry may have: what the system can resolve
+/// in one call. It also bounds how deep one entry can make the tree, and so the work of
+/// reaching its parent one component at a time.
+const PATH_MAX: usize = 4096;
+
 /// Why a path of the archive cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BadPath {
@@ -259,6 +264,15 @@ impl<'a> Unpacker<'a> {
         let kind = entry.header().entry_type();
         if matches!(kind, T::XGlobalHeader) {
             return Ok(());
+        }
+        if raw.len() > PATH_MAX {
+            return Err(self.refuse(
+                &raw,
+                format!(
+                    "is a path of {} bytes, longer than PATH_MAX ({PATH_MAX})",
+                    raw.len()
+                ),
+            ));
         }
         let comps = split_path(&raw).map_err(|p| {
             self.refuse(
@@ -691,6 +705,15 @@ impl<'a> Unpacker<'a> {
         raw: &[u8],
     ) -> Result<()> {
         let reach = Reach::LinkTarget(target);
+        if target.len() > PATH_MAX {
+            return Err(self.refuse(
+                raw,
+                format!(
+                    "is a hard link to a path of {} bytes, longer than PATH_MAX ({PATH_MAX})",
+                    target.len()
+                ),
+            ));
+        }
         let tcomps = split_path(target).map_err(|p| {
             self.refuse(
                 raw,

@@ -687,7 +687,7 @@ fn huge_extension_headers_are_refused_with_little_memory() {
         assert_eq!(h.leftovers(), Vec::<String>::new());
     }
     // Within the limit, the records are used as they are.
-    for (kind, size) in [(b'x', 1000), (b'L', 8000)] {
+    for (kind, size) in [(b'x', 1000), (b'L', 3000)] {
         let img = TestImage::new(vec![Blob::new(extension_layer(kind, size), Comp::Gzip)]);
         let layout = h.path("layout");
         let _ = std::fs::remove_dir_all(&layout);
@@ -712,10 +712,39 @@ fn long_names_in_errors_are_cut() {
     img.write_oci_dir(&layout, "t");
     let err = h.fails(&["import", layout.to_str().unwrap()]);
     assert!(
-        err.contains("escapes the layer"),
+        err.contains("longer than PATH_MAX (4096)"),
         "{}",
         &err[..err.len().min(500)]
     );
+    assert!(err.len() < 400, "error line of {} bytes", err.len());
+    // A path that is fine but for its depth: 4000 directories are not made.
+    let deep = format!("{}f", "a/".repeat(4000));
+    let mut lh = tar::Header::new_gnu();
+    lh.set_entry_type(tar::EntryType::GNULongName);
+    let mut t = LayerTar::new();
+    t.raw(lh, "././@LongLink", None, deep.as_bytes());
+    t.file("f", b"x\n");
+    let layout = h.path("layout-deep");
+    with_bad(t.finish()).write_oci_dir(&layout, "t");
+    let err = h.fails(&["import", layout.to_str().unwrap()]);
+    assert!(
+        err.contains("is a path of 8001 bytes, longer than PATH_MAX (4096)"),
+        "{err}"
+    );
+    assert!(err.len() < 400, "error line of {} bytes", err.len());
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+    // A name under PATH_MAX that escapes: quoted, and cut.
+    let long = format!("{}../x", "d/".repeat(2000));
+    let mut lh = tar::Header::new_gnu();
+    lh.set_entry_type(tar::EntryType::GNULongName);
+    let mut t = LayerTar::new();
+    t.raw(lh, "././@LongLink", None, long.as_bytes());
+    t.file("f", b"x\n");
+    let layout = h.path("layout2");
+    with_bad(t.finish()).write_oci_dir(&layout, "t");
+    let err = h.fails(&["import", layout.to_str().unwrap()]);
+    assert!(err.contains("escapes the layer"), "{err}");
+    assert!(err.contains("... (4004 characters)"), "{err}");
     assert!(err.len() < 400, "error line of {} bytes", err.len());
     // The outer archive's names too.
     let archive = h.path("long.tar");
