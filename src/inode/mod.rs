@@ -32,7 +32,7 @@ pub struct Location {
     /// For a directory, the layers merged into it, topmost first, stopping at an opaque one;
     /// for anything else, the one layer it comes from.
     pub layers: Vec<LayerIdx>,
-    /// Which object the topmost copy is, when known (see [`ObjectId`]).
+    /// Which object the topmost copy (in `layers[0]`) is, when known (see [`ObjectId`]).
     pub object: Option<ObjectId>,
 }
 
@@ -43,28 +43,23 @@ impl Location {
     }
 }
 
-/// One object of one layer: its inode number there, and its birth time. The number alone
-/// names an object only until the object is freed: a filesystem hands freed numbers to new
-/// objects (ext4 at once), so an object replaced behind the mount could be taken for the
-/// one the kernel looked up, and serve another file's data. The birth time tells them
-/// apart.
+/// One object of one layer: a fingerprint of its inode number there and its birth time
+/// (8 bytes per node). The number alone names an object only until the object is freed: a
+/// filesystem hands freed numbers to new objects (ext4 at once), so an object replaced
+/// behind the mount could be taken for the one the kernel looked up, and serve another
+/// file's data. The birth time tells them apart (where the filesystem keeps none, the
+/// number alone decides, as before). Two copies in different layers are never compared:
+/// a copy-up, or a lower copy seen by a resolution that raced one, is the same object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectId {
-    /// The layer holding it.
-    pub layer: LayerIdx,
-    /// Its inode number on the layer's filesystem.
-    pub ino: u64,
-    /// Its birth time in nanoseconds since the epoch; 0 where the filesystem keeps none.
-    pub born: u64,
-}
+pub struct ObjectId(std::num::NonZeroU64);
 
 impl ObjectId {
-    /// True when `other`, seen in the same layer, cannot be this object. (In another layer
-    /// it is another copy: a copy-up, or a lower copy seen by a resolution that raced one.)
-    pub fn differs(&self, other: &ObjectId) -> bool {
-        self.layer == other.layer
-            && (self.ino != other.ino
-                || (self.born != 0 && other.born != 0 && self.born != other.born))
+    /// The object with inode number `ino` born at `born` (nanoseconds since the epoch; 0
+    /// where the filesystem keeps no birth time).
+    pub fn new(ino: u64, born: u64) -> ObjectId {
+        let h = ino.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ born.rotate_left(29).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        ObjectId(std::num::NonZeroU64::new(h).unwrap_or(std::num::NonZeroU64::MIN))
     }
 }
 
@@ -121,11 +116,6 @@ pub struct Node {
     /// The object is gone from every layer (its last name removed through the mount) while
     /// the kernel still holds the node: its inode number may be reused by a new object.
     dead: AtomicBool,
-    /// A dead node's object as it was when its last name was removed (an `O_PATH` fd), kept
-    /// while the kernel holds the node: requests that raced with the removal (an open
-    /// through a dentry the kernel found before the unlink) reach it, as they would reach
-    /// the kernel's overlayfs inode, which lives on while it is referenced.
-    kept: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl Node {
@@ -134,7 +124,6 @@ impl Node {
             ino,
             raw,
             dead: AtomicBool::new(false),
-            kept: Mutex::new(None),
             kind,
             lookups: AtomicU64::new(1),
             loc: RwLock::new(loc),
@@ -219,15 +208,6 @@ impl Node {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// A dead node's object as it was when its last name was removed, if it was kept (see
-    /// [`NodeTable::mark_dead_keeping`]).
-    pub fn kept(&self) -> Option<Arc<OwnedFd>> {
-        if !self.is_dead() {
-            return None;
-        }
-        self.kept.lock().clone()
-    }
-
     /// A snapshot of where the node is now.
     pub fn location(&self) -> Location {
         self.loc.read().clone()
@@ -250,6 +230,12 @@ pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
     /// Inode numbers whose node had to take another id (see [`NodeTable::remember`]).
     remap: DashMap<u64, u64>,
+    /// Dead nodes' objects as they were when their last name was removed (`O_PATH` fds),
+    /// kept while the kernel holds the nodes: requests that raced with the removal (an open
+    /// through a dentry the kernel found before the unlink) reach them, as they would reach
+    /// the kernel's overlayfs inode, which lives on while it is referenced. (Beside the
+    /// nodes, not in them: few nodes are dead at a time.)
+    kept: DashMap<u64, Arc<OwnedFd>>,
     next_synthetic: AtomicU64,
     /// Advanced by each [`NodeTable::cold`]; nodes record it when used.
     epoch: AtomicU32,
@@ -282,6 +268,7 @@ impl NodeTable {
         NodeTable {
             map,
             remap: DashMap::new(),
+            kept: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             epoch: AtomicU32::new(1),
             upper,
@@ -366,7 +353,7 @@ impl NodeTable {
                     // that no request reaches the new object through it.
                     // (Only on a resolution that is still current.)
                     if let (Some(was), Some(now)) = (cur.object, loc.object) {
-                        if was.differs(&now) && id != ROOT {
+                        if was != now && cur.top() == loc.top() && id != ROOT {
                             if !valid() {
                                 return Err(loc);
                             }
@@ -391,15 +378,10 @@ impl NodeTable {
                             && loc.top() != Some(0)
                             && same_name;
                         let mut loc = loc;
-                        match (cur.object, &mut loc.object) {
+                        if loc.object.is_none() && cur.layers == loc.layers {
                             // A resolution that did not say which object it found (a new
                             // name of the same object) keeps what is known.
-                            (Some(was), None) if cur.layers == loc.layers => loc.object = Some(was),
-                            // Nor does one that did not learn its birth time.
-                            (Some(was), Some(now)) if now.born == 0 && !was.differs(now) => {
-                                now.born = was.born
-                            }
-                            _ => {}
+                            loc.object = cur.object;
                         }
                         if *cur != loc && !stale {
                             if cur.layers != loc.layers {
@@ -453,8 +435,8 @@ impl NodeTable {
 
     /// Undoes [`NodeTable::mark_dead`] when the removal it announced failed.
     pub fn revive(&self, ino: u64) {
-        if let Some(n) = self.get(ino) {
-            n.kept.lock().take();
+        if let Some(n) = self.map.get(&ino) {
+            self.kept.remove(&ino);
             n.dead.store(false, Ordering::Release);
         }
     }
@@ -463,10 +445,23 @@ impl NodeTable {
     /// `O_PATH` fd) for the requests that raced with its removal, until the kernel
     /// forgets the node. The filesystem cannot reuse its inode number meanwhile.
     pub fn mark_dead_keeping(&self, ino: u64, object: Option<OwnedFd>) {
-        if let Some(n) = self.get(ino) {
-            *n.kept.lock() = object.map(Arc::new);
+        // Recorded while the node's entry is held, as `forget` drops it.
+        if let Some(n) = self.map.get(&ino) {
+            match object {
+                Some(fd) => self.kept.insert(ino, Arc::new(fd)),
+                None => self.kept.remove(&ino).map(|(_, fd)| fd),
+            };
             n.dead.store(true, Ordering::Release);
         }
+    }
+
+    /// Dead `node`'s object as it was when its last name was removed, if it was kept (see
+    /// [`NodeTable::mark_dead_keeping`]).
+    pub fn kept(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        if !node.is_dead() {
+            return None;
+        }
+        self.kept.get(&node.ino).map(|fd| Arc::clone(fd.value()))
     }
 
     /// Node `ino`'s object was removed from every layer: its inode number is free for reuse.
@@ -499,6 +494,7 @@ impl NodeTable {
                     if node.raw != node.ino {
                         self.remap.remove_if(&node.raw, |_, v| *v == node.ino);
                     }
+                    self.kept.remove(&ino);
                     o.remove();
                     #[cfg(test)]
                     tests::AFTER_FORGET.with(crate::test_hook::Hook::fire);
@@ -553,7 +549,6 @@ impl NodeTable {
                 && loc.parent == seen.parent
                 && loc.name == seen.name
                 && loc.layers == seen.layers
-                && loc.top() == Some(object.layer)
             {
                 loc.object = Some(object);
             }
@@ -664,36 +659,30 @@ mod tests {
     #[test]
     fn reused_number_with_another_birth_is_another_object() {
         let t = NodeTable::new(vec![0, 1], true);
-        let at = |name: &str, born: u64| Location {
+        let at = |name: &str, layer: LayerIdx, born: u64| Location {
             parent: ROOT,
             name: name.into(),
-            layers: vec![1],
-            object: Some(ObjectId {
-                layer: 1,
-                ino: 50,
-                born,
-            }),
+            layers: vec![layer],
+            object: Some(ObjectId::new(50, born)),
         };
-        let victim = t.remember(50, FileKind::Regular, at("victim", 100));
+        let victim = t.remember(50, FileKind::Regular, at("victim", 1, 100));
         assert_eq!(victim.ino, 50);
-        let link = t.remember(50, FileKind::Regular, at("link", 100));
+        let link = t.remember(50, FileKind::Regular, at("link", 1, 100));
         assert_eq!(link.ino, 50, "a hard link is the same object");
-        // Unknown birth (a filesystem that keeps none): the number decides, as before.
-        assert_eq!(t.remember(50, FileKind::Regular, at("link", 0)).ino, 50);
-        let intruder = t.remember(50, FileKind::Regular, at("intruder", 200));
+        let intruder = t.remember(50, FileKind::Regular, at("intruder", 1, 200));
         assert_ne!(intruder.ino, 50);
         assert!(victim.is_dead(), "the old object is gone");
         assert_eq!(t.visible_id(50), intruder.ino);
         // In another layer it is another copy of the same object (a copy-up, or a lower
         // copy seen by a resolution that raced it).
-        let mut up = at("intruder", 300);
-        up.layers = vec![0];
-        up.object = Some(ObjectId {
-            layer: 0,
-            ino: 77,
-            born: 300,
-        });
-        assert_eq!(t.remember(50, FileKind::Regular, up).ino, intruder.ino);
+        t.set_layers(intruder.ino, vec![0]);
+        let up = t.remember(50, FileKind::Regular, at("intruder", 0, 300));
+        assert_eq!(up.ino, intruder.ino);
+        assert!(!up.is_dead());
+        let lower = t.remember(50, FileKind::Regular, at("intruder", 1, 200));
+        assert_eq!(lower.ino, intruder.ino);
+        assert!(!lower.is_dead());
+        assert_eq!(lower.location().layers, vec![0], "never moved back down");
     }
 
     #[test]

@@ -87,11 +87,7 @@ impl Overlay {
                                 layers: vec![li],
                                 top: self.overridden(st, Object::At(dfd.as_fd(), name)),
                                 ino: 0,
-                                object: ObjectId {
-                                    layer: li,
-                                    ino: st.ino,
-                                    born,
-                                },
+                                object: ObjectId::new(st.ino, born),
                             });
                             if !is_dir {
                                 bottom = Some((li, st.ino));
@@ -300,24 +296,20 @@ impl Overlay {
             let seen = parent.quiet_version();
             let found = crate::sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
             // Removed meanwhile: the name may hold a whiteout or another object by now.
-            if let Some(fd) = node.kept() {
+            if let Some(fd) = self.nodes.kept(&node) {
                 return self.kept_attr(&node, &fd);
             }
             let (raw, born) = self.still_named(&node, found)?;
             let st = self.overridden(raw, Object::At(pfd.as_fd(), &loc.name));
             if !self.is_its_object(&node, &loc, &raw, born, st.kind()) {
-                return match node.kept() {
+                return match self.nodes.kept(&node) {
                     Some(fd) => self.kept_attr(&node, &fd),
                     None => Err(self.not_its_object(&node)),
                 };
             }
             if loc.object.is_none() && seen.is_some_and(|v| parent.dir_version() == v) {
                 // Not known since a copy-up, and no change in the directory meanwhile.
-                let object = ObjectId {
-                    layer: top,
-                    ino: raw.ino,
-                    born,
-                };
+                let object = ObjectId::new(raw.ino, born);
                 self.nodes.learn_object(ino, &loc, object);
             }
             st

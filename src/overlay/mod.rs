@@ -419,7 +419,7 @@ impl Overlay {
     fn reach(&self, ino: u64) -> Result<Reach> {
         let node = self.node(ino)?;
         if node.is_dead() {
-            return match node.kept() {
+            return match self.nodes.kept(&node) {
                 Some(fd) => Ok(Reach::Kept(node, fd)),
                 None => Err(self.gone(&node)),
             };
@@ -442,14 +442,8 @@ impl Overlay {
         if crate::layer::format::is_whiteout_stat(st) || shown != Some(node.kind) {
             return false;
         }
-        let (Some(was), Some(layer)) = (loc.object, loc.top()) else {
-            return true;
-        };
-        !was.differs(&ObjectId {
-            layer,
-            ino: st.ino,
-            born,
-        })
+        loc.object
+            .is_none_or(|was| was == ObjectId::new(st.ino, born))
     }
 
     /// The answer when what `node`'s recorded name holds is not its object: `ESTALE` for a

@@ -350,11 +350,7 @@ impl Overlay {
                 parent,
                 name: name.to_os_string(),
                 layers: vec![UPPER],
-                object: Some(ObjectId {
-                    layer: UPPER,
-                    ino: raw.ino,
-                    born,
-                }),
+                object: Some(ObjectId::new(raw.ino, born)),
             },
         );
         let mut attr = self.attr_from(node.ino, &st, false);

@@ -75,11 +75,7 @@ impl Overlay {
             let checked = match opened {
                 Ok(fd) => {
                     let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
-                    let object = ObjectId {
-                        layer: super::copyup::UPPER,
-                        ino: st.ino,
-                        born,
-                    };
+                    let object = ObjectId::new(st.ino, born);
                     // Opened at a name the node left meanwhile: it is the node's object
                     // only if the node's new name holds that very object.
                     let its = self.is_its_object(&node, &loc, &st, born, st.kind())
@@ -106,8 +102,8 @@ impl Overlay {
                 r => r,
             };
             return match checked {
-                Err(_) if node.kept().is_some() => {
-                    let fd = node.kept().ok_or(Error::StaleNode(ino))?;
+                Err(_) if self.nodes.kept(&node).is_some() => {
+                    let fd = self.nodes.kept(&node).ok_or(Error::StaleNode(ino))?;
                     self.open_kept(&node, &fd, flags)
                 }
                 r => r.map(|fd| OpenedFile {
@@ -144,11 +140,7 @@ impl Overlay {
             |st: &crate::sys::Stat, born: u64| self.is_its_object(&node, &loc, st, born, st.kind());
         let found = self.still_named(&node, found);
         let checked = match &found {
-            Ok((st, born)) if is_its(st, *born) => Some(ObjectId {
-                layer: top,
-                ino: st.ino,
-                born: *born,
-            }),
+            Ok((st, born)) if is_its(st, *born) => Some(ObjectId::new(st.ino, *born)),
             _ => None,
         };
         let opened = match found {
@@ -195,8 +187,8 @@ impl Overlay {
         };
         match opened {
             // Removed while this was on its way: its kept object is what it opens.
-            Err(_) if node.kept().is_some() => {
-                let fd = node.kept().ok_or(Error::StaleNode(ino))?;
+            Err(_) if self.nodes.kept(&node).is_some() => {
+                let fd = self.nodes.kept(&node).ok_or(Error::StaleNode(ino))?;
                 self.open_kept(&node, &fd, flags)
             }
             r => r.map(|fd| OpenedFile {
@@ -212,11 +204,7 @@ impl Overlay {
         let parent = self.nodes.get(loc.parent)?;
         let pfd = self.dir_fd(&parent, top).ok()?;
         let (st, born) = sys::stat_at_born(pfd.as_fd(), &loc.name).ok()?;
-        Some(ObjectId {
-            layer: top,
-            ino: st.ino,
-            born,
-        })
+        Some(ObjectId::new(st.ino, born))
     }
 
     /// True when `loc`, a snapshot of `node`'s location, still holds `node`'s object (see
