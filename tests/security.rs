@@ -126,7 +126,7 @@ fn mounts_inside_layers_are_not_crossed() {
     };
     let kernel = {
         let _k = KernelMount::new(
-            &kernel_rw_opts(&[s.lower.clone()], &s.upper, &s.work),
+            &kernel_rw_opts(std::slice::from_ref(&s.lower), &s.upper, &s.work),
             &s.mnt,
         );
         view(&s.mnt, "by-kernel")

@@ -1201,3 +1201,127 @@ fn truncating_open_of_a_big_lower_file_copies_no_data() {
     assert_eq!(results[0], (Ok(()), Ok(()), (Some(0), Some(0))), "kernel");
     assert_eq!(results[1], results[0], "stratafs differs from the kernel");
 }
+
+/// `lsattr` and `chattr` (FS_IOC_GETFLAGS/SETFLAGS, which the kernel sends as FUSE ioctls
+/// through its fileattr calls) work on files and directories, lower and upper, as on the
+/// kernel's overlayfs: a get reads the visible copy, a set copies up first (issue 15,
+/// item 5). Both failed with "Operation not supported".
+#[test]
+fn inode_flags_through_lsattr_and_chattr() {
+    if !can_compare() || !facility(find_tool("chattr").is_some(), "chattr (e2fsprogs)") {
+        return;
+    }
+    let lsattr = |p: &Path, dir: bool| -> String {
+        let out = run(Command::new("lsattr")
+            .args(if dir { &["-d"][..] } else { &[][..] })
+            .arg(p));
+        if out.status.success() {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        } else {
+            format!("error: {}", String::from_utf8_lossy(&out.stderr).trim())
+        }
+    };
+    let chattr = |p: &Path, what: &str| -> String {
+        let out = run(Command::new("chattr").arg(what).arg(p));
+        if out.status.success() {
+            "ok".to_string()
+        } else {
+            "error".to_string()
+        }
+    };
+    let mut results = Vec::new();
+    for kernel in [true, false] {
+        let s = Stack::new();
+        std::fs::write(s.lower.join("lf"), "x").unwrap();
+        std::fs::create_dir(s.lower.join("ld")).unwrap();
+        assert_eq!(chattr(&s.lower.join("lf"), "+d"), "ok");
+        std::fs::write(s.upper.join("uf"), "x").unwrap();
+        let opts = kernel_rw_opts(std::slice::from_ref(&s.lower), &s.upper, &s.work);
+        let _k = kernel.then(|| KernelMount::new(&opts, &s.mnt));
+        let _m = (!kernel).then(|| Mount::new(&s.rw_opts(), &s.mnt));
+        let m = &s.mnt;
+        let mut r = vec![
+            lsattr(&m.join("lf"), false),
+            lsattr(&m.join("ld"), true),
+            lsattr(&m.join("uf"), false),
+            chattr(&m.join("lf"), "+A"),
+            chattr(&m.join("ld"), "+d"),
+            chattr(&m.join("uf"), "+d"),
+            lsattr(&m.join("lf"), false),
+            lsattr(&m.join("ld"), true),
+            lsattr(&m.join("uf"), false),
+        ];
+        drop((_k, _m));
+        r.push(lsattr(&s.upper.join("lf"), false));
+        r.push(lsattr(&s.upper.join("ld"), true));
+        r.push(lsattr(&s.lower.join("lf"), false));
+        results.push(r);
+    }
+    assert!(
+        !results[0].iter().any(|r| r.contains("error")),
+        "kernel: {:?}",
+        results[0]
+    );
+    assert_eq!(results[1], results[0], "stratafs differs from the kernel");
+}
+
+/// `fallocate` modes beyond keep-size, punch-hole and zero-range (collapse-range,
+/// insert-range) never reach a FUSE daemon: the kernel's FUSE module refuses them with
+/// EOPNOTSUPP itself, where the kernel's overlayfs passes them to the upper filesystem.
+/// Pinned as docs/SEMANTICS.md row 16; the modes FUSE carries work as on the kernel.
+#[test]
+fn fallocate_modes_fuse_carries_and_those_it_refuses() {
+    if !can_compare() {
+        return;
+    }
+    const COLLAPSE: i32 = 0x08;
+    const ZERO: i32 = 0x10;
+    const INSERT: i32 = 0x20;
+    let mut results = Vec::new();
+    for kernel in [true, false] {
+        let s = Stack::new();
+        let opts = kernel_rw_opts(std::slice::from_ref(&s.lower), &s.upper, &s.work);
+        let _k = kernel.then(|| KernelMount::new(&opts, &s.mnt));
+        let _m = (!kernel).then(|| Mount::new(&s.rw_opts(), &s.mnt));
+        let p = s.mnt.join("f");
+        std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let mut r = Vec::new();
+        for (mode, name) in [
+            (libc::FALLOC_FL_KEEP_SIZE, "keep-size"),
+            (
+                libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE,
+                "punch-hole",
+            ),
+            (ZERO, "zero-range"),
+            (COLLAPSE, "collapse-range"),
+            (INSERT, "insert-range"),
+        ] {
+            let res = rustix::fs::fallocate(
+                &f,
+                rustix::fs::FallocateFlags::from_bits_retain(mode as u32),
+                4096,
+                4096,
+            );
+            r.push(format!("{name}: {:?}", res.map_err(|e| e.raw_os_error())));
+        }
+        results.push(r);
+    }
+    let (kernel, ours) = (&results[0], &results[1]);
+    assert_eq!(ours[..3], kernel[..3], "the modes FUSE carries");
+    for (k, o) in kernel[3..].iter().zip(&ours[3..]) {
+        assert!(k.ends_with("Ok(())"), "kernel: {k}");
+        assert!(
+            o.ends_with(&format!("Err({})", libc::EOPNOTSUPP)),
+            "stratafs: {o}"
+        );
+    }
+}

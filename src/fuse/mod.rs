@@ -14,9 +14,10 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::path::Path;
 use tracing::debug;
@@ -54,6 +55,14 @@ impl OpenFile {
 }
 
 const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// The inode-flag ioctls the kernel's fileattr calls send (`linux/fs.h`).
+const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+const FS_IOC32_GETFLAGS: u32 = 0x8004_6601;
+const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 
 /// `__FMODE_EXEC`: the kernel passes it in the open flags of the open that `execve` makes.
 const FMODE_EXEC: i32 = 0x20;
@@ -1207,6 +1216,47 @@ impl fuser::Filesystem for StrataFs {
             ino.0,
             sys::fallocate(fd.as_fd(), mode, offset, length).map_err(Error::Io),
         )
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // The kernel's fileattr calls (lsattr, chattr, xfs_io's fsxattr) reach us as these
+        // ioctls on a handle it opened for the purpose. A get reads the visible copy, a set
+        // copies up first; the kernel has checked the caller's rights. Anything else: ENOTTY.
+        let ino = ino.0;
+        let r = match cmd {
+            FS_IOC_GETFLAGS | FS_IOC32_GETFLAGS => self
+                .overlay
+                .inode_flags(ino)
+                .map(|f| f.to_ne_bytes().to_vec()),
+            FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS => match <[u8; 4]>::try_from(in_data) {
+                Ok(b) => self
+                    .overlay
+                    .set_inode_flags(ino, u32::from_ne_bytes(b))
+                    .map(|()| Vec::new()),
+                Err(_) => Err(Error::Io(io::Error::from_raw_os_error(libc::EINVAL))),
+            },
+            FS_IOC_FSGETXATTR => self.overlay.fs_xattr(ino).map(|a| a.to_vec()),
+            FS_IOC_FSSETXATTR => match <[u8; sys::FSXATTR_SIZE]>::try_from(in_data) {
+                Ok(a) => self.overlay.set_fs_xattr(ino, a).map(|()| Vec::new()),
+                Err(_) => Err(Error::Io(io::Error::from_raw_os_error(libc::EINVAL))),
+            },
+            _ => Err(Error::Io(io::Error::from_raw_os_error(libc::ENOTTY))),
+        };
+        match r {
+            Ok(data) if data.len() <= out_size as usize => reply.ioctl(0, &data),
+            Ok(_) => reply.error(Errno::from_i32(libc::EINVAL)),
+            Err(e) => reply.error(errno("ioctl", ino, &e)),
+        }
     }
 
     fn copy_file_range(

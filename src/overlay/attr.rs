@@ -40,8 +40,7 @@ impl Overlay {
         }
         let trunc = flags & libc::O_TRUNC != 0;
         self.copy_up(&node, !trunc)?;
-        let (upper, _) = self.writable()?;
-        let path = self.rel_path(&node)?;
+        let (dir, name) = self.still_named(&node, self.place_in(&node, UPPER))?;
         let mut of = match flags & libc::O_ACCMODE {
             libc::O_RDONLY => OFlags::RDONLY,
             // The kernel may read pages of a write-only file (page cache, writeback).
@@ -56,7 +55,7 @@ impl Overlay {
         if flags & libc::O_SYNC != 0 {
             of |= OFlags::SYNC;
         }
-        let opened = match sys::open_beneath(upper.root(), &path, of) {
+        let opened = match sys::open_beneath(dir.as_fd(), &name, of) {
             // A daemon without CAP_DAC_OVERRIDE may write but not read a file of mode 0200:
             // then the handle is write-only (a partial-page write through the writeback
             // cache would fail to read it, as on any filesystem that cannot).
@@ -64,11 +63,40 @@ impl Overlay {
                 if e.raw_os_error() == Some(libc::EACCES)
                     && flags & libc::O_ACCMODE == libc::O_WRONLY =>
             {
-                sys::open_beneath(upper.root(), &path, (of - OFlags::RDWR) | OFlags::WRONLY)
+                sys::open_beneath(dir.as_fd(), &name, (of - OFlags::RDWR) | OFlags::WRONLY)
             }
             r => r,
         };
         self.still_named(&node, opened.map_err(Error::from))
+    }
+
+    /// Sets the inode flags of `ino` (`FS_IOC_SETFLAGS`, `chattr`), on its upper copy: a
+    /// lower object is copied up first, as the kernel's overlayfs does. (The kernel has
+    /// checked the caller may: owner or `CAP_FOWNER`, `CAP_LINUX_IMMUTABLE` for `i`/`a`.)
+    pub fn set_inode_flags(&self, ino: u64, flags: u32) -> Result<()> {
+        let fd = self.upper_for_ioctl(ino)?;
+        sys::set_inode_flags(fd.as_fd(), flags)?;
+        self.attrs_changed(ino);
+        Ok(())
+    }
+
+    /// Sets the extended inode attributes of `ino` (`FS_IOC_FSSETXATTR`) on its upper copy.
+    pub fn set_fs_xattr(&self, ino: u64, attr: [u8; sys::FSXATTR_SIZE]) -> Result<()> {
+        let fd = self.upper_for_ioctl(ino)?;
+        sys::set_fs_xattr(fd.as_fd(), attr)?;
+        self.attrs_changed(ino);
+        Ok(())
+    }
+
+    /// `ino`'s upper copy (made now if it has none), opened to take an ioctl.
+    fn upper_for_ioctl(&self, ino: u64) -> Result<OwnedFd> {
+        self.writable()?;
+        let node = self.named(ino)?;
+        if !matches!(node.kind, FileKind::Regular | FileKind::Directory) {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTTY)));
+        }
+        self.copy_up(&node, true)?;
+        self.open_for_ioctl(&node, UPPER)
     }
 
     /// The upper directory of `ino`'s parent and its name there (after a copy-up).
@@ -131,8 +159,8 @@ impl Overlay {
             if node.kind == FileKind::Directory {
                 return Err(Error::IsDir);
             }
-            let (upper, _) = self.writable()?;
-            let f = sys::open_beneath(upper.root(), &self.rel_path(&node)?, OFlags::WRONLY)?;
+            let (dir, name) = self.place_in(&node, UPPER)?;
+            let f = sys::open_beneath(dir.as_fd(), &name, OFlags::WRONLY)?;
             sys::truncate(f.as_fd(), size)?;
         }
         if self.keeps_perms_in_xattrs()

@@ -539,15 +539,63 @@ impl Overlay {
     }
 
     /// An `O_PATH` fd on directory `node` in layer `layer`, from the cache when possible.
+    ///
+    /// On a miss the directory is opened by its name under its parent's fd, and the parent
+    /// the same way, up to the nearest ancestor whose fd is cached (or the layer root):
+    /// one `openat2` of one name per step, confined beneath the step's directory, so no
+    /// open depends on how deep the directory lies (a whole path from the layer root fails
+    /// with `ENAMETOOLONG` from PATH_MAX bytes on, where the kernel's overlayfs, walking
+    /// one name at a time, goes on). Every directory opened on the way is cached.
     fn dir_fd(&self, node: &Node, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
         if let Some(fd) = self.dirfds.get(node.ino, layer) {
             return Ok(fd);
         }
         let l = self.layers.get(layer).ok_or(Error::StaleNode(node.ino))?;
-        let path = self.rel_path(node)?;
-        let fd = Arc::new(crate::sys::open_dir_path(l.root(), &path)?);
-        self.dirfds.put(node.ino, layer, Arc::clone(&fd));
+        // (node id, name) from `node` up to the child of the nearest cached ancestor.
+        let mut chain: Vec<(u64, std::ffi::OsString)> = Vec::new();
+        let mut start = None;
+        let mut cur = node.ino;
+        let (mut parent, mut name) = node.with_location(|l| (l.parent, l.name.clone()));
+        while cur != ROOT {
+            chain.push((cur, name));
+            if let Some(fd) = self.dirfds.get(parent, layer) {
+                start = Some(fd);
+                break;
+            }
+            if chain.len() > 1 << 16 {
+                // A cycle can only come from a bug; refuse rather than spin.
+                return Err(Error::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            let p = self.node(parent)?;
+            cur = parent;
+            (parent, name) = p.with_location(|l| (l.parent, l.name.clone()));
+        }
+        let mut fd = match start {
+            Some(fd) => fd,
+            None => {
+                let root = Arc::new(crate::sys::open_dir_path(l.root(), b"")?);
+                self.dirfds.put(ROOT, layer, Arc::clone(&root));
+                root
+            }
+        };
+        for (ino, name) in chain.iter().rev() {
+            let next = Arc::new(crate::sys::open_dir_path(fd.as_fd(), name.as_bytes())?);
+            self.dirfds.put(*ino, layer, Arc::clone(&next));
+            fd = next;
+        }
         Ok(fd)
+    }
+
+    /// Where `node` is in layer `layer`: its parent's directory fd there and its name (the
+    /// root: its own fd and an empty name). Opening that name under the fd never depends
+    /// on the node's depth (see [`Overlay::dir_fd`]).
+    fn place_in(&self, node: &Node, layer: LayerIdx) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
+        if node.ino == ROOT {
+            return Ok((self.dir_fd(node, layer)?, Vec::new()));
+        }
+        let parent = self.node(node.parent())?;
+        let dir = self.dir_fd(&parent, layer)?;
+        Ok((dir, node.with_location(|l| l.name.as_bytes().to_vec())))
     }
 
     /// The topmost copy of `node` as (directory fd in its layer, name): xattr and link calls

@@ -7,8 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::OFlags;
 
 use super::{Error, Overlay, Result};
-use crate::inode::ObjectId;
+use crate::inode::{Node, ObjectId};
 use crate::layer::format::XattrTarget;
+use crate::layer::LayerIdx;
 use crate::sys::{self, FileKind};
 
 /// An open file on a layer.
@@ -118,11 +119,11 @@ impl Overlay {
         let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
         let oflags = OFlags::RDONLY | OFlags::from_bits_retain(pass as u32);
         if node.kind == FileKind::Directory || node.ino == crate::inode::ROOT {
-            let path = self.rel_path(&node)?;
-            let opened = match sys::open_beneath(layer.root(), &path, oflags) {
+            let (dir, name) = self.still_named(&node, self.place_in(&node, top))?;
+            let opened = match sys::open_beneath(dir.as_fd(), &name, oflags) {
                 // O_NOATIME is refused on files the daemon does not own; retry without it.
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 => {
-                    sys::open_beneath(layer.root(), &path, oflags - OFlags::NOATIME)
+                    sys::open_beneath(dir.as_fd(), &name, oflags - OFlags::NOATIME)
                 }
                 r => r,
             };
@@ -274,7 +275,7 @@ impl Overlay {
         let loc = node.location();
         let top = loc.top().ok_or(Error::StaleNode(ino))?;
         let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
-        let path = self.rel_path(&node)?;
+        let (dir, name) = self.still_named(&node, self.place_in(&node, top))?;
         let flags = if layer.upper && !self.opts.read_only {
             OFlags::RDWR
         } else {
@@ -282,13 +283,49 @@ impl Overlay {
         };
         let fd = self.still_named(
             &node,
-            sys::open_beneath(layer.root(), &path, flags).map_err(Error::from),
+            sys::open_beneath(dir.as_fd(), &name, flags).map_err(Error::from),
         )?;
         let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
         if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
             return Err(self.not_its_object(&node));
         }
         Ok((fd, layer.upper && !self.opts.read_only))
+    }
+
+    /// Opens `node`'s copy in `layer` so that it takes ioctls: a regular file read-only
+    /// (without blocking or taking a terminal), a directory as a directory. Other kinds
+    /// take no inode-flag ioctls (`ENOTTY`, as the kernel answers).
+    pub(crate) fn open_for_ioctl(&self, node: &Node, layer: LayerIdx) -> Result<OwnedFd> {
+        let flags = match node.kind {
+            FileKind::Regular => OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+            FileKind::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+            _ => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTTY))),
+        };
+        let (dir, name) = self.still_named(node, self.place_in(node, layer))?;
+        self.still_named(
+            node,
+            sys::open_beneath(dir.as_fd(), &name, flags).map_err(Error::from),
+        )
+    }
+
+    /// The inode flags of `ino`'s visible copy (`FS_IOC_GETFLAGS`).
+    pub fn inode_flags(&self, ino: u64) -> Result<u32> {
+        let node = self.named(ino)?;
+        let top = node
+            .with_location(|l| l.top())
+            .ok_or(Error::StaleNode(ino))?;
+        let fd = self.open_for_ioctl(&node, top)?;
+        Ok(sys::inode_flags(fd.as_fd())?)
+    }
+
+    /// The extended inode attributes of `ino`'s visible copy (`FS_IOC_FSGETXATTR`).
+    pub fn fs_xattr(&self, ino: u64) -> Result<[u8; sys::FSXATTR_SIZE]> {
+        let node = self.named(ino)?;
+        let top = node
+            .with_location(|l| l.top())
+            .ok_or(Error::StaleNode(ino))?;
+        let fd = self.open_for_ioctl(&node, top)?;
+        Ok(sys::fs_xattr(fd.as_fd())?)
     }
 
     /// The target of symlink `ino`, as stored in its layer (never followed).

@@ -232,6 +232,46 @@ pub fn open_dir_path(dir: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
     open_beneath(dir, path, OFlags::PATH | OFlags::DIRECTORY)
 }
 
+/// The inode flags of an open file or directory (`FS_IOC_GETFLAGS`, what `lsattr` shows).
+pub fn inode_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    rustix::fs::ioctl_getflags(fd)
+        .map(|f| f.bits())
+        .map_err(io::Error::from)
+}
+
+/// Sets the inode flags of an open file or directory (`FS_IOC_SETFLAGS`, `chattr`).
+pub fn set_inode_flags(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    rustix::fs::ioctl_setflags(fd, rustix::fs::IFlags::from_bits_retain(flags))
+        .map_err(io::Error::from)
+}
+
+/// Size of `struct fsxattr` (`FS_IOC_FSGETXATTR`): five `u32` fields and 8 bytes of padding.
+pub const FSXATTR_SIZE: usize = 28;
+
+/// The extended inode attributes of an open file or directory (`FS_IOC_FSGETXATTR`:
+/// xflags, extent size hint, project id...), as the raw `struct fsxattr`.
+pub fn fs_xattr(fd: BorrowedFd<'_>) -> io::Result<[u8; FSXATTR_SIZE]> {
+    const GET: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<[u8; FSXATTR_SIZE]>(b'X', 31);
+    // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr` (28 bytes, no pointers) into the
+    // buffer the Getter provides, whose size the opcode encodes.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Getter::<GET, [u8; FSXATTR_SIZE]>::new()) }
+        .map_err(io::Error::from)
+}
+
+/// Sets the extended inode attributes of an open file or directory (`FS_IOC_FSSETXATTR`).
+pub fn set_fs_xattr(fd: BorrowedFd<'_>, attr: [u8; FSXATTR_SIZE]) -> io::Result<()> {
+    const SET: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<[u8; FSXATTR_SIZE]>(b'X', 32);
+    // SAFETY: FS_IOC_FSSETXATTR reads one `struct fsxattr` (28 bytes, no pointers) from the
+    // value the Setter holds, whose size the opcode encodes.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Setter::<SET, [u8; FSXATTR_SIZE]>::new(attr),
+        )
+    }
+    .map_err(io::Error::from)
+}
+
 /// `statx(dir, name, AT_SYMLINK_NOFOLLOW)`: one name directly under `dir`. An empty name
 /// stats `dir` itself.
 ///
