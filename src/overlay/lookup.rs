@@ -490,9 +490,12 @@ mod tests {
         let (t, ov) = super::super::scratch_overlay(|_, u| {
             std::fs::write(u.join("a"), "data").unwrap();
             std::fs::write(u.join("b"), "other").unwrap();
+            std::os::unix::fs::symlink("mine", u.join("s")).unwrap();
         });
         let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
         let b = ov.lookup(ROOT, OsStr::new("b")).unwrap();
+        let s = ov.lookup(ROOT, OsStr::new("s")).unwrap();
+        assert_eq!(ov.readlink(s.ino).unwrap(), b"mine");
         let u = t.path().join("u");
         std::fs::remove_file(u.join("a")).unwrap();
         rustix::fs::mknodat(
@@ -518,6 +521,11 @@ mod tests {
             errno(ov.open(b.ino, libc::O_RDONLY).map(|_| ())),
             Err(libc::ESTALE)
         );
+        // Nor is another symlink's target the node's.
+        std::fs::remove_file(u.join("s")).unwrap();
+        std::os::unix::fs::symlink("someone else's", u.join("s2")).unwrap();
+        std::fs::rename(u.join("s2"), u.join("s")).unwrap();
+        assert_eq!(errno(ov.readlink(s.ino).map(|_| ())), Err(libc::ESTALE));
     }
 
     /// An open for writing reaches its file by its path: one that found another object

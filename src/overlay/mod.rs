@@ -117,12 +117,6 @@ impl ObjectAt {
     fn stat(&self) -> io::Result<crate::sys::Stat> {
         crate::sys::stat_at(self.dir.as_fd(), &self.name)
     }
-
-    fn read_link(&self) -> io::Result<Vec<u8>> {
-        rustix::fs::readlinkat(self.dir.as_fd(), self.name.as_os_str(), Vec::new())
-            .map(|c| c.into_bytes())
-            .map_err(io::Error::from)
-    }
 }
 
 /// Shorthand for overlay results.

@@ -339,7 +339,20 @@ impl Overlay {
         if node.kind != FileKind::Symlink {
             return Err(Error::NotSymlink);
         }
-        Ok(self.object_at(&node)?.read_link()?)
+        // Read at its recorded name: what is there must be the node's symlink (see
+        // [`Overlay::is_its_object`]), not one that replaced it.
+        let loc = node.location();
+        let top = loc.top().ok_or(Error::StaleNode(ino))?;
+        let parent = self.node(loc.parent)?;
+        let pfd = self.dir_fd(&parent, top)?;
+        let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+        let (st, born) = self.still_named(&node, found)?;
+        if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
+            return Err(self.not_its_object(&node));
+        }
+        rustix::fs::readlinkat(pfd.as_fd(), loc.name.as_os_str(), Vec::new())
+            .map(|c| c.into_bytes())
+            .map_err(|e| Error::Io(e.into()))
     }
 
     /// The value of xattr `name` on `ino`. Overlay-private attributes do not exist here.
