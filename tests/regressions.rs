@@ -422,35 +422,58 @@ fn reused_inode_number_never_serves_another_file() {
     if !can_mount() {
         return;
     }
-    let t = rw_with(|l| fs::write(l.join("victim"), "victim's data").unwrap());
-    let l = t._dir.path().join("l");
-    let m = t.mnt.clone();
-    assert_eq!(
-        fs::read_to_string(m.join("victim")).unwrap(),
-        "victim's data"
+    let Some(base) = ReusingDir::new() else {
+        facility(
+            false,
+            "a filesystem that reuses freed inode numbers (ext4: a loop-mounted image, or \
+             the target or temporary directory)",
+        );
+        return;
+    };
+    let dir = base.path().join("t");
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let (l, m) = (dir.join("l"), dir.join("m"));
+    let _mount = Mount::new(
+        &rw_opts(std::slice::from_ref(&l), &dir.join("u"), &dir.join("w")),
+        &m,
     );
-    let old = fs::metadata(l.join("victim")).unwrap().ino();
-    fs::remove_file(l.join("victim")).unwrap();
-    // New files until the filesystem hands out the freed number.
-    let mut intruder = None;
-    for i in 0..64 {
-        let p = l.join(format!("intruder{i}"));
-        fs::write(&p, "intruder's secret").unwrap();
-        if fs::metadata(&p).unwrap().ino() == old {
-            intruder = Some(format!("intruder{i}"));
+    // A victim the kernel holds, replaced behind the mount, and new files until one gets
+    // its freed number (where the allocator has older holes to fill first, with another
+    // victim).
+    let mut reused = None;
+    for k in 0..8 {
+        let victim = format!("victim{k}");
+        fs::write(l.join(&victim), "victim's data").unwrap();
+        assert_eq!(
+            fs::read_to_string(m.join(&victim)).unwrap(),
+            "victim's data"
+        );
+        let old = fs::metadata(l.join(&victim)).unwrap().ino();
+        fs::remove_file(l.join(&victim)).unwrap();
+        for i in 0..128 {
+            let p = l.join(format!("intruder{k}-{i}"));
+            fs::write(&p, "intruder's secret").unwrap();
+            if fs::metadata(&p).unwrap().ino() == old {
+                reused = Some((victim.clone(), format!("intruder{k}-{i}")));
+                break;
+            }
+        }
+        fs::write(l.join(&victim), "victim's new data").unwrap();
+        if reused.is_some() {
             break;
         }
     }
-    fs::write(l.join("victim"), "victim's new data").unwrap();
     if !facility(
-        intruder.is_some(),
-        "a filesystem under the temporary directory that reuses inode numbers (ext4)",
+        reused.is_some(),
+        "an inode number reused in the lower layer's directory",
     ) {
         return;
     }
-    let intruder = intruder.unwrap();
+    let (victim, intruder) = reused.unwrap();
     let check = |when: &str| {
-        let v = fs::read_to_string(m.join("victim")).unwrap();
+        let v = fs::read_to_string(m.join(&victim)).unwrap();
         assert_ne!(
             v, "intruder's secret",
             "{when}: victim shows the intruder's data"
@@ -460,13 +483,13 @@ fn reused_inode_number_never_serves_another_file() {
             "intruder's secret",
             "{when}"
         );
-        let v = fs::read_to_string(m.join("victim")).unwrap();
+        let v = fs::read_to_string(m.join(&victim)).unwrap();
         assert_ne!(
             v, "intruder's secret",
             "{when}: victim shows the intruder's data"
         );
         let (vi, ii) = (
-            fs::metadata(m.join("victim")).unwrap().ino(),
+            fs::metadata(m.join(&victim)).unwrap().ino(),
             fs::metadata(m.join(&intruder)).unwrap().ino(),
         );
         assert_ne!(vi, ii, "{when}: two files with one inode number");
@@ -479,4 +502,96 @@ fn reused_inode_number_never_serves_another_file() {
         fs::symlink_metadata(e.unwrap().path()).unwrap();
     }
     check("after a listing");
+}
+
+/// A directory on a filesystem that hands a freed inode number to the next new file (ext4
+/// does; tmpfs and btrfs never do): a loop-mounted ext4 image, or else the target or the
+/// temporary directory if theirs does. Unmounted and removed when dropped.
+struct ReusingDir {
+    _loop: Option<UmountGuard>,
+    dir: tempfile::TempDir,
+}
+
+impl ReusingDir {
+    fn new() -> Option<ReusingDir> {
+        ReusingDir::ext4_image().or_else(|| {
+            [
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+                std::env::temp_dir(),
+            ]
+            .into_iter()
+            .filter_map(|base| tempfile::tempdir_in(base).ok())
+            .find(|dir| reuses_numbers(dir.path()))
+            .map(|dir| ReusingDir { _loop: None, dir })
+        })
+    }
+
+    /// A fresh ext4 filesystem (no older holes for the allocator to fill first).
+    fn ext4_image() -> Option<ReusingDir> {
+        let dir = tempfile::tempdir().ok()?;
+        let (img, mnt) = (dir.path().join("ext4.img"), dir.path().join("ext4"));
+        fs::create_dir(&mnt).ok()?;
+        fs::File::create(&img).ok()?.set_len(64 << 20).ok()?;
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status()
+            .ok()?
+            .success()
+            && std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(&mnt)
+                .status()
+                .ok()?
+                .success();
+        if !made {
+            return None;
+        }
+        let guard = UmountGuard { path: mnt.clone() };
+        let inner = tempfile::tempdir_in(&mnt).ok()?;
+        if !reuses_numbers(inner.path()) {
+            return None;
+        }
+        // The image's directory goes after the mount (fields drop in order).
+        std::mem::forget(inner);
+        Some(ReusingDir {
+            _loop: Some(guard),
+            dir,
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        match &self._loop {
+            Some(g) => g.path.clone(),
+            None => self.dir.path().to_path_buf(),
+        }
+    }
+}
+
+/// True when a file made in `dir` after one is removed gets the removed one's number.
+fn reuses_numbers(dir: &std::path::Path) -> bool {
+    let probe = dir.join("probe");
+    let Ok(()) = fs::write(&probe, "x") else {
+        return false;
+    };
+    let Ok(old) = fs::metadata(&probe).map(|m| m.ino()) else {
+        return false;
+    };
+    let _ = fs::remove_file(&probe);
+    let mut reused = false;
+    for i in 0..64 {
+        let p = dir.join(format!("probe{i}"));
+        if fs::write(&p, "x").is_err() {
+            break;
+        }
+        if fs::metadata(&p).map(|m| m.ino()).ok() == Some(old) {
+            reused = true;
+            break;
+        }
+    }
+    for i in 0..64 {
+        let _ = fs::remove_file(dir.join(format!("probe{i}")));
+    }
+    reused
 }
