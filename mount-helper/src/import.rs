@@ -483,3 +483,44 @@ pub fn run(
     }
     Ok((rec, prepared.tag))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn tags() {
+        for good in [
+            "alpine",
+            "alpine:3.19",
+            "docker.io/library/alpine:latest",
+            "localhost:5000/a/b_c.d-e:T_1.x",
+            "3.19",
+            "sha256x:1",
+            "abcd",
+        ] {
+            assert!(check_tag(good).is_ok(), "{good}");
+        }
+        let hex = "a".repeat(64);
+        let long = "a".repeat(256);
+        for bad in [
+            "",
+            ":",
+            "x:y:z",
+            "../../x",
+            "/abs:t",
+            "Alpine",
+            "a@sha256:0000",
+            "sha256:abcd",
+            "sha512:ab",
+            hex.as_str(),
+            &format!("sha256:{hex}"),
+            long.as_str(),
+            "a b",
+            "a\n",
+        ] {
+            assert!(check_tag(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -451,6 +451,11 @@ fn an_image_listing_a_layer_twice_mounts() {
         out.starts_with("/etc/x: regular file from layer 3 "),
         "{out}"
     );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("  layer 1 sha256:") && last.ends_with("- (the same layer as layer 3)"),
+        "{out}"
+    );
     let out = h.ok(&["inspect", "twice:1", "/etc/b"]);
     assert!(
         out.starts_with("/etc/b: regular file from layer 2 "),
