@@ -673,9 +673,11 @@ fn huge_extension_headers_are_refused_with_little_memory() {
         let layout = h.path("layout");
         let _ = std::fs::remove_dir_all(&layout);
         img.write_oci_dir(&layout, "t");
-        let (out, rss) = run_measured(&h.cmd(&["import", layout.to_str().unwrap()]));
+        // 96 MiB of address space in all: the record alone would take 64 MiB, and the tar
+        // crate grows its buffer by doubling.
+        let out = run_limited(&h.cmd(&["import", layout.to_str().unwrap()]), 96 << 20);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!("{what}: peak RSS {} KiB: {}", rss / 1024, err.trim_end());
+        eprintln!("{what}: {}", err.trim_end());
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
             err.contains(&format!("{what} of 64.00 MiB"))
@@ -683,7 +685,6 @@ fn huge_extension_headers_are_refused_with_little_memory() {
             "{err}"
         );
         assert!(err.len() < 300, "error line of {} bytes", err.len());
-        assert!(rss < 40 << 20, "peak RSS {} MiB", rss >> 20);
         assert_eq!(h.leftovers(), Vec::<String>::new());
     }
     // Within the limit, the records are used as they are.

@@ -652,26 +652,19 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Option<Output> {
     }
 }
 
-/// Runs `cmd` under `/usr/bin/time`: its output and its peak resident set size in bytes.
-pub fn run_measured(cmd: &Command) -> (Output, u64) {
-    let report = tempfile::NamedTempFile::new().expect("report file");
-    let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("%M").arg("-o").arg(report.path());
-    timed.arg(cmd.get_program()).args(cmd.get_args());
+/// Runs `cmd` with its address space limited to `bytes` (`prlimit --as`, util-linux):
+/// whatever it tries to hold beyond that fails to allocate.
+pub fn run_limited(cmd: &Command, bytes: u64) -> Output {
+    let mut limited = Command::new("prlimit");
+    limited.arg(format!("--as={bytes}"));
+    limited.arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
-            Some(v) => timed.env(k, v),
-            None => timed.env_remove(k),
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
         };
     }
-    let out = run(&mut timed);
-    let text = std::fs::read_to_string(report.path()).expect("time's report");
-    let kib: u64 = text
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
-    (out, kib * 1024)
+    run(&mut limited)
 }
 
 /// The options of the mount at `target` as /proc/self/mountinfo lists them (per-mount and
