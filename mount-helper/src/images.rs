@@ -43,15 +43,15 @@ pub fn ls(store: &Store) -> Result<Vec<String>> {
             .filter(|(_, v)| **v == img.id)
             .map(|(k, _)| k.clone())
             .collect();
-        let size: u64 = img
-            .layers
+        // A layer the image lists twice is unpacked (and counted) once.
+        let unique: BTreeSet<&str> = img.layers.iter().map(|l| l.diff_id.as_str()).collect();
+        let size: u64 = unique
             .iter()
-            .map(|l| sizes.get(&l.diff_id).copied().unwrap_or(0))
+            .map(|d| sizes.get(*d).copied().unwrap_or(0))
             .sum();
-        let shared: Vec<&str> = img
-            .layers
+        let shared: Vec<&str> = unique
             .iter()
-            .map(|l| l.diff_id.as_str())
+            .copied()
             .filter(|d| users.get(d).copied().unwrap_or(0) > 1)
             .collect();
         let shared_size: u64 = shared

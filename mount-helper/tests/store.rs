@@ -462,6 +462,10 @@ fn an_image_listing_a_layer_twice_mounts() {
         "{out}"
     );
     assert_eq!(h.ok(&["diff", "c"]), "");
+    // ls: three layers listed, two unpacked: 2 + 4 bytes of files.
+    let ls = h.ok(&["ls"]);
+    let line = ls.lines().find(|l| l.contains("twice:1")).unwrap();
+    assert!(line.contains(" 3 ") && line.contains(" 6 B "), "{ls}");
     if !can_mount() {
         return;
     }
