@@ -61,37 +61,59 @@ impl Overlay {
             if node.kind == FileKind::Directory {
                 return Err(Error::IsDir);
             }
-            // Opened by its path after the copy-up: a rename landing meanwhile may have put
-            // a whiteout or another object there. So the open itself never truncates: what
-            // it opened is checked first. (A truncating open copies no data up.)
+            // Opened by its path after the copy-up (made here first, as `open_for_write`
+            // would): what the name holds is checked before the open, and what was opened
+            // again when a change in the directory (a rename, an unlink) raced with it. So
+            // the open itself never truncates: the file is truncated once it is known to be
+            // the node's. (A truncating open copies no data up.)
             let trunc = flags & libc::O_TRUNC != 0;
-            if trunc {
-                self.copy_up(&node, false)?;
+            let kept_or = |e: Error| match self.nodes.kept(&node) {
+                Some(fd) => self.open_kept(&node, &fd, flags),
+                None => Err(e),
+            };
+            if let Err(e) = self.copy_up(&node, !trunc) {
+                return kept_or(e);
             }
             let name = |l: &crate::inode::Location| (l.parent, l.name.clone());
-            let before = node.with_location(name);
-            let opened = self.open_for_write(ino, flags & !libc::O_TRUNC);
             let loc = node.location();
-            let moved = name(&loc) != before;
+            let top = loc.top().ok_or(Error::StaleNode(ino))?;
+            let parent = self.node(loc.parent)?;
+            let pfd = self.dir_fd(&parent, top)?;
+            let seen = parent.quiet_version();
+            let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+            let object = match self.still_named(&node, found) {
+                Ok((st, born)) if self.is_its_object(&node, &loc, &st, born, st.kind()) => {
+                    ObjectId::new(st.ino, born)
+                }
+                Ok(_) => return kept_or(self.not_its_object(&node)),
+                Err(e) => return kept_or(e),
+            };
+            let opened = self.open_for_write(ino, flags & !libc::O_TRUNC);
+            let now = node.location();
+            let moved = name(&now) != name(&loc);
+            let raced = moved || seen.is_none_or(|v| parent.dir_version() != v);
             let checked = match opened {
-                Ok(fd) => {
+                Ok(fd) if raced => {
                     let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
-                    let object = ObjectId::new(st.ino, born);
                     // Opened at a name the node left meanwhile: it is the node's object
                     // only if the node's new name holds that very object.
-                    let its = self.is_its_object(&node, &loc, &st, born, st.kind())
-                        && (!moved || self.object_at_name(&loc) == Some(object));
+                    let its = self.is_its_object(&node, &now, &st, born, st.kind())
+                        && (!moved
+                            || self.object_at_name(&now) == Some(ObjectId::new(st.ino, born)));
                     if its {
-                        if !moved {
-                            self.nodes.learn_object(ino, &loc, object);
-                        }
                         Ok(fd)
                     } else {
                         Err(self.not_its_object(&node))
                     }
                 }
+                Ok(fd) => {
+                    // Not known since the copy-up, and nothing changed meanwhile: what was
+                    // checked is the node's.
+                    self.nodes.learn_object(ino, &now, object);
+                    Ok(fd)
+                }
                 // Failed where the node no longer is, or on what its name holds instead.
-                Err(Error::Io(_)) if moved || !self.name_holds_it(&node, &loc) => {
+                Err(Error::Io(_)) if raced && (moved || !self.name_holds_it(&node, &now)) => {
                     Err(self.not_its_object(&node))
                 }
                 Err(e) => Err(e),
