@@ -294,10 +294,19 @@ impl Overlay {
         if node.kind != FileKind::Regular {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
+        // Checked at the name before it is opened, and again after when a change in the
+        // directory raced with the open, as `open` does.
         let loc = node.location();
         let top = loc.top().ok_or(Error::StaleNode(ino))?;
         let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
-        let (dir, name) = self.still_named(&node, self.place_in(&node, top))?;
+        let parent = self.node(loc.parent)?;
+        let dir = self.dir_fd(&parent, top)?;
+        let seen = parent.quiet_version();
+        let found = sys::stat_at_born(dir.as_fd(), &loc.name).map_err(Error::from);
+        let (st, born) = self.still_named(&node, found)?;
+        if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
+            return Err(self.not_its_object(&node));
+        }
         let flags = if layer.upper && !self.opts.read_only {
             OFlags::RDWR
         } else {
@@ -305,11 +314,13 @@ impl Overlay {
         };
         let fd = self.still_named(
             &node,
-            sys::open_beneath(dir.as_fd(), &name, flags).map_err(Error::from),
+            sys::open_beneath(dir.as_fd(), loc.name.as_bytes(), flags).map_err(Error::from),
         )?;
-        let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
-        if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
-            return Err(self.not_its_object(&node));
+        if seen.is_none_or(|v| parent.dir_version() != v) {
+            let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
+            if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
+                return Err(self.not_its_object(&node));
+            }
         }
         Ok((fd, layer.upper && !self.opts.read_only))
     }
