@@ -9,7 +9,7 @@ use std::time::Duration;
 mod parse;
 mod validate;
 
-pub use parse::parse_args;
+pub use parse::{parse_args, IGNORED_KEYS, KERNEL_FLAG_KEYS, OPTION_KEYS};
 pub use validate::validate;
 
 /// What the command line asks for.

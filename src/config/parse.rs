@@ -188,9 +188,62 @@ fn split_option_group(group: &[u8]) -> Result<Vec<Vec<u8>>, ConfigError> {
     Ok(out)
 }
 
+/// Every `-o` key that means something to stratafs (one arm of `apply_option` each). This list
+/// decides what is accepted: `apply_option` treats a key in none of [`OPTION_KEYS`],
+/// [`KERNEL_FLAG_KEYS`], [`IGNORED_KEYS`] (or `x-*`) as unknown, whatever its arms say. The man
+/// page documents exactly these keys (xtask's tests check it), so a new option is added here,
+/// in `apply_option`, and in `xtask/src/daemon_cli.rs`.
+pub const OPTION_KEYS: &[&str] = &[
+    "lowerdir",
+    "upperdir",
+    "workdir",
+    "uidmapping",
+    "gidmapping",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "static_nlink",
+    "noacl",
+    "ino32_t",
+    "volatile",
+    "debug",
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "xino",
+    "fsync",
+    "threaded",
+    "writeback",
+    "fast_ino",
+    "passthrough",
+    "markers",
+    "noxattrs",
+    "timeout",
+    "node_limit",
+    "xattr_permissions",
+    "plugins",
+    "redirect_dir",
+    "context",
+    "fsname",
+];
+
+/// The mount flags `kernel_flag` knows.
+pub const KERNEL_FLAG_KEYS: &[&str] = &[
+    "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "dirsync",
+    "sync", "async",
+];
+
+/// Whether `apply_option` acts on `key` (or ignores it silently) rather than warn about it.
+fn is_accepted_key(key: &str) -> bool {
+    key.starts_with("x-")
+        || OPTION_KEYS.contains(&key)
+        || KERNEL_FLAG_KEYS.contains(&key)
+        || IGNORED_KEYS.contains(&key)
+}
+
 /// Options that mount(8), mount.fuse3 or libfuse pass along and that mean nothing here. They are
 /// accepted with or without a value, silently.
-const IGNORED_KEYS: &[&str] = &[
+pub const IGNORED_KEYS: &[&str] = &[
     "subtype",
     "nonempty",
     "auto_unmount",
@@ -251,6 +304,10 @@ fn apply_option(
         cfg.unknown.push(String::from_utf8_lossy(elem).into_owned());
         return Ok(());
     };
+    if !is_accepted_key(key) {
+        cfg.unknown.push(String::from_utf8_lossy(elem).into_owned());
+        return Ok(());
+    }
 
     // Keys that take no value.
     let flag = |cfg: &mut MountConfig, set: fn(&mut MountConfig)| match value {
@@ -1124,6 +1181,40 @@ mod tests {
             parse_args(argv),
             Err(ConfigError::BadValue { key, .. }) if key == "context"
         ));
+    }
+
+    #[test]
+    fn every_listed_key_is_handled() {
+        for &key in OPTION_KEYS
+            .iter()
+            .chain(KERNEL_FLAG_KEYS)
+            .chain(IGNORED_KEYS)
+        {
+            for elem in [key.to_string(), format!("{key}=1"), format!("{key}=/x")] {
+                let argv = ["-o", elem.as_str(), "/m"];
+                match parse(&argv) {
+                    Ok(Invocation::Mount(cfg)) => assert!(cfg.unknown.is_empty(), "{elem}"),
+                    Err(ConfigError::BadValue { key: k, .. }) => assert_eq!(k, key, "{elem}"),
+                    other => panic!("{elem}: {other:?}"),
+                }
+            }
+            assert_eq!(
+                kernel_flag(key).is_some(),
+                KERNEL_FLAG_KEYS.contains(&key),
+                "{key}"
+            );
+        }
+        let all: Vec<_> = OPTION_KEYS
+            .iter()
+            .chain(KERNEL_FLAG_KEYS)
+            .chain(IGNORED_KEYS)
+            .collect();
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len(), "a key is listed twice");
+        assert!(mount(&["-o", "x-systemd.automount", "/m"])
+            .unknown
+            .is_empty());
+        assert_eq!(mount(&["-o", "frob=1", "/m"]).unknown, vec!["frob=1"]);
     }
 
     #[test]
