@@ -20,6 +20,7 @@ mod limits;
 mod mounts;
 mod source;
 mod store;
+mod tree;
 mod unpack;
 mod view;
 

@@ -546,42 +546,10 @@ impl Drop for Staging {
     }
 }
 
-/// Removes a file or a whole tree; nothing there is fine.
+/// Removes a file or a whole tree (read-only directories and any depth included); nothing
+/// there is fine.
 pub fn remove_any(p: &Path) -> Result<()> {
-    let md = match fs::symlink_metadata(p) {
-        Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).ctx(|| format!("stat {}", p.display())),
-    };
-    if md.is_dir() {
-        make_removable(p);
-        fs::remove_dir_all(p).ctx(|| format!("remove {}", p.display()))
-    } else {
-        fs::remove_file(p).ctx(|| format!("remove {}", p.display()))
-    }
-}
-
-/// Gives the owner write and search permission on every directory of a tree, so that a
-/// layer holding read-only directories can be removed by an unprivileged owner.
-fn make_removable(p: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(md) = fs::symlink_metadata(p) else {
-        return;
-    };
-    if !md.is_dir() {
-        return;
-    }
-    let mode = md.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        let _ = fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o700));
-    }
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                make_removable(&e.path());
-            }
-        }
-    }
+    crate::tree::remove_path(p).ctx(|| format!("remove {}", p.display()))
 }
 
 /// Makes directory `p` (its parent must exist) readable by its owner alone, or makes an

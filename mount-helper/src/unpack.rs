@@ -580,7 +580,7 @@ impl<'a> Unpacker<'a> {
         let whiteout = format::is_whiteout_stat(&st);
         let r = if st.is_dir() {
             self.cache = None;
-            sys::remove_tree(dir, name)
+            crate::tree::remove_tree_at(dir, name)
         } else {
             sys::unlink_at(dir, name, false)
         };

@@ -765,3 +765,66 @@ fn long_names_in_errors_are_cut() {
     let err = h.fails(&["import", archive.to_str().unwrap()]);
     assert!(err.len() < 400, "error line of {} bytes", err.len());
 }
+
+// ---- deep trees (found while measuring item 5) ----
+
+/// A layer making a directory chain `depth` deep (a path just under PATH_MAX), then
+/// replacing its top with a file.
+fn deep_layer(depth: usize, replace_top: bool) -> Vec<u8> {
+    let deep = format!("{}f", "a/".repeat(depth));
+    let mut lh = tar::Header::new_gnu();
+    lh.set_entry_type(tar::EntryType::GNULongName);
+    let mut t = LayerTar::new();
+    t.raw(lh, "././@LongLink", None, deep.as_bytes());
+    t.file("f", b"deep\n");
+    if replace_top {
+        t.file("a", b"replaced\n");
+    }
+    t.finish()
+}
+
+#[test]
+fn deep_trees_are_removed_under_a_low_descriptor_limit() {
+    // 2040 levels fit in PATH_MAX; a removal holding one descriptor per level fails under
+    // a limit of 256, and a staging directory left behind stops every later writer.
+    let h = Helper::new();
+    let mut img = with_bad(deep_layer(2040, false));
+    img.diff_ids[1] = format!("sha256:{}", "0".repeat(64));
+    let layout = h.path("layout");
+    img.write_oci_dir(&layout, "t");
+    let out = run_prlimit(
+        &h.cmd(&["import", layout.to_str().unwrap()]),
+        &["--nofile=256"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the image config says sha256:0000"), "{err}");
+    assert_eq!(h.leftovers(), Vec::<String>::new(), "{err}");
+    // A deep directory replaced by a file in the same layer.
+    let img = with_bad(deep_layer(2040, true));
+    let layout2 = h.path("layout2");
+    img.write_oci_dir(&layout2, "deep:1");
+    let out = run_prlimit(
+        &h.cmd(&["import", layout2.to_str().unwrap()]),
+        &["--nofile=256"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a layer holding the chain is collected.
+    let img = with_bad(deep_layer(2040, false));
+    let layout3 = h.path("layout3");
+    img.write_oci_dir(&layout3, "deep:2");
+    h.ok(&["import", layout3.to_str().unwrap()]);
+    h.ok(&["rmi", "deep:1"]);
+    h.ok(&["rmi", "deep:2"]);
+    let out = run_prlimit(&h.cmd(&["gc"]), &["--nofile=256"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}

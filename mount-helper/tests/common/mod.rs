@@ -652,11 +652,10 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Option<Output> {
     }
 }
 
-/// Runs `cmd` with its address space limited to `bytes` (`prlimit --as`, util-linux):
-/// whatever it tries to hold beyond that fails to allocate.
-pub fn run_limited(cmd: &Command, bytes: u64) -> Output {
+/// Runs `cmd` under `prlimit` (util-linux) with `limits` (`--as=BYTES`, `--nofile=N`).
+pub fn run_prlimit(cmd: &Command, limits: &[&str]) -> Output {
     let mut limited = Command::new("prlimit");
-    limited.arg(format!("--as={bytes}"));
+    limited.args(limits);
     limited.arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
@@ -665,6 +664,12 @@ pub fn run_limited(cmd: &Command, bytes: u64) -> Output {
         };
     }
     run(&mut limited)
+}
+
+/// Runs `cmd` with its address space limited to `bytes`: whatever it tries to hold beyond
+/// that fails to allocate.
+pub fn run_limited(cmd: &Command, bytes: u64) -> Output {
+    run_prlimit(cmd, &[&format!("--as={bytes}")])
 }
 
 /// The options of the mount at `target` as /proc/self/mountinfo lists them (per-mount and
