@@ -39,45 +39,6 @@ use common::*;
 // ------------------------------------------------------------------------------------------
 // A tiny deterministic PRNG (xorshift64*, seeded through splitmix64).
 
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 1 } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pct(&mut self, p: usize) -> bool {
-        self.below(100) < p
-    }
-
-    fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())].clone()
-    }
-
-    fn word(&mut self, min: usize, max: usize) -> String {
-        const CH: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        let n = min + self.below(max - min + 1);
-        (0..n).map(|_| CH[self.below(CH.len())] as char).collect()
-    }
-}
-
 // ------------------------------------------------------------------------------------------
 // Layer stacks.
 

@@ -30,38 +30,6 @@ use common::*;
 
 // ---- randomness ----
 
-/// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    /// A duration uniformly in [lo, hi].
-    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = hi.saturating_sub(lo).as_micros() as u64;
-        lo + Duration::from_micros(self.below(span + 1))
-    }
-}
-
 fn seed_for(test: &str) -> u64 {
     let seed = std::env::var("STRATAFS_DURABILITY_SEED")
         .ok()
@@ -804,16 +772,15 @@ fn storm_worker(mnt: PathBuf, id: u64, seed: u64, stop: Arc<AtomicBool>, ops: Ar
             let _ = fs::create_dir(root.join(format!("n{id}-{n}")));
             continue;
         }
-        let dir = &dirs[rng.below(dirs.len() as u64) as usize];
+        let dir = &dirs[rng.below(dirs.len())];
         let entries: Vec<PathBuf> = match fs::read_dir(dir) {
             Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
             Err(e) if is_disconnected(&e) => return,
             Err(_) => continue,
         };
-        let other = &dirs[rng.below(dirs.len() as u64) as usize];
-        let pick =
-            (!entries.is_empty()).then(|| &entries[rng.below(entries.len() as u64) as usize]);
-        let r: std::io::Result<()> = match (rng.below(8), pick) {
+        let other = &dirs[rng.below(dirs.len())];
+        let pick = (!entries.is_empty()).then(|| &entries[rng.below(entries.len())]);
+        let r: std::io::Result<()> = match (rng.below_u64(8), pick) {
             (0 | 1, Some(p)) => fs::rename(p, other.join(format!("r{id}-{n}"))),
             (2, Some(p)) => {
                 if p.is_dir() {
@@ -1280,12 +1247,12 @@ impl Client {
 
     fn new_name(&mut self, kind: &str) -> PathBuf {
         self.n += 1;
-        let d = self.rng.below(SHARED_DIRS);
+        let d = self.rng.below_u64(SHARED_DIRS);
         PathBuf::from(format!("shared/s{d}/w{}-{kind}{}", self.id, self.n))
     }
 
     fn pick<T: Clone>(&mut self, keys: Vec<T>) -> Option<T> {
-        (!keys.is_empty()).then(|| keys[self.rng.below(keys.len() as u64) as usize].clone())
+        (!keys.is_empty()).then(|| keys[self.rng.below(keys.len())].clone())
     }
 
     fn check(&mut self, what: &str, r: std::io::Result<()>) {
@@ -1298,10 +1265,10 @@ impl Client {
     fn step(&mut self) {
         let m = self.mnt.clone();
         let own_file = self.pick(self.files.keys().cloned().collect());
-        match self.rng.below(20) {
+        match self.rng.below_u64(20) {
             0..=2 => {
                 let rel = self.new_name("f");
-                let len = self.rng.below(16 << 10) as usize;
+                let len = self.rng.below_u64(16 << 10) as usize;
                 let c = noise(self.rng.next(), len);
                 let r = fs::OpenOptions::new()
                     .write(true)
@@ -1313,8 +1280,8 @@ impl Client {
             }
             3 | 4 => {
                 let Some(rel) = own_file else { return };
-                let off = self.rng.below(20_000);
-                let data = noise(self.rng.next(), self.rng.below(8192) as usize + 1);
+                let off = self.rng.below_u64(20_000);
+                let data = noise(self.rng.next(), self.rng.below_u64(8192) as usize + 1);
                 let r = fs::OpenOptions::new()
                     .write(true)
                     .open(m.join(&rel))
@@ -1336,7 +1303,7 @@ impl Client {
             }
             5 => {
                 let Some(rel) = own_file else { return };
-                let len = self.rng.below(10_000);
+                let len = self.rng.below_u64(10_000);
                 let r = fs::OpenOptions::new()
                     .write(true)
                     .open(m.join(&rel))
@@ -1424,7 +1391,7 @@ impl Client {
                 }
             }
             14 => {
-                let d = self.rng.below(SHARED_DIRS);
+                let d = self.rng.below_u64(SHARED_DIRS);
                 let dir = PathBuf::from(format!("shared/s{d}"));
                 let prefix = format!("w{}-", self.id);
                 match fs::read_dir(m.join(&dir)) {
@@ -1471,8 +1438,8 @@ impl Client {
             }
             16 => {
                 // Someone's lower file: present with its content (plus appends), or deleted.
-                let d = self.rng.below(SHARED_DIRS);
-                let j = self.rng.below(LOWER_PER_DIR);
+                let d = self.rng.below_u64(SHARED_DIRS);
+                let j = self.rng.below_u64(LOWER_PER_DIR);
                 let rel = format!("shared/s{d}/l{j:02}");
                 let base = lower_load_content(&rel);
                 match fs::read(m.join(&rel)) {
@@ -1760,14 +1727,14 @@ fn eight_clients_renaming_over_their_files() {
                 let mut mine: Vec<PathBuf> = Vec::new();
                 let mut errors = Vec::new();
                 for i in 0..2000u64 {
-                    let r = match rng.below(3) {
+                    let r = match rng.below_u64(3) {
                         1 if mine.len() > 1 => {
-                            let a = mine.swap_remove(rng.below(mine.len() as u64) as usize);
-                            let b = mine[rng.below(mine.len() as u64) as usize].clone();
+                            let a = mine.swap_remove(rng.below(mine.len()));
+                            let b = mine[rng.below(mine.len())].clone();
                             fs::rename(&a, &b).map_err(|e| format!("rename {a:?} over {b:?}: {e}"))
                         }
                         2 if !mine.is_empty() => {
-                            let p = &mine[rng.below(mine.len() as u64) as usize];
+                            let p = &mine[rng.below(mine.len())];
                             fs::OpenOptions::new()
                                 .write(true)
                                 .open(p)
@@ -1775,7 +1742,7 @@ fn eight_clients_renaming_over_their_files() {
                                 .map_err(|e| format!("write {p:?}: {e}"))
                         }
                         _ => {
-                            let p = mnt.join(format!("d{}/w{w}-{i}", rng.below(4)));
+                            let p = mnt.join(format!("d{}/w{w}-{i}", rng.below_u64(4)));
                             let r = fs::OpenOptions::new()
                                 .write(true)
                                 .create_new(true)

@@ -33,21 +33,6 @@ fn race_secs() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// A small per-thread xorshift generator (no dependency needed for picking names).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 fn count(c: &mut Counts, op: &'static str, r: Result<(), i32>) {
     if let Err(e) = r {
         *c.entry((op, e)).or_default() += 1;
@@ -197,8 +182,8 @@ fn renames_racing_stats_and_opens_give_only_kernel_errors() {
             let m = m.to_path_buf();
             let mut rng = Rng::new(t + 1);
             workers.push(Box::new(move |c: &mut Counts| {
-                let i = rng.below(FILES);
-                let (from, to) = if rng.below(2) == 0 {
+                let i = rng.below_u64(FILES);
+                let (from, to) = if rng.below_u64(2) == 0 {
                     ("a", "b")
                 } else {
                     ("b", "a")
@@ -212,8 +197,8 @@ fn renames_racing_stats_and_opens_give_only_kernel_errors() {
             let m = m.to_path_buf();
             let mut rng = Rng::new(t + 100);
             workers.push(Box::new(move |c: &mut Counts| {
-                let i = rng.below(FILES);
-                let d = if rng.below(2) == 0 { "a" } else { "b" };
+                let i = rng.below_u64(FILES);
+                let d = if rng.below_u64(2) == 0 { "a" } else { "b" };
                 let p = m.join(d).join(format!("f{i}"));
                 let st = match fs::symlink_metadata(&p) {
                     Ok(md) if md.is_file() => Ok(()),
@@ -265,8 +250,8 @@ fn renames_racing_write_opens_give_only_kernel_errors() {
             let m = m.to_path_buf();
             let mut rng = Rng::new(t + 1);
             workers.push(Box::new(move |c: &mut Counts| {
-                let i = rng.below(FILES);
-                let (from, to) = if rng.below(2) == 0 {
+                let i = rng.below_u64(FILES);
+                let (from, to) = if rng.below_u64(2) == 0 {
                     ("a", "b")
                 } else {
                     ("b", "a")
@@ -280,8 +265,8 @@ fn renames_racing_write_opens_give_only_kernel_errors() {
             let m = m.to_path_buf();
             let mut rng = Rng::new(t + 100);
             workers.push(Box::new(move |c: &mut Counts| {
-                let i = rng.below(FILES);
-                let d = if rng.below(2) == 0 { "a" } else { "b" };
+                let i = rng.below_u64(FILES);
+                let d = if rng.below_u64(2) == 0 { "a" } else { "b" };
                 let p = m.join(d).join(format!("f{i}"));
                 let r = fs::OpenOptions::new()
                     .append(true)
@@ -331,7 +316,7 @@ fn unlinks_racing_creating_opens_never_give_enoent() {
             let d = m.join("d");
             let mut rng = Rng::new(t + 1);
             workers.push(Box::new(move |c: &mut Counts| {
-                let p = d.join(format!("n{}", rng.below(NAMES)));
+                let p = d.join(format!("n{}", rng.below_u64(NAMES)));
                 count(c, "unlink", fs::remove_file(p).map_err(errno));
             }));
         }
@@ -339,7 +324,7 @@ fn unlinks_racing_creating_opens_never_give_enoent() {
             let d = m.join("d");
             let mut rng = Rng::new(t + 100);
             workers.push(Box::new(move |c: &mut Counts| {
-                let p = d.join(format!("n{}", rng.below(NAMES)));
+                let p = d.join(format!("n{}", rng.below_u64(NAMES)));
                 let r = fs::OpenOptions::new()
                     .write(true)
                     .create(true)

@@ -455,10 +455,22 @@ pub enum Forked {
 /// `fork(2)`.
 ///
 /// Call only while the process has a single thread (before the FUSE session starts): the child
-/// gets a copy of the calling thread alone.
+/// gets a copy of the calling thread alone. Fails when the process has more than one.
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the daemon forks before it spawns any thread (the caller's contract), so no lock
-    // can be held by a thread that does not exist in the child.
+    // The contract is checked, not trusted: a second thread could hold a lock (the
+    // allocator's, a logger's) that the child would then wait on forever.
+    let threads = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    if threads != Some(1) {
+        return Err(io::Error::other(format!(
+            "fork with {} threads",
+            threads.map_or_else(|| "an unknown number of".to_string(), |n| n.to_string())
+        )));
+    }
+    // SAFETY: the process has a single thread (checked above), so no lock can be held by a
+    // thread that does not exist in the child.
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(io::Error::last_os_error()),
@@ -990,5 +1002,19 @@ pub fn truncate_path(path: &std::path::Path, len: u64) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The test harness runs each test on a thread of its own, so this process has several:
+    /// `fork` must refuse rather than leave the child a lock held by a thread it lacks.
+    #[test]
+    fn fork_refuses_a_threaded_process() {
+        let e = super::fork().err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|m| m.starts_with("fork with")),
+            "{e:?}"
+        );
     }
 }

@@ -4,6 +4,9 @@
 
 mod base;
 pub use base::*;
+mod rng;
+#[allow(unused_imports)]
+pub use rng::Rng;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
