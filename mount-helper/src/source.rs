@@ -70,7 +70,7 @@ fn open_regular(dir: Option<BorrowedFd<'_>>, name: &str, path: &Path) -> Result<
     Ok((File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
 }
 
-/// A member of an archive: `len` bytes from `pos`, read with `pread` (readers of several
+/// A member of an archive: the bytes from `pos` to `end`, read with `pread` (readers of several
 /// members share one open file).
 struct Member {
     file: Arc<File>,
