@@ -5,6 +5,7 @@
 //! and turns a container's changes back into an image layer (`diff`, `commit`, `export`).
 //! Every error is one line, `stratafs-mount: COMMAND: PROBLEM`, and exit status 1 (2 for a
 //! bad command line).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod commit;
@@ -43,29 +44,25 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
         .store
         .clone()
         .unwrap_or_else(|| store::default_root(rootless));
-    if let Cmd::Import {
-        path,
-        tag,
-        reference,
-        max_layer_size,
-    } = &cli.command
-    {
-        // The source is read and checked before the store is locked.
-        let prepared = import::prepare(path, tag.as_deref(), reference.as_deref())?;
-        let store = Store::open(&root, Access::Write, rootless)?;
-        let (img, tag) = import::run(&store, prepared, *max_layer_size)?;
-        return Ok(vec![match tag {
-            Some(t) => format!("imported {} as {t}", img.id),
-            None => format!("imported {}", img.id),
-        }]);
-    }
-    let store = Store::open(&root, access(&cli.command), rootless)?;
+    // Each command locks the store when it opens it; import first reads and checks its
+    // source, so that a source that fails or blocks holds up no other command.
+    let open = || Store::open(&root, access(&cli.command), rootless);
     Ok(match &cli.command {
-        Cmd::Import { .. } => {
-            return Err(error::Error::invalid("import: unreachable"));
+        Cmd::Import {
+            path,
+            tag,
+            reference,
+            max_layer_size,
+        } => {
+            let prepared = import::prepare(path, tag.as_deref(), reference.as_deref())?;
+            let (img, tag) = import::run(&open()?, prepared, *max_layer_size)?;
+            vec![match tag {
+                Some(t) => format!("imported {} as {t}", img.id),
+                None => format!("imported {}", img.id),
+            }]
         }
         Cmd::Create { name, image } => {
-            let c = containers::create(&store, name, image)?;
+            let c = containers::create(&open()?, name, image)?;
             vec![format!("created {} from {}", c.name, c.image)]
         }
         Cmd::Mount {
@@ -79,7 +76,7 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
                 dev: *dev,
             };
             let t = mounts::mount(
-                &store,
+                &open()?,
                 name,
                 target.as_deref(),
                 cli.daemon.as_deref(),
@@ -88,26 +85,26 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
             vec![t.display().to_string()]
         }
         Cmd::Umount { name } => {
-            mounts::umount(&store, name)?;
+            mounts::umount(&open()?, name)?;
             Vec::new()
         }
         Cmd::Rm { name } => {
-            containers::remove(&store, name)?;
+            containers::remove(&open()?, name)?;
             Vec::new()
         }
-        Cmd::Ls => images::ls(&store)?,
-        Cmd::Rmi { image } => vec![images::rmi(&store, image)?],
-        Cmd::Gc => vec![images::gc(&store)?],
-        Cmd::Diff { name } => diff::run(&store, name)?,
+        Cmd::Ls => images::ls(&open()?)?,
+        Cmd::Rmi { image } => vec![images::rmi(&open()?, image)?],
+        Cmd::Gc => vec![images::gc(&open()?)?],
+        Cmd::Diff { name } => diff::run(&open()?, name)?,
         Cmd::Commit { name, tag } => {
-            let id = commit::run(&store, name, tag)?;
+            let id = commit::run(&open()?, name, tag)?;
             vec![format!("committed {id} as {tag}")]
         }
         Cmd::Export { image, oci } => {
-            export::run(&store, image, oci)?;
+            export::run(&open()?, image, oci)?;
             Vec::new()
         }
-        Cmd::Inspect { target, path } => inspect::run(&store, target, path)?,
+        Cmd::Inspect { target, path } => inspect::run(&open()?, target, path)?,
     })
 }
 
