@@ -135,8 +135,12 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// Where the Debian package installs the sample stack, under the executable's prefix
+/// (`/usr/bin/stratafs` -> `/usr/share/stratafs/examples/sample-stack`).
+const STACK_INSTALLED: &str = "share/stratafs";
+
 /// Finds `examples/sample-stack`: in the source tree this binary was built from, else in a
-/// checkout above the executable (`target/release/stratafs`).
+/// checkout above the executable (`target/release/stratafs`), else where the package put it.
 fn find_stack() -> Result<PathBuf, String> {
     let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(STACK_IN_SOURCES);
     if is_stack(&built_from) {
@@ -144,9 +148,13 @@ fn find_stack() -> Result<PathBuf, String> {
     }
     if let Ok(exe) = std::env::current_exe().and_then(fs::canonicalize) {
         for dir in exe.ancestors().skip(1) {
-            let candidate = dir.join(STACK_IN_SOURCES);
-            if is_stack(&candidate) {
-                return Ok(candidate);
+            for candidate in [
+                dir.join(STACK_IN_SOURCES),
+                dir.join(STACK_INSTALLED).join(STACK_IN_SOURCES),
+            ] {
+                if is_stack(&candidate) {
+                    return Ok(candidate);
+                }
             }
         }
     }
