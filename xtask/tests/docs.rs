@@ -166,3 +166,33 @@ fn man_pages_render_without_warnings() {
         assert!(warnings.is_empty(), "{page}:\n{warnings}");
     }
 }
+
+#[test]
+fn completions_parse() {
+    let root = xtask::workspace_root().join(xtask::COMPLETIONS_DIR);
+    // bash is always there; zsh and fish are checked where installed.
+    let shells: [(&str, &[&str], &str); 3] = [
+        ("bash", &["-n"], ".bash"),
+        ("zsh", &["-n"], "_"),
+        ("fish", &["--no-execute"], ".fish"),
+    ];
+    for (shell, args, marker) in shells {
+        if shell != "bash" && !has_program(shell) {
+            eprintln!("{shell} is not installed: its completions are not parsed");
+            continue;
+        }
+        for program in ["stratafs", "stratafs-mount"] {
+            let file = if marker == "_" {
+                format!("_{program}")
+            } else {
+                format!("{program}{marker}")
+            };
+            let out = Command::new(shell)
+                .args(args)
+                .arg(root.join(&file))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{shell} {file}: {out:?}");
+        }
+    }
+}
