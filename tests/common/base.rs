@@ -80,6 +80,18 @@ pub fn is_mounted(path: &Path) -> bool {
     })
 }
 
+/// Every mount point as /proc/self/mountinfo lists it (octal escapes decoded), without
+/// touching the mounts themselves: a FUSE mount of another user (no `allow_other`) refuses
+/// even root's `stat`, so `is_mounted`'s canonicalization cannot see it.
+pub fn mount_points() -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(m))))
+        .collect()
+}
+
 fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
