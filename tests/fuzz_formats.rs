@@ -365,12 +365,7 @@ fn hostile_xattrs_through_a_mount() {
         any::<u64>().prop_map(|n| n.to_string().into_bytes()),
         (0u64..64).prop_map(|n| n.to_string().into_bytes()),
     ];
-    // An origin of 0 hides the file (pinned, and ignored until fixed, as
-    // `regression_origin_ino_zero_hides_the_file`): left out here so the property keeps
-    // looking for other failures.
-    let origin = value
-        .clone()
-        .prop_filter("origin 0: a known failure", |v| !origin_is_zero(v));
+    let origin = value.clone();
     let group = proptest::collection::vec((origin, value.clone(), value), 1..8);
     let groups = proptest::collection::vec(group, 1..24);
     let outcome = runner.run(&(groups, any::<bool>()), |(groups, perms)| {
@@ -380,14 +375,6 @@ fn hostile_xattrs_through_a_mount() {
     if let Err(e) = outcome {
         panic!("{e}");
     }
-}
-
-/// True for an origin value the daemon reads as inode number 0.
-fn origin_is_zero(v: &[u8]) -> bool {
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        == Some(0)
 }
 
 fn set(path: &std::path::Path, name: &str, value: &[u8]) {
@@ -474,10 +461,9 @@ fn hostile_mount(groups: &[Vec<Hostile>], perms: bool) {
 /// whose origin xattr (`trusted.overlay.stratafs.origin-ino`, `user.overlay.` for a rootless
 /// daemon) reads `0` gets node id 0, which the kernel takes for a negative entry: the file
 /// vanishes from listings and `stat`/`open` fail with `ENOENT`. The kernel's overlayfs never
-/// uses an inode number 0. The reader is `Overlay::origin_ino` (src/overlay/copyup.rs),
-/// outside this test's owner's files: ignored until that reader refuses 0.
+/// uses an inode number 0. `Overlay::origin_ino` now reads 0 (and the root's number) as no
+/// origin recorded.
 #[test]
-#[ignore = "open bug: origin-ino 0 hides an upper file; fix in Overlay::origin_ino (src/overlay/copyup.rs)"]
 fn regression_origin_ino_zero_hides_the_file() {
     if !common::can_mount() {
         return;

@@ -246,7 +246,11 @@ impl Overlay {
     pub(crate) fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
         let work = self.layers.work()?;
         let v = sys::get_xattr_at(dir, name, &work.xattr(ORIGIN_INO)).ok()??;
-        std::str::from_utf8(&v).ok()?.parse().ok()
+        // The value is data in a layer, not trusted: 0 is no node id the kernel accepts
+        // (it reads an entry with node id 0 as a negative one, hiding the file) and the
+        // root's number is the root's. Either means "no origin recorded".
+        let ino: u64 = std::str::from_utf8(&v).ok()?.parse().ok()?;
+        (ino != 0 && ino != ROOT).then_some(ino)
     }
 
     /// True when the upper copy of a directory is marked impure.
