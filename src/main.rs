@@ -72,15 +72,17 @@ fn main() -> ExitCode {
             if let Some(line) = stratafs::daemon::clear_dead_mount(&cfg.mountpoint) {
                 eprintln!("stratafs: {}", config::one_line(&line));
             }
+            // Error lines carry the strerror text only: the messages are built so, and this
+            // keeps any OS error text that slipped through to that form.
             if let Err(e) = config::validate(&cfg) {
-                eprintln!("stratafs: {e}");
+                eprintln!("stratafs: {}", config::strip_os_error_codes(&e.to_string()));
                 return ExitCode::FAILURE;
             }
             init_logging(cfg.debug);
             match stratafs::daemon::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("stratafs: {e}");
+                    eprintln!("stratafs: {}", config::strip_os_error_codes(&e.to_string()));
                     ExitCode::FAILURE
                 }
             }
