@@ -40,6 +40,34 @@ fn count(c: &mut Counts, op: &'static str, r: Result<(), i32>) {
     *c.entry((op, 0)).or_default() += 1;
 }
 
+/// Three workers that rename the `FILES` files `fN` between directories `a` and `b` of `m`.
+fn add_renamers(m: &Path, workers: &mut Vec<Worker>) {
+    for t in 0..3u64 {
+        let m = m.to_path_buf();
+        let mut rng = Rng::new(t + 1);
+        workers.push(Box::new(move |c: &mut Counts| {
+            let i = rng.below_u64(FILES);
+            let (from, to) = if rng.below_u64(2) == 0 {
+                ("a", "b")
+            } else {
+                ("b", "a")
+            };
+            let f = format!("f{i}");
+            let r = fs::rename(m.join(from).join(&f), m.join(to).join(&f)).map_err(errno);
+            count(c, "rename", r);
+        }));
+    }
+}
+
+/// `lstat` of `p`: a regular file, or the errno (-1 for another type: a whiteout shown).
+fn stat_file(p: &Path) -> Result<(), i32> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_file() => Ok(()),
+        Ok(_) => Err(-1),
+        Err(e) => Err(errno(e)),
+    }
+}
+
 fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
 }
@@ -178,21 +206,7 @@ fn renames_racing_stats_and_opens_give_only_kernel_errors() {
     });
     let (kernel, strata) = sides.run(|m| {
         let mut workers: Vec<Worker> = Vec::new();
-        for t in 0..3u64 {
-            let m = m.to_path_buf();
-            let mut rng = Rng::new(t + 1);
-            workers.push(Box::new(move |c: &mut Counts| {
-                let i = rng.below_u64(FILES);
-                let (from, to) = if rng.below_u64(2) == 0 {
-                    ("a", "b")
-                } else {
-                    ("b", "a")
-                };
-                let f = format!("f{i}");
-                let r = fs::rename(m.join(from).join(&f), m.join(to).join(&f)).map_err(errno);
-                count(c, "rename", r);
-            }));
-        }
+        add_renamers(m, &mut workers);
         for t in 0..3u64 {
             let m = m.to_path_buf();
             let mut rng = Rng::new(t + 100);
@@ -200,12 +214,7 @@ fn renames_racing_stats_and_opens_give_only_kernel_errors() {
                 let i = rng.below_u64(FILES);
                 let d = if rng.below_u64(2) == 0 { "a" } else { "b" };
                 let p = m.join(d).join(format!("f{i}"));
-                let st = match fs::symlink_metadata(&p) {
-                    Ok(md) if md.is_file() => Ok(()),
-                    Ok(_) => Err(-1),
-                    Err(e) => Err(errno(e)),
-                };
-                count(c, "stat", st);
+                count(c, "stat", stat_file(&p));
                 let read = fs::File::open(&p).map_err(errno).and_then(|mut f| {
                     let mut s = String::new();
                     f.read_to_string(&mut s).map_err(errno)?;
@@ -246,21 +255,7 @@ fn renames_racing_write_opens_give_only_kernel_errors() {
     });
     let (kernel, strata) = sides.run(|m| {
         let mut workers: Vec<Worker> = Vec::new();
-        for t in 0..3u64 {
-            let m = m.to_path_buf();
-            let mut rng = Rng::new(t + 1);
-            workers.push(Box::new(move |c: &mut Counts| {
-                let i = rng.below_u64(FILES);
-                let (from, to) = if rng.below_u64(2) == 0 {
-                    ("a", "b")
-                } else {
-                    ("b", "a")
-                };
-                let f = format!("f{i}");
-                let r = fs::rename(m.join(from).join(&f), m.join(to).join(&f)).map_err(errno);
-                count(c, "rename", r);
-            }));
-        }
+        add_renamers(m, &mut workers);
         for t in 0..3u64 {
             let m = m.to_path_buf();
             let mut rng = Rng::new(t + 100);
@@ -274,12 +269,7 @@ fn renames_racing_write_opens_give_only_kernel_errors() {
                     .and_then(|mut f| f.write_all(b"+"))
                     .map_err(errno);
                 count(c, "open(O_APPEND)+write", r);
-                let st = match fs::symlink_metadata(&p) {
-                    Ok(md) if md.is_file() => Ok(()),
-                    Ok(_) => Err(-1),
-                    Err(e) => Err(errno(e)),
-                };
-                count(c, "stat", st);
+                count(c, "stat", stat_file(&p));
             }));
         }
         hammer(workers)
