@@ -24,27 +24,12 @@ use std::os::unix::ffi::OsStrExt;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+use common::{fuzz_cases, fuzz_config};
+
 use stratafs::config::{IdMapping, MountConfig};
 use stratafs::layer::format::{self, XattrNames, XattrTarget};
 use stratafs::layer::idmap::{self, IdMap};
 use stratafs::overlay::perms::Override;
-
-/// `STRATAFS_FUZZ_CASES`, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("STRATAFS_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// No regression files are written: every failure found is pinned below as a named test.
-fn fuzz_config(default: u32) -> Config {
-    Config {
-        cases: cases(default),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 // ---- override_stat ----
 
@@ -350,7 +335,7 @@ fn hostile_xattrs_through_a_mount() {
     if !common::can_mount() {
         return;
     }
-    let mounts = (cases(3000) / 1000).max(1);
+    let mounts = (fuzz_cases(3000) / 1000).max(1);
     // Each shrinking step is a mount too: a few dozen are enough to name the culprit.
     let mut runner = proptest::test_runner::TestRunner::new(Config {
         cases: mounts,

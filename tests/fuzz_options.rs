@@ -13,31 +13,16 @@
 //! Cases per property: a CI-sized default, or `STRATAFS_FUZZ_CASES=N` for long runs
 //! (`STRATAFS_FUZZ_CASES=1000000 cargo test --release --test fuzz_options`).
 
+mod common;
+
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
+use common::fuzz_config;
 use stratafs::config::{self, ConfigError, IdMapping, Invocation, MountConfig};
-
-/// `STRATAFS_FUZZ_CASES`, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("STRATAFS_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// No regression files are written: every failure found is pinned below as a named test.
-fn fuzz_config(default: u32) -> Config {
-    Config {
-        cases: cases(default),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// The checks every outcome of `parse_args` must pass.
 fn check(args: Vec<OsString>) {

@@ -19,20 +19,10 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
-fn cases() -> u32 {
-    std::env::var("STRATAFS_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
-}
-
 fn config() -> Config {
     Config {
-        cases: cases(),
-        // Crashes found are pinned below as named tests, not in a regressions file.
-        failure_persistence: None,
         max_shrink_iters: 200,
-        ..Config::default()
+        ..fuzz_config(40)
     }
 }
 

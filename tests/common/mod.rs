@@ -4,6 +4,9 @@
 
 mod base;
 pub use base::*;
+mod fuzz;
+#[allow(unused_imports)]
+pub use fuzz::{fuzz_cases, fuzz_config};
 mod rng;
 #[allow(unused_imports)]
 pub use rng::Rng;

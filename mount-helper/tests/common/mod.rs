@@ -272,6 +272,13 @@ impl Drop for ContainerMount<'_> {
     }
 }
 
+// ---- fuzzing: the stratafs tests' case counts ----
+
+#[path = "../../../tests/common/fuzz.rs"]
+mod fuzz;
+#[allow(unused_imports)]
+pub use fuzz::*;
+
 // ---- trees: the stratafs tests' snapshot ----
 
 #[path = "../../../tests/common/snap.rs"]
