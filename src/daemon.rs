@@ -332,9 +332,6 @@ pub fn run(cfg: &MountConfig) -> Result<(), MountError> {
     // the first one. The locks live as long as this process and the daemon child (which
     // inherits them), so they go with the daemon, however it ends.
     let _in_use = lock_upper_and_work(cfg)?;
-    if let Some(w) = &cfg.workdir {
-        replace_non_directory_work(w)?;
-    }
     // Every layer is opened here, before the launcher returns: podman detaches idmapped
     // lower mounts right after the mount program exits.
     let overlay = open_overlay(cfg)?;
@@ -466,36 +463,6 @@ fn held_by_another_mount(dir: &std::path::Path) -> bool {
             false
         }
         Err(e) => e == rustix::io::Errno::WOULDBLOCK,
-    }
-}
-
-/// Removes `WORKDIR/work` when it is not a directory (a file, a symlink, anything), without
-/// following it, so that it is made afresh, as the kernel's overlayfs does.
-fn replace_non_directory_work(workdir: &std::path::Path) -> Result<(), MountError> {
-    let fail = |what: &str, e: std::io::Error| {
-        MountError(format!(
-            "workdir '{}': {what}{}",
-            workdir.display(),
-            os_error_text(&e)
-        ))
-    };
-    let base: OwnedFd = rustix::fs::open(
-        workdir,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| fail("", e.into()))?;
-    let name = std::ffi::OsStr::new("work");
-    match sys::stat_at(base.as_fd(), name) {
-        Ok(st) if !st.is_dir() => sys::unlink_at(base.as_fd(), name, false).map_err(|e| {
-            fail(
-                &format!("cannot replace '{}': ", workdir.join("work").display()),
-                e,
-            )
-        }),
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(fail(&format!("'{}': ", workdir.join("work").display()), e)),
     }
 }
 

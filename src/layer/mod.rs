@@ -196,6 +196,14 @@ impl WorkDir {
         // Mode 0 as the kernel makes it; a daemon without CAP_DAC_OVERRIDE could not use
         // that, so it makes (or mends) its own 0700.
         let root = sys::euid() == 0;
+        // A `work` that is not a directory (a file, a symlink: removed, not followed) is
+        // made afresh, as the kernel's overlayfs replaces it.
+        if let Ok(st) = sys::stat_at(base.as_fd(), OsStr::new("work")) {
+            if !st.is_dir() {
+                sys::unlink_at(base.as_fd(), OsStr::new("work"), false)
+                    .map_err(|e| annotate(e, "workdir", workdir))?;
+            }
+        }
         match sys::mkdir_at(
             base.as_fd(),
             OsStr::new("work"),
