@@ -155,35 +155,20 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(path: &Path) -> Tmpfs {
-        fs::create_dir_all(path).expect("mkdir");
-        let out = run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "stratafs-test"])
-            .arg(path));
-        assert!(
-            out.status.success(),
-            "mount -t tmpfs {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(path.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
+/// A tmpfs mounted on `path` for one test, unmounted when dropped.
+fn tmpfs(path: &Path) -> UmountGuard {
+    fs::create_dir_all(path).expect("mkdir");
+    let out = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "stratafs-test"])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "mount -t tmpfs {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    UmountGuard {
+        path: path.to_path_buf(),
     }
 }
 
@@ -271,7 +256,7 @@ fn refuses_upper_and_work_on_different_filesystems() {
         return;
     }
     let s = Scratch::new();
-    let _tmpfs = Tmpfs::new(&s.p("other-fs"));
+    let _tmpfs = tmpfs(&s.p("other-fs"));
     let work = s.p("other-fs/w");
     fs::create_dir(&work).expect("mkdir");
     refused_opts(
@@ -447,34 +432,19 @@ fn refuses_bad_option_value() {
 // ---------------------------------------------------------------------------------------------
 // Misuse the kernel's overlayfs refuses too (issue 14, items 13 and 14).
 
-/// A bind mount for one test, unmounted when dropped.
-struct BindMount(PathBuf);
-
-impl BindMount {
-    fn new(from: &Path, to: &Path) -> BindMount {
-        fs::create_dir_all(to).expect("mkdir");
-        let out = run(Command::new("mount").arg("--bind").arg(from).arg(to));
-        assert!(
-            out.status.success(),
-            "mount --bind {} {}: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        BindMount(to.to_path_buf())
-    }
-}
-
-impl Drop for BindMount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
+/// A bind mount of `from` on `to` for one test, unmounted when dropped.
+fn bind_mount(from: &Path, to: &Path) -> UmountGuard {
+    fs::create_dir_all(to).expect("mkdir");
+    let out = run(Command::new("mount").arg("--bind").arg(from).arg(to));
+    assert!(
+        out.status.success(),
+        "mount --bind {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    UmountGuard {
+        path: to.to_path_buf(),
     }
 }
 
@@ -587,7 +557,7 @@ fn refuses_upper_and_work_on_different_mounts_of_one_filesystem() {
     }
     let s = Scratch::new();
     fs::create_dir_all(s.p("elsewhere/w")).expect("mkdir");
-    let _bind = BindMount::new(&s.p("elsewhere"), &s.p("bind"));
+    let _bind = bind_mount(&s.p("elsewhere"), &s.p("bind"));
     let work = s.p("bind/w");
     let opts = format!(
         "{},upperdir={},workdir={}",
@@ -678,7 +648,7 @@ fn error_lines_carry_no_os_error_code() {
     }
     let s = Scratch::new();
     let fs_dir = s.p("ro-fs");
-    let _tmpfs = Tmpfs::new(&fs_dir);
+    let _tmpfs = tmpfs(&fs_dir);
     for d in ["u", "w"] {
         fs::create_dir(fs_dir.join(d)).expect("mkdir");
     }
