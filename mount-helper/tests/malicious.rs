@@ -391,9 +391,8 @@ fn fails_soon(h: &Helper, args: &[&str]) -> String {
     err
 }
 
-#[test]
-fn fifo_in_place_of_a_blob() {
-    let h = Helper::new();
+/// An OCI layout `layout` of an image whose second layer's blob is a FIFO.
+fn layout_with_a_fifo_blob(h: &Helper) -> (TestImage, std::path::PathBuf) {
     let img = with_bad(LayerTar::new().file("f", b"x\n").finish());
     let layout = h.path("layout");
     img.write_oci_dir(&layout, "t");
@@ -401,6 +400,13 @@ fn fifo_in_place_of_a_blob() {
         .join("blobs/sha256")
         .join(img.layers[1].digest().trim_start_matches("sha256:"));
     mkfifo(&blob);
+    (img, layout)
+}
+
+#[test]
+fn fifo_in_place_of_a_blob() {
+    let h = Helper::new();
+    let (img, layout) = layout_with_a_fifo_blob(&h);
     let err = fails_soon(&h, &["import", layout.to_str().unwrap()]);
     assert!(err.contains("not a regular file"), "{err}");
     assert_eq!(h.leftovers(), Vec::<String>::new());
@@ -431,13 +437,7 @@ fn a_bad_source_is_refused_without_waiting_for_the_store() {
         .open(h.store.join("lock"))
         .unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let img = with_bad(LayerTar::new().file("f", b"x\n").finish());
-    let layout = h.path("layout");
-    img.write_oci_dir(&layout, "t");
-    let blob = layout
-        .join("blobs/sha256")
-        .join(img.layers[1].digest().trim_start_matches("sha256:"));
-    mkfifo(&blob);
+    let (img, layout) = layout_with_a_fifo_blob(&h);
     let err = fails_soon(&h, &["import", layout.to_str().unwrap()]);
     assert!(err.contains("not a regular file"), "{err}");
     let mut bad_tag = img.clone();
