@@ -325,6 +325,15 @@ impl Overlay {
         Ok((fd, layer.upper && !self.opts.read_only))
     }
 
+    /// What `ino`'s xattrs are read from: its topmost copy by name, or the object a dead
+    /// node kept (see [`Overlay::reach`]).
+    fn xattr_holder(&self, ino: u64) -> Result<XattrHolder> {
+        Ok(match self.reach(ino)? {
+            super::Reach::Kept(_, fd) => XattrHolder::Kept(fd),
+            super::Reach::Named(node) => XattrHolder::At(self.object_at(&node)?),
+        })
+    }
+
     /// Opens `node`'s copy in `layer` so that it takes ioctls: a regular file read-only
     /// (without blocking or taking a terminal), a directory as a directory. Other kinds
     /// take no inode-flag ioctls (`ENOTTY`, as the kernel answers).
@@ -397,17 +406,8 @@ impl Overlay {
             // As the kernel answers for private names: there is no such attribute.
             return Err(Error::NoXattr);
         };
-        let (at, kept);
-        let object = match self.reach(ino)? {
-            super::Reach::Kept(_, fd) => {
-                kept = fd;
-                sys::Object::Fd(kept.as_fd())
-            }
-            super::Reach::Named(node) => {
-                at = self.object_at(&node)?;
-                at.object()
-            }
-        };
+        let held = self.xattr_holder(ino)?;
+        let object = held.object();
         let mut value = object.get_xattr(&stored)?.ok_or(Error::NoXattr)?;
         if name == crate::layer::idmap::ACCESS_ACL {
             // Where the mode lives in an override, the ACL entries that stand for the
@@ -429,17 +429,8 @@ impl Overlay {
         if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
-        let (at, kept);
-        let object = match self.reach(ino)? {
-            super::Reach::Kept(_, fd) => {
-                kept = fd;
-                sys::Object::Fd(kept.as_fd())
-            }
-            super::Reach::Named(node) => {
-                at = self.object_at(&node)?;
-                at.object()
-            }
-        };
+        let held = self.xattr_holder(ino)?;
+        let object = held.object();
         let raw = match object.list_xattr() {
             Ok(r) => r,
             Err(e) if crate::layer::is_unsupported(&e) => Vec::new(),
@@ -483,5 +474,20 @@ impl Overlay {
             return Err(Error::ReadOnly);
         }
         Ok(())
+    }
+}
+
+/// An object whose xattrs are read (see [`Overlay::xattr_holder`]).
+enum XattrHolder {
+    At(super::ObjectAt),
+    Kept(std::sync::Arc<OwnedFd>),
+}
+
+impl XattrHolder {
+    fn object(&self) -> sys::Object<'_> {
+        match self {
+            XattrHolder::At(at) => at.object(),
+            XattrHolder::Kept(fd) => sys::Object::Fd(fd.as_fd()),
+        }
     }
 }
