@@ -257,6 +257,7 @@ impl Containerd {
     pub fn start(dir: &Path, snap_sock: &Path, daemon_dir: &Path) -> Containerd {
         let sock = dir.join("containerd.sock");
         let config = dir.join("config.toml");
+        fs::create_dir_all(dir).expect("containerd's directory");
         fs::write(
             &config,
             format!(
