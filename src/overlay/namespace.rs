@@ -599,6 +599,9 @@ impl Overlay {
                 }
             }
         }
+        // A copied-up file's `st_ino` is its origin's, which listings look for only in a
+        // directory marked impure (as the kernel's `ovl_create_or_link` marks it).
+        self.mark_impure(npfd.as_fd());
         let st = self.overridden(
             sys::stat_at(npfd.as_fd(), newname)?,
             Object::At(npfd.as_fd(), newname),
@@ -794,10 +797,9 @@ impl Overlay {
         if let (Some(d), true) = (&dst, dst_dies) {
             self.nodes.mark_dead(d.ino);
         }
-        let dst_lower = match &dst {
-            Some(d) => has_lower(d),
-            None => dst_slot == UpperSlot::CharWhiteout || dst_slot == UpperSlot::DotWhiteout,
-        };
+        // A directory moved onto a name a lower layer holds must hide it, whatever hid it
+        // before: the object replaced may be an opaque upper directory, whose marker goes.
+        let dst_lower = self.lower_has(ddir, newname)?;
         let moved = self.rename_into_place(
             dst_lower,
             name,
