@@ -8,7 +8,8 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::config::{os_error_text, strip_os_error_codes, KernelFlag, MountConfig};
-use crate::fuse::StrataFs;
+use crate::fuse::dispatch::{Access, Dispatcher};
+use crate::fuse::{devfuse, StrataFs};
 use crate::layer::LayerStack;
 use crate::overlay::{Options, Overlay};
 use crate::sys;
@@ -259,22 +260,46 @@ fn session_config(plan: &MountPlan) -> Config {
     let mut config = Config::default();
     config.mount_options = opts;
     config.acl = plan.acl;
-    let threads = std::thread::available_parallelism()
+    config
+}
+
+/// How many threads serve requests: one per CPU, at least 2, at most 16.
+fn serving_threads() -> usize {
+    std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .clamp(2, 16);
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
-    config
+        .clamp(2, 16)
+}
+
+/// What fuser is given to mount with: it answers the kernel's INIT (negotiating with
+/// [`crate::fuse::negotiate`]) and serves nothing else; the dispatcher takes over the
+/// connection after.
+struct Handshake {
+    overlay: Arc<Overlay>,
+    /// Set when the kernel granted passthrough.
+    passthrough: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl fuser::Filesystem for Handshake {
+    fn init(
+        &mut self,
+        _req: &fuser::Request,
+        config: &mut fuser::KernelConfig,
+    ) -> std::io::Result<()> {
+        let granted = crate::fuse::negotiate(&self.overlay, config);
+        self.passthrough
+            .store(granted, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Mounts as root with the mount(2) call made here, so the type reads `fuse.stratafs`
 /// (fuser's own root path mounts plain `fuse`); other users go through fusermount3.
 fn start_session(
-    fs: StrataFs,
+    fs: Handshake,
     cfg: &MountConfig,
     plan: &MountPlan,
-) -> std::io::Result<(fuser::Session<StrataFs>, Unmount)> {
+) -> std::io::Result<(fuser::Session<Handshake>, Unmount)> {
     let config = session_config(plan);
     if sys::euid() != 0 {
         let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)?;
@@ -482,9 +507,13 @@ fn wait_for_child(rd: OwnedFd) -> Result<(), MountError> {
 
 fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result<(), MountError> {
     let overlay = Arc::new(overlay);
-    let fs = StrataFs::new(Arc::clone(&overlay), cfg.timeout);
     let plan = mount_plan(cfg);
-    let (session, mut unmounter) = match start_session(fs, cfg, &plan) {
+    let passthrough = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hs = Handshake {
+        overlay: Arc::clone(&overlay),
+        passthrough: Arc::clone(&passthrough),
+    };
+    let (session, mut unmounter) = match start_session(hs, cfg, &plan) {
         Ok(s) => s,
         Err(e) => {
             let err = MountError(format!(
@@ -502,11 +531,39 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
         Ok(dev) => spawn_pruner(Arc::clone(&overlay), dev),
         Err(e) => tracing::warn!(error = %e, "no pruner; the node table follows the kernel's"),
     }
-    // Before the session serves requests (it starts in `run`).
+    // Before the session serves requests.
     match session.as_fd().try_clone_to_owned() {
         Ok(dev) => overlay.set_kernel_connection(dev),
         Err(e) => tracing::warn!(error = %e, "no attribute invalidation after copy-ups"),
     }
+    let dev = match session.as_fd().try_clone_to_owned() {
+        Ok(d) => d,
+        Err(e) => {
+            unmounter.unmount();
+            return Err(MountError(format!(
+                "cannot serve the mount: {}",
+                os_error_text(&e)
+            )));
+        }
+    };
+    let backing_dev = if passthrough.load(std::sync::atomic::Ordering::Acquire) {
+        match dev.try_clone() {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no passthrough: cannot keep the connection");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let fs = StrataFs::new(Arc::clone(&overlay), cfg.timeout, backing_dev);
+    let access = match plan.acl {
+        SessionACL::All => Access::All,
+        SessionACL::RootAndOwner => Access::RootAndOwner,
+        SessionACL::Owner => Access::Owner,
+    };
+    let dispatcher = Arc::new(Dispatcher::new(fs, access, sys::euid()));
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -535,7 +592,8 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     }
     raise_readahead(&cfg.mountpoint);
     tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
-    let r = session.run();
+    let r = devfuse::serve(dispatcher, dev, serving_threads());
+    drop(session);
     overlay.unmounted();
     tracing::info!(nodes = overlay.node_count(), "unmounted");
     r.map_err(|e| {

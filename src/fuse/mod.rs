@@ -1,30 +1,33 @@
-//! The thin `fuser::Filesystem` adapter: convert the request, call [`Overlay`], reply.
+//! The FUSE front end: the handlers behind the [`dispatch::Dispatcher`] (convert the
+//! request, call [`Overlay`], encode the reply), over any transport ([`devfuse`] today).
 //!
-//! It owns what only FUSE has: open file and directory handles, the kernel's cache timeouts,
-//! and the capabilities negotiated at init. Every failed operation is logged at debug level
-//! with its errno; nothing here can panic.
+//! It owns what only FUSE has: open file and directory handles, passthrough backing files,
+//! the kernel's cache timeouts, and the capabilities negotiated at init. Node ids and the
+//! `st_ino` shown are kept apart on the wire ([`abi`]). Nothing here can panic.
+
+pub mod abi;
+pub mod devfuse;
+pub mod dispatch;
 
 use std::ffi::OsStr;
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use dashmap::DashMap;
-use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
-};
-use std::path::Path;
+use fuser::{InitFlags, KernelConfig};
 use tracing::debug;
 
+use self::abi::{fopen, DirBuf, Out, WireAttr};
+use self::dispatch::{os, Outcome, Req, Response};
 use crate::config::Passthrough;
 use crate::overlay::{Attr, Caller, Error, Listing, NewObject, Overlay, RenameFlag, SetAttr};
 use crate::sys::{self, FileKind};
+
+/// The largest write the kernel sends (and read it asks for): 256 pages, the kernel's
+/// default `max_pages_limit`.
+pub const MAX_WRITE: u32 = 1 << 20;
 
 /// An open handle.
 #[derive(Debug)]
@@ -73,7 +76,7 @@ const CAPS_XATTR: &str = "security.capability";
 /// The permission bits `mode` keeps after a write or truncate by the caller of `req` (not
 /// root): setuid goes, setgid goes when the group may execute or the caller is not in the
 /// file's group `gid`.
-fn kept_mode(mode: u32, gid: u32, req: &Request) -> u32 {
+fn kept_mode(mode: u32, gid: u32, req: &Req) -> u32 {
     let mut m = mode & 0o7777 & !libc::S_ISUID;
     if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller_in_group(req, gid)) {
         m &= !libc::S_ISGID;
@@ -83,11 +86,11 @@ fn kept_mode(mode: u32, gid: u32, req: &Request) -> u32 {
 
 /// True when the caller of `req` is in group `gid` (its primary group or one of the
 /// supplementary groups its process lists).
-fn caller_in_group(req: &Request, gid: u32) -> bool {
-    if req.gid() == gid {
+fn caller_in_group(req: &Req, gid: u32) -> bool {
+    if req.gid == gid {
         return true;
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid)).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
@@ -112,8 +115,24 @@ pub struct StrataFs {
     node_io: DashMap<u64, NodeIo>,
     next_fh: AtomicU64,
     ttl: Duration,
-    /// The kernel granted FUSE passthrough (root only).
-    passthrough: bool,
+    /// The connection, for passthrough backing files: set when the kernel granted FUSE
+    /// passthrough (root only).
+    backing_dev: Option<Arc<OwnedFd>>,
+}
+
+/// A passthrough backing file registered with the kernel, unregistered when dropped.
+#[derive(Debug)]
+struct Backing {
+    dev: Arc<OwnedFd>,
+    id: u32,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Err(e) = sys::fuse_backing_close(self.dev.as_fd(), self.id) {
+            debug!(id = self.id, error = %e, "backing file not closed");
+        }
+    }
 }
 
 /// The open files of one node.
@@ -145,33 +164,12 @@ struct NodeIo {
     /// How many of the handles were opened to execute the file (`__FMODE_EXEC`): while
     /// any is, a truncating open gets `ETXTBSY`, as the kernel gives it.
     execs: usize,
-    backing: Option<Arc<fuser::BackingId>>,
+    backing: Option<Arc<Backing>>,
     /// `backing` is the upper copy (else a lower copy, read-only).
     backing_upper: bool,
 }
 
 impl StrataFs {
-    /// Answers a request that yields a (new or looked-up) entry.
-    fn reply_entry(&self, reply: ReplyEntry, op: &str, ino: u64, result: Result<Attr, Error>) {
-        match result {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(op, ino, &e)),
-        }
-    }
-
-    /// A front end serving `overlay`, telling the kernel to cache entries and attributes for
-    /// `ttl`.
-    pub fn new(overlay: Arc<Overlay>, ttl: Duration) -> StrataFs {
-        StrataFs {
-            overlay,
-            handles: DashMap::new(),
-            node_io: DashMap::new(),
-            next_fh: AtomicU64::new(1),
-            ttl,
-            passthrough: false,
-        }
-    }
-
     /// Registers an open file of node `ino` (`lower`: opened on a lower layer) and returns
     /// its handle and, for a passthrough open, the backing file to reply with. `None` when
     /// the open cannot share the node's passthrough backing file: that is a lower copy, and
@@ -182,8 +180,7 @@ impl StrataFs {
         fd: OwnedFd,
         lower: bool,
         exec: bool,
-        open_backing: impl FnOnce(&OwnedFd) -> io::Result<fuser::BackingId>,
-    ) -> Option<(FileHandle, Arc<OpenFile>, Option<Arc<fuser::BackingId>>)> {
+    ) -> Option<(u64, Arc<OpenFile>, Option<Arc<Backing>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
         // are never in passthrough (writes through the backing file would keep them).
         let setid = sys::stat_fd(fd.as_fd())
@@ -195,7 +192,7 @@ impl StrataFs {
             );
         let fd = Arc::new(fd);
         let opts = self.overlay.options();
-        let eligible = self.passthrough
+        let eligible = self.backing_dev.is_some()
             && !setid
             && (!lower || opts.read_only || opts.passthrough == Passthrough::All);
         let mut io = self.node_io.entry(ino).or_insert_with(|| NodeIo {
@@ -218,11 +215,11 @@ impl StrataFs {
         } else if eligible && !cached_live {
             // A read-only open of a file with no upper copy: its own fd is the backing file.
             let opened = if lower && !self.overlay.is_copied_up(ino) {
-                open_backing(&fd).map(|b| (b, false)).map_err(Error::from)
+                self.open_backing(&fd).map(|b| (b, false))
             } else {
                 self.overlay
                     .backing_fd(ino)
-                    .and_then(|(b, upper)| Ok((open_backing(&b)?, upper)))
+                    .and_then(|(b, upper)| Ok((self.open_backing(&b)?, upper)))
             };
             match opened {
                 Ok((b, upper)) => {
@@ -252,8 +249,18 @@ impl StrataFs {
         Some((self.add_handle(Handle::File(Arc::clone(&of))), of, backing))
     }
 
-    fn open_file(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
-        match self.handles.get(&fh.0).as_deref() {
+    /// Registers `fd` as a passthrough backing file.
+    fn open_backing(&self, fd: &OwnedFd) -> Result<Backing, Error> {
+        let dev = self.backing_dev.as_ref().ok_or(os(libc::EOPNOTSUPP))?;
+        let id = sys::fuse_backing_open(dev.as_fd(), fd.as_fd())?;
+        Ok(Backing {
+            dev: Arc::clone(dev),
+            id,
+        })
+    }
+
+    fn open_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        match self.handles.get(&fh).as_deref() {
             Some(Handle::File(f)) => Some(Arc::clone(f)),
             _ => None,
         }
@@ -261,7 +268,7 @@ impl StrataFs {
 
     /// The fd to read `fh` from: a handle opened on a lower copy moves to the upper copy once
     /// the file has been copied up.
-    fn read_fd(&self, fh: FileHandle, ino: u64) -> Option<Arc<OwnedFd>> {
+    fn read_fd(&self, fh: u64, ino: u64) -> Option<Arc<OwnedFd>> {
         let of = self.open_file(fh)?;
         if of.lower.load(Ordering::Acquire) && self.overlay.is_copied_up(ino) {
             let mut cur = of.fd.write();
@@ -281,8 +288,8 @@ impl StrataFs {
     /// A write by someone other than root drops setuid, and setgid when the group may
     /// execute or the writer is not in the file's group, and file capabilities: what a local
     /// filesystem does (the kernel leaves it to us under handle_killpriv_v2).
-    fn kill_setid(&self, ino: u64, of: &OpenFile, req: &Request) {
-        if req.uid() == 0 || !of.setid.load(Ordering::Relaxed) {
+    fn kill_setid(&self, ino: u64, of: &OpenFile, req: &Req) {
+        if req.uid == 0 || !of.setid.load(Ordering::Relaxed) {
             return;
         }
         let fd = of.current();
@@ -307,9 +314,9 @@ impl StrataFs {
     /// After an access ACL was set by a caller outside the file's group (and not root), the
     /// setgid bit goes, as a local filesystem's `posix_acl_update_mode` drops it. The kernel
     /// would say so with `FUSE_SETXATTR_ACL_KILL_SGID`, but only in the extended setxattr
-    /// request that fuser 0.18 cannot parse, so the daemon decides from the caller itself.
-    fn acl_kill_sgid(&self, ino: u64, req: &Request) -> Result<(), crate::overlay::Error> {
-        if req.uid() == 0 {
+    /// request, which is not negotiated, so the daemon decides from the caller itself.
+    fn acl_kill_sgid(&self, ino: u64, req: &Req) -> Result<(), Error> {
+        if req.uid == 0 {
             return Ok(());
         }
         let a = self.overlay.getattr(ino)?;
@@ -329,21 +336,21 @@ impl StrataFs {
         self.node_io.get(&ino).map(|e| Arc::clone(&e.newest))
     }
 
-    fn add_handle(&self, h: Handle) -> FileHandle {
+    fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(fh, h);
-        FileHandle(fh)
+        fh
     }
 
-    fn file(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
+    fn file(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         self.open_file(fh).map(|f| f.current())
     }
 
     /// The current listing of open directory `fh` (of node `ino`).
-    fn listing(&self, fh: FileHandle, ino: u64) -> Result<Arc<Listing>, Errno> {
-        let dir = match self.handles.get(&fh.0).as_deref() {
+    fn listing(&self, fh: u64, ino: u64) -> Result<Arc<Listing>, Error> {
+        let dir = match self.handles.get(&fh).as_deref() {
             Some(Handle::Dir(d)) => Arc::clone(d),
-            _ => return Err(Errno::from_i32(libc::EBADF)),
+            _ => return Err(os(libc::EBADF)),
         };
         let mut cur = dir.listing.lock();
         if let Some(l) = &*cur {
@@ -351,297 +358,240 @@ impl StrataFs {
                 return Ok(Arc::clone(l));
             }
         }
-        let l = self
-            .overlay
-            .listing(ino)
-            .map_err(|e| errno("readdir", ino, &e))?;
+        let l = self.overlay.listing(ino)?;
         *cur = Some(Arc::clone(&l));
         Ok(l)
     }
 }
 
-fn file_type(k: FileKind) -> FileType {
+/// Type bits of `st_mode` for a kind of file.
+fn type_bits(k: FileKind) -> u32 {
     match k {
-        FileKind::Regular => FileType::RegularFile,
-        FileKind::Directory => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::CharDevice => FileType::CharDevice,
-        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Regular => libc::S_IFREG,
+        FileKind::Directory => libc::S_IFDIR,
+        FileKind::Symlink => libc::S_IFLNK,
+        FileKind::Fifo => libc::S_IFIFO,
+        FileKind::Socket => libc::S_IFSOCK,
+        FileKind::CharDevice => libc::S_IFCHR,
+        FileKind::BlockDevice => libc::S_IFBLK,
     }
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
+/// What the kernel is told `stat` shows for `a`.
+fn wire_attr(a: &Attr) -> WireAttr {
+    WireAttr {
+        ino: a.ino,
         size: a.size,
         blocks: a.blocks,
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: file_type(a.kind),
-        perm: a.perm,
+        atime: abi::time_parts(a.atime),
+        mtime: abi::time_parts(a.mtime),
+        ctime: abi::time_parts(a.ctime),
+        mode: type_bits(a.kind) | u32::from(a.perm),
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: a.rdev,
         blksize: if a.blksize == 0 { 4096 } else { a.blksize },
-        flags: 0,
     }
 }
 
-/// Attributes that carry only a node id (`.`/`..` entries).
-fn dot_attr(ino: u64) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::UNIX_EPOCH,
-        mtime: SystemTime::UNIX_EPOCH,
-        ctime: SystemTime::UNIX_EPOCH,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: FileType::Directory,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
+/// The FUSE node id of the object `a` describes.
+fn node_id(a: &Attr) -> u64 {
+    a.ino
 }
 
-fn caller(req: &Request) -> Caller {
+fn caller(req: &Req) -> Caller {
     caller_with_umask(req, 0)
 }
 
 /// The caller of a request that creates something, with the umask the kernel sent.
-fn caller_with_umask(req: &Request, umask: u32) -> Caller {
+fn caller_with_umask(req: &Req, umask: u32) -> Caller {
     Caller {
-        uid: req.uid(),
-        gid: req.gid(),
+        uid: req.uid,
+        gid: req.gid,
         umask,
     }
 }
 
-fn set_time(t: Option<TimeOrNow>) -> Option<sys::SetTime> {
-    t.map(|t| match t {
-        TimeOrNow::Now => sys::SetTime::Now,
-        TimeOrNow::SpecificTime(t) => sys::SetTime::At(t),
-    })
-}
-
-fn errno(op: &str, ino: u64, e: &Error) -> Errno {
-    let code = e.errno();
-    debug!(op, ino, errno = code, error = %e, "failed");
-    Errno::from_i32(code)
-}
-
-fn io_errno(op: &str, ino: u64, e: io::Error) -> Errno {
-    errno(op, ino, &Error::Io(e))
-}
-
-/// Answers a request whose only result is success or an errno.
-fn reply_empty(reply: ReplyEmpty, op: &str, ino: u64, result: Result<(), Error>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(op, ino, &e)),
-    }
-}
-
-/// Replies to xattr requests: the size when asked for it, ERANGE when the buffer is short.
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+/// The reply to xattr requests: the size when asked for it, ERANGE when the buffer is short.
+fn xattr_reply(size: u32, data: Vec<u8>) -> Outcome {
     if size == 0 {
-        reply.size(data.len() as u32);
+        let mut o = Out::with_capacity(8);
+        o.u32(data.len() as u32).u32(0);
+        Ok(Response::Body(o.buf))
     } else if data.len() > size as usize {
-        reply.error(Errno::from_i32(libc::ERANGE));
+        Err(os(libc::ERANGE))
     } else {
-        reply.data(data);
+        Ok(Response::Body(data))
     }
 }
 
-impl fuser::Filesystem for StrataFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        for cap in [
-            // Always readdirplus (no _AUTO): a listing is nearly always followed by stats of
-            // its entries, and each separate LOOKUP is a round trip.
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_ASYNC_READ,
-            InitFlags::FUSE_MAX_PAGES,
-            // The truncation of an O_TRUNC open happens at FUSE_OPEN: a lower file is then
-            // copied up without its data (otherwise the kernel opens for writing, which
-            // copies everything up, and truncates after). The kernel checks ETXTBSY for
-            // writable opens before FUSE_OPEN but for `O_RDONLY|O_TRUNC` only after it, so
-            // the daemon refuses to truncate a node open for execution itself (`execs`).
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            // We drop setuid/setgid/capabilities ourselves: otherwise the kernel asks for
-            // security.capability before every write.
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                debug!(?cap, "kernel lacks capability");
-            }
+/// The capabilities asked of the kernel in its INIT request; returns whether it granted
+/// FUSE passthrough.
+pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig) -> bool {
+    for cap in [
+        // Always readdirplus (no _AUTO): a listing is nearly always followed by stats of
+        // its entries, and each separate LOOKUP is a round trip.
+        InitFlags::FUSE_DO_READDIRPLUS,
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        InitFlags::FUSE_CACHE_SYMLINKS,
+        InitFlags::FUSE_ASYNC_READ,
+        InitFlags::FUSE_MAX_PAGES,
+        // The truncation of an O_TRUNC open happens at FUSE_OPEN: a lower file is then
+        // copied up without its data (otherwise the kernel opens for writing, which
+        // copies everything up, and truncates after). The kernel checks ETXTBSY for
+        // writable opens before FUSE_OPEN but for `O_RDONLY|O_TRUNC` only after it, so
+        // the daemon refuses to truncate a node open for execution itself (`execs`).
+        InitFlags::FUSE_ATOMIC_O_TRUNC,
+        // We drop setuid/setgid/capabilities ourselves: otherwise the kernel asks for
+        // security.capability before every write.
+        InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+    ] {
+        if config.add_capabilities(cap).is_err() {
+            debug!(?cap, "kernel lacks capability");
         }
-        // POSIX ACLs: the kernel enforces them from the ACL xattrs, and leaves the umask to
-        // the daemon (which skips it under a default ACL, as the filesystem does).
-        if self.overlay.acl()
-            && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok()
-            && config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_err()
-        {
-            debug!("kernel lacks FUSE_DONT_MASK");
+    }
+    // POSIX ACLs: the kernel enforces them from the ACL xattrs, and leaves the umask to
+    // the daemon (which skips it under a default ACL, as the filesystem does).
+    if overlay.acl()
+        && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok()
+        && config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_err()
+    {
+        debug!("kernel lacks FUSE_DONT_MASK");
+    }
+    let _ = config.set_max_write(MAX_WRITE);
+    let _ = config.set_max_background(64);
+    let _ = config.set_congestion_threshold(48);
+    // Passthrough needs CAP_SYS_ADMIN for the backing-file ioctl, and a stacking depth
+    // of 1 (layers on ordinary filesystems; this mount may still sit under an overlay).
+    let passthrough = sys::admin_in_initial_userns()
+        && overlay.options().passthrough != Passthrough::Off
+        && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        && config.set_max_stack_depth(1).is_ok();
+    // Otherwise (a daemon without CAP_SYS_ADMIN: rootless podman's) the writeback cache,
+    // as fuse-overlayfs's `writeback=1`: writes gather in the page cache and reach the
+    // daemon as large requests. The two are exclusive. Handles are opened read-write
+    // whatever the open asked for (the kernel reads pages to fill partial writes), and
+    // never O_APPEND (the kernel places appended data itself).
+    let writeback = !passthrough
+        && overlay.options().writeback
+        && config
+            .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+            .is_ok();
+    debug!(passthrough, writeback, "init");
+    passthrough
+}
+
+impl StrataFs {
+    /// A front end serving `overlay`, telling the kernel to cache entries and attributes for
+    /// `ttl`; `backing_dev` is the connection when the kernel granted passthrough.
+    pub fn new(
+        overlay: Arc<Overlay>,
+        ttl: Duration,
+        backing_dev: Option<Arc<OwnedFd>>,
+    ) -> StrataFs {
+        StrataFs {
+            overlay,
+            handles: DashMap::new(),
+            node_io: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            ttl,
+            backing_dev,
         }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
-        // Passthrough needs CAP_SYS_ADMIN for the backing-file ioctl, and a stacking depth
-        // of 1 (layers on ordinary filesystems; this mount may still sit under an overlay).
-        if sys::admin_in_initial_userns()
-            && self.overlay.options().passthrough != Passthrough::Off
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
-        {
-            self.passthrough = true;
-        }
-        // Otherwise (a daemon without CAP_SYS_ADMIN: rootless podman's) the writeback cache,
-        // as fuse-overlayfs's `writeback=1`: writes gather in the page cache and reach the
-        // daemon as large requests. The two are exclusive. Handles are opened read-write
-        // whatever the open asked for (the kernel reads pages to fill partial writes), and
-        // never O_APPEND (the kernel places appended data itself).
-        let writeback = !self.passthrough
-            && self.overlay.options().writeback
-            && config
-                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
-                .is_ok();
-        debug!(passthrough = self.passthrough, writeback, "init");
-        Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        debug!(op = "lookup", parent = parent.0, ?name);
+    /// The reply naming a (new or looked-up) entry.
+    fn entry(&self, a: &Attr) -> Response {
+        let mut o = Out::with_capacity(abi::ENTRY_OUT_LEN);
+        o.entry(node_id(a), self.ttl, &wire_attr(a));
+        Response::Body(o.buf)
+    }
+
+    /// The reply carrying attributes.
+    fn attr(&self, a: &Attr) -> Response {
+        let mut o = Out::with_capacity(104);
+        o.attr_out(self.ttl, &wire_attr(a));
+        Response::Body(o.buf)
+    }
+
+    /// The reply to an open: handle `fh`, `flags`, and the backing file in passthrough.
+    fn opened(fh: u64, flags: u32, backing: Option<&Backing>) -> Response {
+        let mut o = Out::with_capacity(16);
+        match backing {
+            Some(b) => o.open(fh, flags | fopen::PASSTHROUGH, b.id),
+            None => o.open(fh, flags, 0),
+        };
+        Response::Body(o.buf)
+    }
+
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Outcome {
         // A missing name is answered ENOENT, not as a negative entry the kernel could cache
         // (node id 0 with a timeout): a negative entry the kernel trusts is never asked about
-        // again, so a node left at a stale name (see `flush`) could not heal; and with them
-        // the load test saw a persistent ENOENT.
-        self.reply_entry(
-            reply,
-            "lookup",
-            parent.0,
-            self.overlay.lookup(parent.0, name),
-        )
+        // again, so a node left at a stale name could not heal; and with them the load test
+        // saw a persistent ENOENT.
+        Ok(self.entry(&self.overlay.lookup(parent, name)?))
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.overlay.forget(ino.0, nlookup);
+    pub(crate) fn forget(&self, ino: u64, nlookup: u64) {
+        self.overlay.forget(ino, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        debug!(op = "getattr", ino = ino.0);
+    pub(crate) fn getattr(&self, ino: u64, fh: Option<u64>) -> Outcome {
         // An open file may have lost its name (unlinked while open): stat the handle.
         if let Some(fd) = fh.and_then(|fh| self.file(fh)) {
-            match self.overlay.attr_of_fd(ino.0, fd.as_fd()) {
-                Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno("getattr", ino.0, &e)),
-            }
-            return;
+            return Ok(self.attr(&self.overlay.attr_of_fd(ino, fd.as_fd())?));
         }
-        let r = match self.overlay.getattr(ino.0) {
-            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => match self.open_fd(ino.0)
-            {
-                Some(fd) => self.overlay.attr_of_fd(ino.0, fd.as_fd()),
+        let a = match self.overlay.getattr(ino) {
+            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => match self.open_fd(ino) {
+                Some(fd) => self.overlay.attr_of_fd(ino, fd.as_fd()),
                 None => Err(e),
             },
             r => r,
-        };
-        match r {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno("getattr", ino.0, &e)),
-        }
+        }?;
+        Ok(self.attr(&a))
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        debug!(op = "readlink", ino = ino.0);
-        match self.overlay.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno("readlink", ino.0, &e)),
-        }
+    pub(crate) fn readlink(&self, ino: u64) -> Outcome {
+        Ok(Response::Body(self.overlay.readlink(ino)?))
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        debug!(op = "open", ino = ino.0, flags = flags.0);
+    pub(crate) fn open(&self, req: &Req, ino: u64, flags: i32) -> Outcome {
         // With atomic O_TRUNC the kernel checks ETXTBSY for `O_RDONLY|O_TRUNC` only after
-        // this open has truncated: a running program would be destroyed (see `init`).
-        if flags.0 & libc::O_TRUNC != 0 && self.node_io.get(&ino.0).is_some_and(|io| io.execs > 0) {
-            reply.error(Errno::from_i32(libc::ETXTBSY));
-            return;
+        // this open has truncated: a running program would be destroyed (see `negotiate`).
+        if flags & libc::O_TRUNC != 0 && self.node_io.get(&ino).is_some_and(|io| io.execs > 0) {
+            return Err(os(libc::ETXTBSY));
         }
-        let exec = flags.0 & FMODE_EXEC != 0;
-        match self.overlay.open(ino.0, flags.0) {
-            Ok(f) => {
-                let keep = if f.immutable {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                let Some((fh, of, backing)) =
-                    self.add_file(ino.0, f.fd, f.immutable, exec, |fd| reply.open_backing(fd))
-                else {
-                    debug!(
-                        ino = ino.0,
-                        "open after a copy-up under passthrough: node retired"
-                    );
-                    self.overlay.retire(ino.0);
-                    reply.error(Errno::from_i32(libc::ESTALE));
-                    return;
-                };
-                if flags.0 & libc::O_TRUNC != 0 {
-                    // A truncating open is a write (atomic O_TRUNC: no setattr follows).
-                    self.kill_setid(ino.0, &of, req);
-                }
-                match backing {
-                    Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
-                    None => reply.opened(fh, keep),
-                }
-            }
-            Err(e) => reply.error(errno("open", ino.0, &e)),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let Some(fd) = self.read_fd(fh, ino.0) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let exec = flags & FMODE_EXEC != 0;
+        let f = self.overlay.open(ino, flags)?;
+        let keep = if f.immutable { fopen::KEEP_CACHE } else { 0 };
+        let Some((fh, of, backing)) = self.add_file(ino, f.fd, f.immutable, exec) else {
+            debug!(ino, "open after a copy-up under passthrough: node retired");
+            self.overlay.retire(ino);
+            return Err(os(libc::ESTALE));
         };
-        match sys::pread_exact_or_eof(fd.as_fd(), size as usize, offset) {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(io_errno("read", ino.0, e)),
+        if flags & libc::O_TRUNC != 0 {
+            // A truncating open is a write (atomic O_TRUNC: no setattr follows).
+            self.kill_setid(ino, &of, req);
         }
+        Ok(match backing {
+            Some(b) => Self::opened(fh, 0, Some(&b)),
+            None => Self::opened(fh, keep, None),
+        })
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        if let Some((_, Handle::File(of))) = self.handles.remove(&fh.0) {
-            self.node_io.remove_if_mut(&ino.0, |_, io| {
+    pub(crate) fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Outcome {
+        let fd = self.read_fd(fh, ino).ok_or(os(libc::EBADF))?;
+        let size = size.min(MAX_WRITE) as usize;
+        Ok(Response::Body(sys::pread_exact_or_eof(
+            fd.as_fd(),
+            size,
+            offset,
+        )?))
+    }
+
+    pub(crate) fn release(&self, ino: u64, fh: u64) -> Outcome {
+        if let Some((_, Handle::File(of))) = self.handles.remove(&fh) {
+            self.node_io.remove_if_mut(&ino, |_, io| {
                 io.opens = io.opens.saturating_sub(1);
                 if of.exec {
                     io.execs = io.execs.saturating_sub(1);
@@ -655,231 +605,142 @@ impl fuser::Filesystem for StrataFs {
                 io.opens == 0
             });
         }
-        reply.ok();
+        Ok(Response::empty())
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        debug!(op = "opendir", ino = ino.0);
-        match self.overlay.check_dir(ino.0) {
-            Ok(()) => {
-                let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
-                // The kernel caches the entries per inode, filled by whichever handle reads;
-                // offsets are name cookies served from the current listing, so every handle
-                // fills it alike. The kernel drops its cache by itself when a change goes
-                // through the mount; after a change it cannot see (a copy-up reorders the
-                // merge) the last listing handed out is no longer current, and the open then
-                // asks it to drop the cache.
-                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
-                if self.overlay.listing_is_current(ino.0) {
-                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                reply.opened(fh, flags);
-            }
-            Err(e) => reply.error(errno("opendir", ino.0, &e)),
+    pub(crate) fn opendir(&self, ino: u64) -> Outcome {
+        self.overlay.check_dir(ino)?;
+        let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
+        // The kernel caches the entries per inode, filled by whichever handle reads;
+        // offsets are name cookies served from the current listing, so every handle
+        // fills it alike. The kernel drops its cache by itself when a change goes
+        // through the mount; after a change it cannot see (a copy-up reorders the
+        // merge) the last listing handed out is no longer current, and the open then
+        // asks it to drop the cache.
+        let mut flags = fopen::CACHE_DIR;
+        if self.overlay.listing_is_current(ino) {
+            flags |= fopen::KEEP_CACHE;
         }
+        Ok(Self::opened(fh, flags, None))
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let list = match self.listing(fh, ino.0) {
-            Ok(l) => l,
-            Err(e) => {
-                reply.error(e);
-                return;
-            }
-        };
-        let parent = self.overlay.parent_of(ino.0);
-        let dots = [(1u64, ino.0, "."), (2, parent, "..")];
-        for (next, dino, name) in dots {
-            if offset < next && reply.add(INodeNo(dino), next, FileType::Directory, name) {
-                reply.ok();
-                return;
-            }
-        }
-        for e in list.after(offset) {
-            let Ok(eino) = self.overlay.entry_ino(ino.0, e) else {
-                // Gone since the listing was taken: skip it, as a fresh listing would.
-                continue;
-            };
-            if reply.add(INodeNo(eino), e.cookie, file_type(e.kind), &e.name) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        let list = match self.listing(fh, ino.0) {
-            Ok(l) => l,
-            Err(e) => {
-                reply.error(e);
-                return;
-            }
-        };
+    /// READDIR, or READDIRPLUS (`plus`: each entry with its attributes and a lookup
+    /// reference), of at most `size` bytes from `offset` (a cookie).
+    pub(crate) fn readdir(&self, ino: u64, fh: u64, offset: u64, size: u32, plus: bool) -> Outcome {
+        let list = self.listing(fh, ino)?;
+        let mut buf = DirBuf::new(size as usize);
         // "." and ".." carry no lookup reference: the kernel never links dot entries of a
-        // readdirplus reply to inodes (fuse_direntplus_link returns early for them), and fuser
-        // sends `attr.ino` as d_ino, which must not be 0 or libc hides the entry.
-        let dots = [(1u64, ino.0, "."), (2, self.overlay.parent_of(ino.0), "..")];
+        // readdirplus reply to inodes (fuse_direntplus_link returns early for them). Their
+        // d_ino must not be 0, or libc hides the entry.
+        let dots = [(1u64, ino, "."), (2, self.overlay.parent_of(ino), "..")];
         for (next, dino, name) in dots {
-            if offset < next {
-                let attr = dot_attr(dino);
-                if reply.add(
-                    INodeNo(dino),
-                    next,
-                    name,
-                    &Duration::ZERO,
-                    &attr,
-                    Generation(0),
-                ) {
-                    reply.ok();
-                    return;
-                }
+            if offset >= next {
+                continue;
+            }
+            let fits = if plus {
+                let attr = WireAttr {
+                    ino: dino,
+                    mode: libc::S_IFDIR,
+                    ..WireAttr::default()
+                };
+                buf.push_plus(0, Duration::ZERO, &attr, next, OsStr::new(name))
+            } else {
+                buf.push(dino, next, libc::S_IFDIR, OsStr::new(name))
+            };
+            if !fits {
+                return Ok(Response::Body(buf.into_bytes()));
             }
         }
         for e in list.after(offset) {
-            let attr = match self.overlay.lookup_entry(ino.0, &list, e) {
-                Ok(a) => a,
-                // Gone since the listing was taken: skip it, as a fresh listing would.
-                Err(_) => continue,
+            let fits = if plus {
+                let Ok(attr) = self.overlay.lookup_entry(ino, &list, e) else {
+                    // Gone since the listing was taken: skip it, as a fresh listing would.
+                    continue;
+                };
+                let fits = buf.push_plus(
+                    node_id(&attr),
+                    self.ttl,
+                    &wire_attr(&attr),
+                    e.cookie,
+                    &e.name,
+                );
+                if !fits {
+                    // Not sent: give back the reference the lookup took.
+                    self.overlay.forget(node_id(&attr), 1);
+                }
+                fits
+            } else {
+                let Ok(eino) = self.overlay.entry_ino(ino, e) else {
+                    continue;
+                };
+                buf.push(eino, e.cookie, type_bits(e.kind), &e.name)
             };
-            if reply.add(
-                INodeNo(attr.ino),
-                e.cookie,
-                &e.name,
-                &self.ttl,
-                &file_attr(&attr),
-                Generation(0),
-            ) {
-                // Not sent: give back the reference the lookup took.
-                self.overlay.forget(attr.ino, 1);
+            if !fits {
                 break;
             }
         }
-        reply.ok();
+        Ok(Response::Body(buf.into_bytes()))
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.handles.remove(&fh.0);
-        reply.ok();
+    pub(crate) fn releasedir(&self, fh: u64) -> Outcome {
+        self.handles.remove(&fh);
+        Ok(Response::empty())
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.overlay.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(errno("statfs", 1, &e)),
+    pub(crate) fn statfs(&self) -> Outcome {
+        let s = self.overlay.statfs()?;
+        let mut o = Out::with_capacity(80);
+        o.u64(s.blocks)
+            .u64(s.bfree)
+            .u64(s.bavail)
+            .u64(s.files)
+            .u64(s.ffree);
+        o.u32(s.bsize).u32(s.namelen).u32(s.frsize).u32(0);
+        for _ in 0..6 {
+            o.u32(0);
         }
+        Ok(Response::Body(o.buf))
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        debug!(op = "getxattr", ino = ino.0, ?name);
-        match self.overlay.getxattr(ino.0, name) {
-            Ok(v) => reply_xattr(reply, size, &v),
-            Err(e) => reply.error(errno("getxattr", ino.0, &e)),
-        }
+    pub(crate) fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Outcome {
+        xattr_reply(size, self.overlay.getxattr(ino, name)?)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        debug!(op = "listxattr", ino = ino.0);
-        match self.overlay.listxattr(ino.0) {
-            Ok(v) => reply_xattr(reply, size, &v),
-            Err(e) => reply.error(errno("listxattr", ino.0, &e)),
-        }
+    pub(crate) fn listxattr(&self, ino: u64, size: u32) -> Outcome {
+        xattr_reply(size, self.overlay.listxattr(ino)?)
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        reply_empty(
-            reply,
-            "access",
-            ino.0,
-            self.overlay.access(ino.0, mask.bits()),
-        )
+    pub(crate) fn access(&self, ino: u64, mask: i32) -> Outcome {
+        self.overlay.access(ino, mask)?;
+        Ok(Response::empty())
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        let Some(fd) = self.file(fh) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        match sys::seek(fd.as_fd(), offset, whence) {
-            Ok(pos) => reply.offset(pos as i64),
-            Err(e) => reply.error(io_errno("lseek", ino.0, e)),
-        }
+    pub(crate) fn lseek(&self, _ino: u64, fh: u64, offset: i64, whence: i32) -> Outcome {
+        let fd = self.file(fh).ok_or(os(libc::EBADF))?;
+        let pos = sys::seek(fd.as_fd(), offset, whence)?;
+        let mut o = Out::with_capacity(8);
+        o.u64(pos);
+        Ok(Response::Body(o.buf))
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        debug!(op = "setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size);
-        let req = _req;
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: set_time(atime),
-            mtime: set_time(mtime),
-        };
+    pub(crate) fn setattr(&self, req: &Req, ino: u64, set: SetAttr, fh: Option<u64>) -> Outcome {
+        debug!(mode = ?set.mode, uid = ?set.uid, gid = ?set.gid, size = ?set.size, "setattr");
         let file = fh.and_then(|fh| self.file(fh));
         let r = match self
             .overlay
-            .setattr(ino.0, set, file.as_ref().map(|f| f.as_fd()))
+            .setattr(ino, set, file.as_ref().map(|f| f.as_fd()))
         {
             // No name left (unlinked while open): change the open file itself.
-            Err(e) if e.errno() == libc::ENOENT && file.is_none() => match self.open_fd(ino.0) {
-                Some(fd) => self.overlay.setattr(ino.0, set, Some(fd.as_fd())),
+            Err(e) if e.errno() == libc::ENOENT && file.is_none() => match self.open_fd(ino) {
+                Some(fd) => self.overlay.setattr(ino, set, Some(fd.as_fd())),
                 None => Err(e),
             },
             r => r,
         };
         // With handle_killpriv_v2 a truncate by someone other than root drops the setuid
         // and setgid bits here, as a local filesystem would.
-        let r = match r {
-            Ok(a) if size.is_some() && mode.is_none() && req.uid() != 0 => {
+        let a = match r {
+            Ok(a) if set.size.is_some() && set.mode.is_none() && req.uid != 0 => {
                 let kept = kept_mode(u32::from(a.perm), a.gid, req);
                 if kept != u32::from(a.perm) {
                     let set = SetAttr {
@@ -887,30 +748,26 @@ impl fuser::Filesystem for StrataFs {
                         ..SetAttr::default()
                     };
                     self.overlay
-                        .setattr(ino.0, set, file.as_ref().map(|f| f.as_fd()))
+                        .setattr(ino, set, file.as_ref().map(|f| f.as_fd()))
                 } else {
                     Ok(a)
                 }
             }
             r => r,
-        };
-        match r {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno("setattr", ino.0, &e)),
-        }
+        }?;
+        Ok(self.attr(&a))
     }
 
-    fn mknod(
+    pub(crate) fn mknod(
         &self,
-        req: &Request,
-        parent: INodeNo,
+        req: &Req,
+        parent: u64,
         name: &OsStr,
         mode: u32,
         umask: u32,
         rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        debug!(op = "mknod", parent = parent.0, ?name, mode, rdev);
+    ) -> Outcome {
+        debug!(?name, mode, rdev, "mknod");
         let obj = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObject::File {
                 flags: libc::O_RDONLY,
@@ -921,365 +778,211 @@ impl fuser::Filesystem for StrataFs {
                 rdev: u64::from(rdev),
             }
         };
-        self.reply_entry(
-            reply,
-            "mknod",
-            parent.0,
-            self.overlay
-                .create(parent.0, name, obj, mode, caller_with_umask(req, umask))
-                .map(|(a, _)| a),
-        )
+        let (a, _) = self
+            .overlay
+            .create(parent, name, obj, mode, caller_with_umask(req, umask))?;
+        Ok(self.entry(&a))
     }
 
-    fn mkdir(
+    pub(crate) fn mkdir(
         &self,
-        req: &Request,
-        parent: INodeNo,
+        req: &Req,
+        parent: u64,
         name: &OsStr,
         mode: u32,
         umask: u32,
-        reply: ReplyEntry,
-    ) {
-        debug!(op = "mkdir", parent = parent.0, ?name, mode);
-        self.reply_entry(
-            reply,
-            "mkdir",
-            parent.0,
-            self.overlay
-                .create(
-                    parent.0,
-                    name,
-                    NewObject::Dir,
-                    mode,
-                    caller_with_umask(req, umask),
-                )
-                .map(|(a, _)| a),
-        )
+    ) -> Outcome {
+        debug!(?name, mode, "mkdir");
+        let (a, _) = self.overlay.create(
+            parent,
+            name,
+            NewObject::Dir,
+            mode,
+            caller_with_umask(req, umask),
+        )?;
+        Ok(self.entry(&a))
     }
 
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        debug!(op = "symlink", parent = parent.0, ?link_name, ?target);
-        let obj = NewObject::Symlink(target.as_os_str().to_os_string());
-        self.reply_entry(
-            reply,
-            "symlink",
-            parent.0,
-            self.overlay
-                .create(parent.0, link_name, obj, 0o777, caller(req))
-                .map(|(a, _)| a),
-        )
+    pub(crate) fn symlink(&self, req: &Req, parent: u64, name: &OsStr, target: &OsStr) -> Outcome {
+        debug!(?name, ?target, "symlink");
+        let obj = NewObject::Symlink(target.to_os_string());
+        let (a, _) = self.overlay.create(parent, name, obj, 0o777, caller(req))?;
+        Ok(self.entry(&a))
     }
 
-    fn create(
+    pub(crate) fn create(
         &self,
-        req: &Request,
-        parent: INodeNo,
+        req: &Req,
+        parent: u64,
         name: &OsStr,
         mode: u32,
         umask: u32,
         flags: i32,
-        reply: ReplyCreate,
-    ) {
-        debug!(op = "create", parent = parent.0, ?name, mode, flags);
-        match self.overlay.create(
-            parent.0,
+    ) -> Outcome {
+        debug!(?name, mode, flags, "create");
+        let (a, fd) = self.overlay.create(
+            parent,
             name,
             NewObject::File { flags },
             mode,
             caller_with_umask(req, umask),
-        ) {
-            Ok((a, Some(fd))) => {
-                // A new object's node has no earlier opens, so it shares no backing file.
-                let Some((fh, _, backing)) =
-                    self.add_file(a.ino, fd, false, false, |fd| reply.open_backing(fd))
-                else {
-                    self.overlay.forget(a.ino, 1);
-                    reply.error(Errno::from_i32(libc::EIO));
-                    return;
-                };
-                let attr = file_attr(&a);
-                match backing {
-                    Some(b) => reply.created_passthrough(
-                        &self.ttl,
-                        &attr,
-                        Generation(0),
-                        fh,
-                        FopenFlags::empty(),
-                        &b,
-                    ),
-                    None => reply.created(&self.ttl, &attr, Generation(0), fh, FopenFlags::empty()),
-                }
-            }
-            Ok((a, None)) => {
-                self.overlay.forget(a.ino, 1);
-                reply.error(Errno::from_i32(libc::EIO));
-            }
-            Err(e) => reply.error(errno("create", parent.0, &e)),
-        }
+        )?;
+        // A new object's node has no earlier opens, so it shares no backing file.
+        let Some((fh, _, backing)) = fd.and_then(|fd| self.add_file(node_id(&a), fd, false, false))
+        else {
+            self.overlay.forget(node_id(&a), 1);
+            return Err(os(libc::EIO));
+        };
+        let mut o = Out::with_capacity(abi::ENTRY_OUT_LEN + 16);
+        o.entry(node_id(&a), self.ttl, &wire_attr(&a));
+        match backing {
+            Some(b) => o.open(fh, fopen::PASSTHROUGH, b.id),
+            None => o.open(fh, 0, 0),
+        };
+        Ok(Response::Body(o.buf))
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        debug!(op = "unlink", parent = parent.0, ?name);
-        reply_empty(
-            reply,
-            "unlink",
-            parent.0,
-            self.overlay.unlink(parent.0, name),
-        )
+    pub(crate) fn unlink(&self, parent: u64, name: &OsStr) -> Outcome {
+        debug!(?name, "unlink");
+        self.overlay.unlink(parent, name)?;
+        Ok(Response::empty())
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        debug!(op = "rmdir", parent = parent.0, ?name);
-        reply_empty(reply, "rmdir", parent.0, self.overlay.rmdir(parent.0, name))
+    pub(crate) fn rmdir(&self, parent: u64, name: &OsStr) -> Outcome {
+        debug!(?name, "rmdir");
+        self.overlay.rmdir(parent, name)?;
+        Ok(Response::empty())
     }
 
-    fn rename(
+    pub(crate) fn rename(
         &self,
-        _req: &Request,
-        parent: INodeNo,
+        parent: u64,
         name: &OsStr,
-        newparent: INodeNo,
+        newparent: u64,
         newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        debug!(
-            op = "rename",
-            parent = parent.0,
-            ?name,
-            newparent = newparent.0,
-            ?newname,
-            flags = flags.bits()
-        );
-        let flag = if flags.is_empty() {
-            RenameFlag::Plain
-        } else if flags == RenameFlags::RENAME_NOREPLACE {
-            RenameFlag::NoReplace
-        } else if flags == RenameFlags::RENAME_EXCHANGE {
-            RenameFlag::Exchange
-        } else {
+        flags: u32,
+    ) -> Outcome {
+        debug!(?name, newparent, ?newname, flags, "rename");
+        let flag = match flags {
+            0 => RenameFlag::Plain,
+            libc::RENAME_NOREPLACE => RenameFlag::NoReplace,
+            libc::RENAME_EXCHANGE => RenameFlag::Exchange,
             // RENAME_WHITEOUT from a client, or a combination: not for callers of a union.
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
+            _ => return Err(os(libc::EINVAL)),
         };
-        reply_empty(
-            reply,
-            "rename",
-            parent.0,
-            self.overlay
-                .rename(parent.0, name, newparent.0, newname, flag),
-        )
+        self.overlay
+            .rename(parent, name, newparent, newname, flag)?;
+        Ok(Response::empty())
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        debug!(op = "link", ino = ino.0, newparent = newparent.0, ?newname);
-        self.reply_entry(
-            reply,
-            "link",
-            ino.0,
-            self.overlay.link(ino.0, newparent.0, newname),
-        )
+    pub(crate) fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Outcome {
+        debug!(newparent, ?newname, "link");
+        Ok(self.entry(&self.overlay.link(ino, newparent, newname)?))
     }
 
-    fn write(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let Some(of) = self.open_file(fh) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        match sys::pwrite_all(of.current().as_fd(), data, offset) {
-            Ok(()) => {
-                self.kill_setid(ino.0, &of, req);
-                reply.written(data.len() as u32)
-            }
-            Err(e) => reply.error(io_errno("write", ino.0, e)),
-        }
+    pub(crate) fn write(&self, req: &Req, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Outcome {
+        let of = self.open_file(fh).ok_or(os(libc::EBADF))?;
+        sys::pwrite_all(of.current().as_fd(), data, offset)?;
+        self.kill_setid(ino, &of, req);
+        let mut o = Out::with_capacity(8);
+        o.u32(data.len() as u32).u32(0);
+        Ok(Response::Body(o.buf))
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing to flush: data goes to the layer file on each write (or through
-        // passthrough; the writeback cache is written back by the kernel before it would
-        // send FLUSH), and locks are the kernel's. ENOSYS makes the kernel stop sending
-        // FLUSH: one round trip less per close(). (It was answered until the race it
-        // exposed under load, a node left at a name it no longer had, was found to heal
-        // itself: such requests now get ESTALE and the kernel looks the name up again.)
-        reply.error(Errno::from_i32(libc::ENOSYS));
+    pub(crate) fn fsync(&self, _ino: u64, fh: u64, datasync: bool) -> Outcome {
+        let fd = self.file(fh).ok_or(os(libc::EBADF))?;
+        self.overlay.fsync(fd.as_fd(), datasync)?;
+        Ok(Response::empty())
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        let Some(fd) = self.file(fh) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        reply_empty(
-            reply,
-            "fsync",
-            ino.0,
-            self.overlay.fsync(fd.as_fd(), datasync),
-        )
+    pub(crate) fn fsyncdir(&self, ino: u64) -> Outcome {
+        self.overlay.fsyncdir(ino)?;
+        Ok(Response::empty())
     }
 
-    fn fsyncdir(
+    pub(crate) fn setxattr(
         &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply_empty(reply, "fsyncdir", ino.0, self.overlay.fsyncdir(ino.0))
-    }
-
-    fn setxattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
+        req: &Req,
+        ino: u64,
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        debug!(op = "setxattr", ino = ino.0, ?name);
-        let mut r = self.overlay.setxattr(ino.0, name, value, flags);
-        if r.is_ok() && name == crate::layer::idmap::ACCESS_ACL && self.overlay.acl() {
-            r = self.acl_kill_sgid(ino.0, req);
+    ) -> Outcome {
+        debug!(?name, "setxattr");
+        self.overlay.setxattr(ino, name, value, flags)?;
+        if name == crate::layer::idmap::ACCESS_ACL && self.overlay.acl() {
+            self.acl_kill_sgid(ino, req)?;
         }
-        reply_empty(reply, "setxattr", ino.0, r)
+        Ok(Response::empty())
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        debug!(op = "removexattr", ino = ino.0, ?name);
-        reply_empty(
-            reply,
-            "removexattr",
-            ino.0,
-            self.overlay.removexattr(ino.0, name),
-        )
+    pub(crate) fn removexattr(&self, ino: u64, name: &OsStr) -> Outcome {
+        debug!(?name, "removexattr");
+        self.overlay.removexattr(ino, name)?;
+        Ok(Response::empty())
     }
 
-    fn fallocate(
+    pub(crate) fn fallocate(
         &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
+        _ino: u64,
+        fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        let Some(fd) = self.file(fh) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        reply_empty(
-            reply,
-            "fallocate",
-            ino.0,
-            sys::fallocate(fd.as_fd(), mode, offset, length).map_err(Error::Io),
-        )
+    ) -> Outcome {
+        let fd = self.file(fh).ok_or(os(libc::EBADF))?;
+        sys::fallocate(fd.as_fd(), mode, offset, length)?;
+        Ok(Response::empty())
     }
 
-    fn ioctl(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _flags: IoctlFlags,
-        cmd: u32,
-        in_data: &[u8],
-        out_size: u32,
-        reply: ReplyIoctl,
-    ) {
+    pub(crate) fn ioctl(&self, ino: u64, cmd: u32, in_data: &[u8], out_size: u32) -> Outcome {
         // The kernel's fileattr calls (lsattr, chattr, xfs_io's fsxattr) reach us as these
         // ioctls on a handle it opened for the purpose. A get reads the visible copy, a set
         // copies up first; the kernel has checked the caller's rights. Anything else: ENOTTY.
-        let ino = ino.0;
-        let r = match cmd {
-            FS_IOC_GETFLAGS | FS_IOC32_GETFLAGS => self
-                .overlay
-                .inode_flags(ino)
-                .map(|f| f.to_ne_bytes().to_vec()),
-            FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS => match <[u8; 4]>::try_from(in_data) {
-                Ok(b) => self
-                    .overlay
-                    .set_inode_flags(ino, u32::from_ne_bytes(b))
-                    .map(|()| Vec::new()),
-                Err(_) => Err(Error::Io(io::Error::from_raw_os_error(libc::EINVAL))),
-            },
-            FS_IOC_FSGETXATTR => self.overlay.fs_xattr(ino).map(|a| a.to_vec()),
-            FS_IOC_FSSETXATTR => match <[u8; sys::FSXATTR_SIZE]>::try_from(in_data) {
-                Ok(a) => self.overlay.set_fs_xattr(ino, a).map(|()| Vec::new()),
-                Err(_) => Err(Error::Io(io::Error::from_raw_os_error(libc::EINVAL))),
-            },
-            _ => Err(Error::Io(io::Error::from_raw_os_error(libc::ENOTTY))),
+        let data = match cmd {
+            FS_IOC_GETFLAGS | FS_IOC32_GETFLAGS => {
+                self.overlay.inode_flags(ino)?.to_ne_bytes().to_vec()
+            }
+            FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS => {
+                let b = <[u8; 4]>::try_from(in_data).map_err(|_| os(libc::EINVAL))?;
+                self.overlay.set_inode_flags(ino, u32::from_ne_bytes(b))?;
+                Vec::new()
+            }
+            FS_IOC_FSGETXATTR => self.overlay.fs_xattr(ino)?.to_vec(),
+            FS_IOC_FSSETXATTR => {
+                let a =
+                    <[u8; sys::FSXATTR_SIZE]>::try_from(in_data).map_err(|_| os(libc::EINVAL))?;
+                self.overlay.set_fs_xattr(ino, a)?;
+                Vec::new()
+            }
+            _ => return Err(os(libc::ENOTTY)),
         };
-        match r {
-            Ok(data) if data.len() <= out_size as usize => reply.ioctl(0, &data),
-            Ok(_) => reply.error(Errno::from_i32(libc::EINVAL)),
-            Err(e) => reply.error(errno("ioctl", ino, &e)),
+        if data.len() > out_size as usize {
+            return Err(os(libc::EINVAL));
         }
+        // struct fuse_ioctl_out { result, flags, in_iovs, out_iovs }, then the data.
+        let mut o = Out::with_capacity(16 + data.len());
+        o.u32(0).u32(0).u32(0).u32(0);
+        o.buf.extend_from_slice(&data);
+        Ok(Response::Body(o.buf))
     }
 
-    fn copy_file_range(
+    pub(crate) fn copy_file_range(
         &self,
-        _req: &Request,
-        ino_in: INodeNo,
-        fh_in: FileHandle,
+        _ino_in: u64,
+        fh_in: u64,
         offset_in: u64,
-        _ino_out: INodeNo,
-        fh_out: FileHandle,
+        fh_out: u64,
         offset_out: u64,
         len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
+    ) -> Outcome {
         let (Some(src), Some(dst)) = (self.file(fh_in), self.file(fh_out)) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+            return Err(os(libc::EBADF));
         };
         let len = len.min(u64::from(u32::MAX >> 1)) as usize;
-        match sys::copy_range(src.as_fd(), offset_in, dst.as_fd(), offset_out, len) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(io_errno("copy_file_range", ino_in.0, e)),
-        }
+        let n = sys::copy_range(src.as_fd(), offset_in, dst.as_fd(), offset_out, len)?;
+        let mut o = Out::with_capacity(8);
+        o.u32(n as u32).u32(0);
+        Ok(Response::Body(o.buf))
     }
 }

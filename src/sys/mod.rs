@@ -985,6 +985,77 @@ pub fn fuse_notify_inval_attrs(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> 
     fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &body)
 }
 
+/// `FUSE_DEV_IOC_CLONE` (`_IOR(229, 0, uint32_t)`).
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+/// `FUSE_DEV_IOC_BACKING_OPEN` (`_IOW(229, 1, struct fuse_backing_map)`).
+const FUSE_DEV_IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+/// `FUSE_DEV_IOC_BACKING_CLOSE` (`_IOW(229, 2, uint32_t)`).
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+/// A second `/dev/fuse` fd on the connection of `dev`, with its own request queue
+/// position: each serving thread reads from its own (`FUSE_DEV_IOC_CLONE`).
+pub fn fuse_dev_clone(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let new = open_fuse_device()?;
+    let src: u32 = dev
+        .as_raw_fd()
+        .try_into()
+        .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the fd to clone) through the pointer, which
+    // points at `src`, alive for the call; `new` is an open fd.
+    let r = unsafe { libc::ioctl(new.as_raw_fd(), FUSE_DEV_IOC_CLONE, &src as *const u32) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(new)
+}
+
+/// Registers `file` as a passthrough backing file of the connection `dev` and returns its
+/// id (`FUSE_DEV_IOC_BACKING_OPEN`; needs `CAP_SYS_ADMIN`).
+pub fn fuse_backing_open(dev: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; }
+    let mut map = [0u8; 16];
+    map[0..4].copy_from_slice(&file.as_raw_fd().to_ne_bytes());
+    // SAFETY: the ioctl reads one 16-byte struct fuse_backing_map through the pointer, which
+    // points at `map`, alive and 16 bytes long for the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_OPEN, map.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EIO))
+}
+
+/// Drops backing file `id` of the connection `dev` (`FUSE_DEV_IOC_BACKING_CLOSE`).
+pub fn fuse_backing_close(dev: BorrowedFd<'_>, id: u32) -> io::Result<()> {
+    // SAFETY: the ioctl reads one u32 through the pointer, which points at `id`, alive for
+    // the call.
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            FUSE_DEV_IOC_BACKING_CLOSE,
+            &id as *const u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes one reply (`header` then `body`) down the FUSE connection `dev` in one system call.
+pub fn fuse_write_reply(dev: BorrowedFd<'_>, header: &[u8], body: &[u8]) -> io::Result<()> {
+    let parts = [io::IoSlice::new(header), io::IoSlice::new(body)];
+    let n = rustix::io::writev(dev, &parts)?;
+    if n != header.len() + body.len() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+/// Reads one request from the FUSE connection `dev` into `buf`.
+pub fn fuse_read_request(dev: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    rustix::io::read(dev, buf).map_err(io::Error::from)
+}
+
 /// Opens `/dev/fuse` for a new session.
 pub fn open_fuse_device() -> io::Result<OwnedFd> {
     rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())

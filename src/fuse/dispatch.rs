@@ -1,0 +1,385 @@
+//! The one dispatcher every transport feeds: a request's bytes in, the call on
+//! [`StrataFs`], the reply's bytes out through the transport that brought it. It checks who
+//! may ask (`allow_root`), opens a tracing span per request (request id, operation, node,
+//! pid), and logs each failed request once, at the level its error calls for.
+
+use std::io;
+
+use tracing::{debug, warn, Level};
+
+use super::abi::{self, fattr, op, Args, InHeader, Malformed};
+use super::StrataFs;
+use crate::overlay::{Error, SetAttr};
+use crate::sys::SetTime;
+
+/// Who may use the mount besides the kernel's own checks (`allow_other`, `allow_root`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only the user who mounted it (the kernel enforces this without `allow_other`).
+    Owner,
+    /// That user and root (`allow_root`: mounted `allow_other`, filtered here).
+    RootAndOwner,
+    /// Everyone (`allow_other`).
+    All,
+}
+
+/// The caller of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Req {
+    /// The request's id.
+    pub unique: u64,
+    /// fs uid.
+    pub uid: u32,
+    /// fs gid.
+    pub gid: u32,
+    /// Thread group id.
+    pub pid: u32,
+}
+
+/// What a handler answers with.
+#[derive(Debug)]
+pub enum Response {
+    /// Nothing: the request expects no reply (forget).
+    NoReply,
+    /// Success with this body (possibly empty).
+    Body(Vec<u8>),
+}
+
+impl Response {
+    /// Success with no body.
+    pub fn empty() -> Response {
+        Response::Body(Vec::new())
+    }
+}
+
+/// A handler's result.
+pub type Outcome = Result<Response, Error>;
+
+/// Carries replies back to the kernel: the `/dev/fuse` fd a request was read from, or an
+/// io_uring entry.
+pub trait Transport {
+    /// Sends the reply to request `unique`: `error` is 0 or a negative errno.
+    fn reply(&self, unique: u64, error: i32, body: &[u8]) -> io::Result<()>;
+}
+
+/// Whether the serving loop goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next request.
+    Continue,
+    /// The kernel said goodbye (`FUSE_DESTROY`).
+    Stop,
+}
+
+/// The dispatcher of one mount.
+#[derive(Debug)]
+pub struct Dispatcher {
+    fs: StrataFs,
+    access: Access,
+    owner: u32,
+}
+
+/// An errno as an [`Error`].
+pub(crate) fn os(code: i32) -> Error {
+    Error::Io(io::Error::from_raw_os_error(code))
+}
+
+/// The level a failure is logged at: answers a filesystem gives every day at debug, the
+/// ones that say something is wrong with a layer or the machine at warn.
+fn level(e: &Error) -> Level {
+    match e.errno() {
+        libc::EIO
+        | libc::ENOSPC
+        | libc::EDQUOT
+        | libc::EMFILE
+        | libc::ENFILE
+        | libc::ENOMEM
+        | libc::EUCLEAN
+        | libc::EFAULT => Level::WARN,
+        _ => Level::DEBUG,
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher serving `fs` for requests `access` allows (`owner`: the mounting user).
+    pub fn new(fs: StrataFs, access: Access, owner: u32) -> Dispatcher {
+        Dispatcher { fs, access, owner }
+    }
+
+    /// The front end it serves.
+    pub fn fs(&self) -> &StrataFs {
+        &self.fs
+    }
+
+    /// Serves one request read from `t` and replies through it.
+    pub fn handle(&self, buf: &[u8], t: &dyn Transport) -> Flow {
+        let (h, mut args) = match abi::parse_request(buf) {
+            Ok(x) => x,
+            Err(Malformed) => {
+                warn!(len = buf.len(), "malformed FUSE request header");
+                if let Some(u) = buf.get(8..16) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(u);
+                    let _ = t.reply(u64::from_ne_bytes(b), -libc::EIO, &[]);
+                }
+                return Flow::Continue;
+            }
+        };
+        let name = abi::op_name(h.opcode);
+        let span = tracing::debug_span!(
+            "req",
+            id = h.unique,
+            op = name,
+            node = h.nodeid,
+            pid = h.pid
+        );
+        let _in_span = span.enter();
+        debug!(uid = h.uid, len = h.len, "request");
+        if h.opcode == op::DESTROY {
+            let _ = t.reply(h.unique, 0, &[]);
+            return Flow::Stop;
+        }
+        let outcome = if self.refused(&h) {
+            Err(os(libc::EACCES))
+        } else {
+            let req = Req {
+                unique: h.unique,
+                uid: h.uid,
+                gid: h.gid,
+                pid: h.pid,
+            };
+            match self.call(&h, &mut args, &req) {
+                Ok(o) => o,
+                Err(Malformed) => {
+                    warn!("malformed arguments");
+                    Err(os(libc::EINVAL))
+                }
+            }
+        };
+        let sent = match outcome {
+            Ok(Response::NoReply) => return Flow::Continue,
+            Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
+            Err(e) => {
+                let code = e.errno();
+                match level(&e) {
+                    Level::WARN => warn!(errno = code, error = %e, "failed"),
+                    _ => debug!(errno = code, error = %e, "failed"),
+                }
+                t.reply(h.unique, -code, &[])
+            }
+        };
+        // ENOENT: the request was interrupted and the kernel no longer waits for it.
+        if let Err(e) = sent {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                debug!(error = %e, "reply not sent");
+            }
+        }
+        Flow::Continue
+    }
+
+    /// `allow_root`: requests of other users are refused, except those the kernel sends
+    /// on behalf of no one in particular (writeback, release, forget).
+    fn refused(&self, h: &InHeader) -> bool {
+        let other = match self.access {
+            Access::All => false,
+            Access::Owner => h.uid != self.owner,
+            Access::RootAndOwner => h.uid != self.owner && h.uid != 0,
+        };
+        other
+            && !matches!(
+                h.opcode,
+                op::READ
+                    | op::READDIR
+                    | op::READDIRPLUS
+                    | op::FORGET
+                    | op::BATCH_FORGET
+                    | op::WRITE
+                    | op::FSYNC
+                    | op::FSYNCDIR
+                    | op::RELEASE
+                    | op::RELEASEDIR
+            )
+    }
+
+    /// Decodes the arguments of `h`'s operation and calls its handler.
+    fn call(&self, h: &InHeader, a: &mut Args<'_>, req: &Req) -> Result<Outcome, Malformed> {
+        let fs = &self.fs;
+        let node = h.nodeid;
+        Ok(match h.opcode {
+            op::LOOKUP => fs.lookup(node, a.name()?),
+            op::FORGET => {
+                fs.forget(node, a.u64()?);
+                Ok(Response::NoReply)
+            }
+            op::BATCH_FORGET => {
+                let count = a.u32()?;
+                a.u32()?;
+                for _ in 0..count {
+                    let (id, n) = (a.u64()?, a.u64()?);
+                    fs.forget(id, n);
+                }
+                Ok(Response::NoReply)
+            }
+            op::GETATTR => {
+                let flags = a.u32()?;
+                a.u32()?;
+                let fh = a.u64()?;
+                fs.getattr(node, (flags & abi::GETATTR_FH != 0).then_some(fh))
+            }
+            op::SETATTR => {
+                let (set, fh) = setattr_args(a)?;
+                fs.setattr(req, node, set, fh)
+            }
+            op::READLINK => fs.readlink(node),
+            op::SYMLINK => {
+                let name = a.name()?;
+                let target = a.name()?;
+                fs.symlink(req, node, name, target)
+            }
+            op::MKNOD => {
+                let (mode, rdev, umask) = (a.u32()?, a.u32()?, a.u32()?);
+                a.u32()?;
+                fs.mknod(req, node, a.name()?, mode, umask, rdev)
+            }
+            op::MKDIR => {
+                let (mode, umask) = (a.u32()?, a.u32()?);
+                fs.mkdir(req, node, a.name()?, mode, umask)
+            }
+            op::UNLINK => fs.unlink(node, a.name()?),
+            op::RMDIR => fs.rmdir(node, a.name()?),
+            op::RENAME | op::RENAME2 => {
+                let newdir = a.u64()?;
+                let flags = if h.opcode == op::RENAME2 {
+                    let f = a.u32()?;
+                    a.u32()?;
+                    f
+                } else {
+                    0
+                };
+                let (from, to) = (a.name()?, a.name()?);
+                fs.rename(node, from, newdir, to, flags)
+            }
+            op::LINK => {
+                let old = a.u64()?;
+                fs.link(old, node, a.name()?)
+            }
+            op::OPEN => {
+                let flags = a.u32()?;
+                fs.open(req, node, flags as i32)
+            }
+            op::READ => {
+                let (fh, offset, size) = (a.u64()?, a.u64()?, a.u32()?);
+                fs.read(node, fh, offset, size)
+            }
+            op::WRITE => {
+                let (fh, offset, size) = (a.u64()?, a.u64()?, a.u32()?);
+                a.u32()?;
+                a.u64()?;
+                a.u32()?;
+                a.u32()?;
+                let data = a.bytes(size as usize)?;
+                fs.write(req, node, fh, offset, data)
+            }
+            op::STATFS => fs.statfs(),
+            op::RELEASE => fs.release(node, a.u64()?),
+            op::FSYNC => {
+                let fh = a.u64()?;
+                let flags = a.u32()?;
+                fs.fsync(node, fh, flags & 1 != 0)
+            }
+            op::SETXATTR => {
+                let (size, flags) = (a.u32()?, a.u32()?);
+                let name = a.name()?;
+                let value = a.bytes(size as usize)?;
+                fs.setxattr(req, node, name, value, flags as i32)
+            }
+            op::GETXATTR => {
+                let size = a.u32()?;
+                a.u32()?;
+                fs.getxattr(node, a.name()?, size)
+            }
+            op::LISTXATTR => fs.listxattr(node, a.u32()?),
+            op::REMOVEXATTR => fs.removexattr(node, a.name()?),
+            // Nothing to flush: data goes to the layer file on each write (or through
+            // passthrough; the writeback cache is written back by the kernel before it
+            // would send FLUSH), and locks are the kernel's. ENOSYS makes the kernel stop
+            // sending FLUSH: one round trip less per close().
+            op::FLUSH => Err(os(libc::ENOSYS)),
+            op::OPENDIR => fs.opendir(node),
+            op::READDIR | op::READDIRPLUS => {
+                let (fh, offset, size) = (a.u64()?, a.u64()?, a.u32()?);
+                fs.readdir(node, fh, offset, size, h.opcode == op::READDIRPLUS)
+            }
+            op::RELEASEDIR => fs.releasedir(a.u64()?),
+            op::FSYNCDIR => fs.fsyncdir(node),
+            op::ACCESS => fs.access(node, a.u32()? as i32),
+            op::CREATE => {
+                let (flags, mode, umask) = (a.u32()?, a.u32()?, a.u32()?);
+                a.u32()?;
+                fs.create(req, node, a.name()?, mode, umask, flags as i32)
+            }
+            op::IOCTL => {
+                a.u64()?;
+                a.u32()?;
+                let cmd = a.u32()?;
+                a.u64()?;
+                let (in_size, out_size) = (a.u32()?, a.u32()?);
+                let data = a.bytes(in_size as usize)?;
+                fs.ioctl(node, cmd, data, out_size)
+            }
+            op::FALLOCATE => {
+                let (fh, offset, length, mode) = (a.u64()?, a.u64()?, a.u64()?, a.u32()?);
+                fs.fallocate(node, fh, offset, length, mode as i32)
+            }
+            op::LSEEK => {
+                let (fh, offset, whence) = (a.u64()?, a.u64()?, a.u32()?);
+                fs.lseek(node, fh, offset as i64, whence as i32)
+            }
+            op::COPY_FILE_RANGE => {
+                let (fh_in, off_in) = (a.u64()?, a.u64()?);
+                a.u64()?;
+                let (fh_out, off_out, len) = (a.u64()?, a.u64()?, a.u64()?);
+                fs.copy_file_range(node, fh_in, off_in, fh_out, off_out, len)
+            }
+            // INIT is answered once, before serving starts; one now is a protocol error.
+            op::INIT => Err(os(libc::EIO)),
+            // Interrupts: ENOSYS tells the kernel not to send them (requests are short).
+            // Locks (GETLK/SETLK) stay the kernel's local ones; the rest is not offered.
+            _ => Err(os(libc::ENOSYS)),
+        })
+    }
+}
+
+/// Decodes `struct fuse_setattr_in` into the changes and the handle it names.
+fn setattr_args(a: &mut Args<'_>) -> Result<(SetAttr, Option<u64>), Malformed> {
+    let valid = a.u32()?;
+    a.u32()?;
+    let fh = a.u64()?;
+    let size = a.u64()?;
+    a.u64()?;
+    let (atime, mtime) = (a.u64()?, a.u64()?);
+    a.u64()?;
+    let (atimensec, mtimensec) = (a.u32()?, a.u32()?);
+    a.u32()?;
+    let mode = a.u32()?;
+    a.u32()?;
+    let (uid, gid) = (a.u32()?, a.u32()?);
+    let time = |set: u32, now: u32, secs: u64, nsec: u32| {
+        if valid & now != 0 {
+            Some(SetTime::Now)
+        } else if valid & set != 0 {
+            Some(SetTime::At(abi::time_from_parts(secs, nsec)))
+        } else {
+            None
+        }
+    };
+    let set = SetAttr {
+        mode: (valid & fattr::MODE != 0).then_some(mode),
+        uid: (valid & fattr::UID != 0).then_some(uid),
+        gid: (valid & fattr::GID != 0).then_some(gid),
+        size: (valid & fattr::SIZE != 0).then_some(size),
+        atime: time(fattr::ATIME, fattr::ATIME_NOW, atime, atimensec),
+        mtime: time(fattr::MTIME, fattr::MTIME_NOW, mtime, mtimensec),
+    };
+    Ok((set, (valid & fattr::FH != 0).then_some(fh)))
+}
