@@ -216,7 +216,7 @@ pub fn unmount_all_under(dir: &Path) {
 
 /// Processes whose command line mentions `needle` (the shims of one containerd name its
 /// socket).
-fn pids_mentioning(needle: &str) -> Vec<u32> {
+pub fn pids_mentioning(needle: &str) -> Vec<u32> {
     let me = std::process::id();
     let mut out = Vec::new();
     if let Ok(rd) = fs::read_dir("/proc") {
@@ -395,5 +395,27 @@ impl Drop for Containerd {
         self.stop();
         // Container rootfs mounts sit under its state directory, which is under dir.
         unmount_all_under(&self.dir);
+    }
+}
+
+/// Kills every process whose command line names `dir` (snapshotters and stratafs daemons
+/// started under it) and unmounts everything under it, when dropped.
+pub struct ProcessesAndMountsUnder {
+    pub dir: PathBuf,
+}
+
+impl Drop for ProcessesAndMountsUnder {
+    fn drop(&mut self) {
+        let needle = self.dir.display().to_string();
+        for pid in pids_mentioning(&needle) {
+            kill(pid, "TERM");
+        }
+        unmount_all_under(&self.dir);
+        wait_until(Duration::from_secs(5), || {
+            pids_mentioning(&needle).is_empty()
+        });
+        for pid in pids_mentioning(&needle) {
+            kill(pid, "KILL");
+        }
     }
 }
