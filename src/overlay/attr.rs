@@ -3,11 +3,12 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
-use super::{Attr, Error, Overlay, Result};
+use super::{Attr, Context, Error, Overlay, Result};
 use crate::layer::format::XattrTarget;
 use crate::sys::Object;
 use crate::sys::{self, FileKind, SetTime};
@@ -75,7 +76,7 @@ impl Overlay {
     /// checked the caller may: owner or `CAP_FOWNER`, `CAP_LINUX_IMMUTABLE` for `i`/`a`.)
     pub fn set_inode_flags(&self, ino: u64, flags: u32) -> Result<()> {
         let fd = self.upper_for_ioctl(ino)?;
-        sys::set_inode_flags(fd.as_fd(), flags)?;
+        sys::set_inode_flags(fd.as_fd(), flags).ctx("set inode flags", "")?;
         self.attrs_changed(ino);
         Ok(())
     }
@@ -83,7 +84,7 @@ impl Overlay {
     /// Sets the extended inode attributes of `ino` (`FS_IOC_FSSETXATTR`) on its upper copy.
     pub fn set_fs_xattr(&self, ino: u64, attr: [u8; sys::FSXATTR_SIZE]) -> Result<()> {
         let fd = self.upper_for_ioctl(ino)?;
-        sys::set_fs_xattr(fd.as_fd(), attr)?;
+        sys::set_fs_xattr(fd.as_fd(), attr).ctx("set fsxattr", "")?;
         self.attrs_changed(ino);
         Ok(())
     }
@@ -93,7 +94,7 @@ impl Overlay {
         self.writable()?;
         let node = self.named(ino)?;
         if !matches!(node.kind, FileKind::Regular | FileKind::Directory) {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTTY)));
+            return Err(Error::NoInodeFlags);
         }
         self.copy_up(&node, true)?;
         self.open_for_ioctl(&node, UPPER)
@@ -119,20 +120,21 @@ impl Overlay {
         let node = self.node(ino)?;
         // chown names presented ids; the layers store the mapped ones (an id outside every
         // mapping is refused, as chown to an unmapped id is in a user namespace).
-        let (uid, gid) = self.owner_to_disk(set.uid, set.gid, libc::EINVAL)?;
+        let (uid, gid) = self.owner_to_disk(set.uid, set.gid, Error::UnmappedOwner)?;
         let set = SetAttr { uid, gid, ..set };
         if let Some(fd) = fd {
             if let Some(size) = set.size {
-                sys::truncate(fd, size)?;
+                sys::truncate(fd, size).ctx("truncate", "")?;
             }
             if self.keeps_perms_in_xattrs() {
                 self.set_override(Object::Fd(fd), sys::stat_fd(fd)?, &set)?;
             } else {
                 if set.uid.is_some() || set.gid.is_some() {
-                    sys::chown_at(fd, OsStr::new(""), set.uid, set.gid)?;
+                    sys::chown_at(fd, OsStr::new(""), set.uid, set.gid).ctx("chown", "")?;
                 }
                 if let Some(mode) = set.mode {
-                    rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
+                    rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode & 0o7777))
+                        .ctx("chmod", "")?;
                 }
             }
             if set.atime.is_some() || set.mtime.is_some() {
@@ -160,8 +162,9 @@ impl Overlay {
                 return Err(Error::IsDir);
             }
             let (dir, name) = self.place_in(&node, UPPER)?;
-            let f = sys::open_beneath(dir.as_fd(), &name, OFlags::WRONLY)?;
-            sys::truncate(f.as_fd(), size)?;
+            let f = sys::open_beneath(dir.as_fd(), &name, OFlags::WRONLY)
+                .ctx("open for truncate", OsStr::from_bytes(&name))?;
+            sys::truncate(f.as_fd(), size).ctx("truncate", OsStr::from_bytes(&name))?;
         }
         if self.keeps_perms_in_xattrs()
             && (set.uid.is_some() || set.gid.is_some() || set.mode.is_some())
@@ -169,7 +172,7 @@ impl Overlay {
             // (An empty name is the root: `dir` itself.)
             self.set_override(Object::named(dir, &name), sys::stat_at(dir, &name)?, &set)?;
         } else if set.uid.is_some() || set.gid.is_some() {
-            sys::chown_at(dir, &name, set.uid, set.gid)?;
+            sys::chown_at(dir, &name, set.uid, set.gid).ctx("chown", &name)?;
         }
         if let (Some(mode), false) = (set.mode, self.keeps_perms_in_xattrs()) {
             if node.kind != FileKind::Symlink {
@@ -178,7 +181,7 @@ impl Overlay {
                 } else {
                     &name
                 };
-                sys::chmod_at(dir, target, mode)?;
+                sys::chmod_at(dir, target, mode).ctx("chmod", target)?;
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
@@ -223,10 +226,7 @@ impl Overlay {
         // The named users and groups of an ACL are stored as the layers keep ids.
         let mapped;
         let value = if crate::layer::idmap::is_acl_name(name) && !self.idmap.is_identity() {
-            mapped = self
-                .idmap
-                .acl_to_disk(value)
-                .ok_or(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+            mapped = self.idmap.acl_to_disk(value).ok_or(Error::UnmappedOwner)?;
             &mapped[..]
         } else {
             value
@@ -273,7 +273,7 @@ impl Overlay {
     /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).
     pub fn fsync(&self, fd: BorrowedFd<'_>, data_only: bool) -> Result<()> {
         if self.opts.sync_writes {
-            sys::sync(fd, data_only)?;
+            sys::sync(fd, data_only).ctx("fsync", "")?;
         }
         Ok(())
     }
@@ -283,8 +283,9 @@ impl Overlay {
         let node = self.node(ino)?;
         if self.opts.sync_writes && Overlay::in_upper(&node) {
             let fd = self.dir_fd(&node, UPPER)?;
-            let rd = sys::open_beneath(fd.as_fd(), b".", OFlags::RDONLY | OFlags::DIRECTORY)?;
-            sys::sync(rd.as_fd(), false)?;
+            let rd = sys::open_beneath(fd.as_fd(), b".", OFlags::RDONLY | OFlags::DIRECTORY)
+                .ctx("open for fsync", "")?;
+            sys::sync(rd.as_fd(), false).ctx("fsync", "")?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! overlay-private xattr so it survives a remount.
 
 use std::ffi::{OsStr, OsString};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use rustix::fs::OFlags;
 
-use super::{Error, Overlay, Result};
+use super::{Context, Error, Overlay, Result};
 use crate::inode::{Node, ROOT};
 use crate::layer::{format, Layer, WorkDir};
 use crate::sys::Object;
@@ -72,7 +73,7 @@ impl Overlay {
         let st = sys::stat_fd(src.as_fd())?;
         let _dir_guard = parent.lock_dir();
         let tmp = self.temp_name();
-        sys::mkdir_at(work.fd(), &tmp, 0o700)?;
+        sys::mkdir_at(work.fd(), &tmp, 0o700).ctx("copy up mkdir", &name)?;
         let staged = (|| -> Result<()> {
             let fd = sys::open_dir_path(work.fd(), tmp.as_bytes())?;
             self.copy_meta(src.as_fd(), fd.as_fd(), work.fd(), &tmp, &st)?;
@@ -142,31 +143,35 @@ impl Overlay {
         with_data: bool,
     ) -> Result<()> {
         let (_, work) = self.writable()?;
-        let src = sys::open_beneath(src_dir, name.as_bytes(), OFlags::PATH)?;
+        let src =
+            sys::open_beneath(src_dir, name.as_bytes(), OFlags::PATH).ctx("copy up open", name)?;
         match st.kind() {
             Some(FileKind::Regular) => {
-                let dst = sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600)?;
+                let dst = sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600)
+                    .ctx("copy up create", name)?;
                 if with_data && st.size > 0 {
-                    let data = sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)?;
-                    copy_data(data.as_fd(), dst.as_fd(), st.size)?;
+                    let data = sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)
+                        .ctx("copy up open", name)?;
+                    copy_data(data.as_fd(), dst.as_fd(), st.size).ctx("copy up data", name)?;
                 }
                 self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
                 if self.opts.sync_writes {
-                    sys::sync(dst.as_fd(), false)?;
+                    sys::sync(dst.as_fd(), false).ctx("copy up fsync", name)?;
                 }
             }
             Some(FileKind::Symlink) => {
                 let target = sys::read_link_fd(src.as_fd())?;
-                sys::symlink_at(OsStr::from_bytes(&target), work.fd(), tmp)?;
+                sys::symlink_at(OsStr::from_bytes(&target), work.fd(), tmp)
+                    .ctx("copy up symlink", name)?;
                 let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
                 self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
             }
             Some(_) => {
-                sys::mknod_at(work.fd(), tmp, st.mode, st.rdev)?;
+                sys::mknod_at(work.fd(), tmp, st.mode, st.rdev).ctx("copy up mknod", name)?;
                 let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
                 self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
             }
-            None => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL))),
+            None => return Err(Error::Invalid("a kind of file that cannot be copied up")),
         }
         let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
         let key = work.xattr(ORIGIN_INO);
@@ -207,9 +212,9 @@ impl Overlay {
         if !self.keeps_perms_in_xattrs() {
             chowned?;
         }
-        copy_xattrs(src, dst, self.xattr_names())?;
+        copy_xattrs(src, dst, self.xattr_names()).ctx("copy up xattrs", name)?;
         if st.kind() != Some(FileKind::Symlink) {
-            sys::chmod_at(dir, name, st.mode)?;
+            sys::chmod_at(dir, name, st.mode).ctx("copy up chmod", name)?;
         }
         if self.keeps_perms_in_xattrs() {
             // The copy's override records what the source shows, its TYPE included.
@@ -227,7 +232,8 @@ impl Overlay {
                 written?;
             }
         }
-        sys::set_times_at(dir, name, SetTime::At(st.atime), SetTime::At(st.mtime))?;
+        sys::set_times_at(dir, name, SetTime::At(st.atime), SetTime::At(st.mtime))
+            .ctx("copy up utimes", name)?;
         Ok(())
     }
 
@@ -272,7 +278,8 @@ impl Overlay {
 /// the kernel's overlayfs does).
 fn place_copy(work: &WorkDir, tmp: &OsStr, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     let before = sys::stat_fd(pfd)?;
-    sys::rename_at(work.fd(), tmp, pfd, name, sys::RenameMode::NoReplace)?;
+    sys::rename_at(work.fd(), tmp, pfd, name, sys::RenameMode::NoReplace)
+        .ctx("copy up rename", name)?;
     sys::set_times_at(
         pfd,
         OsStr::new(""),
@@ -289,11 +296,11 @@ fn copy_xattrs(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     mapping: format::XattrNames,
-) -> Result<()> {
+) -> io::Result<()> {
     let names = match sys::list_xattr(src) {
         Ok(n) => n,
         Err(e) if crate::layer::is_unsupported(&e) => return Ok(()),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     for name in sys::split_xattr_list(&names) {
         if !mapping.copied_up(name) {
@@ -307,7 +314,7 @@ fn copy_xattrs(
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP)) => {
                 tracing::debug!(?name, error = %e, "xattr not copied up");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -315,7 +322,7 @@ fn copy_xattrs(
 
 /// Copies `len` bytes: a reflink when the filesystem shares extents, else `copy_file_range`
 /// over the data segments only (holes stay holes), else a read/write loop.
-pub(crate) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<()> {
+pub(crate) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     if sys::reflink(src, dst).is_ok() {
         return Ok(());
     }
@@ -344,7 +351,7 @@ fn copy_segment(
     dst: BorrowedFd<'_>,
     mut off: u64,
     mut len: u64,
-) -> Result<()> {
+) -> io::Result<()> {
     while len > 0 {
         let chunk = len.min(1 << 30) as usize;
         match sys::copy_range(src, off, dst, off, chunk) {
@@ -364,13 +371,13 @@ fn copy_segment(
             {
                 return rw_copy(src, dst, off, len);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn rw_copy(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u64) -> Result<()> {
+fn rw_copy(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     while len > 0 {
         let want = (len as usize).min(buf.len());

@@ -73,7 +73,7 @@ impl Overlay {
             let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.ino))?;
             let dfd = match self.dir_fd(dir, li) {
                 Ok(fd) => fd,
-                Err(Error::Io(e)) if crate::layer::is_absent(&e) => continue,
+                Err(e) if e.is_absent() => continue,
                 Err(e) => return Err(e),
             };
             match layer.probe(dfd.as_fd(), name)? {

@@ -5,6 +5,7 @@
 mod attr;
 mod copyup;
 mod dirfd;
+mod error;
 mod lookup;
 mod namespace;
 mod negative;
@@ -25,72 +26,10 @@ use crate::layer::{LayerIdx, LayerStack};
 use crate::sys::{FileKind, Stat};
 
 pub use attr::SetAttr;
+pub use error::{errno_level, Context, Error};
 pub use lookup::Provenance;
 pub use namespace::{Caller, NewObject, RenameFlag};
 pub use readdir::{DirEntry, Listing};
-
-/// Why an operation failed; each maps to one errno.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A system call on a layer failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The name does not exist in the merged view.
-    #[error("no such entry")]
-    NotFound,
-    /// The node id is not (or no longer) known.
-    #[error("unknown node {0}")]
-    StaleNode(u64),
-    /// A write on a read-only mount.
-    #[error("read-only union")]
-    ReadOnly,
-    /// The name is reserved by the whiteout format.
-    #[error("name is reserved for whiteouts")]
-    ReservedName,
-    /// The object is not a directory.
-    #[error("not a directory")]
-    NotDir,
-    /// The object is a directory.
-    #[error("is a directory")]
-    IsDir,
-    /// Not a symlink (readlink).
-    #[error("not a symlink")]
-    NotSymlink,
-    /// An xattr that is not there (or private to the overlay).
-    #[error("no such attribute")]
-    NoXattr,
-    /// Xattrs are switched off (`noxattrs`).
-    #[error("xattrs not supported")]
-    XattrUnsupported,
-    /// A concurrent change moved a name between lookup and lock; the operation retries.
-    #[error("raced with a concurrent change")]
-    Raced,
-}
-
-impl Error {
-    /// The errno to report.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            Error::NotFound => libc::ENOENT,
-            Error::StaleNode(_) => libc::ESTALE,
-            Error::ReadOnly => libc::EROFS,
-            Error::ReservedName => libc::EINVAL,
-            Error::NotDir => libc::ENOTDIR,
-            Error::IsDir => libc::EISDIR,
-            Error::NotSymlink => libc::EINVAL,
-            Error::NoXattr => libc::ENODATA,
-            Error::XattrUnsupported => libc::ENOTSUP,
-            Error::Raced => libc::EAGAIN,
-        }
-    }
-}
-
-impl From<rustix::io::Errno> for Error {
-    fn from(e: rustix::io::Errno) -> Self {
-        Error::Io(e.into())
-    }
-}
 
 /// How a request that reads a node's object reaches it (see `Overlay::reach`).
 enum Reach {
@@ -313,23 +252,19 @@ impl Overlay {
         &self.idmap
     }
 
-    /// A stored uid/gid pair for a presented one; `err` when an id has no mapping.
+    /// A stored uid/gid pair for a presented one; `unmapped` when an id has no mapping.
     pub(crate) fn owner_to_disk(
         &self,
         uid: Option<u32>,
         gid: Option<u32>,
-        err: i32,
+        unmapped: Error,
     ) -> Result<(Option<u32>, Option<u32>)> {
-        let unmapped = || Error::Io(io::Error::from_raw_os_error(err));
-        let uid = match uid {
-            Some(u) => Some(self.idmap.uid_to_disk(u).ok_or_else(unmapped)?),
-            None => None,
-        };
-        let gid = match gid {
-            Some(g) => Some(self.idmap.gid_to_disk(g).ok_or_else(unmapped)?),
-            None => None,
-        };
-        Ok((uid, gid))
+        let uid = uid.map(|u| self.idmap.uid_to_disk(u));
+        let gid = gid.map(|g| self.idmap.gid_to_disk(g));
+        if matches!(uid, Some(None)) || matches!(gid, Some(None)) {
+            return Err(unmapped);
+        }
+        Ok((uid.flatten(), gid.flatten()))
     }
 
     /// How xattr names map between the mount and the layers.
@@ -496,7 +431,7 @@ impl Overlay {
             return Err(self.gone(node));
         }
         match r {
-            Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e) if e.os_error().and_then(io::Error::raw_os_error) == Some(libc::ENOENT) => {
                 Err(Error::StaleNode(node.ino))
             }
             r => r,
@@ -519,7 +454,7 @@ impl Overlay {
             hops += 1;
             if hops > 1 << 16 {
                 // A cycle can only come from a bug; refuse rather than spin.
-                return Err(Error::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+                return Err(Error::NodeCycle);
             }
         }
         let mut out = Vec::new();
@@ -558,7 +493,7 @@ impl Overlay {
             }
             if chain.len() > 1 << 16 {
                 // A cycle can only come from a bug; refuse rather than spin.
-                return Err(Error::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+                return Err(Error::NodeCycle);
             }
             let p = self.node(parent)?;
             cur = parent;

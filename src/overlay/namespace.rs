@@ -15,7 +15,7 @@ use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
 
-use super::{Attr, Error, Overlay, Result};
+use super::{Attr, Context, Error, Overlay, Result};
 use crate::inode::{Location, Node, ObjectId};
 use crate::layer::idmap::DEFAULT_ACL;
 use crate::layer::{format, WhiteoutFormat};
@@ -78,10 +78,14 @@ enum UpperSlot {
     Object(bool),
 }
 
+/// Why a directory with lower copies is not renamed: without `redirect_dir` the kernel's
+/// overlayfs answers `EXDEV` too, and `mv` copies instead.
+const MERGED_DIR: &str = "a directory with lower copies moves only by copying";
+
 fn check_component(name: &OsStr) -> Result<()> {
     let b = name.as_bytes();
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
-        return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+        return Err(Error::InvalidName);
     }
     if format::is_reserved_name(name) {
         return Err(Error::ReservedName);
@@ -155,16 +159,17 @@ impl Overlay {
                     }
                 };
             if swapped || sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::Whiteout).is_ok() {
-                sys::remove_tree(work.fd(), &tmp)?;
+                sys::remove_tree(work.fd(), &tmp).ctx("remove", name)?;
                 return Ok(());
             }
         }
         if is_dir {
             // A directory's upper copy may still hold whiteouts: move it out whole first.
-            sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::NoReplace)?;
-            sys::remove_tree(work.fd(), &tmp)?;
+            sys::rename_at(pfd, name, work.fd(), &tmp, RenameMode::NoReplace)
+                .ctx("rename", name)?;
+            sys::remove_tree(work.fd(), &tmp).ctx("remove", name)?;
         } else {
-            sys::unlink_at(pfd, name, false)?;
+            sys::unlink_at(pfd, name, false).ctx("unlink", name)?;
         }
         if whiteout {
             self.write_whiteout(pfd, name)?;
@@ -218,7 +223,7 @@ impl Overlay {
         // New objects are owned by the caller's ids as stored; a caller the mapping does
         // not cover cannot own anything here.
         let caller =
-            match self.owner_to_disk(Some(caller.uid), Some(caller.gid), libc::EOVERFLOW)? {
+            match self.owner_to_disk(Some(caller.uid), Some(caller.gid), Error::Unmapped)? {
                 (Some(uid), Some(gid)) => Caller {
                     uid,
                     gid,
@@ -230,7 +235,7 @@ impl Overlay {
             // A char device 0/0 is a whiteout on disk: it could never be shown. The kernel's
             // overlayfs refuses it the same way.
             if file_type & libc::S_IFMT == libc::S_IFCHR {
-                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
+                return Err(Error::NotPermitted("a 0/0 character device is a whiteout"));
             }
         }
         let dir = self.node(parent)?;
@@ -241,7 +246,7 @@ impl Overlay {
         let _guard = dir.lock_dir();
         let chain = dir.with_location(|l| l.layers.clone());
         if self.resolve_in(&dir, &chain, name, 0)?.is_some() {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)));
+            return Err(Error::Exists);
         }
         let slot = self.upper_slot(pfd.as_fd(), name)?;
         let pst = sys::stat_fd(pfd.as_fd())?;
@@ -312,22 +317,25 @@ impl Overlay {
         };
         let finish = (|| -> Result<()> {
             if matches!(obj, NewObject::Dir) && slot != UpperSlot::Empty {
-                let d = sys::open_dir_path(tdir, tname.as_bytes())?;
+                let d = sys::open_dir_path(tdir, tname.as_bytes()).ctx("open", name)?;
                 self.make_opaque(d.as_fd())?;
             }
             if staged {
                 if matches!(obj, NewObject::Dir) {
-                    sys::rename_at(tdir, &tname, pfd.as_fd(), name, RenameMode::Exchange)?;
-                    sys::remove_tree(tdir, &tname)?;
+                    sys::rename_at(tdir, &tname, pfd.as_fd(), name, RenameMode::Exchange)
+                        .ctx("rename", name)?;
+                    sys::remove_tree(tdir, &tname).ctx("remove", name)?;
                 } else {
-                    sys::rename_at(tdir, &tname, pfd.as_fd(), name, RenameMode::Replace)?;
+                    sys::rename_at(tdir, &tname, pfd.as_fd(), name, RenameMode::Replace)
+                        .ctx("rename", name)?;
                 }
             }
             if let Some((_, stage_name)) = &stage {
-                sys::remove_tree(work.fd(), stage_name)?;
+                sys::remove_tree(work.fd(), stage_name).ctx("remove", name)?;
             }
             if slot == UpperSlot::DotWhiteout {
-                sys::unlink_at(pfd.as_fd(), &format::whiteout_name(name), false)?;
+                sys::unlink_at(pfd.as_fd(), &format::whiteout_name(name), false)
+                    .ctx("unlink whiteout", name)?;
             }
             Ok(())
         })();
@@ -383,10 +391,10 @@ impl Overlay {
                 if flags & libc::O_DIRECT != 0 {
                     f |= OFlags::DIRECT;
                 }
-                Some(sys::create_file(dir, name, f, perm & 0o777)?)
+                Some(sys::create_file(dir, name, f, perm & 0o777).ctx("create", name)?)
             }
             NewObject::Dir => {
-                sys::mkdir_at(dir, name, perm & 0o777)?;
+                sys::mkdir_at(dir, name, perm & 0o777).ctx("mkdir", name)?;
                 None
             }
             NewObject::Node { file_type, rdev } => {
@@ -395,11 +403,12 @@ impl Overlay {
                     name,
                     (file_type & libc::S_IFMT) | (perm & 0o777),
                     *rdev,
-                )?;
+                )
+                .ctx("mknod", name)?;
                 None
             }
             NewObject::Symlink(target) => {
-                sys::symlink_at(target, dir, name)?;
+                sys::symlink_at(target, dir, name).ctx("symlink", name)?;
                 None
             }
         };
@@ -418,7 +427,7 @@ impl Overlay {
                 }
             }
         } else if uid != sys::euid() || gid != default_gid {
-            sys::chown_at(dir, name, Some(uid), Some(gid))?;
+            sys::chown_at(dir, name, Some(uid), Some(gid)).ctx("chown", name)?;
         }
         // The daemon's umask is 0 (set at startup), so only special bits need a chmod; a
         // library caller with another umask gets the mode set explicitly.
@@ -431,7 +440,7 @@ impl Overlay {
             } else {
                 perm & 0o777
             };
-            sys::chmod_at(dir, name, bits | (perm & 0o7000))?;
+            sys::chmod_at(dir, name, bits | (perm & 0o7000)).ctx("chmod", name)?;
         }
         Ok(fd)
     }
@@ -484,9 +493,7 @@ impl Overlay {
             let empty = self.read_dir(attr.ino).map(|e| e.is_empty());
             self.forget(attr.ino, 1);
             if !empty? {
-                return Err(Error::Io(std::io::Error::from_raw_os_error(
-                    libc::ENOTEMPTY,
-                )));
+                return Err(Error::NotEmpty);
             }
         }
         let pfd = self.upper_dir(&dir)?;
@@ -568,7 +575,7 @@ impl Overlay {
         let (_, work) = self.writable()?;
         let node = self.named(ino)?;
         if node.kind == FileKind::Directory {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
+            return Err(Error::NotPermitted("hard link to a directory"));
         }
         self.copy_up(&node, true)?;
         let src_parent = self.node(node.parent())?;
@@ -578,13 +585,13 @@ impl Overlay {
         let _guard = dir.lock_dir();
         let chain = dir.with_location(|l| l.layers.clone());
         if self.resolve_in(&dir, &chain, newname, 0)?.is_some() {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)));
+            return Err(Error::Exists);
         }
         let sname = node.with_location(|l| l.name.clone());
         match self.upper_slot(npfd.as_fd(), newname)? {
             UpperSlot::CharWhiteout => {
                 let tmp = self.temp_name();
-                sys::link_at(spfd.as_fd(), &sname, work.fd(), &tmp)?;
+                sys::link_at(spfd.as_fd(), &sname, work.fd(), &tmp).ctx("link", newname)?;
                 if let Err(e) =
                     sys::rename_at(work.fd(), &tmp, npfd.as_fd(), newname, RenameMode::Replace)
                 {
@@ -593,9 +600,10 @@ impl Overlay {
                 }
             }
             slot => {
-                sys::link_at(spfd.as_fd(), &sname, npfd.as_fd(), newname)?;
+                sys::link_at(spfd.as_fd(), &sname, npfd.as_fd(), newname).ctx("link", newname)?;
                 if slot == UpperSlot::DotWhiteout {
-                    sys::unlink_at(npfd.as_fd(), &format::whiteout_name(newname), false)?;
+                    sys::unlink_at(npfd.as_fd(), &format::whiteout_name(newname), false)
+                        .ctx("unlink whiteout", newname)?;
                 }
             }
         }
@@ -685,9 +693,7 @@ impl Overlay {
         let dst = dst_attr.map(|a| self.node(a.ino)).transpose()?;
         let has_lower = |n: &Node| n.with_location(|l| l.layers.iter().any(|x| *x != UPPER));
         match (&dst, flag) {
-            (Some(_), RenameFlag::NoReplace) => {
-                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EEXIST)))
-            }
+            (Some(_), RenameFlag::NoReplace) => return Err(Error::Exists),
             (None, RenameFlag::Exchange) => return Err(Error::NotFound),
             _ => {}
         }
@@ -698,11 +704,11 @@ impl Overlay {
             }
         }
         if src.kind == FileKind::Directory && has_lower(&src) {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EXDEV)));
+            return Err(Error::CrossDevice(MERGED_DIR));
         }
         if let Some(d) = &dst {
             if flag == RenameFlag::Exchange && d.kind == FileKind::Directory && has_lower(d) {
-                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EXDEV)));
+                return Err(Error::CrossDevice(MERGED_DIR));
             }
             if flag != RenameFlag::Exchange {
                 match (
@@ -712,9 +718,7 @@ impl Overlay {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
                     (true, true) if !self.read_dir(d.ino)?.is_empty() => {
-                        return Err(Error::Io(std::io::Error::from_raw_os_error(
-                            libc::ENOTEMPTY,
-                        )));
+                        return Err(Error::NotEmpty);
                     }
                     _ => {}
                 }
@@ -725,7 +729,7 @@ impl Overlay {
             let mut p = ddir.ino;
             loop {
                 if p == src.ino {
-                    return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+                    return Err(Error::Invalid("a directory cannot move below itself"));
                 }
                 if Overlay::is_root_ino(p) {
                     break;
@@ -851,7 +855,7 @@ impl Overlay {
         // it: a whiteout under a directory, or a directory holding whiteouts.
         match dst_slot {
             UpperSlot::CharWhiteout if src.kind == FileKind::Directory => {
-                sys::unlink_at(dpfd.as_fd(), newname, false)?;
+                sys::unlink_at(dpfd.as_fd(), newname, false).ctx("unlink", newname)?;
             }
             UpperSlot::Object(true) => {
                 let tmp = self.temp_name();
@@ -862,7 +866,7 @@ impl Overlay {
                     &tmp,
                     RenameMode::NoReplace,
                 )?;
-                sys::remove_tree(work.fd(), &tmp)?;
+                sys::remove_tree(work.fd(), &tmp).ctx("remove", newname)?;
             }
             _ => {}
         }
@@ -896,7 +900,8 @@ impl Overlay {
             }
         }
         if dst_slot == UpperSlot::DotWhiteout {
-            sys::unlink_at(dpfd.as_fd(), &format::whiteout_name(newname), false)?;
+            sys::unlink_at(dpfd.as_fd(), &format::whiteout_name(newname), false)
+                .ctx("unlink whiteout", newname)?;
         }
         if src.kind != FileKind::Directory {
             self.mark_impure(dpfd.as_fd());

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::OFlags;
 
-use super::{Error, Overlay, Result};
+use super::{Context, Error, Overlay, Result};
 use crate::inode::{Node, ObjectId};
 use crate::layer::format::XattrTarget;
 use crate::layer::LayerIdx;
@@ -113,7 +113,11 @@ impl Overlay {
                     Ok(fd)
                 }
                 // Failed where the node no longer is, or on what its name holds instead.
-                Err(Error::Io(_)) if raced && (moved || !self.name_holds_it(&node, &now)) => {
+                Err(e)
+                    if e.os_error().is_some()
+                        && raced
+                        && (moved || !self.name_holds_it(&node, &now)) =>
+                {
                     Err(self.not_its_object(&node))
                 }
                 Err(e) => Err(e),
@@ -201,8 +205,8 @@ impl Overlay {
                     Err(self.not_its_object(&node))
                 }
             }
-            Err(Error::Io(e)) if raced => Err(if self.name_holds_it(&node, &loc) {
-                Error::Io(e)
+            Err(e) if raced && e.os_error().is_some() => Err(if self.name_holds_it(&node, &loc) {
+                e
             } else {
                 self.not_its_object(&node)
             }),
@@ -292,7 +296,7 @@ impl Overlay {
             super::Reach::Named(node) => node,
         };
         if node.kind != FileKind::Regular {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+            return Err(Error::Invalid("only a regular file has a backing file"));
         }
         // Checked at the name before it is opened, and again after when a change in the
         // directory raced with the open, as `open` does.
@@ -341,7 +345,7 @@ impl Overlay {
         let flags = match node.kind {
             FileKind::Regular => OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
             FileKind::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
-            _ => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTTY))),
+            _ => return Err(Error::NoInodeFlags),
         };
         let (dir, name) = self.still_named(node, self.place_in(node, layer))?;
         self.still_named(
@@ -394,7 +398,7 @@ impl Overlay {
         }
         rustix::fs::readlinkat(pfd.as_fd(), loc.name.as_os_str(), Vec::new())
             .map(|c| c.into_bytes())
-            .map_err(|e| Error::Io(e.into()))
+            .ctx("readlink", &loc.name)
     }
 
     /// The value of xattr `name` on `ino`. Overlay-private attributes do not exist here.

@@ -234,7 +234,7 @@ impl Overlay {
             let layer = self.layers.get(li).ok_or(Error::StaleNode(ino))?;
             let dfd = match self.dir_fd(&dir, li) {
                 Ok(fd) => fd,
-                Err(Error::Io(e)) if crate::layer::is_absent(&e) => continue,
+                Err(e) if e.is_absent() => continue,
                 Err(e) => return Err(e),
             };
             let entries = sys::list_dir(dfd.as_fd())?;
