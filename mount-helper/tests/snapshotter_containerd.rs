@@ -14,8 +14,13 @@
 //!   golang-github-containerd-containerd-dev, built offline with Debian's golang-go) against
 //!   the snapshotter through containerd's proxy client, with its counts pinned.
 //!
+//! - rootless: the snapshotter and containerd run as an ordinary user inside rootlesskit's
+//!   user, mount and pid namespaces (as rootless containerd runs), and import and run the
+//!   image there.
+//!
 //! Root, /dev/fuse, containerd, runc, mount.fuse3 and busybox-static are required (and Go
-//! with containerd's sources for the suite): under
+//! with containerd's sources for the suite, rootlesskit, runuser, useradd and newuidmap for
+//! the rootless run): under
 //! `CI=true` a missing one fails the test. Containers, shims, mounts and both daemons are
 //! cleaned up by guards even when a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -569,4 +574,225 @@ fn containerds_own_snapshotter_suite_passes_through_the_proxy_client() {
     assert_eq!(skipped, SUITE_SKIPPED);
     drop(_cleanup);
     assert!(mounts_under(dir.path()).is_empty(), "nothing stays mounted");
+}
+
+/// The user the rootless run is made as; created (with subordinate id ranges) when missing.
+const ROOTLESS_USER: &str = "stratafs-ctrd";
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// `ROOTLESS_USER` with 65536 subordinate uids and gids.
+fn rootless_user() {
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(ROOTLESS_USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let out = run(Command::new("useradd").args([
+            "--no-create-home",
+            "--user-group",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            ROOTLESS_USER,
+        ]));
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.split(':').next() == Some(ROOTLESS_USER))
+        {
+            continue;
+        }
+        // A free range above every range already given out.
+        let start = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+            })
+            .max()
+            .unwrap_or(100_000)
+            .max(300_000);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .expect("subordinate ids");
+        std::io::Write::write_all(
+            &mut f,
+            format!("{ROOTLESS_USER}:{start}:65536\n").as_bytes(),
+        )
+        .expect("write subordinate ids");
+    }
+}
+
+/// What runs inside rootlesskit's namespaces, as the ordinary user (root there): the
+/// snapshotter and containerd, an import and a run. `$D` is the test's directory.
+const ROOTLESS_SCRIPT: &str = r#"set -eu
+D="$1"
+export PATH="$D/bin:$PATH"
+# rootlesskit's copy-up gives a private /run of symlinks to the host's: containerd's shim
+# sockets need a real, writable /run/containerd (as containerd-rootless.sh makes it).
+rm -f /run/containerd
+mkdir -p /run/containerd
+echo "uid_map: $(cat /proc/self/uid_map | tr -s ' ' | tr '\n' ';')"
+stratafs-snapshotter --root "$D/sroot" --address "$D/snap.sock" >"$D/snap.log" 2>&1 &
+snap=$!
+containerd --config "$D/config.toml" >"$D/containerd.log" 2>&1 &
+ctrd=$!
+ctr() { command ctr --address "$D/containerd.sock" --namespace rootless "$@"; }
+i=0
+until ctr version >/dev/null 2>&1; do
+    i=$((i + 1)); [ "$i" -lt 300 ] || { echo "containerd did not come up"; exit 1; }
+    sleep 0.1
+done
+ctr images import --snapshotter stratafs "$D/image.tar" >/dev/null
+echo "layers: $(ctr snapshots --snapshotter stratafs ls | grep -c Committed)"
+# cgroup v1 cannot be delegated to an ordinary user: no cgroup, no cpu shares.
+ctr run --cgroup "" --cpu-shares 0 --snapshotter stratafs --rm "$IMAGE" r1 sh -c "$SCRIPT"
+ctr run --cgroup "" --cpu-shares 0 --snapshotter stratafs --rm "$IMAGE" r2 sh -c 'cat /etc/hello; stat -c "%u:%g" /home/user'
+kill "$ctrd"; wait "$ctrd" || true
+kill "$snap"; wait "$snap" || true
+echo rootless-done
+"#;
+
+#[test]
+fn rootless_containerd_runs_on_stratafs_in_a_user_namespace() {
+    if !(can_run_containerd()
+        && common::facility(have("rootlesskit"), "rootlesskit (package rootlesskit)")
+        && common::facility(have("runuser"), "runuser (util-linux)")
+        && common::facility(have("useradd"), "useradd (package passwd)")
+        && common::facility(have("newuidmap"), "newuidmap (package uidmap)"))
+    {
+        return;
+    }
+    rootless_user();
+    let env = Env::new();
+    let d = env.dir.path();
+    let _cleanup = ProcessesAndMountsUnder {
+        dir: d.to_path_buf(),
+    };
+    // Everything the user runs is in the test's directory (a target directory under a
+    // private home may not be reachable by other users).
+    let bin = d.join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::fs::copy(daemon_bin(), bin.join("stratafs")).expect("copy the daemon");
+    std::fs::copy(snapshotter_bin(), bin.join("stratafs-snapshotter"))
+        .expect("copy the snapshotter");
+    std::fs::write(
+        d.join("config.toml"),
+        format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[proxy_plugins.stratafs]
+  type = "snapshot"
+  address = "{d}/snap.sock"
+"#,
+            d = d.display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(d.join("inner.sh"), ROOTLESS_SCRIPT).expect("script");
+    std::fs::create_dir(d.join("xdg")).expect("XDG_RUNTIME_DIR");
+    let out = run(Command::new("chown")
+        .arg("-R")
+        .arg(format!("{ROOTLESS_USER}:{ROOTLESS_USER}"))
+        .arg(d));
+    assert!(
+        out.status.success(),
+        "chown: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out_path = d.join("rootless.out");
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", ROOTLESS_USER, "--", "env", "-i"])
+        .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg(format!("HOME={}", d.display()))
+        .arg(format!("XDG_RUNTIME_DIR={}", d.join("xdg").display()))
+        .arg(format!("IMAGE={IMAGE}"))
+        .arg(format!("SCRIPT={SCRIPT}"))
+        // --net=host: slirp4netns needs /dev/net/tun, which is root's alone on some
+        // machines, and the containers here need no network.
+        .args([
+            "rootlesskit",
+            "--net=host",
+            "--copy-up=/etc",
+            "--copy-up=/run",
+            "--pidns",
+        ])
+        .arg(format!("--state-dir={}", d.join("rootlesskit").display()))
+        .arg("sh")
+        .arg(d.join("inner.sh"))
+        .arg(d)
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("output"))
+        .stderr(std::fs::File::create(d.join("rootless.err")).expect("output"));
+    let mut child = cmd.spawn().expect("run rootlesskit");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    let output = read("rootless.out");
+    let details = || {
+        format!(
+            "stdout:\n{output}\nstderr:\n{}\nsnapshotter:\n{}\ncontainerd (end):\n{}",
+            read("rootless.err"),
+            read("snap.log"),
+            {
+                let c = read("containerd.log");
+                c[c.len().saturating_sub(4000)..].to_string()
+            }
+        )
+    };
+    assert!(
+        status.success() && output.contains("rootless-done"),
+        "{}",
+        details()
+    );
+    assert!(
+        output.contains(&format!(
+            "layers: 3\n{SCRIPT_OUT}hello from layer 3\n1000:1000\n"
+        )),
+        "{}",
+        details()
+    );
+    // Root in the namespace is the ordinary user outside it.
+    let uid_line = output
+        .lines()
+        .find(|l| l.starts_with("uid_map:"))
+        .unwrap_or("");
+    assert!(
+        !uid_line.contains(" 0 0 "),
+        "not in a user namespace: {uid_line}"
+    );
 }
