@@ -226,7 +226,7 @@ async fn state(c: &mut Client, root: &Path) -> (Vec<String>, Vec<PathBuf>) {
     (infos, files)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounts_are_shaped_as_containerds_overlayfs_snapshotter_shapes_them() {
     let s = scratch();
     let snap = Snapshotter::start(&s.root, &s.sock);
@@ -305,7 +305,7 @@ async fn mounts_are_shaped_as_containerds_overlayfs_snapshotter_shapes_them() {
     assert_eq!(opt(&mapped[0], "gidmapping"), Some("0:200000:65536"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_dir_and_metacopy_are_options_of_the_root_off_by_default() {
     let s = scratch();
     let snap = Snapshotter::start_with(&s.root, &s.sock, &["--redirect-dir", "--metacopy"]);
@@ -320,7 +320,7 @@ async fn redirect_dir_and_metacopy_are_options_of_the_root_off_by_default() {
     assert_eq!(m[0].options, ["rw", "rbind"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stat_list_update_usage_commit_and_remove() {
     let s = scratch();
     let snap = Snapshotter::start(&s.root, &s.sock);
@@ -455,7 +455,7 @@ async fn stat_list_update_usage_commit_and_remove() {
     assert_eq!(fs::read_dir(s.root.join("trash")).expect("read").count(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_containerds_status_and_changes_nothing() {
     let s = scratch();
     let snap = Snapshotter::start(&s.root, &s.sock);
@@ -663,7 +663,7 @@ async fn bad_input_gets_containerds_status_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_survives_a_restart_and_a_second_snapshotter_is_refused() {
     let s = scratch();
     let mut snap = Snapshotter::start(&s.root, &s.sock);
@@ -712,7 +712,7 @@ async fn metadata_survives_a_restart_and_a_second_snapshotter_is_refused() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directories_follow_the_records_after_a_crash_and_on_cleanup() {
     let s = scratch();
     let mut snap = Snapshotter::start(&s.root, &s.sock);
