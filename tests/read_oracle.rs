@@ -149,18 +149,9 @@ fn paths(snap: &TreeSnap) -> BTreeSet<String> {
     snap.keys().map(|p| p.display().to_string()).collect()
 }
 
-/// A deterministic pseudo-random byte stream (xorshift64*).
+/// A deterministic pseudo-random byte stream (the suites' one `Rng`, from state `seed | 1`).
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    Rng::from_state(seed | 1).bytes(len)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@ impl Rng {
         Rng(if z == 0 { 1 } else { z })
     }
 
+    /// A generator whose state is `state` as it is (0 is taken as 1), without seeding: a
+    /// byte stream that tests compare against fixed expectations keeps its bytes.
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state.max(1))
+    }
+
     /// The next 64 random bits.
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
@@ -26,6 +32,16 @@ impl Rng {
         x ^= x >> 27;
         self.0 = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `len` random bytes (each `next()` gives eight, little-endian).
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(len);
+        v
     }
 
     /// A number in `0..n` (0 when `n` is 0).
