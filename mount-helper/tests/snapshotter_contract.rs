@@ -202,6 +202,24 @@ fn dir_of(m: &Mount) -> PathBuf {
     }
 }
 
+/// Every directory a mount names.
+fn paths_of(m: &Mount) -> Vec<PathBuf> {
+    if m.r#type == "bind" {
+        return vec![PathBuf::from(&m.source)];
+    }
+    let mut v: Vec<PathBuf> = ["upperdir", "workdir"]
+        .iter()
+        .filter_map(|k| opt(m, k).map(PathBuf::from))
+        .collect();
+    v.extend(
+        opt(m, "lowerdir")
+            .expect("a lowerdir")
+            .split(':')
+            .map(PathBuf::from),
+    );
+    v
+}
+
 /// Everything observable: every snapshot's info, and the files under the root other than
 /// the lock and the database.
 async fn state(c: &mut Client, root: &Path) -> (Vec<String>, Vec<PathBuf>) {
@@ -754,6 +772,115 @@ async fn the_directories_follow_the_records_after_a_crash_and_on_cleanup() {
         "cleanup keeps what a record owns"
     );
     assert_eq!(names(&mut c, &[]).await, ["base"]);
+}
+
+/// A small deterministic generator (xorshift) for the crash test's operations.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Random calls until one fails (the snapshotter is gone).
+async fn churn(mut c: Client, seed: u64) {
+    let mut rng = Xorshift(seed | 1);
+    loop {
+        let k = format!("k{}", rng.below(12));
+        let n = format!("n{}", rng.below(12));
+        let parent = if rng.below(3) == 0 {
+            String::new()
+        } else {
+            format!("n{}", rng.below(12))
+        };
+        let r = match rng.below(5) {
+            0 | 1 => match prepare(&mut c, &k, &parent).await {
+                Ok(m) => {
+                    let d = dir_of(&m[0]);
+                    for i in 0..rng.below(20) {
+                        let _ = fs::write(d.join(format!("f{i}")), vec![1u8; 5000]);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            2 => commit(&mut c, &n, &k).await,
+            3 => remove(&mut c, if rng.below(2) == 0 { &k } else { &n }).await,
+            _ => view(&mut c, &format!("v{}", rng.below(6)), &parent)
+                .await
+                .map(drop),
+        };
+        if let Err(st) = r {
+            if matches!(
+                st.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled
+            ) {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_at_any_point_leaves_records_and_directories_in_step() {
+    let s = scratch();
+    let mut snap = Snapshotter::start(&s.root, &s.sock);
+    let mut rng = Xorshift(0x5eed_cafe);
+    let mut made = 0;
+    for round in 0..8u64 {
+        let c = snap.client().await;
+        let task = tokio::spawn(churn(c, round * 7919 + 1));
+        tokio::time::sleep(std::time::Duration::from_millis(50 + rng.below(400))).await;
+        snap.kill();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        snap.restart();
+        let mut c = snap.client().await;
+        let infos = list(&mut c, &[]).await.expect("list after a kill");
+        made += infos.len();
+        // Every record has its directory, and every directory a record.
+        let dirs = fs::read_dir(s.root.join("snapshots"))
+            .expect("read")
+            .count();
+        assert_eq!(dirs, infos.len(), "round {round}: {infos:?}");
+        for d in ["tmp", "trash"] {
+            assert_eq!(
+                fs::read_dir(s.root.join(d)).expect("read").count(),
+                0,
+                "{d}/"
+            );
+        }
+        for i in &infos {
+            let m = if i.kind == Kind::Committed as i32 {
+                let key = format!("check-{}", i.name);
+                let m = view(&mut c, &key, &i.name)
+                    .await
+                    .expect("a view of a committed layer");
+                remove(&mut c, &key).await.expect("remove the view");
+                m
+            } else {
+                mounts(&mut c, &i.name).await.expect("mounts")
+            };
+            for dir in paths_of(&m[0]) {
+                assert!(
+                    dir.is_dir(),
+                    "round {round}: {}: {} is missing",
+                    i.name,
+                    dir.display()
+                );
+            }
+            if i.kind != Kind::Committed as i32 {
+                usage(&mut c, &i.name).await.expect("usage");
+            }
+        }
+    }
+    assert!(
+        made > 8,
+        "the churn made snapshots ({made} seen over the rounds)"
+    );
 }
 
 #[test]
