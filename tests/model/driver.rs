@@ -10,14 +10,14 @@
 
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use stratafs::config::MountConfig;
 use stratafs::overlay::{Attr, Caller, NewObject, Overlay, RenameFlag, SetAttr};
 use stratafs::sys::FileKind;
 
 use crate::ops::{Flag, How, Op, P};
-use crate::reference::{Shown, Tree};
+use crate::reference::{Shown, Tree, Xattrs};
 use crate::stack::{name_of, parent_of, NAMES};
 
 /// The root's node id.
@@ -25,7 +25,7 @@ const ROOT: u64 = stratafs::inode::ROOT;
 
 /// An overlay over upper `u`, work `w` and `lowers` (topmost first), as the daemon opens
 /// one (without a mount: a daemon that may not clone mounts falls back by itself).
-pub fn open_overlay(u: &Path, w: &Path, lowers: &[std::path::PathBuf]) -> Overlay {
+pub fn open_overlay(u: &Path, w: &Path, lowers: &[PathBuf]) -> Overlay {
     let mut cfg = MountConfig::new(u.with_file_name("mnt"), lowers.to_vec());
     cfg.upperdir = Some(u.to_path_buf());
     cfg.workdir = Some(w.to_path_buf());
@@ -38,6 +38,8 @@ pub fn open_overlay(u: &Path, w: &Path, lowers: &[std::path::PathBuf]) -> Overla
 pub struct Driver {
     /// The overlay under test.
     pub ov: Overlay,
+    /// Its upper, work and lower directories.
+    dirs: (PathBuf, PathBuf, Vec<PathBuf>),
     hot: bool,
     refs: Vec<u64>,
     caller: Caller,
@@ -52,8 +54,10 @@ fn io_errno(e: std::io::Error) -> i32 {
 }
 
 impl Driver {
-    /// Drives `ov`; `hot` keeps every node reference taken.
-    pub fn new(ov: Overlay, hot: bool) -> Driver {
+    /// Drives an overlay over upper `u`, work `w` and `lowers`; `hot` keeps every node
+    /// reference taken.
+    pub fn open(u: &Path, w: &Path, lowers: &[PathBuf], hot: bool) -> Driver {
+        let ov = open_overlay(u, w, lowers);
         let caller = Caller {
             uid: stratafs::sys::euid(),
             gid: stratafs::sys::egid(),
@@ -61,6 +65,7 @@ impl Driver {
         };
         Driver {
             ov,
+            dirs: (u.to_path_buf(), w.to_path_buf(), lowers.to_vec()),
             hot,
             refs: Vec::new(),
             caller,
@@ -244,6 +249,31 @@ impl Driver {
                 };
                 self.ov.setattr(a.ino, set, None).map_err(errno)?;
             }
+            Op::SetXattr(P::At(path), name, value) => {
+                let (_, a) = self.resolve(path)?;
+                if a.kind == FileKind::Symlink {
+                    return Err(libc::ELOOP);
+                }
+                self.ov
+                    .setxattr(a.ino, OsStr::new(name), value.as_bytes(), 0)
+                    .map_err(errno)?;
+            }
+            Op::RmXattr(P::At(path), name) => {
+                let (_, a) = self.resolve(path)?;
+                if a.kind == FileKind::Symlink {
+                    return Err(libc::ELOOP);
+                }
+                self.ov
+                    .removexattr(a.ino, OsStr::new(name))
+                    .map_err(errno)?;
+            }
+            Op::Remount => {
+                // The kernel forgets every node at unmount.
+                self.refs.clear();
+                self.ov.unmounted();
+                let (u, w, lowers) = &self.dirs;
+                self.ov = open_overlay(u, w, lowers);
+            }
             _ => unreachable!("paths are picked before an operation runs"),
         }
         Ok(())
@@ -312,6 +342,24 @@ impl Driver {
             .map_err(errno)
     }
 
+    /// Every xattr `listxattr` shows on node `ino`, with the value `getxattr` gives.
+    fn xattrs(&self, ino: u64, p: &str) -> Result<Xattrs, String> {
+        let list = self
+            .ov
+            .listxattr(ino)
+            .map_err(|e| format!("listxattr of '{p}': {e}"))?;
+        let mut out = Xattrs::new();
+        for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let name = String::from_utf8(name.to_vec()).map_err(|e| e.to_string())?;
+            let v = self
+                .ov
+                .getxattr(ino, OsStr::new(&name))
+                .map_err(|e| format!("getxattr {name} of '{p}', which listxattr shows: {e}"))?;
+            out.insert(name, v);
+        }
+        Ok(out)
+    }
+
     /// The whole merged tree as the overlay shows it, each listing checked against
     /// lookups: every listed name looks up to the listed type with `st_ino` equal to the
     /// listing's `d_ino` and to what `getattr` says, and every name of [`NAMES`] the
@@ -366,7 +414,7 @@ impl Driver {
             }
             let perm = u32::from(a.perm) & 0o7777;
             let shown = match a.kind {
-                FileKind::Directory => Shown::Dir(perm),
+                FileKind::Directory => Shown::Dir(perm, self.xattrs(a.ino, &p)?),
                 FileKind::Regular => {
                     let f = self
                         .ov
@@ -382,7 +430,7 @@ impl Driver {
                             data.len()
                         ));
                     }
-                    Shown::File(perm, data, a.nlink)
+                    Shown::File(perm, data, a.nlink, self.xattrs(a.ino, &p)?)
                 }
                 FileKind::Symlink => {
                     let t = self

@@ -41,7 +41,7 @@ pub enum How {
 
 /// One operation on paths of the merged view. Paths resolve one name at a time, never
 /// through a symlink (as with `RESOLVE_NO_SYMLINKS`: `ELOOP`), and a symlink is never
-/// followed where the call would follow it (`write`, `truncate`, `chmod`: `ELOOP`).
+/// followed where the call would follow it (`write`, `truncate`, `chmod`, xattrs: `ELOOP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// `open(O_CREAT|O_EXCL)` with the mode, then the data written.
@@ -64,6 +64,13 @@ pub enum Op {
     Truncate(P, u64),
     /// `chmod`.
     Chmod(P, u32),
+    /// `setxattr` (flags 0).
+    SetXattr(P, &'static str, &'static str),
+    /// `removexattr`.
+    RmXattr(P, &'static str),
+    /// Unmount and mount again: a fresh overlay over the same directories (what the layers
+    /// hold on disk is all that carries over).
+    Remount,
 }
 
 /// A path for an operation: one that exists, one that could be made, one of [`PATHS`]
@@ -100,6 +107,13 @@ fn file_mode() -> impl Strategy<Value = u32> {
     (0..FILE_MODES.len()).prop_map(|i| FILE_MODES[i])
 }
 
+/// An xattr name: user ones, and one of the overlay's own namespace (the mount's own
+/// where the daemon is not root, stored escaped: setting it must not make a directory
+/// opaque).
+fn xattr_name() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("user.a"), Just("user.b"), Just("user.overlay.opaque")]
+}
+
 /// One operation.
 pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -123,6 +137,9 @@ pub fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(p, d, h)| Op::Write(p, d, h)),
         1 => (path(), 0u64..20).prop_map(|(p, n)| Op::Truncate(p, n)),
         2 => (path(), 0..CHMOD_MODES.len()).prop_map(|(p, m)| Op::Chmod(p, CHMOD_MODES[m])),
+        1 => Just(Op::Remount),
+        2 => (path(), xattr_name(), data()).prop_map(|(p, n, v)| Op::SetXattr(p, n, v)),
+        1 => (path(), xattr_name()).prop_map(|(p, n)| Op::RmXattr(p, n)),
     ]
 }
 
@@ -162,6 +179,9 @@ impl Op {
             Op::Write(p, d, h) => Op::Write(at(p), d, h),
             Op::Truncate(p, n) => Op::Truncate(at(p), n),
             Op::Chmod(p, m) => Op::Chmod(at(p), m),
+            Op::SetXattr(p, n, v) => Op::SetXattr(at(p), n, v),
+            Op::RmXattr(p, n) => Op::RmXattr(at(p), n),
+            Op::Remount => Op::Remount,
         }
     }
 }

@@ -33,6 +33,7 @@ enum Node {
 struct Dir {
     id: Id,
     mode: u32,
+    xattrs: Xattrs,
     /// It merges a lower layer's directory (so cannot be renamed).
     lower: bool,
     children: BTreeMap<String, Node>,
@@ -48,15 +49,19 @@ enum Body {
 struct Leaf {
     body: Body,
     mode: u32,
+    xattrs: Xattrs,
 }
+
+/// Extended attributes as shown: name -> value.
+pub type Xattrs = BTreeMap<String, Vec<u8>>;
 
 /// What a path shows, as compared between the model and the overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shown {
-    /// A directory and its permission bits.
-    Dir(u32),
-    /// A regular file: permission bits, data, link count.
-    File(u32, Vec<u8>, u32),
+    /// A directory: permission bits, xattrs.
+    Dir(u32, Xattrs),
+    /// A regular file: permission bits, data, link count, xattrs.
+    File(u32, Vec<u8>, u32, Xattrs),
     /// A symlink: target, link count.
     Symlink(Vec<u8>, u32),
 }
@@ -112,6 +117,7 @@ impl Model {
             root: Dir {
                 id: 0,
                 mode: 0o755,
+                xattrs: Xattrs::new(),
                 lower: true,
                 children: BTreeMap::new(),
             },
@@ -176,6 +182,7 @@ impl Model {
                     Node::Dir(Dir {
                         id,
                         mode,
+                        xattrs: Xattrs::new(),
                         lower: sub.iter().any(|&li| li > 0),
                         children,
                     })
@@ -192,7 +199,14 @@ impl Model {
 
     fn leaf(&mut self, body: Body, mode: u32) -> Node {
         let id = self.fresh();
-        self.leaves.insert(id, Leaf { body, mode });
+        self.leaves.insert(
+            id,
+            Leaf {
+                body,
+                mode,
+                xattrs: Xattrs::new(),
+            },
+        );
         Node::Leaf(id)
     }
 
@@ -326,6 +340,7 @@ impl Model {
                 let dir = Dir {
                     id,
                     mode,
+                    xattrs: Xattrs::new(),
                     lower: false,
                     children: BTreeMap::new(),
                 };
@@ -403,9 +418,49 @@ impl Model {
                     }
                 }
             }
+            Op::SetXattr(P::At(path), name, value) => {
+                *self
+                    .xattrs(path, name)?
+                    .entry(name.to_string())
+                    .or_default() = value.as_bytes().to_vec();
+            }
+            Op::RmXattr(P::At(path), name) => {
+                self.xattrs(path, name)?.remove(name).ok_or(libc::ENODATA)?;
+            }
+            Op::Remount => {}
             _ => unreachable!("paths are picked before an operation runs"),
         }
         Ok(())
+    }
+
+    /// The xattrs of `path` for a call on `name`: a symlink is not followed (`ELOOP`), and
+    /// the `user.overlay.` namespace is the mount's own only where the daemon is not root
+    /// (stored escaped; as root it is private: `ENOTSUP`).
+    fn xattrs(&mut self, path: &str, name: &str) -> Result<&mut Xattrs, i32> {
+        let leaf = match self.lookup(path)? {
+            n if self.is_symlink(n) => return Err(libc::ELOOP),
+            Node::Leaf(id) => Some(*id),
+            Node::Dir(_) => None,
+        };
+        if name.starts_with("user.overlay.") && stratafs::sys::euid() == 0 {
+            return Err(libc::ENOTSUP);
+        }
+        Ok(match leaf {
+            Some(id) => {
+                &mut self
+                    .leaves
+                    .get_mut(&id)
+                    .unwrap_or_else(|| unreachable!())
+                    .xattrs
+            }
+            None => {
+                let n = name_of(path).to_string();
+                match self.parent_mut(path).children.get_mut(&n) {
+                    Some(Node::Dir(d)) => &mut d.xattrs,
+                    _ => unreachable!("lookup() found a directory"),
+                }
+            }
+        })
     }
 
     /// `renameat2`: the VFS's checks (`do_renameat2`, `vfs_rename`), then the union's.
@@ -486,14 +541,16 @@ impl Model {
             let p = join(path, name);
             match node {
                 Node::Dir(d) => {
-                    out.insert(p.clone(), (Shown::Dir(d.mode), d.id));
+                    out.insert(p.clone(), (Shown::Dir(d.mode, d.xattrs.clone()), d.id));
                     self.walk(d, &p, out);
                 }
                 Node::Leaf(id) => {
                     let leaf = &self.leaves[id];
                     let n = self.links(*id);
                     let shown = match &leaf.body {
-                        Body::File(data) => Shown::File(leaf.mode, data.clone(), n),
+                        Body::File(data) => {
+                            Shown::File(leaf.mode, data.clone(), n, leaf.xattrs.clone())
+                        }
                         Body::Symlink(t) => Shown::Symlink(t.as_bytes().to_vec(), n),
                     };
                     out.insert(p, (shown, *id));
