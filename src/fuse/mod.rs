@@ -397,7 +397,7 @@ fn wire_attr(a: &Attr) -> WireAttr {
 
 /// The FUSE node id of the object `a` describes.
 fn node_id(a: &Attr) -> u64 {
-    a.ino
+    a.node
 }
 
 fn caller(req: &Req) -> Caller {

@@ -1,7 +1,8 @@
 //! The node table: FUSE node ids to merged objects, with the kernel's lookup counts.
 //!
-//! A node id is the object's `st_ino` (fuser sends `attr.ino` as the node id), so hard links
-//! share one node and `st_ino` always equals readdir's `d_ino`. A node lives while the kernel
+//! A node id is the object's `st_ino`, except for the names of a lower hard link in a
+//! writable union, which are nodes of their own that show the lower file's `st_ino` (see
+//! `Overlay::shown_ino`); upper hard links share one node. A node lives while the kernel
 //! holds a reference to it and is dropped on the forget that brings its count to zero, so the
 //! table's size follows the kernel's dentry cache, not the size of the tree that was walked.
 
@@ -91,7 +92,7 @@ impl Drop for DirGuard<'_> {
 /// One merged object the kernel knows about.
 #[derive(Debug)]
 pub struct Node {
-    /// Node id and `st_ino`.
+    /// Node id (and `st_ino`, but for a lower hard link's names: `Overlay::shown_ino`).
     pub ino: u64,
     /// File type; fixed for the life of the node.
     pub kind: FileKind,

@@ -260,8 +260,28 @@ impl Overlay {
     /// The attributes of `r`, recorded as `node`.
     fn attr_for(&self, node: &Node, r: &Resolved) -> Attr {
         let mut attr = self.attr_of(r);
-        attr.ino = node.ino;
+        attr.node = node.ino;
+        attr.ino = self.shown_ino(node.ino, r.layers.first().copied(), &r.top);
         attr
+    }
+
+    /// The `st_ino` shown for node `node`, whose object is found in layer `layer` with
+    /// `st`: the node id, except for a lower hard link in a writable union. Each of its names
+    /// is its own node (a copy-up of one name must not change the others), but until it is
+    /// copied up every name reports the lower file's number, as the kernel's overlayfs does
+    /// without `index`, so tools that find links by `st_ino` and `st_nlink` see one file.
+    pub(crate) fn shown_ino(&self, node: u64, layer: Option<LayerIdx>, st: &Stat) -> u64 {
+        match layer.and_then(|li| self.layers.get(li)) {
+            Some(l)
+                if st.nlink > 1
+                    && !l.upper
+                    && st.kind() != Some(FileKind::Directory)
+                    && self.splits_lower_links() =>
+            {
+                self.layers.ino.compose(l.fs_index, st.ino)
+            }
+            _ => node,
+        }
     }
 
     /// Drops `n` kernel references to `ino`.
@@ -315,7 +335,7 @@ impl Overlay {
             st
         };
         let mut attr = self.attr_from(node.ino, &st, loc.layers.len() > 1);
-        attr.ino = node.ino;
+        attr.ino = self.shown_ino(node.ino, loc.top(), &st);
         Ok(attr)
     }
 
@@ -339,8 +359,8 @@ impl Overlay {
                 _ => return Err(Error::NotFound),
             };
             let attr = self.lookup(cur, name)?;
-            taken.push(attr.ino);
-            cur = attr.ino;
+            taken.push(attr.node);
+            cur = attr.node;
         }
         let node = self.node(cur)?;
         let layers = node.with_location(|l| l.layers.clone());
@@ -374,9 +394,9 @@ impl Overlay {
     pub fn attr_of_fd(&self, ino: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
         let node = self.node(ino)?;
         let st = self.overridden(crate::sys::stat_fd(fd)?, Object::Fd(fd));
-        let merged = node.with_location(|l| l.layers.len() > 1);
+        let (merged, top) = node.with_location(|l| (l.layers.len() > 1, l.top()));
         let mut a = self.attr_from(node.ino, &st, merged);
-        a.ino = node.ino;
+        a.ino = self.shown_ino(node.ino, top, &st);
         Ok(a)
     }
 }

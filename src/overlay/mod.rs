@@ -64,7 +64,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The attributes of a merged object, as shown through the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
-    /// `st_ino`, which is also the node id.
+    /// The node id the kernel knows the object by.
+    pub node: u64,
+    /// `st_ino` as shown: the node id, except for a name of a lower hard link in a writable
+    /// union, which is its own node but shows the lower file's number.
     pub ino: u64,
     /// File type.
     pub kind: FileKind,
@@ -555,6 +558,7 @@ impl Overlay {
             st.nlink
         };
         Attr {
+            node: ino,
             ino,
             kind,
             perm: st.perm(),

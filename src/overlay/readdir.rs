@@ -131,6 +131,13 @@ impl ListingCache {
     }
 }
 
+/// What a listing entry's `d_ino` is: a node id (mapped as the node table maps it), or a
+/// number shown as is (a lower hard link's).
+enum Shown {
+    Node(u64),
+    Ino(u64),
+}
+
 impl Overlay {
     /// The current merged listing of directory `ino`, sorted by cookie: the shared one when
     /// it is still of the directory's version, else a fresh one (which then becomes the
@@ -178,7 +185,7 @@ impl Overlay {
     }
 
     /// True when lower hard links get one identity per name (a writable union).
-    fn splits_lower_links(&self) -> bool {
+    pub(crate) fn splits_lower_links(&self) -> bool {
         !self.opts.read_only && self.layers.upper().is_some()
     }
 
@@ -193,32 +200,42 @@ impl Overlay {
     /// The `st_ino` of entry `e` of a listing of directory `dir`, equal to what a lookup of
     /// the name reports. Worked out only when a plain readdir needs it (readdirplus looks
     /// the entry up anyway): a directory's number comes from the bottom of its merge chain,
-    /// a copied-up file's from its recorded origin, a lower hard link's from its name.
+    /// a copied-up file's from its recorded origin, a lower hard link's is the lower file's
+    /// (see [`Overlay::shown_ino`]).
     pub fn entry_ino(&self, dir: u64, e: &DirEntry) -> Result<u64> {
-        self.raw_entry_ino(dir, e).map(|i| self.nodes.visible_id(i))
+        match self.raw_entry_ino(dir, e)? {
+            Shown::Node(i) => Ok(self.nodes.visible_id(i)),
+            Shown::Ino(i) => Ok(i),
+        }
     }
 
-    fn raw_entry_ino(&self, dir: u64, e: &DirEntry) -> Result<u64> {
+    fn raw_entry_ino(&self, dir: u64, e: &DirEntry) -> Result<Shown> {
         let node = self.node(dir)?;
         let chain = node.with_location(|l| l.layers.clone());
         let layer = self.layers.get(e.layer).ok_or(Error::StaleNode(dir))?;
         if e.kind == FileKind::Directory {
             return self
                 .resolve_in(&node, &chain, &e.name, e.from)?
-                .map(|r| r.ino)
+                .map(|r| Shown::Node(r.ino))
                 .ok_or(Error::NotFound);
         }
         let dfd = self.dir_fd(&node, e.layer)?;
         if e.impure {
             if let Some(o) = self.origin_ino(dfd.as_fd(), &e.name) {
-                return Ok(o);
+                return Ok(Shown::Node(o));
             }
         }
         if !layer.upper && self.splits_lower_links() {
             let st = sys::stat_at(dfd.as_fd(), &e.name)?;
-            return Ok(self.nondir_ino(e.layer, e.raw_ino, st.nlink, dir, &e.name));
+            let node = self.nondir_ino(e.layer, e.raw_ino, st.nlink, dir, &e.name);
+            return Ok(match self.shown_ino(node, Some(e.layer), &st) {
+                i if i == node => Shown::Node(node),
+                i => Shown::Ino(i),
+            });
         }
-        Ok(self.layers.ino.compose(layer.fs_index, e.raw_ino))
+        Ok(Shown::Node(
+            self.layers.ino.compose(layer.fs_index, e.raw_ino),
+        ))
     }
 
     /// The merged listing of directory `ino` (without `.` and `..`).
