@@ -5,7 +5,7 @@
 
 use std::io;
 
-use tracing::{debug, warn, Level};
+use tracing::{debug, error, trace, warn, Level};
 
 use super::abi::{self, fattr, op, Args, InHeader, Malformed};
 use super::StrataFs;
@@ -84,22 +84,6 @@ pub(crate) fn os(code: i32) -> Error {
     Error::Io(io::Error::from_raw_os_error(code))
 }
 
-/// The level a failure is logged at: answers a filesystem gives every day at debug, the
-/// ones that say something is wrong with a layer or the machine at warn.
-fn level(e: &Error) -> Level {
-    match e.errno() {
-        libc::EIO
-        | libc::ENOSPC
-        | libc::EDQUOT
-        | libc::EMFILE
-        | libc::ENFILE
-        | libc::ENOMEM
-        | libc::EUCLEAN
-        | libc::EFAULT => Level::WARN,
-        _ => Level::DEBUG,
-    }
-}
-
 impl Dispatcher {
     /// A dispatcher serving `fs` for requests `access` allows (`owner`: the mounting user).
     pub fn new(fs: StrataFs, access: Access, owner: u32) -> Dispatcher {
@@ -161,9 +145,11 @@ impl Dispatcher {
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
             Err(e) => {
                 let code = e.errno();
-                match level(&e) {
+                match e.level() {
+                    Level::ERROR => error!(errno = code, error = %e, "failed"),
                     Level::WARN => warn!(errno = code, error = %e, "failed"),
-                    _ => debug!(errno = code, error = %e, "failed"),
+                    Level::DEBUG => debug!(errno = code, error = %e, "failed"),
+                    _ => trace!(errno = code, error = %e, "failed"),
                 }
                 t.reply(h.unique, -code, &[])
             }
