@@ -525,11 +525,21 @@ impl StrataFs {
     }
 
     pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Outcome {
-        // A missing name is answered ENOENT, not as a negative entry the kernel could cache
-        // (node id 0 with a timeout): a negative entry the kernel trusts is never asked about
-        // again, so a node left at a stale name could not heal; and with them the load test
-        // saw a persistent ENOENT.
-        Ok(self.entry(&self.overlay.lookup(parent, name)?))
+        match self.overlay.lookup(parent, name) {
+            Ok(a) => Ok(self.entry(&a)),
+            // A name found nowhere is a negative entry (node id 0) the kernel caches for the
+            // entry timeout, as fuse-overlayfs gives it: `[ -e /etc/nothere ]` and the
+            // probes of a dynamic loader cost no round trip after the first. Only names
+            // made through the mount replace it (the kernel looks names up under the
+            // directory's lock, which creates and renames hold exclusively, and never
+            // revalidates a negative entry: an expired one is looked up afresh).
+            Err(Error::NotFound) => {
+                let mut o = Out::with_capacity(abi::ENTRY_OUT_LEN);
+                o.entry(0, self.ttl, &WireAttr::default());
+                Ok(Response::Body(o.buf))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) fn forget(&self, ino: u64, nlookup: u64) {

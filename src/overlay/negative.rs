@@ -1,9 +1,9 @@
 //! Names known to be missing from a directory, per directory version.
 //!
-//! Missing names are answered `ENOENT`, never as negative entries the kernel could keep (see
-//! `fuse::lookup`), so the kernel asks again on every access: a `$PATH` search, a dynamic
-//! loader's or an interpreter's probing of its search path. Each such lookup would probe
-//! every layer of the merge chain for the name and for its `.wh.` whiteout. A name found
+//! The front end answers a missing name as a negative entry the kernel keeps for the entry
+//! timeout, but the kernel asks again whenever it lost or expired the entry (memory
+//! pressure, a short `timeout=`), and each such lookup would probe every layer of the merge
+//! chain for the name and for its `.wh.` whiteout. A name found
 //! missing at directory version `v` stays missing while the version is `v`: every change to
 //! the directory's entries, and every change of its merge chain, moves the version on
 //! (versions are unique across nodes, so an entry can never be taken for another
