@@ -4,6 +4,8 @@
 //! Data flows one way: [`fuse`] -> [`overlay`] -> ([`inode`], [`layer`]) -> [`sys`]. Nothing
 //! below `fuse` knows FUSE exists.
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod config;
 pub mod daemon;
 pub mod demo;

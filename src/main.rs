@@ -1,4 +1,5 @@
 //! The `stratafs` daemon: `stratafs [SOURCE] MOUNTPOINT -o lowerdir=...[,upperdir=...,workdir=...]`.
+#![warn(missing_docs, missing_debug_implementations)]
 
 use std::process::ExitCode;
 

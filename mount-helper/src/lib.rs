@@ -5,6 +5,7 @@
 //! binary, `stratafs-snapshotter`, serves (a library so that its tests can drive the gRPC
 //! service with the generated client). `stratafs-mount` itself is `main.rs`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod cli;
 pub mod snapshotter;

@@ -6,6 +6,7 @@
 //! Every error is one line, `stratafs-mount: COMMAND: PROBLEM`, and exit status 1 (2 for a
 //! bad command line).
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod cli;
 mod commit;
