@@ -2,6 +2,7 @@
 //! The work is in the library (`stratafs_mount::snapshotter`); this parses the command line,
 //! sets up logging and the async runtime, and reports a failure as one line on stderr.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 use std::process::ExitCode;
 use std::sync::Arc;
