@@ -648,23 +648,62 @@ export PATH="$D/bin:$PATH"
 rm -f /run/containerd
 mkdir -p /run/containerd
 echo "uid_map: $(cat /proc/self/uid_map | tr -s ' ' | tr '\n' ';')"
-stratafs-snapshotter --root "$D/sroot" --address "$D/snap.sock" >"$D/snap.log" 2>&1 &
-snap=$!
-containerd --config "$D/config.toml" >"$D/containerd.log" 2>&1 &
-ctrd=$!
+start() {
+    stratafs-snapshotter --root "$D/sroot" --address "$D/snap.sock" >>"$D/snap.log" 2>&1 &
+    snap=$!
+    containerd --config "$D/config.toml" >>"$D/containerd.log" 2>&1 &
+    ctrd=$!
+    i=0
+    until ctr version >/dev/null 2>&1; do
+        i=$((i + 1)); [ "$i" -lt 300 ] || { echo "containerd did not come up"; exit 1; }
+        sleep 0.1
+    done
+}
+stop() {
+    kill "$ctrd"; wait "$ctrd" || true
+    kill "$snap"; wait "$snap" || true
+}
 ctr() { command ctr --address "$D/containerd.sock" --namespace rootless "$@"; }
-i=0
-until ctr version >/dev/null 2>&1; do
-    i=$((i + 1)); [ "$i" -lt 300 ] || { echo "containerd did not come up"; exit 1; }
-    sleep 0.1
-done
-ctr images import --snapshotter stratafs "$D/image.tar" >/dev/null
-echo "layers: $(ctr snapshots --snapshotter stratafs ls | grep -c Committed)"
+snapshots() { ctr snapshots --snapshotter stratafs "$@"; }
 # cgroup v1 cannot be delegated to an ordinary user: no cgroup, no cpu shares.
-ctr run --cgroup "" --cpu-shares 0 --snapshotter stratafs --rm "$IMAGE" r1 sh -c "$SCRIPT"
-ctr run --cgroup "" --cpu-shares 0 --snapshotter stratafs --rm "$IMAGE" r2 sh -c 'cat /etc/hello; stat -c "%u:%g" /home/user'
-kill "$ctrd"; wait "$ctrd" || true
-kill "$snap"; wait "$snap" || true
+run() { ctr run --cgroup "" --cpu-shares 0 "$@"; }
+# Mounts snapshot $1 on $2 as containerd does (mount.fuse3 ... -t stratafs for fuse3.stratafs).
+mount_snapshot() {
+    mkdir -p "$2"
+    set -- $(snapshots mounts "$2" "$1")
+    case "$3" in
+        fuse3.*) mount.fuse3 "$4" "$5" -o "$7" -t "${3#fuse3.}" ;;
+        *) mount -t "$3" "$4" "$5" -o "$7" ;;
+    esac
+}
+start
+ctr images import --snapshotter stratafs "$D/image.tar" >/dev/null
+echo "layers: $(snapshots ls | grep -c Committed)"
+run --snapshotter stratafs --rm "$IMAGE" r1 sh -c "$SCRIPT"
+run --snapshotter stratafs --rm "$IMAGE" r2 sh -c 'cat /etc/hello; stat -c "%u:%g" /home/user'
+layer=$(snapshots ls | awk 'NR == 2 { print $1 }')
+snapshots info "$layer" | grep -q '"Kind": "Committed"'
+echo "usage lines: $(snapshots usage | wc -l)"
+# A container's changes committed, and a container on them.
+run --snapshotter stratafs "$IMAGE" c2 sh -c 'echo from c2 > /from-c2; rm /data/a'
+snapshots commit c2-layer c2
+ctr containers rm c2 >/dev/null 2>&1 || true
+snapshots prepare c3 c2-layer
+mount_snapshot c3 "$D/c3"
+run --rm --rootfs "$D/c3" c3run /bin/sh -c 'cat /from-c2; test ! -e /data/a && echo c3-ok'
+umount "$D/c3"
+# Both restart; everything is still there.
+before=$(snapshots ls | sort)
+stop
+start
+[ "$(snapshots ls | sort)" = "$before" ] && echo "kept across restarts"
+mount_snapshot c3 "$D/c3"
+run --rm --rootfs "$D/c3" c3run2 /bin/sh -c 'cat /from-c2'
+umount "$D/c3"
+if snapshots rm c2-layer 2>/dev/null; then echo "removed a parent"; fi
+snapshots rm c3
+snapshots rm c2-layer
+stop
 echo rootless-done
 "#;
 
