@@ -10,7 +10,9 @@
 //! under test. The images are made here, with no registry: a busybox rootfs through
 //! `podman import`, a hand-made three-layer docker-archive through `podman load` (file and
 //! directory whiteouts, an opaque directory, a directory replaced by a file and a file by a
-//! directory), and `podman build`s with several RUN and COPY steps.
+//! directory), and `podman build`s with several RUN and COPY steps. The hard link of a lower
+//! layer stays one file through `stat`, `podman export`, a multi-stage `COPY --from` and
+//! `podman build --squash-all` (`podman/links.rs`).
 //!
 //! Every setup (root; root with `force_mask`, which makes containers/storage pass
 //! `xattr_permissions=2`; rootless with `--userns=keep-id`, which makes it pass
@@ -37,6 +39,8 @@ mod expected;
 mod harness;
 #[path = "podman/images.rs"]
 mod images;
+#[path = "podman/links.rs"]
+mod links;
 
 use std::fs;
 use std::path::Path;
@@ -49,6 +53,7 @@ use common::{facility, DevFuseOpen};
 use expected::*;
 use harness::*;
 use images::*;
+use links::*;
 
 /// The user the rootless runs use (created, with subordinate ids, when missing).
 const ROOTLESS_USER: &str = "stratafs-podman";
@@ -213,6 +218,7 @@ fn run_suite(mode: Mode, prog: Prog) {
     rep.check("save_whiteouts", || check_save_whiteouts(&pm));
     rep.check("two_containers", || check_two_containers(&pm));
     rep.check("build", || check_build(&pm));
+    rep.check("hard_links", || check_hard_links(&pm));
     if mode == Mode::Rootless {
         rep.check("keep_id_owners", || check_keep_id_owners(&pm));
     }
