@@ -9,7 +9,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::config::{os_error_text, strip_os_error_codes, KernelFlag, MountConfig};
 use crate::fuse::dispatch::{Access, Dispatcher};
-use crate::fuse::{devfuse, StrataFs};
+use crate::fuse::{devfuse, uring, StrataFs};
 use crate::layer::LayerStack;
 use crate::overlay::{Options, Overlay};
 use crate::sys;
@@ -276,8 +276,10 @@ fn serving_threads() -> usize {
 /// connection after.
 struct Handshake {
     overlay: Arc<Overlay>,
-    /// Set when the kernel granted passthrough.
-    passthrough: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether to ask for FUSE over io_uring.
+    io_uring: bool,
+    /// What the kernel granted.
+    granted: Arc<std::sync::Mutex<crate::fuse::Granted>>,
 }
 
 impl fuser::Filesystem for Handshake {
@@ -286,9 +288,10 @@ impl fuser::Filesystem for Handshake {
         _req: &fuser::Request,
         config: &mut fuser::KernelConfig,
     ) -> std::io::Result<()> {
-        let granted = crate::fuse::negotiate(&self.overlay, config);
-        self.passthrough
-            .store(granted, std::sync::atomic::Ordering::Release);
+        let granted = crate::fuse::negotiate(&self.overlay, config, self.io_uring);
+        if let Ok(mut g) = self.granted.lock() {
+            *g = granted;
+        }
         Ok(())
     }
 }
@@ -508,10 +511,22 @@ fn wait_for_child(rd: OwnedFd) -> Result<(), MountError> {
 fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result<(), MountError> {
     let overlay = Arc::new(overlay);
     let plan = mount_plan(cfg);
-    let passthrough = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The rings need io_uring with 128-byte SQEs, which this process may be refused
+    // (`kernel.io_uring_disabled`, the locked-memory limit): asked of the kernel only if so.
+    let mut uring_refused = None;
+    let want_uring = cfg.io_uring
+        && match sys::uring::probe() {
+            Ok(()) => true,
+            Err(e) => {
+                uring_refused = Some(e);
+                false
+            }
+        };
+    let granted = Arc::new(std::sync::Mutex::new(crate::fuse::Granted::default()));
     let hs = Handshake {
         overlay: Arc::clone(&overlay),
-        passthrough: Arc::clone(&passthrough),
+        io_uring: want_uring,
+        granted: Arc::clone(&granted),
     };
     let (session, mut unmounter) = match start_session(hs, cfg, &plan) {
         Ok(s) => s,
@@ -546,7 +561,8 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
             )));
         }
     };
-    let backing_dev = if passthrough.load(std::sync::atomic::Ordering::Acquire) {
+    let granted = granted.lock().map(|g| *g).unwrap_or_default();
+    let backing_dev = if granted.passthrough {
         match dev.try_clone() {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {
@@ -592,7 +608,7 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     }
     raise_readahead(&cfg.mountpoint);
     tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
-    let r = devfuse::serve(dispatcher, dev, serving_threads());
+    let r = serve_transport(cfg, dispatcher, dev, granted.io_uring, uring_refused);
     drop(session);
     overlay.unmounted();
     tracing::info!(nodes = overlay.node_count(), "unmounted");
@@ -602,6 +618,48 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
             os_error_text(&e)
         ))
     })
+}
+
+/// Serves the connection `dev` until it is unmounted: through the io_uring rings when the
+/// kernel granted them (with one `/dev/fuse` reader beside them, for what the kernel still
+/// sends there: interrupts and forgets), else through `/dev/fuse` alone. Where `-o io_uring`
+/// is on but the rings are not used, one line in the log says why.
+fn serve_transport(
+    cfg: &MountConfig,
+    dispatcher: Arc<Dispatcher>,
+    dev: OwnedFd,
+    granted: bool,
+    refused: Option<std::io::Error>,
+) -> std::io::Result<()> {
+    if !cfg.io_uring {
+        return devfuse::serve(dispatcher, dev, serving_threads());
+    }
+    if let Some(e) = refused {
+        tracing::info!(error = %e, "no FUSE over io_uring: this process cannot set up rings; serving /dev/fuse");
+        return devfuse::serve(dispatcher, dev, serving_threads());
+    }
+    if !granted {
+        tracing::info!(
+            "no FUSE over io_uring: the kernel does not offer it (Linux 6.14+ with \
+             /sys/module/fuse/parameters/enable_uring set to Y); serving /dev/fuse"
+        );
+        return devfuse::serve(dispatcher, dev, serving_threads());
+    }
+    match uring::start(&dispatcher, &dev) {
+        Ok(rings) => {
+            tracing::info!(
+                queues = rings.queues(),
+                "serving through FUSE over io_uring"
+            );
+            let r = devfuse::serve(dispatcher, dev, 1);
+            rings.join(std::time::Duration::from_secs(2));
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no FUSE over io_uring: the rings could not be set up; serving /dev/fuse");
+            devfuse::serve(dispatcher, dev, serving_threads())
+        }
+    }
 }
 
 #[cfg(test)]

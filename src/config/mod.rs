@@ -180,6 +180,9 @@ pub struct MountConfig {
     pub markers: Markers,
     /// `passthrough=all|upper|off` (stratafs).
     pub passthrough: Passthrough,
+    /// `io_uring[=on|off]` (stratafs): serve requests through FUSE over io_uring where the
+    /// kernel offers it (`/dev/fuse` otherwise).
+    pub io_uring: bool,
     /// `noxattrs`: xattr requests get ENOTSUP.
     pub noxattrs: bool,
     /// `xattr_permissions=0|1|2`: keep owner and mode in an xattr (1: security., 2: user.).
@@ -231,6 +234,7 @@ impl MountConfig {
             fast_ino: false,
             markers: Markers::Auto,
             passthrough: Passthrough::All,
+            io_uring: true,
             noxattrs: false,
             xattr_permissions: 0,
             plugins: Vec::new(),

@@ -216,6 +216,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "writeback",
     "fast_ino",
     "passthrough",
+    "io_uring",
     "markers",
     "noxattrs",
     "timeout",
@@ -378,6 +379,13 @@ fn apply_option(
                 "upper" => Passthrough::Upper,
                 "off" => Passthrough::Off,
                 _ => return Err(bad(key, "expected all, upper or off")),
+            }
+        }
+        "io_uring" => {
+            cfg.io_uring = match value {
+                None | Some(b"on") => true,
+                Some(b"off") => false,
+                _ => return Err(bad(key, "expected on or off")),
             }
         }
         "markers" => {
@@ -921,6 +929,10 @@ mod tests {
             let opt = format!("passthrough={v}");
             assert_eq!(mount(&["-o", &opt, "/m"]).passthrough, want);
         }
+        assert!(mount(&["/m"]).io_uring);
+        assert!(mount(&["-o", "io_uring", "/m"]).io_uring);
+        assert!(mount(&["-o", "io_uring=on", "/m"]).io_uring);
+        assert!(!mount(&["-o", "io_uring=off", "/m"]).io_uring);
         for (v, want) in [
             ("auto", Markers::Auto),
             ("kernel", Markers::Kernel),
@@ -943,6 +955,7 @@ mod tests {
             ("redirect_dir=yes", "redirect_dir"),
             ("markers=aufs", "markers"),
             ("passthrough=1", "passthrough"),
+            ("io_uring=1", "io_uring"),
             ("markers", "markers"),
             ("ro=1", "ro"),
             ("debug=1", "debug"),

@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod devfuse;
 pub mod dispatch;
+pub mod uring;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -426,9 +427,18 @@ fn xattr_reply(size: u32, data: Vec<u8>) -> Outcome {
     }
 }
 
-/// The capabilities asked of the kernel in its INIT request; returns whether it granted
-/// FUSE passthrough.
-pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig) -> bool {
+/// What the kernel granted at INIT, beyond the capabilities every mount asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// FUSE passthrough (root only).
+    pub passthrough: bool,
+    /// FUSE over io_uring (asked for only when `io_uring` is wanted).
+    pub io_uring: bool,
+}
+
+/// The capabilities asked of the kernel in its INIT request (FUSE over io_uring only with
+/// `io_uring`); returns what it granted of passthrough and io_uring.
+pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig, io_uring: bool) -> Granted {
     for cap in [
         // Always readdirplus (no _AUTO): a listing is nearly always followed by stats of
         // its entries, and each separate LOOKUP is a round trip.
@@ -478,8 +488,17 @@ pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig) -> bool {
         && config
             .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
             .is_ok();
-    debug!(passthrough, writeback, "init");
-    passthrough
+    // The transport: the kernel offers io_uring only where `enable_uring` is on (and the
+    // kernel has it); requests go on through /dev/fuse until every ring queue is ready.
+    let io_uring = io_uring
+        && config
+            .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+            .is_ok();
+    debug!(passthrough, writeback, io_uring, "init");
+    Granted {
+        passthrough,
+        io_uring,
+    }
 }
 
 impl StrataFs {

@@ -167,6 +167,15 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
          stratafs only.",
     ),
     opt(
+        &["io_uring"],
+        Some("on|off"),
+        "How requests reach the daemon. on (default, also io_uring alone): FUSE over io_uring \
+         (Linux 6.14+, where root has turned it on with \
+         `echo Y > /sys/module/fuse/parameters/enable_uring`), one ring per CPU; where the \
+         kernel does not offer it, /dev/fuse, with one line in the log saying why. off: \
+         /dev/fuse only. stratafs only.",
+    ),
+    opt(
         &["markers"],
         Some("auto|kernel|fuse-overlayfs"),
         "Which markers the upper layer gets. kernel: the kernel's alone, so the kernel's \
