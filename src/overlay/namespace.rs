@@ -198,12 +198,12 @@ impl Overlay {
             }
         }
         if !kernel || self.fuse_markers {
-            drop(sys::create_file(
-                dir,
-                OsStr::new(format::OPAQUE_MARKER),
-                OFlags::WRONLY,
-                0,
-            )?);
+            // A directory made opaque before (over a whiteout) has its marker already.
+            match sys::create_file(dir, OsStr::new(format::OPAQUE_MARKER), OFlags::WRONLY, 0) {
+                Ok(marker) => drop(marker),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

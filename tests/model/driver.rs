@@ -23,10 +23,25 @@ use crate::stack::{name_of, parent_of, NAMES};
 /// The root's node id.
 const ROOT: u64 = stratafs::inode::ROOT;
 
+/// Mount options a case runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flavor {
+    /// `markers=fuse-overlayfs`: `.wh..wh..opq` files and fuse-overlayfs's xattrs too.
+    pub fuse_markers: bool,
+    /// `xattr_permissions=2`: modes (and owners) in `user.containers.override_stat`.
+    pub xattr_perms: bool,
+}
+
 /// An overlay over upper `u`, work `w` and `lowers` (topmost first), as the daemon opens
 /// one (without a mount: a daemon that may not clone mounts falls back by itself).
-pub fn open_overlay(u: &Path, w: &Path, lowers: &[PathBuf]) -> Overlay {
+pub fn open_overlay(u: &Path, w: &Path, lowers: &[PathBuf], flavor: Flavor) -> Overlay {
     let mut cfg = MountConfig::new(u.with_file_name("mnt"), lowers.to_vec());
+    if flavor.fuse_markers {
+        cfg.markers = stratafs::config::Markers::FuseOverlayfs;
+    }
+    if flavor.xattr_perms {
+        cfg.xattr_permissions = 2;
+    }
     cfg.upperdir = Some(u.to_path_buf());
     cfg.workdir = Some(w.to_path_buf());
     // No fsync per copy-up: crashes are the durability tests' business.
@@ -38,8 +53,8 @@ pub fn open_overlay(u: &Path, w: &Path, lowers: &[PathBuf]) -> Overlay {
 pub struct Driver {
     /// The overlay under test.
     pub ov: Overlay,
-    /// Its upper, work and lower directories.
-    dirs: (PathBuf, PathBuf, Vec<PathBuf>),
+    /// Its upper, work and lower directories, and its options.
+    dirs: (PathBuf, PathBuf, Vec<PathBuf>, Flavor),
     hot: bool,
     refs: Vec<u64>,
     caller: Caller,
@@ -56,8 +71,8 @@ fn io_errno(e: std::io::Error) -> i32 {
 impl Driver {
     /// Drives an overlay over upper `u`, work `w` and `lowers`; `hot` keeps every node
     /// reference taken.
-    pub fn open(u: &Path, w: &Path, lowers: &[PathBuf], hot: bool) -> Driver {
-        let ov = open_overlay(u, w, lowers);
+    pub fn open(u: &Path, w: &Path, lowers: &[PathBuf], flavor: Flavor, hot: bool) -> Driver {
+        let ov = open_overlay(u, w, lowers, flavor);
         let caller = Caller {
             uid: stratafs::sys::euid(),
             gid: stratafs::sys::egid(),
@@ -65,7 +80,7 @@ impl Driver {
         };
         Driver {
             ov,
-            dirs: (u.to_path_buf(), w.to_path_buf(), lowers.to_vec()),
+            dirs: (u.to_path_buf(), w.to_path_buf(), lowers.to_vec(), flavor),
             hot,
             refs: Vec::new(),
             caller,
@@ -271,8 +286,8 @@ impl Driver {
                 // The kernel forgets every node at unmount.
                 self.refs.clear();
                 self.ov.unmounted();
-                let (u, w, lowers) = &self.dirs;
-                self.ov = open_overlay(u, w, lowers);
+                let (u, w, lowers, flavor) = &self.dirs;
+                self.ov = open_overlay(u, w, lowers, *flavor);
             }
             _ => unreachable!("paths are picked before an operation runs"),
         }

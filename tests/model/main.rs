@@ -32,7 +32,7 @@ use std::os::unix::fs::PermissionsExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
-use driver::Driver;
+use driver::{Driver, Flavor};
 use ops::Op;
 use reference::{Model, Tree};
 use stack::{materialize, normalize, Stack};
@@ -46,13 +46,22 @@ pub struct Case {
     pub ops: Vec<Op>,
     /// The driver keeps every node reference (see `driver.rs`).
     pub hot: bool,
+    /// The mount options.
+    pub flavor: Flavor,
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (stack::stack(), ops::ops(24), any::<bool>()).prop_map(|(stack, ops, hot)| Case {
-        stack,
-        ops,
-        hot,
+    let flavor = (any::<bool>(), any::<bool>()).prop_map(|(fuse_markers, xattr_perms)| Flavor {
+        fuse_markers,
+        xattr_perms,
+    });
+    (stack::stack(), ops::ops(24), any::<bool>(), flavor).prop_map(|(stack, ops, hot, flavor)| {
+        Case {
+            stack,
+            ops,
+            hot,
+            flavor,
+        }
     })
 }
 
@@ -137,7 +146,7 @@ pub fn run(case: &Case) -> Result<(), String> {
         materialize(&normalize(spec), dir);
     }
     let mut model = Model::new(&case.stack);
-    let mut drv = Driver::open(&u, &w, &lowers, case.hot);
+    let mut drv = Driver::open(&u, &w, &lowers, case.flavor, case.hot);
     let mut ids = Ids::default();
     ids.check(&model.tree(), &drv.tree()?, "before any operation")?;
     let mut picked = Vec::new();
@@ -173,7 +182,7 @@ pub fn run(case: &Case) -> Result<(), String> {
     if !left.is_empty() {
         return Err(format!("work/ holds {left:?} after unmount"));
     }
-    let mut again = Driver::open(&u, &w, &lowers, false);
+    let mut again = Driver::open(&u, &w, &lowers, case.flavor, false);
     Ids::default().check(&model.tree(), &again.tree()?, "after a remount")?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Shrunk failures of `overlay_matches_model`, pinned, and hand-picked cases of the rules
 //! the model states. Each is a case in the `Debug` form a failure prints.
 
+use crate::driver::Flavor;
 use crate::ops::Flag::*;
 use crate::ops::How::*;
 use crate::ops::Op::*;
@@ -10,15 +11,22 @@ use crate::stack::Opaque::*;
 use crate::stack::Stack;
 use crate::{run, Case};
 
+/// Runs the case cold and hot, with the kernel's markers and with fuse-overlayfs's.
 fn check(stack: Stack, ops: Vec<crate::ops::Op>) {
     for hot in [false, true] {
-        let case = Case {
-            stack: stack.clone(),
-            ops: ops.clone(),
-            hot,
-        };
-        if let Err(e) = run(&case) {
-            panic!("{e}\n{case:?}");
+        for fuse_markers in [false, true] {
+            let case = Case {
+                stack: stack.clone(),
+                ops: ops.clone(),
+                hot,
+                flavor: Flavor {
+                    fuse_markers,
+                    xattr_perms: false,
+                },
+            };
+            if let Err(e) = run(&case) {
+                panic!("{e}\n{case:?}");
+            }
         }
     }
 }
@@ -89,5 +97,42 @@ fn regression_dir_renamed_over_opaque_dir_stays_opaque() {
             lowers: vec![vec![("c/a", File("", 0o644)), ("c/b", File("", 0o644))]],
         },
         vec![Rename(At("a"), At("c"), Plain)],
+    );
+}
+
+/// With fuse-overlayfs's markers (`markers=fuse-overlayfs`, or where the upper layer
+/// takes no opaque xattr), making a directory opaque that already is (a `.wh..wh..opq`
+/// file inside: it was made over a whiteout) failed with `EEXIST`: a `RENAME_EXCHANGE`
+/// that swaps it onto a name a lower layer holds. (Shrunk from a failure.)
+#[test]
+fn regression_exchange_of_opaque_dir_with_marker_file() {
+    check(
+        Stack {
+            upper: vec![("c", Whiteout), ("a", Dir(0o755, Marker))],
+            lowers: vec![vec![("a", File("", 0o644))]],
+        },
+        vec![
+            Mkdir(At("c"), 0o755),
+            Create(At("c/a"), "", 0o644),
+            Rename(At("a"), At("c"), Exchange),
+        ],
+    );
+}
+
+/// The same through a plain rename: a directory made over a whiteout (opaque, with its
+/// marker file) renamed onto another name a lower layer holds.
+#[test]
+fn regression_rename_of_opaque_dir_with_marker_file_onto_lower_name() {
+    check(
+        Stack {
+            upper: vec![],
+            lowers: vec![vec![("a", Dir(0o755, No)), ("b", File("x", 0o644))]],
+        },
+        vec![
+            Rmdir(At("a")),
+            Mkdir(At("a"), 0o755),
+            Unlink(At("b")),
+            Rename(At("a"), At("b"), Plain),
+        ],
     );
 }
