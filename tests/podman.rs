@@ -121,6 +121,13 @@ const FUSE_OVERLAYFS_KNOWN_BUGS: &[(&[Mode], &str, &str)] = &[
     (&[Mode::RootForceMask], "commit", XATTR2_BUG),
     (&[Mode::RootForceMask], "export", XATTR2_BUG),
     (&[Mode::RootForceMask], "build", XATTR2_BUG),
+    (
+        &[Mode::RootForceMask],
+        "hard_links",
+        "with xattr_permissions=2 (force_mask) fuse-overlayfs refuses a setxattr of \
+         user.containers.override_stat through the mount (EPERM), which buildah's COPY makes on \
+         every file it writes, so a multi-stage `COPY --from` fails",
+    ),
 ];
 
 static SERIAL: Mutex<()> = Mutex::new(());
