@@ -22,9 +22,18 @@ use super::dispatch::{Dispatcher, Transport};
 use super::{abi, MAX_WRITE};
 use crate::sys::uring::{self, EntryBufs, FuseQueue, HEADER_LEN, OP_IN_LEN, OP_IN_OFFSET};
 
-/// Entries per queue: requests of one CPU served without waiting for a commit. The kernel
-/// queues further requests until an entry comes back.
+/// Entries per queue: requests of one CPU the kernel can hand over while the queue's
+/// thread works on another (it queues further ones until an entry comes back). Each entry
+/// has a `MAX_WRITE` payload buffer, so on machines with many CPUs fewer per queue: at most
+/// [`ENTRIES`] in all, at least one per queue.
 const DEPTH: usize = 4;
+/// The entries of all queues together, above one per queue.
+const ENTRIES: usize = 32;
+
+/// Entries per queue for `queues` queues.
+fn depth(queues: usize) -> usize {
+    (ENTRIES / queues.max(1)).clamp(1, DEPTH)
+}
 
 /// The payload buffer of an entry: the kernel refuses one smaller than the largest request
 /// or reply it may send (`max(8 KiB, max_write, max_pages * page size)`), which with the
@@ -84,7 +93,7 @@ fn start_queues(dispatcher: &Arc<Dispatcher>, dev: &OwnedFd) -> io::Result<Rings
     let (tx, rx) = mpsc::channel::<io::Result<()>>();
     let mut threads = Vec::with_capacity(n);
     for qid in 0..n16 {
-        let queue = FuseQueue::new(dev.try_clone()?, qid, DEPTH, plen)?;
+        let queue = FuseQueue::new(dev.try_clone()?, qid, depth(n), plen)?;
         let d = Arc::clone(dispatcher);
         let tx = tx.clone();
         let t = std::thread::Builder::new()
@@ -259,6 +268,15 @@ mod tests {
         assert_eq!(out.len(), 53);
         assert_eq!(&out[40..48], b"ARGSARGS");
         assert_eq!(&out[48..], b"hello");
+    }
+
+    #[test]
+    fn fewer_entries_per_queue_with_many_cpus() {
+        assert_eq!(depth(2), 4);
+        assert_eq!(depth(8), 4);
+        assert_eq!(depth(16), 2);
+        assert_eq!(depth(64), 1);
+        assert_eq!(depth(1024), 1);
     }
 
     #[test]
