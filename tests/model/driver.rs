@@ -97,7 +97,7 @@ impl Driver {
     }
 
     fn took(&mut self, a: Attr) -> Attr {
-        self.refs.push(a.ino);
+        self.refs.push(a.node);
         a
     }
 
@@ -125,7 +125,7 @@ impl Driver {
         for c in dir.split('/') {
             let a = self.lookup(cur, c)?;
             match a.kind {
-                FileKind::Directory => cur = a.ino,
+                FileKind::Directory => cur = a.node,
                 FileKind::Symlink => return Err(libc::ELOOP),
                 _ => return Err(libc::ENOTDIR),
             }
@@ -218,7 +218,7 @@ impl Driver {
                 }
                 let a = self
                     .ov
-                    .link(src.ino, dir, OsStr::new(name_of(to)))
+                    .link(src.node, dir, OsStr::new(name_of(to)))
                     .map_err(errno)?;
                 self.took(a);
             }
@@ -232,7 +232,7 @@ impl Driver {
                 if how == How::Trunc {
                     flags |= libc::O_TRUNC;
                 }
-                let fd = self.ov.open_for_write(a.ino, flags).map_err(errno)?;
+                let fd = self.ov.open_for_write(a.node, flags).map_err(errno)?;
                 let file = std::fs::File::from(fd);
                 let at = match how {
                     How::Append => file.metadata().map_err(io_errno)?.len(),
@@ -251,7 +251,7 @@ impl Driver {
                     size: Some(size),
                     ..SetAttr::default()
                 };
-                self.ov.setattr(a.ino, set, None).map_err(errno)?;
+                self.ov.setattr(a.node, set, None).map_err(errno)?;
             }
             Op::Chmod(P::At(path), mode) => {
                 let (_, a) = self.resolve(path)?;
@@ -262,7 +262,7 @@ impl Driver {
                     mode: Some(mode),
                     ..SetAttr::default()
                 };
-                self.ov.setattr(a.ino, set, None).map_err(errno)?;
+                self.ov.setattr(a.node, set, None).map_err(errno)?;
             }
             Op::SetXattr(P::At(path), name, value) => {
                 let (_, a) = self.resolve(path)?;
@@ -270,7 +270,7 @@ impl Driver {
                     return Err(libc::ELOOP);
                 }
                 self.ov
-                    .setxattr(a.ino, OsStr::new(name), value.as_bytes(), 0)
+                    .setxattr(a.node, OsStr::new(name), value.as_bytes(), 0)
                     .map_err(errno)?;
             }
             Op::RmXattr(P::At(path), name) => {
@@ -279,7 +279,7 @@ impl Driver {
                     return Err(libc::ELOOP);
                 }
                 self.ov
-                    .removexattr(a.ino, OsStr::new(name))
+                    .removexattr(a.node, OsStr::new(name))
                     .map_err(errno)?;
             }
             Op::Remount => {
@@ -327,7 +327,7 @@ impl Driver {
             });
         }
         if let Some(d) = dst {
-            if d.ino == src.ino {
+            if d.node == src.node {
                 return Ok(());
             }
             let (s_dir, d_dir) = (
@@ -421,19 +421,20 @@ impl Driver {
             }
             let g = self
                 .ov
-                .getattr(a.ino)
+                .getattr(a.node)
                 .map_err(|e| format!("getattr of '{p}': {e}"))?;
-            if (g.ino, g.kind, g.perm, g.size, g.nlink) != (a.ino, a.kind, a.perm, a.size, a.nlink)
+            if (g.node, g.ino, g.kind, g.perm, g.size, g.nlink)
+                != (a.node, a.ino, a.kind, a.perm, a.size, a.nlink)
             {
                 return Err(format!("'{p}': getattr says {g:?}, its lookup said {a:?}"));
             }
             let perm = u32::from(a.perm) & 0o7777;
             let shown = match a.kind {
-                FileKind::Directory => Shown::Dir(perm, self.xattrs(a.ino, &p)?),
+                FileKind::Directory => Shown::Dir(perm, self.xattrs(a.node, &p)?),
                 FileKind::Regular => {
                     let f = self
                         .ov
-                        .open(a.ino, libc::O_RDONLY)
+                        .open(a.node, libc::O_RDONLY)
                         .map_err(|e| format!("open of '{p}': {e}"))?;
                     let mut data = Vec::new();
                     std::io::Read::read_to_end(&mut std::fs::File::from(f.fd), &mut data)
@@ -445,12 +446,12 @@ impl Driver {
                             data.len()
                         ));
                     }
-                    Shown::File(perm, data, a.nlink, self.xattrs(a.ino, &p)?)
+                    Shown::File(perm, data, a.nlink, self.xattrs(a.node, &p)?)
                 }
                 FileKind::Symlink => {
                     let t = self
                         .ov
-                        .readlink(a.ino)
+                        .readlink(a.node)
                         .map_err(|e| format!("readlink of '{p}': {e}"))?;
                     Shown::Symlink(t, a.nlink)
                 }
@@ -459,7 +460,7 @@ impl Driver {
             out.insert(p.clone(), (shown, a.ino));
             listed.push(name);
             if a.kind == FileKind::Directory {
-                self.walk(a.ino, &p, out)?;
+                self.walk(a.node, &p, out)?;
             }
         }
         for name in NAMES {
