@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fuse;
 pub mod inode;
 pub mod layer;
+pub mod logging;
 pub mod overlay;
 pub mod sys;
 #[cfg(test)]

@@ -15,22 +15,11 @@ with the semantics and on-disk format of the kernel's overlayfs.
   -o OPTS        comma-separated options (may be repeated); see README.md for the list
   -f             stay in the foreground
   -d, -o debug   log every request (implies -f); RUST_LOG also selects what is logged
+  -o log=PATH    log to a file once detached (log=syslog: to /dev/log); warnings by default
   -h, --help     this text
   -V, --version  print the version
   --demo         mount the sample layer stack shipped with the sources and show it
 ";
-
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
 
 fn main() -> ExitCode {
     let inv = match config::parse_args(std::env::args_os().skip(1)) {
@@ -51,7 +40,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Invocation::Demo => {
-            init_logging(false);
+            let _ = stratafs::logging::init(false, &config::LogTarget::Stderr);
             match stratafs::demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -79,7 +68,16 @@ fn main() -> ExitCode {
                 eprintln!("stratafs: {}", config::strip_os_error_codes(&e.to_string()));
                 return ExitCode::FAILURE;
             }
-            init_logging(cfg.debug);
+            if let Err(e) = stratafs::logging::init(cfg.debug, &cfg.log) {
+                eprintln!("stratafs: {}", config::one_line(&e));
+                return ExitCode::FAILURE;
+            }
+            if cfg.log != config::LogTarget::Stderr {
+                // Into the log as well, where an operator of a detached daemon looks.
+                for key in &cfg.unknown {
+                    tracing::warn!(option = %config::one_line(key), "unknown option ignored");
+                }
+            }
             match stratafs::daemon::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -125,6 +125,17 @@ pub enum KernelFlag {
     Async,
 }
 
+/// Where the daemon logs (`log=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error (gone once the daemon detaches, unless `-f`).
+    Stderr,
+    /// `log=PATH`: appended to this file (made absolute at parse time).
+    File(PathBuf),
+    /// `log=syslog`: the local syslog socket (`/dev/log`), facility daemon.
+    Syslog,
+}
+
 /// Everything a mount needs, typed. Paths are as given (made absolute against the current
 /// directory); [`validate()`] checks them against the filesystem.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +154,9 @@ pub struct MountConfig {
     pub foreground: bool,
     /// `-d` / `-o debug`: log every request (implies foreground).
     pub debug: bool,
+    /// `log=PATH|syslog`: where the daemon's log goes (stderr by default, which a detached
+    /// daemon no longer has).
+    pub log: LogTarget,
     /// `uidmapping=C:H:S[:C:H:S...]`
     pub uid_mappings: Vec<IdMapping>,
     /// `gidmapping=C:H:S[:C:H:S...]`
@@ -216,6 +230,7 @@ impl MountConfig {
             workdir: None,
             foreground: false,
             debug: false,
+            log: LogTarget::Stderr,
             uid_mappings: Vec::new(),
             gid_mappings: Vec::new(),
             squash_to_root: false,

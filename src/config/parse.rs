@@ -207,6 +207,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "ino32_t",
     "volatile",
     "debug",
+    "log",
     "allow_other",
     "allow_root",
     "default_permissions",
@@ -358,6 +359,13 @@ fn apply_option(
             c.debug = true;
             c.foreground = true;
         })?,
+        "log" => {
+            cfg.log = match require(key, value)? {
+                b"syslog" => super::LogTarget::Syslog,
+                b"stderr" => super::LogTarget::Stderr,
+                _ => super::LogTarget::File(single_path(key, value, cwd)?),
+            }
+        }
         "allow_other" => flag(cfg, |c| c.allow_other = true)?,
         "allow_root" => flag(cfg, |c| c.allow_root = true)?,
         "default_permissions" => flag(cfg, |c| c.default_permissions = true)?,

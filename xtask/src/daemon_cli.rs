@@ -102,6 +102,13 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     ),
     opt(&["debug"], None, "The same as -d."),
     opt(
+        &["log"],
+        Some("PATH|syslog"),
+        "Where the daemon logs once it has detached: appended to the file PATH, or sent to the \
+         local syslog socket (/dev/log, facility daemon). Default: stderr, which a detached \
+         daemon no longer has. RUST_LOG selects what is logged; warnings are by default.",
+    ),
+    opt(
         &["allow_other", "allow_root"],
         None,
         "Let other users (or root) use a mount made by an ordinary user; a mount made by root \
