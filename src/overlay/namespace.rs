@@ -490,8 +490,8 @@ impl Overlay {
                 return Err(Error::NotDir);
             }
             let attr = self.lookup(parent, name)?;
-            let empty = self.read_dir(attr.ino).map(|e| e.is_empty());
-            self.forget(attr.ino, 1);
+            let empty = self.read_dir(attr.node).map(|e| e.is_empty());
+            self.forget(attr.node, 1);
             if !empty? {
                 return Err(Error::NotEmpty);
             }
@@ -652,15 +652,15 @@ impl Overlay {
                 Ok(a) => Some(a),
                 Err(Error::NotFound) => None,
                 Err(e) => {
-                    self.forget(src_attr.ino, 1);
+                    self.forget(src_attr.node, 1);
                     return Err(e);
                 }
             };
             let r =
                 self.rename_looked_up(&sdir, name, &ddir, newname, flag, src_attr, dst_attr, work);
-            self.forget(src_attr.ino, 1);
+            self.forget(src_attr.node, 1);
             if let Some(d) = dst_attr {
-                self.forget(d.ino, 1);
+                self.forget(d.node, 1);
             }
             match r {
                 Err(Error::Raced) if tries < 64 => tries += 1,
@@ -689,8 +689,9 @@ impl Overlay {
         dst_attr: Option<Attr>,
         work: &crate::layer::WorkDir,
     ) -> Result<()> {
-        let src = self.node(src_attr.ino)?;
-        let dst = dst_attr.map(|a| self.node(a.ino)).transpose()?;
+        // By node id: a name of a lower hard link shows the lower file's st_ino instead.
+        let src = self.node(src_attr.node)?;
+        let dst = dst_attr.map(|a| self.node(a.node)).transpose()?;
         let has_lower = |n: &Node| n.with_location(|l| l.layers.iter().any(|x| *x != UPPER));
         match (&dst, flag) {
             (Some(_), RenameFlag::NoReplace) => return Err(Error::Exists),

@@ -50,6 +50,9 @@ struct Leaf {
     body: Body,
     mode: u32,
     xattrs: Xattrs,
+    /// Still the lower layer's file: its link count there (names of a lower hard link share
+    /// it, with the lower file's `st_ino`, until each is copied up).
+    lower_nlink: Option<u32>,
 }
 
 /// Extended attributes as shown: name -> value.
@@ -73,6 +76,8 @@ pub type Tree = BTreeMap<String, (Shown, u64)>;
 /// The merged view of a stack, and the changes made to it since.
 #[derive(Debug, Clone)]
 pub struct Model {
+    /// The leaf of each first name of a layer's file (layer, path), while merging.
+    inodes: BTreeMap<(usize, &'static str), Id>,
     root: Dir,
     leaves: BTreeMap<Id, Leaf>,
     next: Id,
@@ -114,6 +119,7 @@ impl Model {
             .map(normalize)
             .collect();
         let mut m = Model {
+            inodes: BTreeMap::new(),
             root: Dir {
                 id: 0,
                 mode: 0o755,
@@ -148,7 +154,7 @@ impl Model {
         let mut out = BTreeMap::new();
         for name in names {
             let path = join(dir, name);
-            let mut top: Option<Entry> = None;
+            let mut top: Option<(Entry, usize)> = None;
             let mut sub: Vec<usize> = Vec::new();
             for &li in chain {
                 let Some(slot) = layers[li].get(path.as_str()) else {
@@ -157,7 +163,7 @@ impl Model {
                 match slot.object {
                     Some(Entry::Dir(mode, opaque)) => {
                         if top.is_none() {
-                            top = Some(Entry::Dir(mode, opaque));
+                            top = Some((Entry::Dir(mode, opaque), li));
                         }
                         sub.push(li);
                         if opaque != Opaque::No || slot.whiteout {
@@ -166,7 +172,7 @@ impl Model {
                     }
                     Some(e) => {
                         if top.is_none() {
-                            top = Some(e);
+                            top = Some((e, li));
                         }
                         break;
                     }
@@ -175,8 +181,8 @@ impl Model {
                 }
             }
             let node = match top {
-                None | Some(Entry::Whiteout) => continue,
-                Some(Entry::Dir(mode, _)) => {
+                None | Some((Entry::Whiteout, _)) => continue,
+                Some((Entry::Dir(mode, _), _)) => {
                     let id = self.fresh();
                     let children = self.merge(layers, &path, &sub);
                     Node::Dir(Dir {
@@ -187,14 +193,69 @@ impl Model {
                         children,
                     })
                 }
-                Some(Entry::File(data, mode)) => {
-                    self.leaf(Body::File(data.as_bytes().to_vec()), mode)
-                }
-                Some(Entry::SymlinkTo(target)) => self.leaf(Body::Symlink(target), 0o777),
+                Some((e, li)) => self.layer_leaf(&layers[li], li, &path, e),
             };
             out.insert(name.to_string(), node);
         }
         out
+    }
+
+    /// The leaf of non-directory `e` at `path` of layer `li`: one per inode of the layer, so
+    /// that the names of a hard link share it.
+    fn layer_leaf(&mut self, layer: &Layer, li: usize, path: &str, e: Entry) -> Node {
+        let first = match e {
+            Entry::HardLink(first) => first,
+            _ => layer
+                .keys()
+                .copied()
+                .find(|p| *p == path)
+                .unwrap_or_else(|| unreachable!("the path is the layer's")),
+        };
+        if let Some(id) = self.inodes.get(&(li, first)) {
+            return Node::Leaf(*id);
+        }
+        let names = 1 + layer
+            .values()
+            .filter(|s| s.object == Some(Entry::HardLink(first)))
+            .count() as u32;
+        let node = match layer[first].object {
+            Some(Entry::File(data, mode)) => self.leaf(Body::File(data.as_bytes().to_vec()), mode),
+            Some(Entry::SymlinkTo(target)) => self.leaf(Body::Symlink(target), 0o777),
+            _ => unreachable!("normalize() links only to files and symlinks"),
+        };
+        if let Node::Leaf(id) = node {
+            self.inodes.insert((li, first), id);
+            if li > 0 {
+                if let Some(l) = self.leaves.get_mut(&id) {
+                    l.lower_nlink = Some(names);
+                }
+            }
+        }
+        node
+    }
+
+    /// `path`'s leaf as a change copies it up: a name of a lower hard link becomes an
+    /// object of its own (the others keep the lower file); any other keeps its identity.
+    fn copy_up(&mut self, path: &str) {
+        let Ok(Node::Leaf(id)) = self.lookup(path) else {
+            return;
+        };
+        let id = *id;
+        let Some(leaf) = self.leaves.get_mut(&id) else {
+            return;
+        };
+        match leaf.lower_nlink.take() {
+            Some(n) if n > 1 => {
+                leaf.lower_nlink = Some(n);
+                let mut copy = leaf.clone();
+                copy.lower_nlink = None;
+                let new = self.fresh();
+                self.leaves.insert(new, copy);
+                let name = name_of(path).to_string();
+                self.parent_mut(path).children.insert(name, Node::Leaf(new));
+            }
+            _ => {}
+        }
     }
 
     fn leaf(&mut self, body: Body, mode: u32) -> Node {
@@ -205,6 +266,7 @@ impl Model {
                 body,
                 mode,
                 xattrs: Xattrs::new(),
+                lower_nlink: None,
             },
         );
         Node::Leaf(id)
@@ -289,11 +351,18 @@ impl Model {
         count(&self.root, id)
     }
 
+    /// The data of file `path`, copied up.
     fn file_data(&mut self, path: &str) -> Result<&mut Vec<u8>, i32> {
-        let id = match self.lookup(path)? {
+        match self.lookup(path)? {
             Node::Dir(_) => return Err(libc::EISDIR),
-            Node::Leaf(id) => *id,
+            n if self.is_symlink(n) => return Err(libc::ELOOP),
+            Node::Leaf(_) => {}
+        }
+        self.copy_up(path);
+        let Ok(Node::Leaf(id)) = self.lookup(path) else {
+            unreachable!("a file was found there");
         };
+        let id = *id;
         match &mut self
             .leaves
             .get_mut(&id)
@@ -373,10 +442,15 @@ impl Model {
                 if self.parent(to)?.children.contains_key(name_of(to)) {
                     return Err(libc::EEXIST);
                 }
-                let id = id.ok_or(libc::EPERM)?;
+                id.ok_or(libc::EPERM)?;
                 if reserved(name_of(to)) {
                     return Err(libc::EINVAL);
                 }
+                self.copy_up(from);
+                let Ok(Node::Leaf(id)) = self.lookup(from) else {
+                    unreachable!("a leaf was found there");
+                };
+                let id = *id;
                 self.insert(to, Node::Leaf(id));
             }
             Op::Rename(P::At(from), P::At(to), flag) => self.rename(from, to, flag)?,
@@ -405,9 +479,13 @@ impl Model {
                     Node::Dir(_) => None,
                 };
                 match leaf {
-                    Some(id) => {
-                        if let Some(l) = self.leaves.get_mut(&id) {
-                            l.mode = mode;
+                    Some(_) => {
+                        self.copy_up(path);
+                        if let Ok(Node::Leaf(id)) = self.lookup(path) {
+                            let id = *id;
+                            if let Some(l) = self.leaves.get_mut(&id) {
+                                l.mode = mode;
+                            }
                         }
                     }
                     None => {
@@ -419,13 +497,20 @@ impl Model {
                 }
             }
             Op::SetXattr(P::At(path), name, value) => {
+                self.xattrs(path, name)?;
+                self.copy_up(path);
                 *self
                     .xattrs(path, name)?
                     .entry(name.to_string())
                     .or_default() = value.as_bytes().to_vec();
             }
             Op::RmXattr(P::At(path), name) => {
-                self.xattrs(path, name)?.remove(name).ok_or(libc::ENODATA)?;
+                // Removing what is not there copies nothing up.
+                if !self.xattrs(path, name)?.contains_key(name) {
+                    return Err(libc::ENODATA);
+                }
+                self.copy_up(path);
+                self.xattrs(path, name)?.remove(name);
             }
             Op::Remount => {}
             _ => unreachable!("paths are picked before an operation runs"),
@@ -492,7 +577,12 @@ impl Model {
             });
         }
         match (src, dst) {
-            (Node::Leaf(a), Some(Node::Leaf(b))) if a == b => return Ok(()),
+            // One object (names of a lower hard link are not: each is its own node).
+            (Node::Leaf(a), Some(Node::Leaf(b)))
+                if a == b && self.leaves[a].lower_nlink.is_none() =>
+            {
+                return Ok(())
+            }
             (Node::Dir(_), Some(Node::Leaf(_))) if flag != Flag::Exchange => {
                 return Err(libc::ENOTDIR)
             }
@@ -514,6 +604,10 @@ impl Model {
             _ => {}
         }
         let has_dst = dst.is_some();
+        self.copy_up(from);
+        if flag == Flag::Exchange {
+            self.copy_up(to);
+        }
         if flag == Flag::Exchange {
             let a = self.remove(from);
             let b = self.remove(to);
@@ -546,7 +640,7 @@ impl Model {
                 }
                 Node::Leaf(id) => {
                     let leaf = &self.leaves[id];
-                    let n = self.links(*id);
+                    let n = leaf.lower_nlink.unwrap_or_else(|| self.links(*id));
                     let shown = match &leaf.body {
                         Body::File(data) => {
                             Shown::File(leaf.mode, data.clone(), n, leaf.xattrs.clone())

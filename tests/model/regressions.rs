@@ -136,3 +136,54 @@ fn regression_rename_of_opaque_dir_with_marker_file_onto_lower_name() {
         ],
     );
 }
+
+/// Names of a lower hard link: one `st_ino` and the lower link count while they are
+/// lower; a copy-up (a write, a chmod, a link, a rename) makes that name an object of its
+/// own, and the others keep the lower file. Two of its names renamed one onto the other
+/// are two nodes: the rename happens.
+#[test]
+fn pinned_lower_hard_links() {
+    check(
+        Stack {
+            upper: vec![],
+            lowers: vec![vec![
+                ("a/f", File("data", 0o644)),
+                ("a/g", HardLink("a/f")),
+                ("b/h", HardLink("a/f")),
+                ("b/s", SymlinkTo("a")),
+                ("c", HardLink("b/s")),
+            ]],
+        },
+        vec![
+            Write(At("a/g"), "new", Trunc),
+            Chmod(At("b/h"), 0o700),
+            Link(At("a/f"), At("b/i")),
+            Rename(At("c"), At("b/s"), Plain),
+            Remount,
+        ],
+    );
+}
+
+/// A rename to or from a name of a lower hard link failed with `ESTALE`: rename() took the
+/// `st_ino` its lookups showed for the node id, and such a name shows the lower file's
+/// number, not its node's (it also forgot the wrong node). Found as soon as the model's
+/// stacks held lower hard links.
+#[test]
+fn regression_rename_of_and_onto_names_of_a_lower_hard_link() {
+    check(
+        Stack {
+            upper: vec![],
+            lowers: vec![vec![
+                ("f", File("data", 0o644)),
+                ("c", HardLink("f")),
+                ("d", HardLink("f")),
+            ]],
+        },
+        vec![
+            Create(At("n"), "x", 0o644),
+            Rename(At("n"), At("f"), Plain),
+            Rename(At("c"), At("g"), Plain),
+            Rename(At("d"), At("g"), Exchange),
+        ],
+    );
+}

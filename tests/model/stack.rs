@@ -65,6 +65,9 @@ pub enum Entry {
     /// A `.wh.NAME` file: hides the name in the layers below (and only there: an object of
     /// the same name in the same layer is shown).
     Whiteout,
+    /// A hard link to the file or symlink at this path of the same layer (dropped where
+    /// there is none).
+    HardLink(&'static str),
 }
 
 /// One layer as generated: entries in any order; [`normalize`] makes a tree of it.
@@ -120,6 +123,17 @@ pub fn normalize(spec: &LayerSpec) -> Layer {
                 Some(_) => continue 'entries,
             }
         }
+        // A hard link names its first name's path, which holds a file or a symlink.
+        let entry = match entry {
+            Entry::HardLink(target) => match layer.get(target).and_then(|s| s.object) {
+                Some(Entry::File(..) | Entry::SymlinkTo(_)) if target != path => {
+                    Entry::HardLink(target)
+                }
+                Some(Entry::HardLink(first)) if first != path => Entry::HardLink(first),
+                _ => continue 'entries,
+            },
+            e => e,
+        };
         let slot = layer.entry(path).or_default();
         match entry {
             Entry::Whiteout => slot.whiteout = true,
@@ -161,7 +175,14 @@ pub fn materialize(layer: &Layer, root: &Path) {
                     }
                 }
             }
+            // Once every first name exists (it may sort after its link).
+            Some(Entry::HardLink(_)) => {}
             Some(Entry::Whiteout) => unreachable!("a whiteout is a flag of its slot"),
+        }
+    }
+    for (path, slot) in layer {
+        if let Some(Entry::HardLink(first)) = slot.object {
+            std::fs::hard_link(root.join(first), root.join(path)).unwrap();
         }
     }
     // Modes last, deepest first: a directory's mode never stands in the way of its children.
@@ -205,6 +226,7 @@ fn entry() -> impl Strategy<Value = Entry> {
             .prop_map(|(m, o)| Entry::Dir(DIR_MODES[m], o)),
         1 => (0..TARGETS.len()).prop_map(|t| Entry::SymlinkTo(TARGETS[t])),
         2 => Just(Entry::Whiteout),
+        1 => any_path().prop_map(Entry::HardLink),
     ]
 }
 
