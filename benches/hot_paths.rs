@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use stratafs::config::Xino;
+use stratafs::inode::NodeId;
 use stratafs::layer::LayerStack;
 use stratafs::overlay::{Options, Overlay};
 
 /// The root directory's node id.
-const ROOT: u64 = 1;
+const ROOT: NodeId = stratafs::inode::ROOT;
 
 /// Files in every layer's root, so that no directory is trivially small.
 const FILLER: usize = 1_000;
@@ -124,7 +125,7 @@ fn listing_stack(dir: &Path, total: usize) -> Vec<PathBuf> {
 fn lookup_forget(ov: &Overlay, name: &OsStr) -> bool {
     match ov.lookup(ROOT, name) {
         Ok(a) => {
-            ov.forget(a.ino, 1);
+            ov.forget(a.node, 1);
             true
         }
         Err(_) => false,
@@ -192,9 +193,9 @@ fn benches(c: &mut Criterion) {
         let ov = open(&lowers, 0);
         let dir = ov.lookup(ROOT, OsStr::new("dir")).unwrap();
         let expect = total - total * 3 / 100 - total * 2 / 100;
-        assert_eq!(ov.read_dir(dir.ino).unwrap().len(), expect);
+        assert_eq!(ov.read_dir(dir.node).unwrap().len(), expect);
         g.bench_with_input(BenchmarkId::from_parameter(total), &total, |b, _| {
-            b.iter(|| ov.read_dir(black_box(dir.ino)).unwrap().len())
+            b.iter(|| ov.read_dir(black_box(dir.node)).unwrap().len())
         });
     }
     g.finish();

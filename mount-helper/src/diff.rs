@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use stratafs::inode::NodeId;
 use stratafs::layer::format::{self, OPAQUE_MARKER};
 use stratafs::layer::Layer;
 use stratafs::sys::{self, FileKind};
@@ -97,7 +98,7 @@ impl DiffWalk<'_> {
         &self,
         dir: BorrowedFd<'_>,
         path: &Path,
-        lower: Option<u64>,
+        lower: Option<NodeId>,
         out: &mut BTreeMap<PathBuf, Change>,
     ) -> Result<()> {
         let mut names: Vec<OsString> = sys::list_dir(dir)
@@ -142,7 +143,7 @@ impl DiffWalk<'_> {
             }
             let lower_dir = lower_attr
                 .filter(|a| a.kind == FileKind::Directory)
-                .map(|a| a.ino);
+                .map(|a| a.node);
             let sub = sys::open_dir_path(dir, name.as_bytes()).map_err(|e| self.fail(&child, e))?;
             let opaque = self
                 .upper

@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 
+use stratafs::inode::NodeId;
 use stratafs::overlay::{Attr, Error as OvlError, Options, Overlay};
 use stratafs::sys::FileKind;
 
@@ -35,12 +36,12 @@ impl View {
     }
 
     /// The root directory's node.
-    pub fn root(&self) -> u64 {
+    pub fn root(&self) -> NodeId {
         stratafs::inode::ROOT
     }
 
     /// Looks `name` up in directory node `dir`: `None` when the view does not show it.
-    pub fn lookup(&self, dir: u64, name: &OsStr) -> Result<Option<Attr>> {
+    pub fn lookup(&self, dir: NodeId, name: &OsStr) -> Result<Option<Attr>> {
         match self.ovl.lookup(dir, name) {
             Ok(a) => Ok(Some(a)),
             Err(OvlError::NotFound) => Ok(None),
@@ -49,7 +50,7 @@ impl View {
     }
 
     /// The names directory node `dir` shows.
-    pub fn children(&self, dir: u64) -> Result<Vec<(std::ffi::OsString, FileKind)>> {
+    pub fn children(&self, dir: NodeId) -> Result<Vec<(std::ffi::OsString, FileKind)>> {
         let l = self
             .ovl
             .listing(dir)

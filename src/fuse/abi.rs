@@ -6,10 +6,22 @@
 //! fuser 0.18 decodes requests too, but its replies send the node id as `st_ino`
 //! (`fuse_entry_out.nodeid = attr.ino`), and a union must keep the two apart: all names of a
 //! lower hard link show one `st_ino` while each is its own node.
+//!
+//! Ids are `u64` here only: the header's node id is decoded as a [`NodeId`] (and the node
+//! ids and handles in arguments by [`Args::node`] and [`Args::fh`]), and replies take a
+//! [`NodeId`], an [`Ino`] and an [`Fh`] where the kernel gets a number.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime};
+
+use super::Fh;
+use crate::inode::NodeId;
+use crate::layer::Ino;
+
+/// The node id of an entry reply naming no node: a negative entry, or readdirplus's `.`
+/// and `..` (which the kernel links to no inode).
+pub const NO_NODE: NodeId = NodeId::from_wire(0);
 
 /// `struct fuse_in_header`.
 pub const IN_HEADER_LEN: usize = 40;
@@ -169,7 +181,7 @@ pub struct InHeader {
     /// The request's id, which its reply names.
     pub unique: u64,
     /// The node the request is about.
-    pub nodeid: u64,
+    pub nodeid: NodeId,
     /// The caller's fs uid.
     pub uid: u32,
     /// The caller's fs gid.
@@ -191,7 +203,7 @@ pub fn parse_request(buf: &[u8]) -> Result<(InHeader, Args<'_>), Malformed> {
         len: a.u32()?,
         opcode: a.u32()?,
         unique: a.u64()?,
-        nodeid: a.u64()?,
+        nodeid: a.node()?,
         uid: a.u32()?,
         gid: a.u32()?,
         pid: a.u32()?,
@@ -246,6 +258,16 @@ impl<'a> Args<'a> {
         Ok(u64::from_ne_bytes(a))
     }
 
+    /// The next node id.
+    pub fn node(&mut self) -> Result<NodeId, Malformed> {
+        self.u64().map(NodeId::from_wire)
+    }
+
+    /// The next file handle.
+    pub fn fh(&mut self) -> Result<Fh, Malformed> {
+        self.u64().map(Fh::from_wire)
+    }
+
     /// The next NUL-terminated name (without its NUL).
     pub fn name(&mut self) -> Result<&'a OsStr, Malformed> {
         let n = self.buf.iter().position(|b| *b == 0).ok_or(Malformed)?;
@@ -264,7 +286,7 @@ impl<'a> Args<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WireAttr {
     /// `st_ino`.
-    pub ino: u64,
+    pub ino: Ino,
     /// `st_size`.
     pub size: u64,
     /// `st_blocks`.
@@ -346,7 +368,7 @@ impl Out {
 
     /// Appends `struct fuse_attr`.
     pub fn attr(&mut self, a: &WireAttr) -> &mut Out {
-        self.u64(a.ino).u64(a.size).u64(a.blocks);
+        self.u64(a.ino.get()).u64(a.size).u64(a.blocks);
         self.u64(a.atime.0).u64(a.mtime.0).u64(a.ctime.0);
         self.u32(a.atime.1).u32(a.mtime.1).u32(a.ctime.1);
         self.u32(a.mode)
@@ -358,8 +380,8 @@ impl Out {
     }
 
     /// Appends `struct fuse_entry_out`: node `nodeid`, cached for `ttl`, showing `attr`.
-    pub fn entry(&mut self, nodeid: u64, ttl: Duration, attr: &WireAttr) -> &mut Out {
-        self.u64(nodeid).u64(0);
+    pub fn entry(&mut self, nodeid: NodeId, ttl: Duration, attr: &WireAttr) -> &mut Out {
+        self.u64(nodeid.get()).u64(0);
         self.u64(ttl.as_secs()).u64(ttl.as_secs());
         self.u32(ttl.subsec_nanos()).u32(ttl.subsec_nanos());
         self.attr(attr)
@@ -372,8 +394,8 @@ impl Out {
     }
 
     /// Appends `struct fuse_open_out`.
-    pub fn open(&mut self, fh: u64, flags: u32, backing_id: u32) -> &mut Out {
-        self.u64(fh).u32(flags).u32(backing_id)
+    pub fn open(&mut self, fh: Fh, flags: u32, backing_id: u32) -> &mut Out {
+        self.u64(fh.get()).u32(flags).u32(backing_id)
     }
 }
 
@@ -400,7 +422,7 @@ impl DirBuf {
 
     /// Appends `struct fuse_dirent` (`d_ino`, the offset of the next entry, the type from
     /// `mode`, the name); false (and nothing added) when it does not fit.
-    pub fn push(&mut self, ino: u64, next: u64, mode: u32, name: &OsStr) -> bool {
+    pub fn push(&mut self, ino: Ino, next: u64, mode: u32, name: &OsStr) -> bool {
         let name = name.as_bytes();
         let len = (DIRENT_LEN + name.len()).next_multiple_of(8);
         if self.out.buf.len() + len > self.max {
@@ -414,7 +436,7 @@ impl DirBuf {
     /// counts when `nodeid` is not 0), then the dirent; false when it does not fit.
     pub fn push_plus(
         &mut self,
-        nodeid: u64,
+        nodeid: NodeId,
         ttl: Duration,
         attr: &WireAttr,
         next: u64,
@@ -430,9 +452,9 @@ impl DirBuf {
         true
     }
 
-    fn dirent(&mut self, ino: u64, next: u64, mode: u32, name: &[u8]) {
+    fn dirent(&mut self, ino: Ino, next: u64, mode: u32, name: &[u8]) {
         let start = self.out.buf.len();
-        self.out.u64(ino).u64(next);
+        self.out.u64(ino.get()).u64(next);
         self.out
             .u32(name.len() as u32)
             .u32((mode & libc::S_IFMT) >> 12);
@@ -479,7 +501,7 @@ mod tests {
     fn header_and_names_parse() {
         let buf = request(op::RENAME, 5, b"\x09\0\0\0\0\0\0\0old\0new\0");
         let (h, mut a) = parse_request(&buf).unwrap();
-        assert_eq!((h.opcode, h.unique, h.nodeid), (op::RENAME, 7, 5));
+        assert_eq!((h.opcode, h.unique, h.nodeid.get()), (op::RENAME, 7, 5));
         assert_eq!((h.uid, h.gid, h.pid), (1000, 100, 42));
         assert_eq!(a.u64().unwrap(), 9);
         assert_eq!(a.name().unwrap(), "old");
@@ -510,13 +532,13 @@ mod tests {
     #[test]
     fn entry_keeps_node_and_st_ino_apart() {
         let attr = WireAttr {
-            ino: 77,
+            ino: Ino::from_node_number(77),
             mode: libc::S_IFREG | 0o644,
             nlink: 2,
             ..WireAttr::default()
         };
         let mut o = Out::default();
-        o.entry(5, Duration::from_millis(1500), &attr);
+        o.entry(NodeId::from_wire(5), Duration::from_millis(1500), &attr);
         assert_eq!(o.buf.len(), ENTRY_OUT_LEN);
         assert_eq!(&o.buf[0..8], &5u64.to_ne_bytes());
         assert_eq!(&o.buf[16..24], &1u64.to_ne_bytes());
@@ -527,9 +549,10 @@ mod tests {
     #[test]
     fn dirents_are_padded_and_bounded() {
         let mut d = DirBuf::new(80);
-        assert!(d.push(3, 1, libc::S_IFDIR, OsStr::new(".")));
-        assert!(d.push(4, 2, libc::S_IFREG, OsStr::new("abcdefghi")));
-        assert!(!d.push(5, 3, libc::S_IFREG, OsStr::new("x")));
+        let ino = Ino::from_node_number;
+        assert!(d.push(ino(3), 1, libc::S_IFDIR, OsStr::new(".")));
+        assert!(d.push(ino(4), 2, libc::S_IFREG, OsStr::new("abcdefghi")));
+        assert!(!d.push(ino(5), 3, libc::S_IFREG, OsStr::new("x")));
         let b = d.into_bytes();
         assert_eq!(b.len(), 32 + 40);
         assert_eq!(&b[16..20], &1u32.to_ne_bytes());

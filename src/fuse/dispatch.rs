@@ -8,7 +8,7 @@ use std::io;
 use tracing::{debug, error, trace, warn, Level};
 
 use super::abi::{self, fattr, op, Args, InHeader, Malformed};
-use super::StrataFs;
+use super::{Fh, StrataFs};
 use crate::overlay::{Error, SetAttr};
 use crate::sys::SetTime;
 
@@ -114,7 +114,7 @@ impl Dispatcher {
             "req",
             id = h.unique,
             op = name,
-            node = h.nodeid,
+            node = h.nodeid.get(),
             pid = h.pid
         );
         let _in_span = span.enter();
@@ -201,7 +201,7 @@ impl Dispatcher {
                 let count = a.u32()?;
                 a.u32()?;
                 for _ in 0..count {
-                    let (id, n) = (a.u64()?, a.u64()?);
+                    let (id, n) = (a.node()?, a.u64()?);
                     fs.forget(id, n);
                 }
                 Ok(Response::NoReply)
@@ -209,7 +209,7 @@ impl Dispatcher {
             op::GETATTR => {
                 let flags = a.u32()?;
                 a.u32()?;
-                let fh = a.u64()?;
+                let fh = a.fh()?;
                 fs.getattr(node, (flags & abi::GETATTR_FH != 0).then_some(fh))
             }
             op::SETATTR => {
@@ -234,7 +234,7 @@ impl Dispatcher {
             op::UNLINK => fs.unlink(node, a.name()?),
             op::RMDIR => fs.rmdir(node, a.name()?),
             op::RENAME | op::RENAME2 => {
-                let newdir = a.u64()?;
+                let newdir = a.node()?;
                 let flags = if h.opcode == op::RENAME2 {
                     let f = a.u32()?;
                     a.u32()?;
@@ -246,7 +246,7 @@ impl Dispatcher {
                 fs.rename(node, from, newdir, to, flags)
             }
             op::LINK => {
-                let old = a.u64()?;
+                let old = a.node()?;
                 fs.link(old, node, a.name()?)
             }
             op::OPEN => {
@@ -254,11 +254,11 @@ impl Dispatcher {
                 fs.open(req, node, flags as i32)
             }
             op::READ => {
-                let (fh, offset, size) = (a.u64()?, a.u64()?, a.u32()?);
+                let (fh, offset, size) = (a.fh()?, a.u64()?, a.u32()?);
                 fs.read(node, fh, offset, size)
             }
             op::WRITE => {
-                let (fh, offset, size) = (a.u64()?, a.u64()?, a.u32()?);
+                let (fh, offset, size) = (a.fh()?, a.u64()?, a.u32()?);
                 a.u32()?;
                 a.u64()?;
                 a.u32()?;
@@ -267,9 +267,9 @@ impl Dispatcher {
                 fs.write(req, node, fh, offset, data)
             }
             op::STATFS => fs.statfs(),
-            op::RELEASE => fs.release(node, a.u64()?),
+            op::RELEASE => fs.release(node, a.fh()?),
             op::FSYNC => {
-                let fh = a.u64()?;
+                let fh = a.fh()?;
                 let flags = a.u32()?;
                 fs.fsync(node, fh, flags & 1 != 0)
             }
@@ -293,10 +293,10 @@ impl Dispatcher {
             op::FLUSH => Err(os(libc::ENOSYS)),
             op::OPENDIR => fs.opendir(node),
             op::READDIR | op::READDIRPLUS => {
-                let (fh, offset, size) = (a.u64()?, a.u64()?, a.u32()?);
+                let (fh, offset, size) = (a.fh()?, a.u64()?, a.u32()?);
                 fs.readdir(node, fh, offset, size, h.opcode == op::READDIRPLUS)
             }
-            op::RELEASEDIR => fs.releasedir(a.u64()?),
+            op::RELEASEDIR => fs.releasedir(a.fh()?),
             op::FSYNCDIR => fs.fsyncdir(node),
             op::ACCESS => fs.access(node, a.u32()? as i32),
             op::CREATE => {
@@ -314,17 +314,17 @@ impl Dispatcher {
                 fs.ioctl(node, cmd, data, out_size)
             }
             op::FALLOCATE => {
-                let (fh, offset, length, mode) = (a.u64()?, a.u64()?, a.u64()?, a.u32()?);
+                let (fh, offset, length, mode) = (a.fh()?, a.u64()?, a.u64()?, a.u32()?);
                 fs.fallocate(node, fh, offset, length, mode as i32)
             }
             op::LSEEK => {
-                let (fh, offset, whence) = (a.u64()?, a.u64()?, a.u32()?);
+                let (fh, offset, whence) = (a.fh()?, a.u64()?, a.u32()?);
                 fs.lseek(node, fh, offset as i64, whence as i32)
             }
             op::COPY_FILE_RANGE => {
-                let (fh_in, off_in) = (a.u64()?, a.u64()?);
+                let (fh_in, off_in) = (a.fh()?, a.u64()?);
                 a.u64()?;
-                let (fh_out, off_out, len) = (a.u64()?, a.u64()?, a.u64()?);
+                let (fh_out, off_out, len) = (a.fh()?, a.u64()?, a.u64()?);
                 fs.copy_file_range(node, fh_in, off_in, fh_out, off_out, len)
             }
             // INIT is answered once, before serving starts; one now is a protocol error.
@@ -337,10 +337,10 @@ impl Dispatcher {
 }
 
 /// Decodes `struct fuse_setattr_in` into the changes and the handle it names.
-fn setattr_args(a: &mut Args<'_>) -> Result<(SetAttr, Option<u64>), Malformed> {
+fn setattr_args(a: &mut Args<'_>) -> Result<(SetAttr, Option<Fh>), Malformed> {
     let valid = a.u32()?;
     a.u32()?;
-    let fh = a.u64()?;
+    let fh = a.fh()?;
     let size = a.u64()?;
     a.u64()?;
     let (atime, mtime) = (a.u64()?, a.u64()?);

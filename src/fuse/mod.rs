@@ -23,12 +23,31 @@ use tracing::debug;
 use self::abi::{fopen, DirBuf, Out, WireAttr};
 use self::dispatch::{os, Outcome, Req, Response};
 use crate::config::Passthrough;
+use crate::inode::NodeId;
 use crate::overlay::{Attr, Caller, Error, Listing, NewObject, Overlay, RenameFlag, SetAttr};
 use crate::sys::{self, FileKind};
 
 /// The largest write the kernel sends (and read it asks for): 256 pages, the kernel's
 /// default `max_pages_limit`.
 pub const MAX_WRITE: u32 = 1 << 20;
+
+/// A file handle: what an open or opendir answers, and later requests on the open file or
+/// directory name (FUSE's `fh`). Handed out by [`StrataFs`]'s handle table; only the wire
+/// takes it as a `u64` ([`Fh::from_wire`], [`Fh::get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(u64);
+
+impl Fh {
+    /// A handle as the kernel sends it back.
+    pub const fn from_wire(n: u64) -> Fh {
+        Fh(n)
+    }
+
+    /// The handle as the wire carries it.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
 
 /// An open handle.
 #[derive(Debug)]
@@ -111,9 +130,9 @@ struct DirHandle {
 #[derive(Debug)]
 pub struct StrataFs {
     overlay: Arc<Overlay>,
-    handles: DashMap<u64, Handle>,
+    handles: DashMap<Fh, Handle>,
     /// Open files per node.
-    node_io: DashMap<u64, NodeIo>,
+    node_io: DashMap<NodeId, NodeIo>,
     next_fh: AtomicU64,
     ttl: Duration,
     /// The connection, for passthrough backing files: set when the kernel granted FUSE
@@ -177,11 +196,11 @@ impl StrataFs {
     /// the node has been copied up since (see [`NodeIo`]); `fd` is then closed.
     fn add_file(
         &self,
-        ino: u64,
+        ino: NodeId,
         fd: OwnedFd,
         lower: bool,
         exec: bool,
-    ) -> Option<(u64, Arc<OpenFile>, Option<Arc<Backing>>)> {
+    ) -> Option<(Fh, Arc<OpenFile>, Option<Arc<Backing>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
         // are never in passthrough (writes through the backing file would keep them).
         let setid = sys::stat_fd(fd.as_fd())
@@ -228,7 +247,7 @@ impl StrataFs {
                     Some(Arc::new(b))
                 }
                 Err(e) => {
-                    debug!(ino, error = %e, "no passthrough for this open");
+                    debug!(ino = ino.get(), error = %e, "no passthrough for this open");
                     None
                 }
             }
@@ -260,7 +279,7 @@ impl StrataFs {
         })
     }
 
-    fn open_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+    fn open_file(&self, fh: Fh) -> Option<Arc<OpenFile>> {
         match self.handles.get(&fh).as_deref() {
             Some(Handle::File(f)) => Some(Arc::clone(f)),
             _ => None,
@@ -269,7 +288,7 @@ impl StrataFs {
 
     /// The fd to read `fh` from: a handle opened on a lower copy moves to the upper copy once
     /// the file has been copied up.
-    fn read_fd(&self, fh: u64, ino: u64) -> Option<Arc<OwnedFd>> {
+    fn read_fd(&self, fh: Fh, ino: NodeId) -> Option<Arc<OwnedFd>> {
         let of = self.open_file(fh)?;
         if of.lower.load(Ordering::Acquire) && self.overlay.is_copied_up(ino) {
             let mut cur = of.fd.write();
@@ -279,7 +298,7 @@ impl StrataFs {
                         *cur = Arc::new(f.fd);
                         of.lower.store(false, Ordering::Release);
                     }
-                    Err(e) => debug!(ino, error = %e, "reopen after copy-up failed"),
+                    Err(e) => debug!(ino = ino.get(), error = %e, "reopen after copy-up failed"),
                 }
             }
         }
@@ -289,7 +308,7 @@ impl StrataFs {
     /// A write by someone other than root drops setuid, and setgid when the group may
     /// execute or the writer is not in the file's group, and file capabilities: what a local
     /// filesystem does (the kernel leaves it to us under handle_killpriv_v2).
-    fn kill_setid(&self, ino: u64, of: &OpenFile, req: &Req) {
+    fn kill_setid(&self, ino: NodeId, of: &OpenFile, req: &Req) {
         if req.uid == 0 || !of.setid.load(Ordering::Relaxed) {
             return;
         }
@@ -316,7 +335,7 @@ impl StrataFs {
     /// setgid bit goes, as a local filesystem's `posix_acl_update_mode` drops it. The kernel
     /// would say so with `FUSE_SETXATTR_ACL_KILL_SGID`, but only in the extended setxattr
     /// request, which is not negotiated, so the daemon decides from the caller itself.
-    fn acl_kill_sgid(&self, ino: u64, req: &Req) -> Result<(), Error> {
+    fn acl_kill_sgid(&self, ino: NodeId, req: &Req) -> Result<(), Error> {
         if req.uid == 0 {
             return Ok(());
         }
@@ -333,22 +352,22 @@ impl StrataFs {
     }
 
     /// An open fd on node `ino`, if any file of it is open.
-    fn open_fd(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+    fn open_fd(&self, ino: NodeId) -> Option<Arc<OwnedFd>> {
         self.node_io.get(&ino).map(|e| Arc::clone(&e.newest))
     }
 
-    fn add_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    fn add_handle(&self, h: Handle) -> Fh {
+        let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
         self.handles.insert(fh, h);
         fh
     }
 
-    fn file(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+    fn file(&self, fh: Fh) -> Option<Arc<OwnedFd>> {
         self.open_file(fh).map(|f| f.current())
     }
 
     /// The current listing of open directory `fh` (of node `ino`).
-    fn listing(&self, fh: u64, ino: u64) -> Result<Arc<Listing>, Error> {
+    fn listing(&self, fh: Fh, ino: NodeId) -> Result<Arc<Listing>, Error> {
         let dir = match self.handles.get(&fh).as_deref() {
             Some(Handle::Dir(d)) => Arc::clone(d),
             _ => return Err(os(libc::EBADF)),
@@ -397,7 +416,7 @@ fn wire_attr(a: &Attr) -> WireAttr {
 }
 
 /// The FUSE node id of the object `a` describes.
-fn node_id(a: &Attr) -> u64 {
+fn node_id(a: &Attr) -> NodeId {
     a.node
 }
 
@@ -534,7 +553,7 @@ impl StrataFs {
     }
 
     /// The reply to an open: handle `fh`, `flags`, and the backing file in passthrough.
-    fn opened(fh: u64, flags: u32, backing: Option<&Backing>) -> Response {
+    fn opened(fh: Fh, flags: u32, backing: Option<&Backing>) -> Response {
         let mut o = Out::with_capacity(16);
         match backing {
             Some(b) => o.open(fh, flags | fopen::PASSTHROUGH, b.id),
@@ -543,7 +562,7 @@ impl StrataFs {
         Response::Body(o.buf)
     }
 
-    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Outcome {
+    pub(crate) fn lookup(&self, parent: NodeId, name: &OsStr) -> Outcome {
         match self.overlay.lookup(parent, name) {
             Ok(a) => Ok(self.entry(&a)),
             // A name found nowhere is a negative entry (node id 0) the kernel caches for the
@@ -554,18 +573,18 @@ impl StrataFs {
             // revalidates a negative entry: an expired one is looked up afresh).
             Err(Error::NotFound) => {
                 let mut o = Out::with_capacity(abi::ENTRY_OUT_LEN);
-                o.entry(0, self.ttl, &WireAttr::default());
+                o.entry(abi::NO_NODE, self.ttl, &WireAttr::default());
                 Ok(Response::Body(o.buf))
             }
             Err(e) => Err(e),
         }
     }
 
-    pub(crate) fn forget(&self, ino: u64, nlookup: u64) {
+    pub(crate) fn forget(&self, ino: NodeId, nlookup: u64) {
         self.overlay.forget(ino, nlookup);
     }
 
-    pub(crate) fn getattr(&self, ino: u64, fh: Option<u64>) -> Outcome {
+    pub(crate) fn getattr(&self, ino: NodeId, fh: Option<Fh>) -> Outcome {
         // An open file may have lost its name (unlinked while open): stat the handle.
         if let Some(fd) = fh.and_then(|fh| self.file(fh)) {
             return Ok(self.attr(&self.overlay.attr_of_fd(ino, fd.as_fd())?));
@@ -580,11 +599,11 @@ impl StrataFs {
         Ok(self.attr(&a))
     }
 
-    pub(crate) fn readlink(&self, ino: u64) -> Outcome {
+    pub(crate) fn readlink(&self, ino: NodeId) -> Outcome {
         Ok(Response::Body(self.overlay.readlink(ino)?))
     }
 
-    pub(crate) fn open(&self, req: &Req, ino: u64, flags: i32) -> Outcome {
+    pub(crate) fn open(&self, req: &Req, ino: NodeId, flags: i32) -> Outcome {
         // With atomic O_TRUNC the kernel checks ETXTBSY for `O_RDONLY|O_TRUNC` only after
         // this open has truncated: a running program would be destroyed (see `negotiate`).
         if flags & libc::O_TRUNC != 0 && self.node_io.get(&ino).is_some_and(|io| io.execs > 0) {
@@ -594,7 +613,10 @@ impl StrataFs {
         let f = self.overlay.open(ino, flags)?;
         let keep = if f.immutable { fopen::KEEP_CACHE } else { 0 };
         let Some((fh, of, backing)) = self.add_file(ino, f.fd, f.immutable, exec) else {
-            debug!(ino, "open after a copy-up under passthrough: node retired");
+            debug!(
+                ino = ino.get(),
+                "open after a copy-up under passthrough: node retired"
+            );
             self.overlay.retire(ino);
             return Err(os(libc::ESTALE));
         };
@@ -608,7 +630,7 @@ impl StrataFs {
         })
     }
 
-    pub(crate) fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Outcome {
+    pub(crate) fn read(&self, ino: NodeId, fh: Fh, offset: u64, size: u32) -> Outcome {
         let fd = self.read_fd(fh, ino).ok_or(os(libc::EBADF))?;
         let size = size.min(MAX_WRITE) as usize;
         Ok(Response::Body(sys::pread_exact_or_eof(
@@ -618,7 +640,7 @@ impl StrataFs {
         )?))
     }
 
-    pub(crate) fn release(&self, ino: u64, fh: u64) -> Outcome {
+    pub(crate) fn release(&self, ino: NodeId, fh: Fh) -> Outcome {
         if let Some((_, Handle::File(of))) = self.handles.remove(&fh) {
             self.node_io.remove_if_mut(&ino, |_, io| {
                 io.opens = io.opens.saturating_sub(1);
@@ -637,7 +659,7 @@ impl StrataFs {
         Ok(Response::empty())
     }
 
-    pub(crate) fn opendir(&self, ino: u64) -> Outcome {
+    pub(crate) fn opendir(&self, ino: NodeId) -> Outcome {
         self.overlay.check_dir(ino)?;
         let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
         // The kernel caches the entries per inode, filled by whichever handle reads;
@@ -655,7 +677,14 @@ impl StrataFs {
 
     /// READDIR, or READDIRPLUS (`plus`: each entry with its attributes and a lookup
     /// reference), of at most `size` bytes from `offset` (a cookie).
-    pub(crate) fn readdir(&self, ino: u64, fh: u64, offset: u64, size: u32, plus: bool) -> Outcome {
+    pub(crate) fn readdir(
+        &self,
+        ino: NodeId,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        plus: bool,
+    ) -> Outcome {
         let list = self.listing(fh, ino)?;
         let mut buf = DirBuf::new(size as usize);
         // "." and ".." carry no lookup reference: the kernel never links dot entries of a
@@ -668,13 +697,13 @@ impl StrataFs {
             }
             let fits = if plus {
                 let attr = WireAttr {
-                    ino: dino,
+                    ino: dino.shown(),
                     mode: libc::S_IFDIR,
                     ..WireAttr::default()
                 };
-                buf.push_plus(0, Duration::ZERO, &attr, next, OsStr::new(name))
+                buf.push_plus(abi::NO_NODE, Duration::ZERO, &attr, next, OsStr::new(name))
             } else {
-                buf.push(dino, next, libc::S_IFDIR, OsStr::new(name))
+                buf.push(dino.shown(), next, libc::S_IFDIR, OsStr::new(name))
             };
             if !fits {
                 return Ok(Response::Body(buf.into_bytes()));
@@ -711,7 +740,7 @@ impl StrataFs {
         Ok(Response::Body(buf.into_bytes()))
     }
 
-    pub(crate) fn releasedir(&self, fh: u64) -> Outcome {
+    pub(crate) fn releasedir(&self, fh: Fh) -> Outcome {
         self.handles.remove(&fh);
         Ok(Response::empty())
     }
@@ -731,20 +760,20 @@ impl StrataFs {
         Ok(Response::Body(o.buf))
     }
 
-    pub(crate) fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Outcome {
+    pub(crate) fn getxattr(&self, ino: NodeId, name: &OsStr, size: u32) -> Outcome {
         xattr_reply(size, self.overlay.getxattr(ino, name)?)
     }
 
-    pub(crate) fn listxattr(&self, ino: u64, size: u32) -> Outcome {
+    pub(crate) fn listxattr(&self, ino: NodeId, size: u32) -> Outcome {
         xattr_reply(size, self.overlay.listxattr(ino)?)
     }
 
-    pub(crate) fn access(&self, ino: u64, mask: i32) -> Outcome {
+    pub(crate) fn access(&self, ino: NodeId, mask: i32) -> Outcome {
         self.overlay.access(ino, mask)?;
         Ok(Response::empty())
     }
 
-    pub(crate) fn lseek(&self, _ino: u64, fh: u64, offset: i64, whence: i32) -> Outcome {
+    pub(crate) fn lseek(&self, _ino: NodeId, fh: Fh, offset: i64, whence: i32) -> Outcome {
         let fd = self.file(fh).ok_or(os(libc::EBADF))?;
         let pos = sys::seek(fd.as_fd(), offset, whence)?;
         let mut o = Out::with_capacity(8);
@@ -752,7 +781,7 @@ impl StrataFs {
         Ok(Response::Body(o.buf))
     }
 
-    pub(crate) fn setattr(&self, req: &Req, ino: u64, set: SetAttr, fh: Option<u64>) -> Outcome {
+    pub(crate) fn setattr(&self, req: &Req, ino: NodeId, set: SetAttr, fh: Option<Fh>) -> Outcome {
         debug!(mode = ?set.mode, uid = ?set.uid, gid = ?set.gid, size = ?set.size, "setattr");
         let file = fh.and_then(|fh| self.file(fh));
         let r = match self
@@ -790,7 +819,7 @@ impl StrataFs {
     pub(crate) fn mknod(
         &self,
         req: &Req,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         umask: u32,
@@ -816,7 +845,7 @@ impl StrataFs {
     pub(crate) fn mkdir(
         &self,
         req: &Req,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         umask: u32,
@@ -832,7 +861,13 @@ impl StrataFs {
         Ok(self.entry(&a))
     }
 
-    pub(crate) fn symlink(&self, req: &Req, parent: u64, name: &OsStr, target: &OsStr) -> Outcome {
+    pub(crate) fn symlink(
+        &self,
+        req: &Req,
+        parent: NodeId,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Outcome {
         debug!(?name, ?target, "symlink");
         let obj = NewObject::Symlink(target.to_os_string());
         let (a, _) = self.overlay.create(parent, name, obj, 0o777, caller(req))?;
@@ -842,7 +877,7 @@ impl StrataFs {
     pub(crate) fn create(
         &self,
         req: &Req,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         umask: u32,
@@ -871,13 +906,13 @@ impl StrataFs {
         Ok(Response::Body(o.buf))
     }
 
-    pub(crate) fn unlink(&self, parent: u64, name: &OsStr) -> Outcome {
+    pub(crate) fn unlink(&self, parent: NodeId, name: &OsStr) -> Outcome {
         debug!(?name, "unlink");
         self.overlay.unlink(parent, name)?;
         Ok(Response::empty())
     }
 
-    pub(crate) fn rmdir(&self, parent: u64, name: &OsStr) -> Outcome {
+    pub(crate) fn rmdir(&self, parent: NodeId, name: &OsStr) -> Outcome {
         debug!(?name, "rmdir");
         self.overlay.rmdir(parent, name)?;
         Ok(Response::empty())
@@ -885,13 +920,19 @@ impl StrataFs {
 
     pub(crate) fn rename(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
-        newparent: u64,
+        newparent: NodeId,
         newname: &OsStr,
         flags: u32,
     ) -> Outcome {
-        debug!(?name, newparent, ?newname, flags, "rename");
+        debug!(
+            ?name,
+            newparent = newparent.get(),
+            ?newname,
+            flags,
+            "rename"
+        );
         let flag = match flags {
             0 => RenameFlag::Plain,
             libc::RENAME_NOREPLACE => RenameFlag::NoReplace,
@@ -904,12 +945,19 @@ impl StrataFs {
         Ok(Response::empty())
     }
 
-    pub(crate) fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Outcome {
-        debug!(newparent, ?newname, "link");
+    pub(crate) fn link(&self, ino: NodeId, newparent: NodeId, newname: &OsStr) -> Outcome {
+        debug!(newparent = newparent.get(), ?newname, "link");
         Ok(self.entry(&self.overlay.link(ino, newparent, newname)?))
     }
 
-    pub(crate) fn write(&self, req: &Req, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Outcome {
+    pub(crate) fn write(
+        &self,
+        req: &Req,
+        ino: NodeId,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+    ) -> Outcome {
         let of = self.open_file(fh).ok_or(os(libc::EBADF))?;
         sys::pwrite_all(of.current().as_fd(), data, offset)?;
         self.kill_setid(ino, &of, req);
@@ -918,13 +966,13 @@ impl StrataFs {
         Ok(Response::Body(o.buf))
     }
 
-    pub(crate) fn fsync(&self, _ino: u64, fh: u64, datasync: bool) -> Outcome {
+    pub(crate) fn fsync(&self, _ino: NodeId, fh: Fh, datasync: bool) -> Outcome {
         let fd = self.file(fh).ok_or(os(libc::EBADF))?;
         self.overlay.fsync(fd.as_fd(), datasync)?;
         Ok(Response::empty())
     }
 
-    pub(crate) fn fsyncdir(&self, ino: u64) -> Outcome {
+    pub(crate) fn fsyncdir(&self, ino: NodeId) -> Outcome {
         self.overlay.fsyncdir(ino)?;
         Ok(Response::empty())
     }
@@ -932,7 +980,7 @@ impl StrataFs {
     pub(crate) fn setxattr(
         &self,
         req: &Req,
-        ino: u64,
+        ino: NodeId,
         name: &OsStr,
         value: &[u8],
         flags: i32,
@@ -945,7 +993,7 @@ impl StrataFs {
         Ok(Response::empty())
     }
 
-    pub(crate) fn removexattr(&self, ino: u64, name: &OsStr) -> Outcome {
+    pub(crate) fn removexattr(&self, ino: NodeId, name: &OsStr) -> Outcome {
         debug!(?name, "removexattr");
         self.overlay.removexattr(ino, name)?;
         Ok(Response::empty())
@@ -953,8 +1001,8 @@ impl StrataFs {
 
     pub(crate) fn fallocate(
         &self,
-        _ino: u64,
-        fh: u64,
+        _ino: NodeId,
+        fh: Fh,
         offset: u64,
         length: u64,
         mode: i32,
@@ -964,7 +1012,7 @@ impl StrataFs {
         Ok(Response::empty())
     }
 
-    pub(crate) fn ioctl(&self, ino: u64, cmd: u32, in_data: &[u8], out_size: u32) -> Outcome {
+    pub(crate) fn ioctl(&self, ino: NodeId, cmd: u32, in_data: &[u8], out_size: u32) -> Outcome {
         // The kernel's fileattr calls (lsattr, chattr, xfs_io's fsxattr) reach us as these
         // ioctls on a handle it opened for the purpose. A get reads the visible copy, a set
         // copies up first; the kernel has checked the caller's rights. Anything else: ENOTTY.
@@ -998,10 +1046,10 @@ impl StrataFs {
 
     pub(crate) fn copy_file_range(
         &self,
-        _ino_in: u64,
-        fh_in: u64,
+        _ino_in: NodeId,
+        fh_in: Fh,
         offset_in: u64,
-        fh_out: u64,
+        fh_out: Fh,
         offset_out: u64,
         len: u64,
     ) -> Outcome {

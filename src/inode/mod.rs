@@ -15,19 +15,63 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
-use crate::layer::LayerIdx;
+use crate::layer::{Ino, LayerIdx, LayerIno};
 use crate::sys::FileKind;
 
 pub use crate::layer::InoScheme;
 
+/// The id the kernel knows a node by (FUSE's `nodeid`), in requests and entry replies.
+///
+/// The one rule relating it to the `st_ino` shown ([`Ino`]) lives here: a node's id is the
+/// number its object shows ([`NodeId::shown`] and its inverse), except where the node table
+/// gives another (an object whose number a node of another object still holds: see
+/// [`NodeTable::remember`]); and a node shows its id unless its object shows another number
+/// (a lower hard link's name: `Overlay::shown_ino`). Only the wire takes it as a `u64`
+/// ([`NodeId::from_wire`], [`NodeId::get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(u64);
+
+impl NodeId {
+    /// The root's node id, fixed by FUSE.
+    pub const ROOT: NodeId = NodeId(crate::layer::ino::ROOT_INO);
+
+    /// A node id as the kernel sends it (or 0, which names no node).
+    pub const fn from_wire(n: u64) -> NodeId {
+        NodeId(n)
+    }
+
+    /// The id as the wire carries it.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The `st_ino` the node shows unless its object shows another number (see
+    /// `Overlay::shown_ino`): its id.
+    pub const fn shown(self) -> Ino {
+        Ino::from_node_number(self.0)
+    }
+
+    /// The id of a node for an object shown as `ino` when no other node holds it: the same
+    /// number (the inverse of [`NodeId::shown`]).
+    const fn of_shown(ino: Ino) -> NodeId {
+        NodeId(ino.get())
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The root's node id, fixed by FUSE.
-pub const ROOT: u64 = crate::layer::ino::ROOT_INO;
+pub const ROOT: NodeId = NodeId::ROOT;
 
 /// Where a node is found: its parent, its name there, and the layers that hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     /// The parent directory's node id (the root is its own parent).
-    pub parent: u64,
+    pub parent: NodeId,
     /// The name in the parent (empty for the root).
     pub name: OsString,
     /// For a directory, the layers merged into it, topmost first, stopping at an opaque one;
@@ -55,10 +99,11 @@ impl Location {
 pub struct ObjectId(std::num::NonZeroU64);
 
 impl ObjectId {
-    /// The object with inode number `ino` born at `born` (nanoseconds since the epoch; 0
-    /// where the filesystem keeps no birth time).
-    pub fn new(ino: u64, born: u64) -> ObjectId {
-        let h = ino.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    /// Layer object `obj` born at `born` (nanoseconds since the epoch; 0 where the
+    /// filesystem keeps no birth time). The layer is not in the fingerprint: only copies in
+    /// one layer are compared.
+    pub fn new(obj: LayerIno, born: u64) -> ObjectId {
+        let h = obj.ino.wrapping_mul(0x9e37_79b9_7f4a_7c15)
             ^ born.rotate_left(29).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
         ObjectId(std::num::NonZeroU64::new(h).unwrap_or(std::num::NonZeroU64::MIN))
     }
@@ -92,8 +137,8 @@ impl Drop for DirGuard<'_> {
 /// One merged object the kernel knows about.
 #[derive(Debug)]
 pub struct Node {
-    /// Node id (and `st_ino`, but for a lower hard link's names: `Overlay::shown_ino`).
-    pub ino: u64,
+    /// Node id (shown as `st_ino`, but for a lower hard link's names: `Overlay::shown_ino`).
+    pub id: NodeId,
     /// File type; fixed for the life of the node.
     pub kind: FileKind,
     lookups: AtomicU64,
@@ -111,19 +156,19 @@ pub struct Node {
     touched: AtomicU32,
     /// Other names a non-directory was seen under (hard links): when the name in `loc` goes
     /// away, the node is still reachable through one of these.
-    aliases: Mutex<Vec<(u64, OsString)>>,
-    /// The inode number this node was looked up by, when its id had to differ from it.
-    raw: u64,
+    aliases: Mutex<Vec<(NodeId, OsString)>>,
+    /// The number this node's object was looked up by (its id, unless that had to differ).
+    looked_up: Ino,
     /// The object is gone from every layer (its last name removed through the mount) while
     /// the kernel still holds the node: its inode number may be reused by a new object.
     dead: AtomicBool,
 }
 
 impl Node {
-    fn new(ino: u64, raw: u64, kind: FileKind, loc: Location) -> Node {
+    fn new(id: NodeId, looked_up: Ino, kind: FileKind, loc: Location) -> Node {
         Node {
-            ino,
-            raw,
+            id,
+            looked_up,
             dead: AtomicBool::new(false),
             kind,
             lookups: AtomicU64::new(1),
@@ -138,7 +183,7 @@ impl Node {
     }
 
     /// Keeps `old` as another name of this node (bounded: hard links seen through the mount).
-    fn add_alias(&self, old: (u64, OsString)) {
+    fn add_alias(&self, old: (NodeId, OsString)) {
         let mut al = self.aliases.lock();
         if !al.contains(&old) && al.len() < 64 {
             al.push(old);
@@ -215,7 +260,7 @@ impl Node {
     }
 
     /// The parent's node id.
-    pub fn parent(&self) -> u64 {
+    pub fn parent(&self) -> NodeId {
         self.loc.read().parent
     }
 
@@ -228,15 +273,15 @@ impl Node {
 /// All nodes the kernel holds, sharded (no global lock).
 #[derive(Debug)]
 pub struct NodeTable {
-    map: DashMap<u64, Arc<Node>>,
-    /// Inode numbers whose node had to take another id (see [`NodeTable::remember`]).
-    remap: DashMap<u64, u64>,
+    map: DashMap<NodeId, Arc<Node>>,
+    /// Numbers shown whose node had to take another id (see [`NodeTable::remember`]).
+    remap: DashMap<Ino, NodeId>,
     /// Dead nodes' objects as they were when their last name was removed (`O_PATH` fds),
     /// kept while the kernel holds the nodes: requests that raced with the removal (an open
     /// through a dentry the kernel found before the unlink) reach them, as they would reach
     /// the kernel's overlayfs inode, which lives on while it is referenced. (Beside the
     /// nodes, not in them: few nodes are dead at a time.)
-    kept: DashMap<u64, Arc<OwnedFd>>,
+    kept: DashMap<NodeId, Arc<OwnedFd>>,
     next_synthetic: AtomicU64,
     /// Advanced by each [`NodeTable::cold`]; nodes record it when used.
     epoch: AtomicU32,
@@ -256,7 +301,7 @@ impl NodeTable {
             ROOT,
             Arc::new(Node::new(
                 ROOT,
-                ROOT,
+                ROOT.shown(),
                 FileKind::Directory,
                 Location {
                     parent: ROOT,
@@ -276,9 +321,9 @@ impl NodeTable {
         }
     }
 
-    /// The node with id `ino`, if the kernel holds it.
-    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        let node = self.map.get(&ino).map(|n| Arc::clone(n.value()))?;
+    /// The node with id `id`, if the kernel holds it.
+    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
+        let node = self.map.get(&id).map(|n| Arc::clone(n.value()))?;
         node.touch(self.epoch.load(Ordering::Relaxed));
         Some(node)
     }
@@ -286,7 +331,7 @@ impl NodeTable {
     /// Up to `want` nodes no request has used since the previous call (never the root), and
     /// starts a new epoch. Asking the kernel to prune these keeps the table near a size
     /// without dropping what is in use: the kernel forgets only inodes it does not use.
-    pub fn cold(&self, want: usize) -> Vec<u64> {
+    pub fn cold(&self, want: usize) -> Vec<NodeId> {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::new();
         if want == 0 {
@@ -294,8 +339,8 @@ impl NodeTable {
         }
         for e in self.map.iter() {
             let n = e.value();
-            if n.ino != ROOT && n.touched.load(Ordering::Relaxed) < epoch {
-                out.push(n.ino);
+            if n.id != ROOT && n.touched.load(Ordering::Relaxed) < epoch {
+                out.push(n.id);
                 if out.len() >= want {
                     break;
                 }
@@ -304,14 +349,14 @@ impl NodeTable {
         out
     }
 
-    /// Records one kernel lookup of an object with inode number `ino` at `loc`, creating the
-    /// node or updating where it was last seen (a hard link's other name, or a move). Returns
-    /// the node. Its id is `ino` unless that id is held by another object the kernel still
+    /// Records one kernel lookup of an object shown as `ino` at `loc`, creating the node or
+    /// updating where it was last seen (a hard link's other name, or a move). Returns the
+    /// node. Its id is the one `ino` stands for ([`NodeId::shown`]) unless that id is held by another object the kernel still
     /// knows: one of another type, a lower file whose hard link a copy-up broke, or a deleted
     /// object whose inode number the filesystem reused. Such an object gets an id of its own,
     /// remembered so that later lookups (and listings, through [`NodeTable::visible_id`])
     /// agree on it.
-    pub fn remember(&self, ino: u64, kind: FileKind, loc: Location) -> Arc<Node> {
+    pub fn remember(&self, ino: Ino, kind: FileKind, loc: Location) -> Arc<Node> {
         let mut loc = loc;
         loop {
             match self.remember_if(ino, kind, loc, || true) {
@@ -326,12 +371,13 @@ impl NodeTable {
     /// comes back.
     pub fn remember_if(
         &self,
-        ino: u64,
+        ino: Ino,
         kind: FileKind,
         loc: Location,
         valid: impl Fn() -> bool,
     ) -> Result<Arc<Node>, Location> {
-        let first = self.remap.get(&ino).map(|v| *v).unwrap_or(ino);
+        let own = NodeId::of_shown(ino);
+        let first = self.remap.get(&ino).map(|v| *v).unwrap_or(own);
         let mut id = first;
         loop {
             match self.map.entry(id) {
@@ -409,7 +455,7 @@ impl NodeTable {
                     // The number is mapped while the new entry is held (lock order: node
                     // entry, then mapping), as `forget` unmaps it.
                     let _held = v.insert(Arc::clone(&node));
-                    if id != ino {
+                    if id != own {
                         self.remap.insert(ino, id);
                     } else {
                         // The number is the object's own again: an older mapping is stale.
@@ -418,26 +464,30 @@ impl NodeTable {
                     return Ok(node);
                 }
             }
-            id = if id == first && first != ino {
-                ino
+            id = if id == first && first != own {
+                own
             } else {
-                self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+                NodeId(self.next_synthetic.fetch_add(1, Ordering::Relaxed))
             };
         }
     }
 
-    /// The id a listing should report for inode number `ino`.
-    pub fn visible_id(&self, ino: u64) -> u64 {
+    /// The id of the node a lookup of an object shown as `ino` gives (what a listing
+    /// reports, through [`NodeId::shown`]).
+    pub fn visible_id(&self, ino: Ino) -> NodeId {
         if self.remap.is_empty() {
-            return ino;
+            return NodeId::of_shown(ino);
         }
-        self.remap.get(&ino).map(|v| *v).unwrap_or(ino)
+        self.remap
+            .get(&ino)
+            .map(|v| *v)
+            .unwrap_or(NodeId::of_shown(ino))
     }
 
     /// Undoes [`NodeTable::mark_dead`] when the removal it announced failed.
-    pub fn revive(&self, ino: u64) {
-        if let Some(n) = self.map.get(&ino) {
-            self.kept.remove(&ino);
+    pub fn revive(&self, id: NodeId) {
+        if let Some(n) = self.map.get(&id) {
+            self.kept.remove(&id);
             n.dead.store(false, Ordering::Release);
         }
     }
@@ -445,12 +495,12 @@ impl NodeTable {
     /// [`NodeTable::mark_dead`], keeping `object` (the node's object as it was, an
     /// `O_PATH` fd) for the requests that raced with its removal, until the kernel
     /// forgets the node. The filesystem cannot reuse its inode number meanwhile.
-    pub fn mark_dead_keeping(&self, ino: u64, object: Option<OwnedFd>) {
+    pub fn mark_dead_keeping(&self, id: NodeId, object: Option<OwnedFd>) {
         // Recorded while the node's entry is held, as `forget` drops it.
-        if let Some(n) = self.map.get(&ino) {
+        if let Some(n) = self.map.get(&id) {
             match object {
-                Some(fd) => self.kept.insert(ino, Arc::new(fd)),
-                None => self.kept.remove(&ino).map(|(_, fd)| fd),
+                Some(fd) => self.kept.insert(id, Arc::new(fd)),
+                None => self.kept.remove(&id).map(|(_, fd)| fd),
             };
             n.dead.store(true, Ordering::Release);
         }
@@ -462,23 +512,23 @@ impl NodeTable {
         if !node.is_dead() {
             return None;
         }
-        self.kept.get(&node.ino).map(|fd| Arc::clone(fd.value()))
+        self.kept.get(&node.id).map(|fd| Arc::clone(fd.value()))
     }
 
-    /// Node `ino`'s object was removed from every layer: its inode number is free for reuse.
-    pub fn mark_dead(&self, ino: u64) {
-        if let Some(n) = self.get(ino) {
+    /// Node `id`'s object was removed from every layer: its inode number is free for reuse.
+    pub fn mark_dead(&self, id: NodeId) {
+        if let Some(n) = self.get(id) {
             n.dead.store(true, Ordering::Release);
         }
     }
 
     /// Drops `n` kernel references; removes the node when none are left. Returns true when
     /// the node was removed.
-    pub fn forget(&self, ino: u64, n: u64) -> bool {
-        if ino == ROOT {
+    pub fn forget(&self, id: NodeId, n: u64) -> bool {
+        if id == ROOT {
             return false;
         }
-        match self.map.entry(ino) {
+        match self.map.entry(id) {
             Entry::Occupied(o) => {
                 let left = o
                     .get()
@@ -492,10 +542,10 @@ impl NodeTable {
                     // The number's mapping goes while the entry is still held: a lookup that
                     // makes the node again (it waits for the entry) maps the number anew.
                     let node = o.get();
-                    if node.raw != node.ino {
-                        self.remap.remove_if(&node.raw, |_, v| *v == node.ino);
+                    if NodeId::of_shown(node.looked_up) != node.id {
+                        self.remap.remove_if(&node.looked_up, |_, v| *v == node.id);
                     }
-                    self.kept.remove(&ino);
+                    self.kept.remove(&id);
                     o.remove();
                     #[cfg(test)]
                     tests::AFTER_FORGET.with(crate::test_hook::Hook::fire);
@@ -509,8 +559,14 @@ impl NodeTable {
     }
 
     /// Moves name `from` of a node to `(parent, name)` (after a rename through the mount).
-    pub fn relocate(&self, ino: u64, from: (u64, &std::ffi::OsStr), parent: u64, name: OsString) {
-        if let Some(node) = self.get(ino) {
+    pub fn relocate(
+        &self,
+        id: NodeId,
+        from: (NodeId, &std::ffi::OsStr),
+        parent: NodeId,
+        name: OsString,
+    ) {
+        if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
             let mut al = node.aliases.lock();
             al.retain(|(p, n)| !(*p == from.0 && n == from.1));
@@ -527,8 +583,8 @@ impl NodeTable {
 
     /// Name `(parent, name)` of a node is gone (unlinked, or replaced by a rename): when it
     /// was the node's current name, another known name takes its place.
-    pub fn drop_name(&self, ino: u64, parent: u64, name: &std::ffi::OsStr) {
-        if let Some(node) = self.get(ino) {
+    pub fn drop_name(&self, id: NodeId, parent: NodeId, name: &std::ffi::OsStr) {
+        if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
             let mut al = node.aliases.lock();
             al.retain(|(p, n)| !(*p == parent && n == name));
@@ -541,10 +597,10 @@ impl NodeTable {
         }
     }
 
-    /// Records which object node `ino`'s topmost copy is, where nothing is known yet (after
+    /// Records which object node `id`'s topmost copy is, where nothing is known yet (after
     /// a copy-up) and the node is still where `seen` says it was when `object` was found.
-    pub fn learn_object(&self, ino: u64, seen: &Location, object: ObjectId) {
-        if let Some(node) = self.get(ino) {
+    pub fn learn_object(&self, id: NodeId, seen: &Location, object: ObjectId) {
+        if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
             if loc.object.is_none()
                 && loc.parent == seen.parent
@@ -558,8 +614,8 @@ impl NodeTable {
 
     /// Replaces the layers of a node (after a copy-up or a change of merge). Which object
     /// the new topmost copy is becomes known at the next lookup.
-    pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>) {
-        if let Some(node) = self.get(ino) {
+    pub fn set_layers(&self, id: NodeId, layers: Vec<LayerIdx>) {
+        if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
             if loc.layers != layers {
                 node.layers_changed();
@@ -601,27 +657,39 @@ mod tests {
     fn forget_racing_a_lookup_keeps_the_number_mapped() {
         let t = std::sync::Arc::new(NodeTable::new(vec![0], true));
         // A dead node holds number 50, so the object now numbered 50 gets a synthetic id.
-        t.remember(50, FileKind::Regular, loc(ROOT, "old"));
-        t.mark_dead(50);
-        let s = t.remember(50, FileKind::Regular, loc(ROOT, "b"));
-        assert_ne!(s.ino, 50);
-        assert!(t.forget(50, 1));
+        t.remember(ino(50), FileKind::Regular, loc(ROOT, "old"));
+        t.mark_dead(id(50));
+        let s = t.remember(ino(50), FileKind::Regular, loc(ROOT, "b"));
+        assert_ne!(s.id, id(50));
+        assert!(t.forget(id(50), 1));
         let t2 = std::sync::Arc::clone(&t);
         let again = std::sync::Arc::new(std::sync::Mutex::new(None));
         let seen = std::sync::Arc::clone(&again);
         AFTER_FORGET.with(|b| {
             b.arm(move || {
-                let n = t2.remember(50, FileKind::Regular, loc(ROOT, "b"));
-                *seen.lock().unwrap() = Some(n.ino);
+                let n = t2.remember(ino(50), FileKind::Regular, loc(ROOT, "b"));
+                *seen.lock().unwrap() = Some(n.id);
             })
         });
-        assert!(t.forget(s.ino, 1));
+        assert!(t.forget(s.id, 1));
         let id = again.lock().unwrap().expect("the lookup ran");
         assert!(t.get(id).is_some_and(|n| !n.is_dead()));
-        assert_eq!(t.visible_id(50), id, "number 50 must lead to the live node");
+        assert_eq!(
+            t.visible_id(ino(50)),
+            id,
+            "number 50 must lead to the live node"
+        );
     }
 
-    fn loc(parent: u64, name: &str) -> Location {
+    fn ino(n: u64) -> Ino {
+        Ino::from_node_number(n)
+    }
+
+    fn id(n: u64) -> NodeId {
+        NodeId::from_wire(n)
+    }
+
+    fn loc(parent: NodeId, name: &str) -> Location {
         Location {
             parent,
             name: name.into(),
@@ -639,18 +707,18 @@ mod tests {
         let t = NodeTable::new(vec![0, 1], true);
         let mut lower = loc(ROOT, "f");
         lower.layers = vec![1];
-        let n = t.remember(77, FileKind::Regular, lower.clone());
-        assert_eq!(n.ino, 77);
+        let n = t.remember(ino(77), FileKind::Regular, lower.clone());
+        assert_eq!(n.id, id(77));
         // The copy-up moves it up.
-        t.set_layers(77, vec![0]);
-        let again = t.remember(77, FileKind::Regular, lower);
-        assert_eq!(again.ino, 77);
+        t.set_layers(id(77), vec![0]);
+        let again = t.remember(ino(77), FileKind::Regular, lower);
+        assert_eq!(again.id, id(77));
         assert_eq!(again.location().layers, vec![0]);
         // Under another name, a lower object with that number is another object (a lower
         // hard link the copy-up broke).
         let mut other = loc(ROOT, "g");
         other.layers = vec![1];
-        assert_ne!(t.remember(77, FileKind::Regular, other).ino, 77);
+        assert_ne!(t.remember(ino(77), FileKind::Regular, other).id, id(77));
     }
 
     /// Issue 14 item 11, with the reuse faked: an object found under a live node's number in
@@ -664,24 +732,24 @@ mod tests {
             parent: ROOT,
             name: name.into(),
             layers: vec![layer],
-            object: Some(ObjectId::new(50, born)),
+            object: Some(ObjectId::new(LayerIno::new(layer, 50), born)),
         };
-        let victim = t.remember(50, FileKind::Regular, at("victim", 1, 100));
-        assert_eq!(victim.ino, 50);
-        let link = t.remember(50, FileKind::Regular, at("link", 1, 100));
-        assert_eq!(link.ino, 50, "a hard link is the same object");
-        let intruder = t.remember(50, FileKind::Regular, at("intruder", 1, 200));
-        assert_ne!(intruder.ino, 50);
+        let victim = t.remember(ino(50), FileKind::Regular, at("victim", 1, 100));
+        assert_eq!(victim.id, id(50));
+        let link = t.remember(ino(50), FileKind::Regular, at("link", 1, 100));
+        assert_eq!(link.id, id(50), "a hard link is the same object");
+        let intruder = t.remember(ino(50), FileKind::Regular, at("intruder", 1, 200));
+        assert_ne!(intruder.id, id(50));
         assert!(victim.is_dead(), "the old object is gone");
-        assert_eq!(t.visible_id(50), intruder.ino);
+        assert_eq!(t.visible_id(ino(50)), intruder.id);
         // In another layer it is another copy of the same object (a copy-up, or a lower
         // copy seen by a resolution that raced it).
-        t.set_layers(intruder.ino, vec![0]);
-        let up = t.remember(50, FileKind::Regular, at("intruder", 0, 300));
-        assert_eq!(up.ino, intruder.ino);
+        t.set_layers(intruder.id, vec![0]);
+        let up = t.remember(ino(50), FileKind::Regular, at("intruder", 0, 300));
+        assert_eq!(up.id, intruder.id);
         assert!(!up.is_dead());
-        let lower = t.remember(50, FileKind::Regular, at("intruder", 1, 200));
-        assert_eq!(lower.ino, intruder.ino);
+        let lower = t.remember(ino(50), FileKind::Regular, at("intruder", 1, 200));
+        assert_eq!(lower.id, intruder.id);
         assert!(!lower.is_dead());
         assert_eq!(lower.location().layers, vec![0], "never moved back down");
     }
@@ -689,13 +757,13 @@ mod tests {
     #[test]
     fn lookups_and_forgets_balance() {
         let t = NodeTable::new(vec![0], false);
-        let a = t.remember(10, FileKind::Regular, loc(ROOT, "a"));
-        assert_eq!(a.ino, 10);
-        t.remember(10, FileKind::Regular, loc(ROOT, "b"));
-        assert_eq!(t.get(10).map(|n| n.location().name), Some("b".into()));
-        assert!(!t.forget(10, 1));
-        assert!(t.forget(10, 1));
-        assert!(t.get(10).is_none());
+        let a = t.remember(ino(10), FileKind::Regular, loc(ROOT, "a"));
+        assert_eq!(a.id, id(10));
+        t.remember(ino(10), FileKind::Regular, loc(ROOT, "b"));
+        assert_eq!(t.get(id(10)).map(|n| n.location().name), Some("b".into()));
+        assert!(!t.forget(id(10), 1));
+        assert!(t.forget(id(10), 1));
+        assert!(t.get(id(10)).is_none());
         assert!(!t.forget(ROOT, 100));
         assert!(t.get(ROOT).is_some());
     }
@@ -703,13 +771,13 @@ mod tests {
     #[test]
     fn type_clash_gets_its_own_id() {
         let t = NodeTable::new(vec![0], false);
-        let f = t.remember(7, FileKind::Regular, loc(ROOT, "f"));
-        let d = t.remember(7, FileKind::Directory, loc(ROOT, "d"));
-        assert_eq!(f.ino, 7);
-        assert_ne!(d.ino, 7);
+        let f = t.remember(ino(7), FileKind::Regular, loc(ROOT, "f"));
+        let d = t.remember(ino(7), FileKind::Directory, loc(ROOT, "d"));
+        assert_eq!(f.id, id(7));
+        assert_ne!(d.id, id(7));
         assert_eq!(t.len(), 3);
-        let r = t.remember(ROOT, FileKind::Directory, loc(ROOT, "x"));
-        assert_ne!(r.ino, ROOT);
+        let r = t.remember(Ino::ROOT, FileKind::Directory, loc(ROOT, "x"));
+        assert_ne!(r.id, ROOT);
     }
 
     #[test]
@@ -721,19 +789,19 @@ mod tests {
             layers: vec![0],
             object: None,
         };
-        let f = t.remember(50, FileKind::Regular, up("f"));
-        t.mark_dead(f.ino);
-        let s = t.remember(50, FileKind::Symlink, up("s"));
-        assert_ne!(s.ino, 50);
-        assert_eq!(t.visible_id(50), s.ino);
-        t.mark_dead(s.ino);
-        assert!(t.forget(50, 1));
+        let f = t.remember(ino(50), FileKind::Regular, up("f"));
+        t.mark_dead(f.id);
+        let s = t.remember(ino(50), FileKind::Symlink, up("s"));
+        assert_ne!(s.id, id(50));
+        assert_eq!(t.visible_id(ino(50)), s.id);
+        t.mark_dead(s.id);
+        assert!(t.forget(id(50), 1));
         // The number is free again: the next object takes it, and listings follow.
-        let n = t.remember(50, FileKind::Symlink, up("n"));
-        assert_eq!(n.ino, 50);
-        assert_eq!(t.visible_id(50), 50);
-        t.mark_dead(t.visible_id(50));
-        let m = t.remember(50, FileKind::Symlink, up("m"));
-        assert_ne!(m.ino, 50, "a dead node must never be handed out again");
+        let n = t.remember(ino(50), FileKind::Symlink, up("n"));
+        assert_eq!(n.id, id(50));
+        assert_eq!(t.visible_id(ino(50)), id(50));
+        t.mark_dead(t.visible_id(ino(50)));
+        let m = t.remember(ino(50), FileKind::Symlink, up("m"));
+        assert_ne!(m.id, id(50), "a dead node must never be handed out again");
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::OFlags;
 
 pub use idmap::IdMap;
-pub use ino::InoScheme;
+pub use ino::{Ino, InoScheme, LayerIno};
 
 use crate::sys::{self, RenameMode, Stat};
 
@@ -379,6 +379,13 @@ impl LayerStack {
     /// Layer `idx`.
     pub fn get(&self, idx: LayerIdx) -> Option<&Layer> {
         self.layers.get(usize::from(idx))
+    }
+
+    /// The `st_ino` shown for layer object `obj`: its number composed with its layer's
+    /// filesystem (see [`InoScheme::compose`]).
+    pub fn shown_ino(&self, obj: LayerIno) -> Ino {
+        let fs = self.get(obj.layer).map(|l| l.fs_index).unwrap_or(0);
+        self.ino.compose(fs, obj.ino)
     }
 
     /// The writable layer, if the mount has one.

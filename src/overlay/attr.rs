@@ -9,6 +9,7 @@ use rustix::fs::OFlags;
 
 use super::copyup::UPPER;
 use super::{Attr, Context, Error, Overlay, Result};
+use crate::inode::NodeId;
 use crate::layer::format::XattrTarget;
 use crate::sys::Object;
 use crate::sys::{self, FileKind, SetTime};
@@ -31,11 +32,11 @@ pub struct SetAttr {
 }
 
 impl Overlay {
-    /// Opens `ino` for writing (`O_WRONLY`/`O_RDWR`/`O_TRUNC`), copying it up first; an
+    /// Opens `id` for writing (`O_WRONLY`/`O_RDWR`/`O_TRUNC`), copying it up first; an
     /// `O_TRUNC` open skips copying the data.
-    pub fn open_for_write(&self, ino: u64, flags: i32) -> Result<OwnedFd> {
+    pub fn open_for_write(&self, id: NodeId, flags: i32) -> Result<OwnedFd> {
         self.writable()?;
-        let node = self.named(ino)?;
+        let node = self.named(id)?;
         if node.kind == FileKind::Directory {
             return Err(Error::IsDir);
         }
@@ -71,28 +72,28 @@ impl Overlay {
         self.still_named(&node, opened.map_err(Error::from))
     }
 
-    /// Sets the inode flags of `ino` (`FS_IOC_SETFLAGS`, `chattr`), on its upper copy: a
+    /// Sets the inode flags of `id` (`FS_IOC_SETFLAGS`, `chattr`), on its upper copy: a
     /// lower object is copied up first, as the kernel's overlayfs does. (The kernel has
     /// checked the caller may: owner or `CAP_FOWNER`, `CAP_LINUX_IMMUTABLE` for `i`/`a`.)
-    pub fn set_inode_flags(&self, ino: u64, flags: u32) -> Result<()> {
-        let fd = self.upper_for_ioctl(ino)?;
+    pub fn set_inode_flags(&self, id: NodeId, flags: u32) -> Result<()> {
+        let fd = self.upper_for_ioctl(id)?;
         sys::set_inode_flags(fd.as_fd(), flags).ctx("set inode flags", "")?;
-        self.attrs_changed(ino);
+        self.attrs_changed(id);
         Ok(())
     }
 
-    /// Sets the extended inode attributes of `ino` (`FS_IOC_FSSETXATTR`) on its upper copy.
-    pub fn set_fs_xattr(&self, ino: u64, attr: [u8; sys::FSXATTR_SIZE]) -> Result<()> {
-        let fd = self.upper_for_ioctl(ino)?;
+    /// Sets the extended inode attributes of `id` (`FS_IOC_FSSETXATTR`) on its upper copy.
+    pub fn set_fs_xattr(&self, id: NodeId, attr: [u8; sys::FSXATTR_SIZE]) -> Result<()> {
+        let fd = self.upper_for_ioctl(id)?;
         sys::set_fs_xattr(fd.as_fd(), attr).ctx("set fsxattr", "")?;
-        self.attrs_changed(ino);
+        self.attrs_changed(id);
         Ok(())
     }
 
-    /// `ino`'s upper copy (made now if it has none), opened to take an ioctl.
-    fn upper_for_ioctl(&self, ino: u64) -> Result<OwnedFd> {
+    /// `id`'s upper copy (made now if it has none), opened to take an ioctl.
+    fn upper_for_ioctl(&self, id: NodeId) -> Result<OwnedFd> {
         self.writable()?;
-        let node = self.named(ino)?;
+        let node = self.named(id)?;
         if !matches!(node.kind, FileKind::Regular | FileKind::Directory) {
             return Err(Error::NoInodeFlags);
         }
@@ -100,7 +101,7 @@ impl Overlay {
         self.open_for_ioctl(&node, UPPER)
     }
 
-    /// The upper directory of `ino`'s parent and its name there (after a copy-up).
+    /// The upper directory of `id`'s parent and its name there (after a copy-up).
     fn upper_place(
         &self,
         node: &crate::inode::Node,
@@ -113,11 +114,11 @@ impl Overlay {
         Ok((pfd, node.with_location(|l| l.name.clone())))
     }
 
-    /// Changes attributes of `ino`. `fd` is an open handle on the file, used when given (the
+    /// Changes attributes of `id`. `fd` is an open handle on the file, used when given (the
     /// file may have no name any more).
-    pub fn setattr(&self, ino: u64, set: SetAttr, fd: Option<BorrowedFd<'_>>) -> Result<Attr> {
+    pub fn setattr(&self, id: NodeId, set: SetAttr, fd: Option<BorrowedFd<'_>>) -> Result<Attr> {
         self.writable()?;
-        let node = self.node(ino)?;
+        let node = self.node(id)?;
         // chown names presented ids; the layers store the mapped ones (an id outside every
         // mapping is refused, as chown to an unmapped id is in a user namespace).
         let (uid, gid) = self.owner_to_disk(set.uid, set.gid, Error::UnmappedOwner)?;
@@ -146,9 +147,7 @@ impl Overlay {
                 )?;
             }
             let st = self.overridden(sys::stat_fd(fd)?, Object::Fd(fd));
-            let mut a = self.attr_from(node.ino, &st, false);
-            a.ino = node.ino;
-            return Ok(a);
+            return Ok(self.attr_from(node.id, node.id.shown(), &st, false));
         }
         if node.is_dead() {
             return Err(Error::NotFound);
@@ -192,7 +191,7 @@ impl Overlay {
                 set.mtime.unwrap_or(SetTime::Omit),
             )?;
         }
-        self.getattr(ino)
+        self.getattr(id)
     }
 
     /// Applies the owner and mode changes of `set` to the override of the object at `at`
@@ -207,15 +206,15 @@ impl Overlay {
         )
     }
 
-    /// The upper copy of `ino`, copying it up first.
-    fn upper_object(&self, ino: u64) -> Result<super::ObjectAt> {
-        let node = self.named(ino)?;
+    /// The upper copy of `id`, copying it up first.
+    fn upper_object(&self, id: NodeId) -> Result<super::ObjectAt> {
+        let node = self.named(id)?;
         self.copy_up(&node, true)?;
         self.object_at(&node)
     }
 
-    /// Sets xattr `name` on `ino` (copying it up). Overlay-private names are refused.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    /// Sets xattr `name` on `id` (copying it up). Overlay-private names are refused.
+    pub fn setxattr(&self, id: NodeId, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         if self.opts.no_xattrs || self.acl_refused(name) {
             return Err(Error::XattrUnsupported);
         }
@@ -231,7 +230,7 @@ impl Overlay {
         } else {
             value
         };
-        let at = self.upper_object(ino)?;
+        let at = self.upper_object(id)?;
         at.object().set_xattr(&stored, value, flags)?;
         if name == crate::layer::idmap::ACCESS_ACL && self.keeps_perms_in_xattrs() {
             // Setting an access ACL sets the permission bits it stands for; here they
@@ -256,8 +255,8 @@ impl Overlay {
         Ok(())
     }
 
-    /// Removes xattr `name` from `ino` (copying it up). Overlay-private names are refused.
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+    /// Removes xattr `name` from `id` (copying it up). Overlay-private names are refused.
+    pub fn removexattr(&self, id: NodeId, name: &OsStr) -> Result<()> {
         if self.opts.no_xattrs || self.acl_refused(name) {
             return Err(Error::XattrUnsupported);
         }
@@ -266,8 +265,8 @@ impl Overlay {
         };
         self.writable()?;
         // Removing what is not there must not copy anything up.
-        self.getxattr(ino, name)?;
-        Ok(self.upper_object(ino)?.object().remove_xattr(&stored)?)
+        self.getxattr(id, name)?;
+        Ok(self.upper_object(id)?.object().remove_xattr(&stored)?)
     }
 
     /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).
@@ -279,8 +278,8 @@ impl Overlay {
     }
 
     /// `fsync` of a directory's upper copy, if it has one.
-    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
-        let node = self.node(ino)?;
+    pub fn fsyncdir(&self, id: NodeId) -> Result<()> {
+        let node = self.node(id)?;
         if self.opts.sync_writes && Overlay::in_upper(&node) {
             let fd = self.dir_fd(&node, UPPER)?;
             let rd = sys::open_beneath(fd.as_fd(), b".", OFlags::RDONLY | OFlags::DIRECTORY)

@@ -18,7 +18,7 @@ use rustix::fs::OFlags;
 
 use super::{Context, Error, Overlay, Result};
 use crate::inode::{Node, ROOT};
-use crate::layer::{format, Layer, WorkDir};
+use crate::layer::{format, Ino, Layer, WorkDir};
 use crate::sys::Object;
 use crate::sys::{self, FileKind, SetTime, Stat};
 
@@ -68,7 +68,7 @@ impl Overlay {
         let parent = self.node(dir.parent())?;
         let pfd = self.upper_dir(&parent)?;
         let (name, chain) = dir.with_location(|l| (l.name.clone(), l.layers.clone()));
-        let top = *chain.first().ok_or(Error::StaleNode(dir.ino))?;
+        let top = *chain.first().ok_or(Error::StaleNode(dir.id))?;
         let src = self.dir_fd(dir, top)?;
         let st = sys::stat_fd(src.as_fd())?;
         let _dir_guard = parent.lock_dir();
@@ -85,10 +85,10 @@ impl Overlay {
         }
         let mut layers = vec![UPPER];
         layers.extend(chain);
-        self.nodes.set_layers(dir.ino, layers);
+        self.nodes.set_layers(dir.id, layers);
         // The directory is shown from its new upper copy, and its parent changed.
-        self.attrs_changed(dir.ino);
-        self.attrs_changed(parent.ino);
+        self.attrs_changed(dir.id);
+        self.attrs_changed(parent.id);
         self.dir_fd(dir, UPPER)
     }
 
@@ -110,7 +110,7 @@ impl Overlay {
         let parent = self.node(node.parent())?;
         let pfd = self.upper_dir(&parent)?;
         let (name, top) = node.with_location(|l| (l.name.clone(), l.top()));
-        let top = top.ok_or(Error::StaleNode(node.ino))?;
+        let top = top.ok_or(Error::StaleNode(node.id))?;
         let src_dir = self.dir_fd(&parent, top)?;
         let st = sys::stat_at(src_dir.as_fd(), &name)?;
         let _dir_guard = parent.lock_dir();
@@ -126,9 +126,9 @@ impl Overlay {
             return Err(e);
         }
         self.mark_impure(pfd.as_fd());
-        self.nodes.set_layers(node.ino, vec![UPPER]);
-        self.attrs_changed(node.ino);
-        self.attrs_changed(parent.ino);
+        self.nodes.set_layers(node.id, vec![UPPER]);
+        self.attrs_changed(node.id);
+        self.attrs_changed(parent.id);
         Ok(())
     }
 
@@ -176,7 +176,7 @@ impl Overlay {
         let dst = sys::open_beneath(work.fd(), tmp.as_bytes(), OFlags::PATH)?;
         let key = work.xattr(ORIGIN_INO);
         // Best effort: without it the copy shows its own inode number after a remount.
-        let _ = sys::set_xattr(dst.as_fd(), &key, node.ino.to_string().as_bytes(), 0);
+        let _ = sys::set_xattr(dst.as_fd(), &key, node.id.shown().to_origin().as_bytes(), 0);
         if self.fuse_markers && st.kind() == Some(FileKind::Regular) {
             // As fuse-overlayfs records it: the path in the layers, NUL-terminated (user
             // xattrs may be refused by the upper filesystem; fuse-overlayfs skips it then).
@@ -249,14 +249,10 @@ impl Overlay {
     }
 
     /// The `st_ino` recorded on an upper entry at copy-up, if any.
-    pub(crate) fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+    pub(crate) fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Ino> {
         let work = self.layers.work()?;
         let v = sys::get_xattr_at(dir, name, &work.xattr(ORIGIN_INO)).ok()??;
-        // The value is data in a layer, not trusted: 0 is no node id the kernel accepts
-        // (it reads an entry with node id 0 as a negative one, hiding the file) and the
-        // root's number is the root's. Either means "no origin recorded".
-        let ino: u64 = std::str::from_utf8(&v).ok()?.parse().ok()?;
-        (ino != 0 && ino != ROOT).then_some(ino)
+        Ino::from_origin(&v)
     }
 
     /// True when the upper copy of a directory is marked impure.
@@ -269,7 +265,7 @@ impl Overlay {
 
     /// The root is always merged with the upper layer: nothing to copy.
     pub(crate) fn is_root(n: &Node) -> bool {
-        n.ino == ROOT
+        n.id == ROOT
     }
 }
 

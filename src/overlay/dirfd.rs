@@ -12,6 +12,7 @@ use std::sync::Arc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::inode::NodeId;
 use crate::layer::LayerIdx;
 
 /// How many shards a sharded cache has.
@@ -27,7 +28,7 @@ pub(crate) fn lru_shards<K: std::hash::Hash + Eq, V>(
         .collect()
 }
 
-type Shard = Mutex<LruCache<(u64, LayerIdx), Arc<OwnedFd>>>;
+type Shard = Mutex<LruCache<(NodeId, LayerIdx), Arc<OwnedFd>>>;
 
 #[derive(Debug)]
 pub(crate) struct DirFdCache {
@@ -54,22 +55,22 @@ impl DirFdCache {
         cache
     }
 
-    fn shard(&self, ino: u64) -> &Shard {
+    fn shard(&self, ino: NodeId) -> &Shard {
         // Node ids of one directory's children are close together; mix before picking.
-        let h = ino.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
+        let h = ino.get().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
         &self.shards[(h as usize) % SHARDS]
     }
 
-    pub(crate) fn get(&self, ino: u64, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
+    pub(crate) fn get(&self, ino: NodeId, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
         self.shard(ino).lock().get(&(ino, layer)).cloned()
     }
 
-    pub(crate) fn put(&self, ino: u64, layer: LayerIdx, fd: Arc<OwnedFd>) {
+    pub(crate) fn put(&self, ino: NodeId, layer: LayerIdx, fd: Arc<OwnedFd>) {
         self.shard(ino).lock().put((ino, layer), fd);
     }
 
     /// Forgets every fd of node `ino` (the node was dropped, or its directory replaced).
-    pub(crate) fn drop_node(&self, ino: u64, layers: usize) {
+    pub(crate) fn drop_node(&self, ino: NodeId, layers: usize) {
         let mut shard = self.shard(ino).lock();
         for l in 0..layers {
             shard.pop(&(ino, l as LayerIdx));
@@ -107,11 +108,13 @@ mod tests {
     fn reclaim_drops_the_older_half() {
         let c = DirFdCache::new(SHARDS * 64);
         for ino in 0..64 {
-            c.put(ino, 0, fd());
+            c.put(NodeId::from_wire(ino), 0, fd());
         }
         let freed = c.reclaim();
         assert!(freed >= 32, "freed {freed}");
-        let kept = (0..64).filter(|i| c.get(*i, 0).is_some()).count();
+        let kept = (0..64)
+            .filter(|i| c.get(NodeId::from_wire(*i), 0).is_some())
+            .count();
         assert_eq!(kept + freed, 64);
     }
 

@@ -34,7 +34,7 @@ pub enum Error {
     NotFound,
     /// The node id is not (or no longer) known, or what the kernel holds for it is out of date.
     #[error("unknown node {0}")]
-    StaleNode(u64),
+    StaleNode(crate::inode::NodeId),
     /// A write on a read-only union (`ro`, or no upper layer).
     #[error("read-only union")]
     ReadOnly,
@@ -260,7 +260,7 @@ mod tests {
         vec![
             (Error::NotFound, libc::ENOENT, L::TRACE, "no such entry"),
             (
-                Error::StaleNode(7),
+                Error::StaleNode(crate::inode::NodeId::from_wire(7)),
                 libc::ESTALE,
                 L::DEBUG,
                 "unknown node 7",

@@ -9,8 +9,8 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
 use super::{Attr, Error, Overlay, Result};
-use crate::inode::{Location, Node, ObjectId, ROOT};
-use crate::layer::{LayerIdx, Probe};
+use crate::inode::{Location, Node, NodeId, ObjectId, ROOT};
+use crate::layer::{Ino, LayerIdx, LayerIno, Probe};
 use crate::sys::Object;
 use crate::sys::{FileKind, Stat};
 
@@ -23,7 +23,7 @@ pub(crate) struct Resolved {
     pub(crate) top: Stat,
     /// `st_ino` as shown (for a directory, from the bottom of its merge chain, so it stays
     /// the same when the directory is later copied up).
-    pub(crate) ino: u64,
+    pub(crate) ino: Ino,
     /// Which object the topmost copy is.
     pub(crate) object: ObjectId,
 }
@@ -34,7 +34,7 @@ impl Resolved {
     }
 
     /// Where the object was found, as the node table records it.
-    pub(crate) fn location(&self, parent: u64, name: &OsStr) -> Location {
+    pub(crate) fn location(&self, parent: NodeId, name: &OsStr) -> Location {
         Location {
             parent,
             name: name.to_os_string(),
@@ -67,10 +67,10 @@ impl Overlay {
         start: usize,
     ) -> Result<Option<Resolved>> {
         let mut found: Option<Resolved> = None;
-        let mut bottom: Option<(LayerIdx, u64)> = None;
-        let mut origin: Option<u64> = None;
+        let mut bottom: Option<LayerIno> = None;
+        let mut origin: Option<Ino> = None;
         for (pos, &li) in chain.iter().enumerate().skip(start) {
-            let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.ino))?;
+            let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.id))?;
             let dfd = match self.dir_fd(dir, li) {
                 Ok(fd) => fd,
                 Err(e) if e.is_absent() => continue,
@@ -81,16 +81,17 @@ impl Overlay {
                 Probe::Whiteout => break,
                 Probe::Found(st, born) => {
                     let is_dir = st.is_dir();
+                    let obj = LayerIno::new(li, st.ino);
                     match &mut found {
                         None => {
                             found = Some(Resolved {
                                 layers: vec![li],
                                 top: self.overridden(st, Object::At(dfd.as_fd(), name)),
-                                ino: 0,
-                                object: ObjectId::new(st.ino, born),
+                                ino: Ino::ROOT,
+                                object: ObjectId::new(obj, born),
                             });
                             if !is_dir {
-                                bottom = Some((li, st.ino));
+                                bottom = Some(obj);
                                 if layer.upper {
                                     origin = self.origin_ino(dfd.as_fd(), name);
                                 }
@@ -105,7 +106,7 @@ impl Overlay {
                             r.layers.push(li);
                         }
                     }
-                    bottom = Some((li, st.ino));
+                    bottom = Some(obj);
                     if pos + 1 < chain.len()
                         && (self.child_is_opaque(dfd.as_fd(), li, name)?
                             || crate::layer::dot_whiteout_exists(dfd.as_fd(), name)?)
@@ -118,12 +119,11 @@ impl Overlay {
         Ok(found.map(|mut r| {
             if let Some(ino) = origin {
                 r.ino = ino;
-            } else if let Some((li, ino)) = bottom {
+            } else if let Some(obj) = bottom {
                 r.ino = if r.top.is_dir() {
-                    let fs = self.layers.get(li).map(|l| l.fs_index).unwrap_or(0);
-                    self.layers.ino.compose(fs, ino)
+                    self.layers.shown_ino(obj)
                 } else {
-                    self.nondir_ino(li, ino, r.top.nlink, dir.ino, name)
+                    self.nondir_ino(obj, r.top.nlink, dir.id, name)
                 };
             }
             r
@@ -140,45 +140,36 @@ impl Overlay {
         Ok(layer.is_opaque(parent, name)?)
     }
 
-    /// `st_ino` of a non-directory found in layer `li` with inode number `ino`.
+    /// `st_ino` of non-directory `obj` (with `nlink` links) found as `name` in `dir`.
     ///
     /// In a writable union each name of a lower hard link is its own object (a copy-up breaks
     /// the link, as the kernel's overlayfs does without `index`), so it cannot share a FUSE
     /// node with the other names: its number is derived from the inode, the directory and
     /// the name, the same in lookups and listings and across remounts.
-    pub(crate) fn nondir_ino(
-        &self,
-        li: LayerIdx,
-        ino: u64,
-        nlink: u32,
-        dir: u64,
-        name: &OsStr,
-    ) -> u64 {
-        let Some(layer) = self.layers.get(li) else {
-            return ino;
+    pub(crate) fn nondir_ino(&self, obj: LayerIno, nlink: u32, dir: NodeId, name: &OsStr) -> Ino {
+        let Some(layer) = self.layers.get(obj.layer) else {
+            return self.layers.shown_ino(obj);
         };
         if nlink > 1 && !layer.upper && !self.opts.read_only && self.layers.upper().is_some() {
             let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            let bytes = ino
+            let bytes = obj
+                .ino
                 .to_le_bytes()
                 .into_iter()
-                .chain(dir.to_le_bytes())
+                .chain(dir.get().to_le_bytes())
                 .chain(std::os::unix::ffi::OsStrExt::as_bytes(name).iter().copied());
             for b in bytes {
                 h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
             }
+            // A number standing for this name's own inode (see above).
             self.layers.ino.compose(layer.fs_index, h | (1 << 63))
         } else {
-            self.layers.ino.compose(layer.fs_index, ino)
+            self.layers.shown_ino(obj)
         }
     }
 
-    pub(crate) fn attr_of(&self, r: &Resolved) -> Attr {
-        self.attr_from(r.ino, &r.top, r.layers.len() > 1)
-    }
-
     /// Looks `name` up in directory `parent`, counting one kernel reference on the result.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Attr> {
         Overlay::check_name(name)?;
         let dir = self.node(parent)?;
         if dir.kind != FileKind::Directory {
@@ -187,13 +178,13 @@ impl Overlay {
         let Some(seen) = dir.quiet_version() else {
             return self.lookup_in(&dir, name, None);
         };
-        if self.negative.is_missing(dir.ino, seen, name) {
+        if self.negative.is_missing(dir.id, seen, name) {
             return Err(Error::NotFound);
         }
         let r = self.lookup_in(&dir, name, None);
         // Missing, and no change in the directory meanwhile: missing at that version.
         if matches!(r, Err(Error::NotFound)) && dir.dir_version() == seen {
-            self.negative.remember_missing(dir.ino, seen, name);
+            self.negative.remember_missing(dir.id, seen, name);
         }
         r
     }
@@ -204,7 +195,7 @@ impl Overlay {
     /// the top, as a lookup does.
     pub fn lookup_entry(
         &self,
-        parent: u64,
+        parent: NodeId,
         listing: &super::Listing,
         entry: &super::DirEntry,
     ) -> Result<Attr> {
@@ -233,7 +224,7 @@ impl Overlay {
                 .ok_or(Error::NotFound)?;
             #[cfg(test)]
             tests::BETWEEN.with(crate::test_hook::Hook::fire);
-            let loc = r.location(dir.ino, name);
+            let loc = r.location(dir.id, name);
             if let Ok(node) = self
                 .nodes
                 .remember_if(r.ino, r.kind(), loc, || dir.dir_version() == seen)
@@ -246,11 +237,11 @@ impl Overlay {
         let r = self
             .resolve_in(dir, &chain, name, 0)?
             .ok_or(Error::NotFound)?;
-        Ok(self.remember(dir.ino, name, &r))
+        Ok(self.remember(dir.id, name, &r))
     }
 
     /// Registers a resolved child with the node table and returns its attributes.
-    pub(crate) fn remember(&self, parent: u64, name: &OsStr, r: &Resolved) -> Attr {
+    pub(crate) fn remember(&self, parent: NodeId, name: &OsStr, r: &Resolved) -> Attr {
         let node = self
             .nodes
             .remember(r.ino, r.kind(), r.location(parent, name));
@@ -259,10 +250,8 @@ impl Overlay {
 
     /// The attributes of `r`, recorded as `node`.
     fn attr_for(&self, node: &Node, r: &Resolved) -> Attr {
-        let mut attr = self.attr_of(r);
-        attr.node = node.ino;
-        attr.ino = self.shown_ino(node.ino, r.layers.first().copied(), &r.top);
-        attr
+        let ino = self.shown_ino(node.id, r.layers.first().copied(), &r.top);
+        self.attr_from(node.id, ino, &r.top, r.layers.len() > 1)
     }
 
     /// The `st_ino` shown for node `node`, whose object is found in layer `layer` with
@@ -270,25 +259,27 @@ impl Overlay {
     /// is its own node (a copy-up of one name must not change the others), but until it is
     /// copied up every name reports the lower file's number, as the kernel's overlayfs does
     /// without `index`, so tools that find links by `st_ino` and `st_nlink` see one file.
-    pub(crate) fn shown_ino(&self, node: u64, layer: Option<LayerIdx>, st: &Stat) -> u64 {
-        match layer.and_then(|li| self.layers.get(li)) {
-            Some(l)
-                if st.nlink > 1
-                    && !l.upper
-                    && st.kind() != Some(FileKind::Directory)
-                    && self.splits_lower_links() =>
-            {
-                self.layers.ino.compose(l.fs_index, st.ino)
-            }
-            _ => node,
-        }
+    pub(crate) fn shown_ino(&self, node: NodeId, layer: Option<LayerIdx>, st: &Stat) -> Ino {
+        self.lower_link_ino(layer, st).unwrap_or(node.shown())
     }
 
-    /// Drops `n` kernel references to `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
-        if self.nodes.forget(ino, n) {
-            self.dirfds.drop_node(ino, self.layers.len());
-            self.listings.remove(ino);
+    /// The lower file's number, which every name of a lower hard link in a writable union
+    /// shows (see [`Overlay::shown_ino`]), when `st` (found in `layer`) is one.
+    pub(crate) fn lower_link_ino(&self, layer: Option<LayerIdx>, st: &Stat) -> Option<Ino> {
+        let li = layer?;
+        let l = self.layers.get(li)?;
+        (st.nlink > 1
+            && !l.upper
+            && st.kind() != Some(FileKind::Directory)
+            && self.splits_lower_links())
+        .then(|| self.layers.shown_ino(LayerIno::new(li, st.ino)))
+    }
+
+    /// Drops `n` kernel references to node `id`.
+    pub fn forget(&self, id: NodeId, n: u64) {
+        if self.nodes.forget(id, n) {
+            self.dirfds.drop_node(id, self.layers.len());
+            self.listings.remove(id);
         }
     }
 
@@ -299,14 +290,14 @@ impl Overlay {
     /// the request was on its way leaves a whiteout or another object at the name, whose
     /// attributes (a character device) would make the kernel take the inode for bad (EIO).
     /// A dead node whose object was kept is stat'ed through it.
-    pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let node = match self.reach(ino)? {
+    pub fn getattr(&self, id: NodeId) -> Result<Attr> {
+        let node = match self.reach(id)? {
             super::Reach::Kept(node, fd) => return self.kept_attr(&node, &fd),
             super::Reach::Named(node) => node,
         };
         // One snapshot: a rename moves parent, name and layers together.
         let loc = node.location();
-        let top = loc.top().ok_or(Error::StaleNode(ino))?;
+        let top = loc.top().ok_or(Error::StaleNode(id))?;
         let st = if node.kind == FileKind::Directory {
             let fd = self.dir_fd(&node, top)?;
             self.overridden(crate::sys::stat_fd(fd.as_fd())?, Object::Fd(fd.as_fd()))
@@ -329,28 +320,27 @@ impl Overlay {
             }
             if loc.object.is_none() && seen.is_some_and(|v| parent.dir_version() == v) {
                 // Not known since a copy-up, and no change in the directory meanwhile.
-                let object = ObjectId::new(raw.ino, born);
-                self.nodes.learn_object(ino, &loc, object);
+                let object = ObjectId::new(LayerIno::new(top, raw.ino), born);
+                self.nodes.learn_object(id, &loc, object);
             }
             st
         };
-        let mut attr = self.attr_from(node.ino, &st, loc.layers.len() > 1);
-        attr.ino = self.shown_ino(node.ino, loc.top(), &st);
-        Ok(attr)
+        let ino = self.shown_ino(node.id, loc.top(), &st);
+        Ok(self.attr_from(node.id, ino, &st, loc.layers.len() > 1))
     }
 
     /// Resolves a `/`-separated path of the merged view (relative to its root) and tells
     /// which layers provide it. Each step is a lookup that is forgotten again at the end.
     pub fn provenance(&self, path: &OsStr) -> Result<Provenance> {
-        let mut taken: Vec<u64> = Vec::new();
+        let mut taken: Vec<NodeId> = Vec::new();
         let out = self.provenance_walk(path, &mut taken);
-        for ino in taken {
-            self.forget(ino, 1);
+        for id in taken {
+            self.forget(id, 1);
         }
         out
     }
 
-    fn provenance_walk(&self, path: &OsStr, taken: &mut Vec<u64>) -> Result<Provenance> {
+    fn provenance_walk(&self, path: &OsStr, taken: &mut Vec<NodeId>) -> Result<Provenance> {
         let mut cur = ROOT;
         for comp in std::path::Path::new(path).components() {
             let name = match comp {
@@ -383,29 +373,28 @@ impl Overlay {
 }
 
 impl Overlay {
-    /// The parent of node `ino` (the root for the root, or for a node no longer known).
-    pub fn parent_of(&self, ino: u64) -> u64 {
-        self.nodes.get(ino).map(|n| n.parent()).unwrap_or(ROOT)
+    /// The parent of node `id` (the root for the root, or for a node no longer known).
+    pub fn parent_of(&self, id: NodeId) -> NodeId {
+        self.nodes.get(id).map(|n| n.parent()).unwrap_or(ROOT)
     }
 }
 
 impl Overlay {
-    /// The attributes of `ino` read from an open fd on it (which works after an unlink).
-    pub fn attr_of_fd(&self, ino: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
-        let node = self.node(ino)?;
+    /// The attributes of node `id` read from an open fd on it (which works after an unlink).
+    pub fn attr_of_fd(&self, id: NodeId, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
+        let node = self.node(id)?;
         let st = self.overridden(crate::sys::stat_fd(fd)?, Object::Fd(fd));
         let (merged, top) = node.with_location(|l| (l.layers.len() > 1, l.top()));
-        let mut a = self.attr_from(node.ino, &st, merged);
-        a.ino = self.shown_ino(node.ino, top, &st);
-        Ok(a)
+        let ino = self.shown_ino(node.id, top, &st);
+        Ok(self.attr_from(node.id, ino, &st, merged))
     }
 }
 
 impl Overlay {
-    /// True when node `ino` now lives in the upper layer.
-    pub fn is_copied_up(&self, ino: u64) -> bool {
+    /// True when node `id` now lives in the upper layer.
+    pub fn is_copied_up(&self, id: NodeId) -> bool {
         self.nodes
-            .get(ino)
+            .get(id)
             .map(|n| n.with_location(|l| l.top() == Some(0)) && self.layers.upper().is_some())
             .unwrap_or(false)
     }
@@ -451,9 +440,9 @@ mod tests {
         // Resolved before the rename, recorded after it: retaken, and "a" is gone.
         let again = ov.lookup(ROOT, OsStr::new("a"));
         assert!(again.is_err(), "{again:?}");
-        let node = ov.nodes.get(a.ino).unwrap();
+        let node = ov.nodes.get(a.node).unwrap();
         assert_eq!(node.location().name, "b");
-        assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
+        assert_eq!(ov.getattr(a.node).unwrap().size, 4);
     }
 
     /// A name found missing is remembered for that version of its directory only: each way
@@ -487,7 +476,7 @@ mod tests {
         assert!(!missing(ROOT, "n"));
         // Renamed into the directory.
         assert!(missing(ROOT, "m"));
-        let d = ov.lookup(ROOT, OsStr::new("d")).unwrap().ino;
+        let d = ov.lookup(ROOT, OsStr::new("d")).unwrap().node;
         ov.create(d, OsStr::new("x"), file(), 0o644, caller)
             .unwrap();
         ov.rename(d, OsStr::new("x"), ROOT, OsStr::new("m"), RenameFlag::Plain)
@@ -495,7 +484,7 @@ mod tests {
         assert!(!missing(ROOT, "m"));
         // Linked into it.
         assert!(missing(ROOT, "l"));
-        let src = ov.lookup(ROOT, OsStr::new("src")).unwrap().ino;
+        let src = ov.lookup(ROOT, OsStr::new("src")).unwrap().node;
         ov.link(src, ROOT, OsStr::new("l")).unwrap();
         assert!(!missing(ROOT, "l"));
     }
@@ -515,7 +504,7 @@ mod tests {
         let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
         let b = ov.lookup(ROOT, OsStr::new("b")).unwrap();
         let s = ov.lookup(ROOT, OsStr::new("s")).unwrap();
-        assert_eq!(ov.readlink(s.ino).unwrap(), b"mine");
+        assert_eq!(ov.readlink(s.node).unwrap(), b"mine");
         let u = t.path().join("u");
         std::fs::remove_file(u.join("a")).unwrap();
         rustix::fs::mknodat(
@@ -527,25 +516,25 @@ mod tests {
         )
         .unwrap();
         let errno = |r: super::Result<()>| r.map_err(|e| e.errno());
-        assert_eq!(errno(ov.getattr(a.ino).map(|_| ())), Err(libc::ESTALE));
+        assert_eq!(errno(ov.getattr(a.node).map(|_| ())), Err(libc::ESTALE));
         assert_eq!(
-            errno(ov.open(a.ino, libc::O_RDONLY).map(|_| ())),
+            errno(ov.open(a.node, libc::O_RDONLY).map(|_| ())),
             Err(libc::ESTALE)
         );
         // Another object at the name (replaced behind the mount) is not the node's either.
         std::fs::remove_file(u.join("b")).unwrap();
         std::fs::write(u.join("b.new"), "intruder").unwrap();
         std::fs::rename(u.join("b.new"), u.join("b")).unwrap();
-        assert_eq!(errno(ov.getattr(b.ino).map(|_| ())), Err(libc::ESTALE));
+        assert_eq!(errno(ov.getattr(b.node).map(|_| ())), Err(libc::ESTALE));
         assert_eq!(
-            errno(ov.open(b.ino, libc::O_RDONLY).map(|_| ())),
+            errno(ov.open(b.node, libc::O_RDONLY).map(|_| ())),
             Err(libc::ESTALE)
         );
         // Nor is another symlink's target the node's.
         std::fs::remove_file(u.join("s")).unwrap();
         std::os::unix::fs::symlink("someone else's", u.join("s2")).unwrap();
         std::fs::rename(u.join("s2"), u.join("s")).unwrap();
-        assert_eq!(errno(ov.readlink(s.ino).map(|_| ())), Err(libc::ESTALE));
+        assert_eq!(errno(ov.readlink(s.node).map(|_| ())), Err(libc::ESTALE));
     }
 
     /// An open for writing reaches its file by its path: one that found another object
@@ -562,7 +551,7 @@ mod tests {
         let u = t.path().join("u");
         std::fs::write(u.join("b.new"), "someone else's").unwrap();
         std::fs::rename(u.join("b.new"), u.join("b")).unwrap();
-        let r = ov.open(b.ino, libc::O_WRONLY | libc::O_TRUNC);
+        let r = ov.open(b.node, libc::O_WRONLY | libc::O_TRUNC);
         assert_eq!(r.map(|_| ()).map_err(|e| e.errno()), Err(libc::ESTALE));
         assert_eq!(std::fs::read(u.join("b")).unwrap(), b"someone else's");
     }
@@ -581,27 +570,27 @@ mod tests {
         let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
         // The node is told of a move that did not happen.
         ov.nodes
-            .relocate(a.ino, (ROOT, OsStr::new("a")), ROOT, "elsewhere".into());
+            .relocate(a.node, (ROOT, OsStr::new("a")), ROOT, "elsewhere".into());
         fn errno<T>(r: super::Result<T>) -> Result<(), i32> {
             r.map(|_| ()).map_err(|e| e.errno())
         }
-        assert_eq!(errno(ov.getattr(a.ino)), Err(libc::ESTALE));
-        assert_eq!(errno(ov.open(a.ino, libc::O_RDONLY)), Err(libc::ESTALE));
+        assert_eq!(errno(ov.getattr(a.node)), Err(libc::ESTALE));
+        assert_eq!(errno(ov.open(a.node, libc::O_RDONLY)), Err(libc::ESTALE));
         assert_eq!(ov.lookup(ROOT, OsStr::new("a")).unwrap().ino, a.ino);
-        assert_eq!(ov.getattr(a.ino).unwrap().size, 4);
+        assert_eq!(ov.getattr(a.node).unwrap().size, 4);
         ov.unlink(ROOT, OsStr::new("a")).unwrap();
-        let gone = ov.getattr(a.ino).unwrap();
+        let gone = ov.getattr(a.node).unwrap();
         assert_eq!((gone.size, gone.nlink), (4, 0));
         let mut s = String::new();
         std::io::Read::read_to_string(
-            &mut std::fs::File::from(ov.open(a.ino, libc::O_RDONLY).unwrap().fd),
+            &mut std::fs::File::from(ov.open(a.node, libc::O_RDONLY).unwrap().fd),
             &mut s,
         )
         .unwrap();
         assert_eq!(s, "data");
         // Without the kept object (dropped by a revival), a retired node is gone.
-        ov.nodes.revive(a.ino);
-        ov.retire(a.ino);
-        assert_eq!(errno(ov.getattr(a.ino)), Err(libc::ENOENT));
+        ov.nodes.revive(a.node);
+        ov.retire(a.node);
+        assert_eq!(errno(ov.getattr(a.node)), Err(libc::ENOENT));
     }
 }

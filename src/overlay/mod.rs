@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::MountConfig;
-use crate::inode::{Location, Node, NodeTable, ObjectId, ROOT};
-use crate::layer::{LayerIdx, LayerStack};
+use crate::inode::{Location, Node, NodeId, NodeTable, ObjectId, ROOT};
+use crate::layer::{Ino, LayerIdx, LayerIno, LayerStack};
 use crate::sys::{FileKind, Stat};
 
 pub use attr::SetAttr;
@@ -65,10 +65,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
     /// The node id the kernel knows the object by.
-    pub node: u64,
+    pub node: NodeId,
     /// `st_ino` as shown: the node id, except for a name of a lower hard link in a writable
     /// union, which is its own node but shows the lower file's number.
-    pub ino: u64,
+    pub ino: Ino,
     /// File type.
     pub kind: FileKind,
     /// Permission bits.
@@ -221,14 +221,14 @@ impl Overlay {
         let _ = self.kernel.set(dev);
     }
 
-    /// The attributes of node `ino` changed behind the kernel's back: a copy-up, or the
+    /// The attributes of node `id` changed behind the kernel's back: a copy-up, or the
     /// front end dropping setuid/setgid bits after a write (no reply to a write carries
     /// attributes, so the kernel would keep showing, and executing with, the cached mode).
-    pub fn attrs_changed(&self, ino: u64) {
+    pub fn attrs_changed(&self, id: NodeId) {
         if let Some(dev) = self.kernel.get() {
             // ENOENT: the kernel does not hold the node, so caches nothing of it.
-            if let Err(e) = crate::sys::fuse_notify_inval_attrs(dev.as_fd(), ino) {
-                tracing::debug!(ino, error = %e, "attribute invalidation not sent");
+            if let Err(e) = crate::sys::fuse_notify_inval_attrs(dev.as_fd(), id.get()) {
+                tracing::debug!(ino = id.get(), error = %e, "attribute invalidation not sent");
             }
         }
     }
@@ -298,7 +298,8 @@ impl Overlay {
     }
 
     /// Nodes to ask the kernel to prune, when the table is over its limit: cold ones (unused
-    /// since the last call), enough to bring it a fifth under the limit.
+    /// since the last call), enough to bring it a fifth under the limit. As the
+    /// notification's wire format carries them (node ids).
     pub fn prune_candidates(&self) -> Vec<u64> {
         let n = self.nodes.len();
         let want = if n > self.opts.node_limit {
@@ -306,7 +307,7 @@ impl Overlay {
         } else {
             0
         };
-        self.nodes.cold(want)
+        self.nodes.cold(want).into_iter().map(NodeId::get).collect()
     }
 
     /// How many nodes the kernel currently holds.
@@ -314,19 +315,19 @@ impl Overlay {
         self.nodes.len()
     }
 
-    fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        self.nodes.get(ino).ok_or(Error::StaleNode(ino))
+    fn node(&self, id: NodeId) -> Result<Arc<Node>> {
+        self.nodes.get(id).ok_or(Error::StaleNode(id))
     }
 
-    /// Node `ino` for an operation that reaches its object by name. A node whose object was
+    /// Node `id` for an operation that reaches its object by name. A node whose object was
     /// removed through the mount (the kernel may still hold it: an `O_PATH` fd, a lookup
     /// racing with the unlink) has no name any more; what its old name holds now (a
     /// whiteout, a new object) is not it. When the name holds another object, the kernel
     /// reached the node through a stale dentry (a readdirplus reply overtaken by a rename,
     /// a node retired by [`Overlay::retire`]): `ESTALE` makes it walk the path again with
     /// a fresh lookup, for every path-based call. Otherwise the answer is `ENOENT`.
-    fn named(&self, ino: u64) -> Result<Arc<Node>> {
-        let node = self.node(ino)?;
+    fn named(&self, id: NodeId) -> Result<Arc<Node>> {
+        let node = self.node(id)?;
         if node.is_dead() {
             return Err(self.gone(&node));
         }
@@ -337,19 +338,19 @@ impl Overlay {
     /// now holds another object, else `ENOENT`.
     fn gone(&self, node: &Node) -> Error {
         if self.name_taken(node) {
-            Error::StaleNode(node.ino)
+            Error::StaleNode(node.id)
         } else {
             Error::NotFound
         }
     }
 
-    /// Node `ino` for a request that reads its object. A dead node whose object was kept
+    /// Node `id` for a request that reads its object. A dead node whose object was kept
     /// when its last name was removed (see [`crate::inode::NodeTable::mark_dead_keeping`])
     /// comes with that object: the request raced with the removal, and reaches what the
     /// kernel's overlayfs inode would still hold. Other dead nodes answer as
     /// [`Overlay::named`] does.
-    fn reach(&self, ino: u64) -> Result<Reach> {
-        let node = self.node(ino)?;
+    fn reach(&self, id: NodeId) -> Result<Reach> {
+        let node = self.node(id)?;
         if node.is_dead() {
             return match self.nodes.kept(&node) {
                 Some(fd) => Ok(Reach::Kept(node, fd)),
@@ -374,8 +375,9 @@ impl Overlay {
         if crate::layer::format::is_whiteout_stat(st) || shown != Some(node.kind) {
             return false;
         }
+        let top = loc.top().unwrap_or(0);
         loc.object
-            .is_none_or(|was| was == ObjectId::new(st.ino, born))
+            .is_none_or(|was| was == ObjectId::new(LayerIno::new(top, st.ino), born))
     }
 
     /// The answer when what `node`'s recorded name holds is not its object: `ESTALE` for a
@@ -386,7 +388,7 @@ impl Overlay {
         if node.is_dead() {
             self.gone(node)
         } else {
-            Error::StaleNode(node.ino)
+            Error::StaleNode(node.id)
         }
     }
 
@@ -396,8 +398,7 @@ impl Overlay {
             crate::sys::stat_fd(fd.as_fd())?,
             crate::sys::Object::Fd(fd.as_fd()),
         );
-        let mut a = self.attr_from(node.ino, &st, false);
-        a.ino = node.ino;
+        let mut a = self.attr_from(node.id, node.id.shown(), &st, false);
         if node.kind != FileKind::Directory {
             a.nlink = 0;
         }
@@ -414,12 +415,12 @@ impl Overlay {
         matches!(self.resolve_in(&dir, &chain, &name, 0), Ok(Some(_)))
     }
 
-    /// Gives node `ino` up while the kernel may still hold it (its open files keep working):
+    /// Gives node `id` up while the kernel may still hold it (its open files keep working):
     /// requests reaching it by name get `ESTALE`, and the next lookup of its name makes a
     /// new node. Used when an open cannot share the passthrough backing file of the
     /// node's earlier opens (see `fuse::NodeIo`).
-    pub fn retire(&self, ino: u64) {
-        self.nodes.mark_dead(ino);
+    pub fn retire(&self, id: NodeId) {
+        self.nodes.mark_dead(id);
     }
 
     /// `r`, the result of reaching `node` by its recorded name. If the node died meanwhile,
@@ -435,7 +436,7 @@ impl Overlay {
         }
         match r {
             Err(e) if e.os_error().and_then(io::Error::raw_os_error) == Some(libc::ENOENT) => {
-                Err(Error::StaleNode(node.ino))
+                Err(Error::StaleNode(node.id))
             }
             r => r,
         }
@@ -445,7 +446,7 @@ impl Overlay {
     fn rel_path(&self, node: &Node) -> Result<Vec<u8>> {
         let mut names: Vec<std::ffi::OsString> = Vec::new();
         let (mut parent, name) = node.with_location(|l| (l.parent, l.name.clone()));
-        if node.ino != ROOT {
+        if node.id != ROOT {
             names.push(name);
         }
         let mut hops = 0usize;
@@ -479,14 +480,14 @@ impl Overlay {
     /// with `ENAMETOOLONG` from PATH_MAX bytes on, where the kernel's overlayfs, walking
     /// one name at a time, goes on). Every directory opened on the way is cached.
     fn dir_fd(&self, node: &Node, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.dirfds.get(node.ino, layer) {
+        if let Some(fd) = self.dirfds.get(node.id, layer) {
             return Ok(fd);
         }
-        let l = self.layers.get(layer).ok_or(Error::StaleNode(node.ino))?;
+        let l = self.layers.get(layer).ok_or(Error::StaleNode(node.id))?;
         // (node id, name) from `node` up to the child of the nearest cached ancestor.
-        let mut chain: Vec<(u64, std::ffi::OsString)> = Vec::new();
+        let mut chain: Vec<(NodeId, std::ffi::OsString)> = Vec::new();
         let mut start = None;
-        let mut cur = node.ino;
+        let mut cur = node.id;
         let (mut parent, mut name) = node.with_location(|l| (l.parent, l.name.clone()));
         while cur != ROOT {
             chain.push((cur, name));
@@ -510,9 +511,9 @@ impl Overlay {
                 root
             }
         };
-        for (ino, name) in chain.iter().rev() {
+        for (id, name) in chain.iter().rev() {
             let next = Arc::new(crate::sys::open_dir_path(fd.as_fd(), name.as_bytes())?);
-            self.dirfds.put(*ino, layer, Arc::clone(&next));
+            self.dirfds.put(*id, layer, Arc::clone(&next));
             fd = next;
         }
         Ok(fd)
@@ -522,7 +523,7 @@ impl Overlay {
     /// root: its own fd and an empty name). Opening that name under the fd never depends
     /// on the node's depth (see [`Overlay::dir_fd`]).
     fn place_in(&self, node: &Node, layer: LayerIdx) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
-        if node.ino == ROOT {
+        if node.id == ROOT {
             return Ok((self.dir_fd(node, layer)?, Vec::new()));
         }
         let parent = self.node(node.parent())?;
@@ -536,8 +537,8 @@ impl Overlay {
     fn object_at(&self, node: &Node) -> Result<ObjectAt> {
         let top = node
             .with_location(|l| l.top())
-            .ok_or(Error::StaleNode(node.ino))?;
-        if node.ino == ROOT {
+            .ok_or(Error::StaleNode(node.id))?;
+        if node.id == ROOT {
             return Ok(ObjectAt {
                 dir: self.dir_fd(node, top)?,
                 name: std::ffi::OsString::new(),
@@ -550,7 +551,8 @@ impl Overlay {
         })
     }
 
-    fn attr_from(&self, ino: u64, st: &Stat, merged_dir: bool) -> Attr {
+    /// The attributes of node `node`, showing `ino`, from `st`.
+    fn attr_from(&self, node: NodeId, ino: Ino, st: &Stat, merged_dir: bool) -> Attr {
         let kind = st.kind().unwrap_or(FileKind::Regular);
         let nlink = if kind == FileKind::Directory && (merged_dir || self.opts.static_nlink) {
             1
@@ -558,7 +560,7 @@ impl Overlay {
             st.nlink
         };
         Attr {
-            node: ino,
+            node,
             ino,
             kind,
             perm: st.perm(),

@@ -16,8 +16,9 @@ use rustix::fs::OFlags;
 use super::copyup::UPPER;
 
 use super::{Attr, Context, Error, Overlay, Result};
-use crate::inode::{Location, Node, ObjectId};
+use crate::inode::{Location, Node, NodeId, ObjectId};
 use crate::layer::idmap::DEFAULT_ACL;
+use crate::layer::LayerIno;
 use crate::layer::{format, WhiteoutFormat};
 use crate::sys::Object;
 use crate::sys::{self, FileKind, RenameMode};
@@ -212,7 +213,7 @@ impl Overlay {
     /// reference taken) and, for a file, the open fd.
     pub fn create(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         obj: NewObject,
         mode: u32,
@@ -346,24 +347,18 @@ impl Overlay {
         let (raw, born) = sys::stat_at_born(pfd.as_fd(), name)?;
         let st = self.overridden(raw, Object::At(pfd.as_fd(), name));
         let kind = st.kind().unwrap_or(FileKind::Regular);
-        let ino = self
-            .layers
-            .get(UPPER)
-            .map(|l| self.layers.ino.compose(l.fs_index, st.ino))
-            .unwrap_or(st.ino);
+        let obj = LayerIno::new(UPPER, raw.ino);
         let node = self.nodes.remember(
-            ino,
+            self.layers.shown_ino(obj),
             kind,
             Location {
                 parent,
                 name: name.to_os_string(),
                 layers: vec![UPPER],
-                object: Some(ObjectId::new(raw.ino, born)),
+                object: Some(ObjectId::new(obj, born)),
             },
         );
-        let mut attr = self.attr_from(node.ino, &st, false);
-        attr.ino = node.ino;
-        Ok((attr, fd))
+        Ok((self.attr_from(node.id, node.id.shown(), &st, false), fd))
     }
 
     /// Creates the object as `name` in `dir` with permissions `perm` and owner `uid`:`gid`,
@@ -466,16 +461,16 @@ impl Overlay {
     }
 
     /// Removes non-directory `name` from `parent`.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+    pub fn unlink(&self, parent: NodeId, name: &OsStr) -> Result<()> {
         self.remove(parent, name, false)
     }
 
     /// Removes empty directory `name` from `parent`.
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+    pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> Result<()> {
         self.remove(parent, name, true)
     }
 
-    fn remove(&self, parent: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+    fn remove(&self, parent: NodeId, name: &OsStr, want_dir: bool) -> Result<()> {
         Overlay::check_name(name)?;
         self.writable()?;
         let dir = self.node(parent)?;
@@ -540,7 +535,7 @@ impl Overlay {
                 dfd.ok()
                     .and_then(|d| sys::open_beneath(d.as_fd(), name.as_bytes(), OFlags::PATH).ok())
             };
-            self.nodes.mark_dead_keeping(n.ino, kept);
+            self.nodes.mark_dead_keeping(n.id, kept);
         }
         let slot = if on_upper {
             self.upper_slot(pfd.as_fd(), name)
@@ -555,25 +550,25 @@ impl Overlay {
         };
         if let Err(e) = removed {
             if let Some(n) = dying {
-                self.nodes.revive(n.ino);
+                self.nodes.revive(n.id);
             }
             return Err(e);
         }
         if let Some(n) = node {
             if is_dir {
-                self.dirfds.drop_node(n.ino, self.layers.len());
+                self.dirfds.drop_node(n.id, self.layers.len());
             } else {
-                self.nodes.drop_name(n.ino, parent, name);
+                self.nodes.drop_name(n.id, parent, name);
             }
         }
         Ok(())
     }
 
     /// Adds a hard link `newname` in `newparent` to non-directory `ino`, copying it up first.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+    pub fn link(&self, id: NodeId, newparent: NodeId, newname: &OsStr) -> Result<Attr> {
         check_component(newname)?;
         let (_, work) = self.writable()?;
-        let node = self.named(ino)?;
+        let node = self.named(id)?;
         if node.kind == FileKind::Directory {
             return Err(Error::NotPermitted("hard link to a directory"));
         }
@@ -615,7 +610,7 @@ impl Overlay {
             Object::At(npfd.as_fd(), newname),
         );
         let n = self.nodes.remember(
-            node.ino,
+            node.id.shown(),
             node.kind,
             Location {
                 parent: newparent,
@@ -624,17 +619,15 @@ impl Overlay {
                 object: None,
             },
         );
-        let mut attr = self.attr_from(n.ino, &st, false);
-        attr.ino = n.ino;
-        Ok(attr)
+        Ok(self.attr_from(n.id, n.id.shown(), &st, false))
     }
 
     /// Renames `name` in `parent` to `newname` in `newparent`.
     pub fn rename(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
-        newparent: u64,
+        newparent: NodeId,
         newname: &OsStr,
         flag: RenameFlag,
     ) -> Result<()> {
@@ -670,7 +663,7 @@ impl Overlay {
     }
 
     /// The node id a name of `dir` resolves to now (call with `dir`'s lock held).
-    fn current_id(&self, dir: &Node, name: &OsStr) -> Result<Option<u64>> {
+    fn current_id(&self, dir: &Node, name: &OsStr) -> Result<Option<NodeId>> {
         let chain = dir.with_location(|l| l.layers.clone());
         Ok(self
             .resolve_in(dir, &chain, name, 0)?
@@ -699,7 +692,7 @@ impl Overlay {
             _ => {}
         }
         if let Some(d) = &dst {
-            if d.ino == src.ino {
+            if d.id == src.id {
                 // Two names of one file: POSIX says rename does nothing.
                 return Ok(());
             }
@@ -718,7 +711,7 @@ impl Overlay {
                 ) {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
-                    (true, true) if !self.read_dir(d.ino)?.is_empty() => {
+                    (true, true) if !self.read_dir(d.id)?.is_empty() => {
                         return Err(Error::NotEmpty);
                     }
                     _ => {}
@@ -727,12 +720,12 @@ impl Overlay {
         }
         // A directory cannot move below itself.
         if src.kind == FileKind::Directory {
-            let mut p = ddir.ino;
+            let mut p = ddir.id;
             loop {
-                if p == src.ino {
+                if p == src.id {
                     return Err(Error::Invalid("a directory cannot move below itself"));
                 }
-                if Overlay::is_root_ino(p) {
+                if Overlay::is_root_id(p) {
                     break;
                 }
                 p = self.parent_of(p);
@@ -744,17 +737,17 @@ impl Overlay {
         }
         let spfd = self.upper_dir(sdir)?;
         let dpfd = self.upper_dir(ddir)?;
-        let (_g1, _g2) = if sdir.ino == ddir.ino {
+        let (_g1, _g2) = if sdir.id == ddir.id {
             (Some(sdir.lock_dir()), None)
-        } else if sdir.ino < ddir.ino {
+        } else if sdir.id < ddir.id {
             let a = sdir.lock_dir();
             (Some(a), Some(ddir.lock_dir()))
         } else {
             let b = ddir.lock_dir();
             (Some(sdir.lock_dir()), Some(b))
         };
-        if self.current_id(sdir, name)? != Some(src.ino)
-            || self.current_id(ddir, newname)? != dst.as_ref().map(|d| d.ino)
+        if self.current_id(sdir, name)? != Some(src.id)
+            || self.current_id(ddir, newname)? != dst.as_ref().map(|d| d.id)
         {
             return Err(Error::Raced);
         }
@@ -778,10 +771,10 @@ impl Overlay {
                 RenameMode::Exchange,
             )?;
             self.nodes
-                .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());
+                .relocate(src.id, (sdir.id, name), ddir.id, newname.to_os_string());
             if let Some(d) = &dst {
                 self.nodes
-                    .relocate(d.ino, (ddir.ino, newname), sdir.ino, name.to_os_string());
+                    .relocate(d.id, (ddir.id, newname), sdir.id, name.to_os_string());
             }
             self.mark_impure(dpfd.as_fd());
             self.mark_impure(spfd.as_fd());
@@ -800,7 +793,7 @@ impl Overlay {
             None => false,
         };
         if let (Some(d), true) = (&dst, dst_dies) {
-            self.nodes.mark_dead(d.ino);
+            self.nodes.mark_dead(d.id);
         }
         // A directory moved onto a name a lower layer holds must hide it, whatever hid it
         // before: the object replaced may be an opaque upper directory, whose marker goes.
@@ -818,17 +811,17 @@ impl Overlay {
         );
         if let Err(e) = moved {
             if let (Some(d), true) = (&dst, dst_dies) {
-                self.nodes.revive(d.ino);
+                self.nodes.revive(d.id);
             }
             return Err(e);
         }
         if let Some(d) = &dst {
-            self.nodes.drop_name(d.ino, ddir.ino, newname);
+            self.nodes.drop_name(d.id, ddir.id, newname);
         }
         self.nodes
-            .relocate(src.ino, (sdir.ino, name), ddir.ino, newname.to_os_string());
+            .relocate(src.id, (sdir.id, name), ddir.id, newname.to_os_string());
         if src.kind == FileKind::Directory {
-            self.nodes.set_layers(src.ino, vec![UPPER]);
+            self.nodes.set_layers(src.id, vec![UPPER]);
         }
         Ok(())
     }
@@ -910,7 +903,7 @@ impl Overlay {
         Ok(())
     }
 
-    fn is_root_ino(ino: u64) -> bool {
-        ino == crate::inode::ROOT
+    fn is_root_id(id: NodeId) -> bool {
+        id == crate::inode::ROOT
     }
 }

@@ -17,9 +17,10 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::dirfd::{lru_shards, SHARDS};
+use crate::inode::NodeId;
 
 /// (directory node, keyed hash of the name) -> (directory version, the name).
-type Shard = Mutex<LruCache<(u64, u64), (u64, OsString)>>;
+type Shard = Mutex<LruCache<(NodeId, u64), (u64, OsString)>>;
 
 #[derive(Debug)]
 pub(crate) struct NegativeCache {
@@ -41,21 +42,21 @@ impl NegativeCache {
         }
     }
 
-    fn slot(&self, dir: u64, name: &OsStr) -> Option<(&Shard, (u64, u64))> {
+    fn slot(&self, dir: NodeId, name: &OsStr) -> Option<(&Shard, (NodeId, u64))> {
         let h = self.key.hash_one(name);
         let shard = self.shards.get((h as usize) % SHARDS)?;
         Some((shard, (dir, h)))
     }
 
     /// True when `name` was found missing from directory `dir` at its version `version`.
-    pub(crate) fn is_missing(&self, dir: u64, version: u64, name: &OsStr) -> bool {
+    pub(crate) fn is_missing(&self, dir: NodeId, version: u64, name: &OsStr) -> bool {
         self.slot(dir, name).is_some_and(|(shard, key)| {
             matches!(shard.lock().get(&key), Some((v, n)) if *v == version && n == name)
         })
     }
 
     /// Records that `name` is missing from directory `dir` at version `version`.
-    pub(crate) fn remember_missing(&self, dir: u64, version: u64, name: &OsStr) {
+    pub(crate) fn remember_missing(&self, dir: NodeId, version: u64, name: &OsStr) {
         if let Some((shard, key)) = self.slot(dir, name) {
             shard.lock().put(key, (version, name.to_os_string()));
         }
@@ -72,26 +73,35 @@ mod tests {
     fn a_name_is_missing_only_at_the_version_it_was_found_missing() {
         let c = NegativeCache::new(64);
         let n = OsStr::new("gone");
-        assert!(!c.is_missing(7, 2, n));
-        c.remember_missing(7, 2, n);
-        assert!(c.is_missing(7, 2, n));
-        assert!(!c.is_missing(7, 4, n), "a newer version of the directory");
-        assert!(!c.is_missing(8, 2, n), "another directory");
-        assert!(!c.is_missing(7, 2, OsStr::new("other")), "another name");
+        assert!(!c.is_missing(NodeId::from_wire(7), 2, n));
+        c.remember_missing(NodeId::from_wire(7), 2, n);
+        assert!(c.is_missing(NodeId::from_wire(7), 2, n));
+        assert!(
+            !c.is_missing(NodeId::from_wire(7), 4, n),
+            "a newer version of the directory"
+        );
+        assert!(
+            !c.is_missing(NodeId::from_wire(8), 2, n),
+            "another directory"
+        );
+        assert!(
+            !c.is_missing(NodeId::from_wire(7), 2, OsStr::new("other")),
+            "another name"
+        );
     }
 
     #[test]
     fn capacity_zero_remembers_nothing() {
         let c = NegativeCache::new(0);
-        c.remember_missing(7, 2, OsStr::new("gone"));
-        assert!(!c.is_missing(7, 2, OsStr::new("gone")));
+        c.remember_missing(NodeId::from_wire(7), 2, OsStr::new("gone"));
+        assert!(!c.is_missing(NodeId::from_wire(7), 2, OsStr::new("gone")));
     }
 
     #[test]
     fn bounded() {
         let c = NegativeCache::new(SHARDS);
         for i in 0..1000 {
-            c.remember_missing(1, 2, OsStr::new(&format!("n{i}")));
+            c.remember_missing(NodeId::from_wire(1), 2, OsStr::new(&format!("n{i}")));
         }
         let held: usize = c.shards.iter().map(|s| s.lock().len()).sum();
         assert!(held <= SHARDS, "{held}");

@@ -7,9 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::OFlags;
 
 use super::{Context, Error, Overlay, Result};
-use crate::inode::{Node, ObjectId};
+use crate::inode::{Node, NodeId, ObjectId};
 use crate::layer::format::XattrTarget;
-use crate::layer::LayerIdx;
+use crate::layer::{LayerIdx, LayerIno};
 use crate::sys::{self, FileKind};
 
 /// An open file on a layer.
@@ -45,15 +45,15 @@ pub struct StatFs {
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 impl Overlay {
-    /// Opens node `ino` with the `open(2)` flags the caller used.
+    /// Opens node `id` with the `open(2)` flags the caller used.
     ///
     /// What is opened is the node's object, or nothing: a non-directory is checked at its
     /// recorded name before it is opened, and what was opened is checked again when a
     /// change in its directory raced with the open (see [`Overlay::is_its_object`]). A
     /// whiteout or another object found there answers `ESTALE` (the kernel walks the path
     /// again). A dead node whose object was kept opens that (see [`Overlay::reach`]).
-    pub fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile> {
-        let node = match self.reach(ino)? {
+    pub fn open(&self, id: NodeId, flags: i32) -> Result<OpenedFile> {
+        let node = match self.reach(id)? {
             super::Reach::Kept(node, fd) => return self.open_kept(&node, &fd, flags),
             super::Reach::Named(node) => node,
         };
@@ -76,19 +76,19 @@ impl Overlay {
             }
             let name = |l: &crate::inode::Location| (l.parent, l.name.clone());
             let loc = node.location();
-            let top = loc.top().ok_or(Error::StaleNode(ino))?;
+            let top = loc.top().ok_or(Error::StaleNode(id))?;
             let parent = self.node(loc.parent)?;
             let pfd = self.dir_fd(&parent, top)?;
             let seen = parent.quiet_version();
             let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
             let object = match self.still_named(&node, found) {
                 Ok((st, born)) if self.is_its_object(&node, &loc, &st, born, st.kind()) => {
-                    ObjectId::new(st.ino, born)
+                    ObjectId::new(LayerIno::new(top, st.ino), born)
                 }
                 Ok(_) => return kept_or(self.not_its_object(&node)),
                 Err(e) => return kept_or(e),
             };
-            let opened = self.open_for_write(ino, flags & !libc::O_TRUNC);
+            let opened = self.open_for_write(id, flags & !libc::O_TRUNC);
             let now = node.location();
             let moved = name(&now) != name(&loc);
             let raced = moved || seen.is_none_or(|v| parent.dir_version() != v);
@@ -99,7 +99,8 @@ impl Overlay {
                     // only if the node's new name holds that very object.
                     let its = self.is_its_object(&node, &now, &st, born, st.kind())
                         && (!moved
-                            || self.object_at_name(&now) == Some(ObjectId::new(st.ino, born)));
+                            || self.object_at_name(&now)
+                                == Some(ObjectId::new(LayerIno::new(top, st.ino), born)));
                     if its {
                         Ok(fd)
                     } else {
@@ -109,7 +110,7 @@ impl Overlay {
                 Ok(fd) => {
                     // Not known since the copy-up, and nothing changed meanwhile: what was
                     // checked is the node's.
-                    self.nodes.learn_object(ino, &now, object);
+                    self.nodes.learn_object(id, &now, object);
                     Ok(fd)
                 }
                 // Failed where the node no longer is, or on what its name holds instead.
@@ -130,7 +131,7 @@ impl Overlay {
             };
             return match checked {
                 Err(_) if self.nodes.kept(&node).is_some() => {
-                    let fd = self.nodes.kept(&node).ok_or(Error::StaleNode(ino))?;
+                    let fd = self.nodes.kept(&node).ok_or(Error::StaleNode(id))?;
                     self.open_kept(&node, &fd, flags)
                 }
                 r => r.map(|fd| OpenedFile {
@@ -140,11 +141,11 @@ impl Overlay {
             };
         }
         let loc = node.location();
-        let top = loc.top().ok_or(Error::StaleNode(ino))?;
-        let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
+        let top = loc.top().ok_or(Error::StaleNode(id))?;
+        let layer = self.layers.get(top).ok_or(Error::StaleNode(id))?;
         let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
         let oflags = OFlags::RDONLY | OFlags::from_bits_retain(pass as u32);
-        if node.kind == FileKind::Directory || node.ino == crate::inode::ROOT {
+        if node.kind == FileKind::Directory || node.id == crate::inode::ROOT {
             let (dir, name) = self.still_named(&node, self.place_in(&node, top))?;
             let opened = match sys::open_beneath(dir.as_fd(), &name, oflags) {
                 // O_NOATIME is refused on files the daemon does not own; retry without it.
@@ -167,7 +168,9 @@ impl Overlay {
             |st: &crate::sys::Stat, born: u64| self.is_its_object(&node, &loc, st, born, st.kind());
         let found = self.still_named(&node, found);
         let checked = match &found {
-            Ok((st, born)) if is_its(st, *born) => Some(ObjectId::new(st.ino, *born)),
+            Ok((st, born)) if is_its(st, *born) => {
+                Some(ObjectId::new(LayerIno::new(top, st.ino), *born))
+            }
             _ => None,
         };
         let opened = match found {
@@ -194,7 +197,7 @@ impl Overlay {
         let raced = seen.is_none_or(|v| parent.dir_version() != v);
         if let (Some(object), false, None) = (checked, raced, loc.object) {
             // Nothing changed in the directory meanwhile: what was checked is the node's.
-            self.nodes.learn_object(ino, &loc, object);
+            self.nodes.learn_object(id, &loc, object);
         }
         let opened = match opened {
             Ok(fd) if raced => {
@@ -215,7 +218,7 @@ impl Overlay {
         match opened {
             // Removed while this was on its way: its kept object is what it opens.
             Err(_) if self.nodes.kept(&node).is_some() => {
-                let fd = self.nodes.kept(&node).ok_or(Error::StaleNode(ino))?;
+                let fd = self.nodes.kept(&node).ok_or(Error::StaleNode(id))?;
                 self.open_kept(&node, &fd, flags)
             }
             r => r.map(|fd| OpenedFile {
@@ -231,7 +234,7 @@ impl Overlay {
         let parent = self.nodes.get(loc.parent)?;
         let pfd = self.dir_fd(&parent, top).ok()?;
         let (st, born) = sys::stat_at_born(pfd.as_fd(), &loc.name).ok()?;
-        Some(ObjectId::new(st.ino, born))
+        Some(ObjectId::new(LayerIno::new(top, st.ino), born))
     }
 
     /// True when `loc`, a snapshot of `node`'s location, still holds `node`'s object (see
@@ -266,7 +269,7 @@ impl Overlay {
             && !self.opts.read_only;
         let write = flags & WRITE_FLAGS != 0;
         if write && !upper {
-            return Err(Error::StaleNode(node.ino));
+            return Err(Error::StaleNode(node.id));
         }
         let mut of = if write { OFlags::RDWR } else { OFlags::RDONLY };
         of |= OFlags::from_bits_retain((flags & (libc::O_DIRECT | libc::O_SYNC)) as u32);
@@ -280,11 +283,11 @@ impl Overlay {
         })
     }
 
-    /// An fd for FUSE passthrough of regular file `ino`, and whether it is the upper copy:
+    /// An fd for FUSE passthrough of regular file `id`, and whether it is the upper copy:
     /// the upper copy opened read-write (every open of the node shares it, writers
     /// included), else its topmost copy opened read-only (only readers open a lower copy).
-    pub fn backing_fd(&self, ino: u64) -> Result<(OwnedFd, bool)> {
-        let node = match self.reach(ino)? {
+    pub fn backing_fd(&self, id: NodeId) -> Result<(OwnedFd, bool)> {
+        let node = match self.reach(id)? {
             super::Reach::Kept(node, fd) => {
                 let f = self.open_kept(&node, &fd, libc::O_RDWR);
                 let f = match f {
@@ -301,8 +304,8 @@ impl Overlay {
         // Checked at the name before it is opened, and again after when a change in the
         // directory raced with the open, as `open` does.
         let loc = node.location();
-        let top = loc.top().ok_or(Error::StaleNode(ino))?;
-        let layer = self.layers.get(top).ok_or(Error::StaleNode(ino))?;
+        let top = loc.top().ok_or(Error::StaleNode(id))?;
+        let layer = self.layers.get(top).ok_or(Error::StaleNode(id))?;
         let parent = self.node(loc.parent)?;
         let dir = self.dir_fd(&parent, top)?;
         let seen = parent.quiet_version();
@@ -329,10 +332,10 @@ impl Overlay {
         Ok((fd, layer.upper && !self.opts.read_only))
     }
 
-    /// What `ino`'s xattrs are read from: its topmost copy by name, or the object a dead
+    /// What `id`'s xattrs are read from: its topmost copy by name, or the object a dead
     /// node kept (see [`Overlay::reach`]).
-    fn xattr_holder(&self, ino: u64) -> Result<XattrHolder> {
-        Ok(match self.reach(ino)? {
+    fn xattr_holder(&self, id: NodeId) -> Result<XattrHolder> {
+        Ok(match self.reach(id)? {
             super::Reach::Kept(_, fd) => XattrHolder::Kept(fd),
             super::Reach::Named(node) => XattrHolder::At(self.object_at(&node)?),
         })
@@ -354,29 +357,29 @@ impl Overlay {
         )
     }
 
-    /// The inode flags of `ino`'s visible copy (`FS_IOC_GETFLAGS`).
-    pub fn inode_flags(&self, ino: u64) -> Result<u32> {
-        let node = self.named(ino)?;
+    /// The inode flags of `id`'s visible copy (`FS_IOC_GETFLAGS`).
+    pub fn inode_flags(&self, id: NodeId) -> Result<u32> {
+        let node = self.named(id)?;
         let top = node
             .with_location(|l| l.top())
-            .ok_or(Error::StaleNode(ino))?;
+            .ok_or(Error::StaleNode(id))?;
         let fd = self.open_for_ioctl(&node, top)?;
         Ok(sys::inode_flags(fd.as_fd())?)
     }
 
-    /// The extended inode attributes of `ino`'s visible copy (`FS_IOC_FSGETXATTR`).
-    pub fn fs_xattr(&self, ino: u64) -> Result<[u8; sys::FSXATTR_SIZE]> {
-        let node = self.named(ino)?;
+    /// The extended inode attributes of `id`'s visible copy (`FS_IOC_FSGETXATTR`).
+    pub fn fs_xattr(&self, id: NodeId) -> Result<[u8; sys::FSXATTR_SIZE]> {
+        let node = self.named(id)?;
         let top = node
             .with_location(|l| l.top())
-            .ok_or(Error::StaleNode(ino))?;
+            .ok_or(Error::StaleNode(id))?;
         let fd = self.open_for_ioctl(&node, top)?;
         Ok(sys::fs_xattr(fd.as_fd())?)
     }
 
-    /// The target of symlink `ino`, as stored in its layer (never followed).
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let node = match self.reach(ino)? {
+    /// The target of symlink `id`, as stored in its layer (never followed).
+    pub fn readlink(&self, id: NodeId) -> Result<Vec<u8>> {
+        let node = match self.reach(id)? {
             super::Reach::Kept(node, fd) if node.kind == FileKind::Symlink => {
                 return Ok(sys::read_link_fd(fd.as_fd())?);
             }
@@ -388,7 +391,7 @@ impl Overlay {
         // Read at its recorded name: what is there must be the node's symlink (see
         // [`Overlay::is_its_object`]), not one that replaced it.
         let loc = node.location();
-        let top = loc.top().ok_or(Error::StaleNode(ino))?;
+        let top = loc.top().ok_or(Error::StaleNode(id))?;
         let parent = self.node(loc.parent)?;
         let pfd = self.dir_fd(&parent, top)?;
         let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
@@ -401,8 +404,8 @@ impl Overlay {
             .ctx("readlink", &loc.name)
     }
 
-    /// The value of xattr `name` on `ino`. Overlay-private attributes do not exist here.
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+    /// The value of xattr `name` on `id`. Overlay-private attributes do not exist here.
+    pub fn getxattr(&self, id: NodeId, name: &OsStr) -> Result<Vec<u8>> {
         if self.opts.no_xattrs || self.acl_refused(name) {
             return Err(Error::XattrUnsupported);
         }
@@ -410,7 +413,7 @@ impl Overlay {
             // As the kernel answers for private names: there is no such attribute.
             return Err(Error::NoXattr);
         };
-        let held = self.xattr_holder(ino)?;
+        let held = self.xattr_holder(id)?;
         let object = held.object();
         let mut value = object.get_xattr(&stored)?.ok_or(Error::NoXattr)?;
         if name == crate::layer::idmap::ACCESS_ACL {
@@ -428,12 +431,12 @@ impl Overlay {
         Ok(value)
     }
 
-    /// The xattr names of `ino` (kernel list format), overlay-private ones left out.
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+    /// The xattr names of `id` (kernel list format), overlay-private ones left out.
+    pub fn listxattr(&self, id: NodeId) -> Result<Vec<u8>> {
         if self.opts.no_xattrs {
             return Err(Error::XattrUnsupported);
         }
-        let held = self.xattr_holder(ino)?;
+        let held = self.xattr_holder(id)?;
         let object = held.object();
         let raw = match object.list_xattr() {
             Ok(r) => r,
@@ -470,10 +473,10 @@ impl Overlay {
         })
     }
 
-    /// Checks that `ino` exists (permission checks are the kernel's, `default_permissions`);
+    /// Checks that `id` exists (permission checks are the kernel's, `default_permissions`);
     /// write access on a read-only union is refused.
-    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
-        self.node(ino)?;
+    pub fn access(&self, id: NodeId, mask: i32) -> Result<()> {
+        self.node(id)?;
         if mask & libc::W_OK != 0 && self.opts.read_only {
             return Err(Error::ReadOnly);
         }

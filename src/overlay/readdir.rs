@@ -28,7 +28,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::{Error, Overlay, Result};
-use crate::layer::{format, LayerIdx};
+use crate::inode::NodeId;
+use crate::layer::{format, Ino, LayerIno};
 use crate::sys::{self, FileKind};
 
 /// One entry of a merged listing.
@@ -41,10 +42,8 @@ pub struct DirEntry {
     /// Position in the directory's merge chain of the topmost layer showing the name (the
     /// layers above it hold neither the name nor a whiteout for it).
     pub(crate) from: usize,
-    /// That layer.
-    pub(crate) layer: LayerIdx,
-    /// The inode number that layer's directory reports.
-    pub(crate) raw_ino: u64,
+    /// The object in that layer (its inode number as that layer's directory reports it).
+    pub(crate) object: LayerIno,
     /// The entry's offset cookie (above 2; 1 and 2 are `.` and `..`).
     pub cookie: u64,
     /// The entry is in an upper directory holding copied-up entries.
@@ -78,7 +77,7 @@ pub(crate) struct ListingCache {
 
 #[derive(Debug)]
 struct ListingLru {
-    lru: LruCache<u64, Arc<Listing>>,
+    lru: LruCache<NodeId, Arc<Listing>>,
     entries: usize,
 }
 
@@ -93,8 +92,8 @@ impl ListingCache {
         }
     }
 
-    /// The cached listing of `ino` if it is of version `version`.
-    fn get(&self, ino: u64, version: u64) -> Option<Arc<Listing>> {
+    /// The cached listing of directory `ino` if it is of version `version`.
+    fn get(&self, ino: NodeId, version: u64) -> Option<Arc<Listing>> {
         let mut c = self.inner.lock();
         match c.lru.get(&ino) {
             Some(l) if l.version == version => Some(Arc::clone(l)),
@@ -102,7 +101,7 @@ impl ListingCache {
         }
     }
 
-    fn put(&self, ino: u64, listing: &Arc<Listing>) {
+    fn put(&self, ino: NodeId, listing: &Arc<Listing>) {
         // A listing bigger than the whole budget is used by its handles but not kept.
         let weight = listing.entries.len().max(1);
         if weight > self.budget {
@@ -123,7 +122,7 @@ impl ListingCache {
     }
 
     /// Drops the listing of `ino` (the node is gone).
-    pub(crate) fn remove(&self, ino: u64) {
+    pub(crate) fn remove(&self, ino: NodeId) {
         let mut c = self.inner.lock();
         if let Some(old) = c.lru.pop(&ino) {
             c.entries -= old.entries.len().max(1);
@@ -134,15 +133,15 @@ impl ListingCache {
 /// What a listing entry's `d_ino` is: a node id (mapped as the node table maps it), or a
 /// number shown as is (a lower hard link's).
 enum Shown {
-    Node(u64),
-    Ino(u64),
+    Node(Ino),
+    Ino(Ino),
 }
 
 impl Overlay {
     /// The current merged listing of directory `ino`, sorted by cookie: the shared one when
     /// it is still of the directory's version, else a fresh one (which then becomes the
     /// shared one).
-    pub fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
+    pub fn listing(&self, ino: NodeId) -> Result<Arc<Listing>> {
         let dir = self.node(ino)?;
         // The version is read before the layers: a change that lands while they are read
         // moves the version on, and this listing is never taken for current again.
@@ -166,7 +165,7 @@ impl Overlay {
     }
 
     /// True when `listing` is still the current one of directory `ino`.
-    pub fn listing_still_current(&self, ino: u64, listing: &Listing) -> bool {
+    pub fn listing_still_current(&self, ino: NodeId, listing: &Listing) -> bool {
         self.nodes
             .get(ino)
             .map(|dir| dir.dir_version() == listing.version)
@@ -177,7 +176,7 @@ impl Overlay {
     /// the kernel may keep a directory cache it filled from an earlier open. (Changes made
     /// through the mount also make the kernel drop its cache by itself; this catches the
     /// ones it cannot see, such as a copy-up.)
-    pub fn listing_is_current(&self, ino: u64) -> bool {
+    pub fn listing_is_current(&self, ino: NodeId) -> bool {
         self.nodes
             .get(ino)
             .map(|dir| dir.listed_is_current())
@@ -190,7 +189,7 @@ impl Overlay {
     }
 
     /// Checks that `ino` is a directory that can be listed.
-    pub fn check_dir(&self, ino: u64) -> Result<()> {
+    pub fn check_dir(&self, ino: NodeId) -> Result<()> {
         match self.node(ino)?.kind {
             FileKind::Directory => Ok(()),
             _ => Err(Error::NotDir),
@@ -202,24 +201,27 @@ impl Overlay {
     /// the entry up anyway): a directory's number comes from the bottom of its merge chain,
     /// a copied-up file's from its recorded origin, a lower hard link's is the lower file's
     /// (see [`Overlay::shown_ino`]).
-    pub fn entry_ino(&self, dir: u64, e: &DirEntry) -> Result<u64> {
+    pub fn entry_ino(&self, dir: NodeId, e: &DirEntry) -> Result<Ino> {
         match self.raw_entry_ino(dir, e)? {
-            Shown::Node(i) => Ok(self.nodes.visible_id(i)),
+            Shown::Node(i) => Ok(self.nodes.visible_id(i).shown()),
             Shown::Ino(i) => Ok(i),
         }
     }
 
-    fn raw_entry_ino(&self, dir: u64, e: &DirEntry) -> Result<Shown> {
+    fn raw_entry_ino(&self, dir: NodeId, e: &DirEntry) -> Result<Shown> {
         let node = self.node(dir)?;
         let chain = node.with_location(|l| l.layers.clone());
-        let layer = self.layers.get(e.layer).ok_or(Error::StaleNode(dir))?;
+        let layer = self
+            .layers
+            .get(e.object.layer)
+            .ok_or(Error::StaleNode(dir))?;
         if e.kind == FileKind::Directory {
             return self
                 .resolve_in(&node, &chain, &e.name, e.from)?
                 .map(|r| Shown::Node(r.ino))
                 .ok_or(Error::NotFound);
         }
-        let dfd = self.dir_fd(&node, e.layer)?;
+        let dfd = self.dir_fd(&node, e.object.layer)?;
         if e.impure {
             if let Some(o) = self.origin_ino(dfd.as_fd(), &e.name) {
                 return Ok(Shown::Node(o));
@@ -227,19 +229,17 @@ impl Overlay {
         }
         if !layer.upper && self.splits_lower_links() {
             let st = sys::stat_at(dfd.as_fd(), &e.name)?;
-            let node = self.nondir_ino(e.layer, e.raw_ino, st.nlink, dir, &e.name);
-            return Ok(match self.shown_ino(node, Some(e.layer), &st) {
-                i if i == node => Shown::Node(node),
-                i => Shown::Ino(i),
+            let own = self.nondir_ino(e.object, st.nlink, dir, &e.name);
+            return Ok(match self.lower_link_ino(Some(e.object.layer), &st) {
+                Some(i) if i != own => Shown::Ino(i),
+                _ => Shown::Node(own),
             });
         }
-        Ok(Shown::Node(
-            self.layers.ino.compose(layer.fs_index, e.raw_ino),
-        ))
+        Ok(Shown::Node(self.layers.shown_ino(e.object)))
     }
 
     /// The merged listing of directory `ino` (without `.` and `..`).
-    pub fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+    pub fn read_dir(&self, ino: NodeId) -> Result<Vec<DirEntry>> {
         let dir = self.node(ino)?;
         if dir.kind != FileKind::Directory {
             return Err(Error::NotDir);
@@ -290,8 +290,7 @@ impl Overlay {
                     name: e.name,
                     kind,
                     from: pos,
-                    layer: li,
-                    raw_ino: e.ino,
+                    object: LayerIno::new(li, e.ino),
                     impure,
                 });
             }
@@ -367,7 +366,7 @@ mod tests {
                 let (a, _) = ov
                     .create(ROOT, OsStr::new(&name), NewObject::Dir, 0o755, caller)
                     .unwrap();
-                ov.forget(a.ino, 1);
+                ov.forget(a.node, 1);
             }
             // (The directories made by earlier rounds are skipped: this removes a file.)
             if let Some(gone) = seen_before.iter().find(|n| !n.starts_with("new")) {

@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use stratafs::config::MountConfig;
+use stratafs::inode::NodeId;
 use stratafs::overlay::{Attr, Caller, NewObject, Overlay, RenameFlag, SetAttr};
 use stratafs::sys::FileKind;
 
@@ -21,7 +22,7 @@ use crate::reference::{Shown, Tree, Xattrs};
 use crate::stack::{name_of, parent_of, NAMES};
 
 /// The root's node id.
-const ROOT: u64 = stratafs::inode::ROOT;
+const ROOT: NodeId = stratafs::inode::ROOT;
 
 /// Mount options a case runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,7 +57,7 @@ pub struct Driver {
     /// Its upper, work and lower directories, and its options.
     dirs: (PathBuf, PathBuf, Vec<PathBuf>, Flavor),
     hot: bool,
-    refs: Vec<u64>,
+    refs: Vec<NodeId>,
     caller: Caller,
 }
 
@@ -101,13 +102,13 @@ impl Driver {
         a
     }
 
-    fn lookup(&mut self, dir: u64, name: &str) -> Result<Attr, i32> {
+    fn lookup(&mut self, dir: NodeId, name: &str) -> Result<Attr, i32> {
         let a = self.ov.lookup(dir, OsStr::new(name)).map_err(errno)?;
         Ok(self.took(a))
     }
 
     /// `name`, or `None` where it is missing.
-    fn lookup_opt(&mut self, dir: u64, name: &str) -> Result<Option<Attr>, i32> {
+    fn lookup_opt(&mut self, dir: NodeId, name: &str) -> Result<Option<Attr>, i32> {
         match self.lookup(dir, name) {
             Ok(a) => Ok(Some(a)),
             Err(libc::ENOENT) => Ok(None),
@@ -116,7 +117,7 @@ impl Driver {
     }
 
     /// The node of the directory holding `path`'s last component.
-    fn parent(&mut self, path: &str) -> Result<u64, i32> {
+    fn parent(&mut self, path: &str) -> Result<NodeId, i32> {
         let mut cur = ROOT;
         let dir = parent_of(path);
         if dir.is_empty() {
@@ -133,13 +134,13 @@ impl Driver {
         Ok(cur)
     }
 
-    fn resolve(&mut self, path: &str) -> Result<(u64, Attr), i32> {
+    fn resolve(&mut self, path: &str) -> Result<(NodeId, Attr), i32> {
         let dir = self.parent(path)?;
         Ok((dir, self.lookup(dir, name_of(path))?))
     }
 
     /// The checks of a call that makes `path` (`LOOKUP_EXCL`): its directory's node.
-    fn creatable(&mut self, path: &str) -> Result<u64, i32> {
+    fn creatable(&mut self, path: &str) -> Result<NodeId, i32> {
         let dir = self.parent(path)?;
         match self.lookup_opt(dir, name_of(path))? {
             Some(_) => Err(libc::EEXIST),
@@ -358,7 +359,7 @@ impl Driver {
     }
 
     /// Every xattr `listxattr` shows on node `ino`, with the value `getxattr` gives.
-    fn xattrs(&self, ino: u64, p: &str) -> Result<Xattrs, String> {
+    fn xattrs(&self, ino: NodeId, p: &str) -> Result<Xattrs, String> {
         let list = self
             .ov
             .listxattr(ino)
@@ -386,7 +387,7 @@ impl Driver {
         r.map(|()| out)
     }
 
-    fn walk(&mut self, dir: u64, path: &str, out: &mut Tree) -> Result<(), String> {
+    fn walk(&mut self, dir: NodeId, path: &str, out: &mut Tree) -> Result<(), String> {
         let at = |name: &str| {
             if path.is_empty() {
                 name.to_string()
@@ -457,7 +458,7 @@ impl Driver {
                 }
                 k => return Err(format!("'{p}' shows as {k:?}")),
             };
-            out.insert(p.clone(), (shown, a.ino));
+            out.insert(p.clone(), (shown, a.ino.get()));
             listed.push(name);
             if a.kind == FileKind::Directory {
                 self.walk(a.node, &p, out)?;
