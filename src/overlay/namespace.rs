@@ -907,3 +907,37 @@ impl Overlay {
         id == crate::inode::ROOT
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::RenameFlag;
+    use crate::inode::ROOT;
+
+    /// A name of a lower hard link in a writable union is a node of its own that shows the
+    /// lower file's number (see `Overlay::shown_ino`). A rename that took the number shown
+    /// for the node id found no node by it and failed with ESTALE (8593f9a; with the id
+    /// types, an `Ino` is no `NodeId`).
+    #[test]
+    fn a_lower_hard_link_can_be_renamed() {
+        let (_t, ov) = super::super::scratch_overlay(|l, _| {
+            std::fs::write(l.join("a"), "data").unwrap();
+            std::fs::hard_link(l.join("a"), l.join("b")).unwrap();
+        });
+        let a = ov.lookup(ROOT, OsStr::new("a")).unwrap();
+        assert_ne!(a.node.get(), a.ino.get(), "each name is its own node");
+        ov.rename(
+            ROOT,
+            OsStr::new("a"),
+            ROOT,
+            OsStr::new("c"),
+            RenameFlag::Plain,
+        )
+        .unwrap();
+        let c = ov.lookup(ROOT, OsStr::new("c")).unwrap();
+        assert_eq!(c.node, a.node);
+        assert_eq!(ov.getattr(c.node).unwrap().size, 4);
+        assert!(ov.lookup(ROOT, OsStr::new("a")).is_err());
+    }
+}
