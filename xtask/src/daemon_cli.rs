@@ -177,8 +177,8 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
         &["io_uring"],
         Some("on|off"),
         "How requests reach the daemon. on (default, also io_uring alone): FUSE over io_uring \
-         (Linux 6.14+, where root has turned it on with \
-         `echo Y > /sys/module/fuse/parameters/enable_uring`), one ring per CPU; where the \
+         (Linux 6.14+, once root has written Y to \
+         /sys/module/fuse/parameters/enable_uring), one ring per CPU; where the \
          kernel does not offer it, /dev/fuse, with one line in the log saying why. off: \
          /dev/fuse only. stratafs only.",
     ),
