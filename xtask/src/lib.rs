@@ -3,8 +3,8 @@
 //! xtask --`).
 //!
 //! `docs` generates the man pages (`docs/man/`) and the shell completions (`completions/`) of
-//! `stratafs` and `stratafs-mount` from their clap definitions: `stratafs-mount`'s own
-//! (`mount-helper/src/cli.rs`), and for the daemon, whose fuse-overlayfs command line is
+//! `stratafs`, `stratafs-mount` and `stratafs-snapshotter` from their clap definitions: the
+//! helper's own (`mount-helper/src/cli.rs`, `mount-helper/src/snapshotter/cli.rs`), and for the daemon, whose fuse-overlayfs command line is
 //! parsed by hand, a clap description of it ([`daemon_cli`]). The files are checked in; the
 //! tests in `xtask/tests/` regenerate them and fail when one no longer matches.
 
@@ -49,10 +49,18 @@ pub fn generate() -> std::io::Result<Vec<Generated>> {
             path: format!("{MAN_DIR}/stratafs-mount.1"),
             contents: man::mount_helper_page()?,
         },
+        Generated {
+            path: format!("{MAN_DIR}/stratafs-snapshotter.8"),
+            contents: man::snapshotter_page()?,
+        },
     ];
     let programs = [
         ("stratafs", daemon_cli::command()),
         ("stratafs-mount", stratafs_mount::cli::Cli::command()),
+        (
+            "stratafs-snapshotter",
+            stratafs_mount::snapshotter::cli::Cli::command(),
+        ),
     ];
     for (name, cmd) in programs {
         for (shell, file) in [

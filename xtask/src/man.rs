@@ -389,6 +389,76 @@ pub fn mount_helper_page() -> std::io::Result<Vec<u8>> {
     Ok(page.out)
 }
 
+const SNAPSHOTTER_SECTIONS: &[Section] = &[
+    (
+        "EXIT STATUS",
+        &[
+            Item(
+                "0",
+                "Stopped cleanly on SIGTERM or SIGINT (the socket removed), or -h or -V.",
+            ),
+            Item(
+                "1",
+                "It could not start: the root cannot be made or is held by another \
+                 snapshotter, the socket cannot be bound, the metadata cannot be opened. One \
+                 line on stderr says why.",
+            ),
+            Item("2", "A bad command line."),
+        ],
+    ),
+    (
+        "FILES",
+        &[
+            Item(
+                "ROOT/metadata.db",
+                "The snapshots' records (redb): one transaction per change, so a crash leaves \
+                 the old state or the new one.",
+            ),
+            Item(
+                "ROOT/snapshots/ID/fs",
+                "A snapshot's layer directory (ROOT/snapshots/ID/work its work directory).",
+            ),
+            Item(
+                "/run/stratafs-snapshotter/grpc.sock",
+                "The default socket as root; an ordinary user's is under $XDG_RUNTIME_DIR.",
+            ),
+        ],
+    ),
+    (
+        "EXAMPLES",
+        &[Code(&[
+            "# /etc/containerd/config.toml",
+            "[proxy_plugins.stratafs]",
+            "  type = \"snapshot\"",
+            "  address = \"/run/stratafs-snapshotter/grpc.sock\"",
+            "",
+            "stratafs-snapshotter &",
+            "ctr images import --snapshotter stratafs image.tar",
+            "ctr run --rm --snapshotter stratafs docker.io/library/busybox:latest c1 true",
+        ])],
+    ),
+    (
+        "SEE ALSO",
+        &[P("stratafs(8), stratafs-mount(1), containerd(8), ctr(8); docs/SNAPSHOTTER.md.")],
+    ),
+];
+
+/// stratafs-snapshotter(8).
+pub fn snapshotter_page() -> std::io::Result<Vec<u8>> {
+    let man = Man::new(stratafs_mount::snapshotter::cli::Cli::command())
+        .section("8")
+        .manual("System Administration");
+    let mut page = Page::new();
+    page.clap(|w| man.render_title(w))?;
+    page.clap(|w| man.render_name_section(w))?;
+    page.clap(|w| man.render_synopsis_section(w))?;
+    page.clap(|w| man.render_description_section(w))?;
+    page.clap(|w| man.render_options_section(w))?;
+    page.written(SNAPSHOTTER_SECTIONS)?;
+    page.clap(|w| man.render_version_section(w))?;
+    Ok(page.out)
+}
+
 /// Drops the `.SH` lines of a section clap_mangen rendered, to nest it under a `.SS`.
 fn drop_headings(rendered: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(rendered);

@@ -32,7 +32,7 @@ fn has_program(name: &str) -> bool {
 fn checked_in_pages_and_completions_match_the_command_lines() {
     let root = xtask::workspace_root();
     let files = xtask::generate().unwrap();
-    assert_eq!(files.len(), 8);
+    assert_eq!(files.len(), 12);
     let stale = xtask::stale(&root, &files);
     assert!(
         stale.is_empty(),
@@ -160,7 +160,7 @@ fn man_pages_render_without_warnings() {
         return;
     }
     let root = xtask::workspace_root();
-    for page in ["stratafs.8", "stratafs-mount.1"] {
+    for page in ["stratafs.8", "stratafs-mount.1", "stratafs-snapshotter.8"] {
         let path = root.join(xtask::MAN_DIR).join(page);
         let warnings = render_warnings(&path);
         assert!(warnings.is_empty(), "{page}:\n{warnings}");
