@@ -53,6 +53,37 @@ fn detached_daemon_logs_to_a_file() {
     assert!(text.contains("unmounted"), "{text:?}");
 }
 
+/// At the default level a healthy mount logs nothing: the answers a filesystem gives every
+/// day (a missing name, `ENOSYS` for FLUSH on every close) are not warnings.
+#[test]
+fn everyday_requests_log_no_warnings() {
+    if !can_mount() {
+        return;
+    }
+    let s = Stack::new();
+    fs::write(s.lower.join("lower"), "l").unwrap();
+    let log = s.dir.path().join("quiet.log");
+    let out = run(Command::new(stratafs_bin())
+        .env_remove("RUST_LOG")
+        .arg("-o")
+        .arg(format!("{},log={}", s.rw_opts(), log.display()))
+        .arg(&s.mnt));
+    assert!(out.status.success(), "{out:?}");
+    let m = Mount {
+        mountpoint: s.mnt.clone(),
+    };
+    for i in 0..20 {
+        let p = s.mnt.join(format!("f{i}"));
+        fs::write(&p, "x").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "x");
+        assert!(fs::metadata(s.mnt.join(format!("missing{i}"))).is_err());
+    }
+    fs::write(s.mnt.join("lower"), "copied up").unwrap();
+    drop(m);
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.is_empty(), "a healthy mount logged: {text}");
+}
+
 /// A socket standing in for syslog at `/dev/log`, removed when dropped.
 struct FakeSyslog(UnixDatagram);
 

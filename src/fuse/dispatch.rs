@@ -146,8 +146,14 @@ impl Dispatcher {
             Err(e) => {
                 let code = e.errno();
                 match e.level() {
-                    Level::ERROR => error!(errno = code, error = %e, "failed"),
-                    Level::WARN => warn!(errno = code, error = %e, "failed"),
+                    // The request's id, operation and node in the line itself: the span
+                    // carrying them is off at the default level.
+                    Level::ERROR => {
+                        error!(id = h.unique, op = name, node = h.nodeid.get(), errno = code, error = %e, "failed")
+                    }
+                    Level::WARN => {
+                        warn!(id = h.unique, op = name, node = h.nodeid.get(), errno = code, error = %e, "failed")
+                    }
                     Level::DEBUG => debug!(errno = code, error = %e, "failed"),
                     _ => trace!(errno = code, error = %e, "failed"),
                 }

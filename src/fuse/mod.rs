@@ -1,5 +1,6 @@
 //! The FUSE front end: the handlers behind the [`dispatch::Dispatcher`] (convert the
-//! request, call [`Overlay`], encode the reply), over any transport ([`devfuse`] today).
+//! request, call [`Overlay`], encode the reply), over either transport: [`devfuse`], or FUSE
+//! over io_uring ([`uring`]).
 //!
 //! It owns what only FUSE has: open file and directory handles, passthrough backing files,
 //! the kernel's cache timeouts, and the capabilities negotiated at init. Node ids and the

@@ -199,6 +199,7 @@ pub fn errno_level(errno: i32) -> Level {
         | libc::ELOOP
         | libc::EXDEV
         | libc::ENOTSUP
+        | libc::ENOSYS
         | libc::ENOTTY
         | libc::EAGAIN
         | libc::EINTR
