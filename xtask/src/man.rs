@@ -332,21 +332,35 @@ fn mount_options_section() -> Roff {
     roff
 }
 
-/// stratafs(8).
-pub fn daemon_page() -> std::io::Result<Vec<u8>> {
-    let man = Man::new(daemon_cli::command())
-        .section("8")
-        .manual("System Administration");
+/// A section 8 page of `cmd`: clap's sections, then `extra` (if any) and the written
+/// `sections`, then the version.
+fn admin_page(
+    cmd: clap::Command,
+    extra: Option<Roff>,
+    sections: &[Section],
+) -> std::io::Result<Vec<u8>> {
+    let man = Man::new(cmd).section("8").manual("System Administration");
     let mut page = Page::new();
     page.clap(|w| man.render_title(w))?;
     page.clap(|w| man.render_name_section(w))?;
     page.clap(|w| man.render_synopsis_section(w))?;
     page.clap(|w| man.render_description_section(w))?;
     page.clap(|w| man.render_options_section(w))?;
-    page.roff(&mount_options_section())?;
-    page.written(DAEMON_SECTIONS)?;
+    if let Some(extra) = extra {
+        page.roff(&extra)?;
+    }
+    page.written(sections)?;
     page.clap(|w| man.render_version_section(w))?;
     Ok(page.out)
+}
+
+/// stratafs(8).
+pub fn daemon_page() -> std::io::Result<Vec<u8>> {
+    admin_page(
+        daemon_cli::command(),
+        Some(mount_options_section()),
+        DAEMON_SECTIONS,
+    )
 }
 
 /// stratafs-mount(1).
@@ -439,24 +453,19 @@ const SNAPSHOTTER_SECTIONS: &[Section] = &[
     ),
     (
         "SEE ALSO",
-        &[P("stratafs(8), stratafs-mount(1), containerd(8), ctr(8); docs/SNAPSHOTTER.md.")],
+        &[P(
+            "stratafs(8), stratafs-mount(1), containerd(8), ctr(8); docs/SNAPSHOTTER.md.",
+        )],
     ),
 ];
 
 /// stratafs-snapshotter(8).
 pub fn snapshotter_page() -> std::io::Result<Vec<u8>> {
-    let man = Man::new(stratafs_mount::snapshotter::cli::Cli::command())
-        .section("8")
-        .manual("System Administration");
-    let mut page = Page::new();
-    page.clap(|w| man.render_title(w))?;
-    page.clap(|w| man.render_name_section(w))?;
-    page.clap(|w| man.render_synopsis_section(w))?;
-    page.clap(|w| man.render_description_section(w))?;
-    page.clap(|w| man.render_options_section(w))?;
-    page.written(SNAPSHOTTER_SECTIONS)?;
-    page.clap(|w| man.render_version_section(w))?;
-    Ok(page.out)
+    admin_page(
+        stratafs_mount::snapshotter::cli::Cli::command(),
+        None,
+        SNAPSHOTTER_SECTIONS,
+    )
 }
 
 /// Drops the `.SH` lines of a section clap_mangen rendered, to nest it under a `.SS`.
