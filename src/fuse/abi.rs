@@ -26,7 +26,7 @@ pub const NO_NODE: NodeId = NodeId::from_wire(0);
 /// `struct fuse_in_header`.
 pub const IN_HEADER_LEN: usize = 40;
 /// `struct fuse_out_header`.
-pub const OUT_HEADER_LEN: usize = 16;
+pub const OUT_HEADER_LEN: usize = crate::sys::FUSE_OUT_HEADER_LEN;
 
 /// Request opcodes (`enum fuse_opcode`).
 #[allow(missing_docs)]
@@ -469,16 +469,9 @@ impl DirBuf {
     }
 }
 
-/// The reply header for request `unique`: `error` is 0 or a negative errno, `body_len` the
-/// length of what follows.
-pub fn out_header(unique: u64, error: i32, body_len: usize) -> [u8; OUT_HEADER_LEN] {
-    let mut h = [0u8; OUT_HEADER_LEN];
-    let len = (OUT_HEADER_LEN + body_len) as u32;
-    h[0..4].copy_from_slice(&len.to_ne_bytes());
-    h[4..8].copy_from_slice(&error.to_ne_bytes());
-    h[8..16].copy_from_slice(&unique.to_ne_bytes());
-    h
-}
+/// The reply header for request `unique` (`struct fuse_out_header`, encoded in `sys`, which
+/// writes notifications with it too).
+pub use crate::sys::fuse_out_header as out_header;
 
 #[cfg(test)]
 mod tests {

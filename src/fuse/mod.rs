@@ -434,6 +434,15 @@ fn caller_with_umask(req: &Req, umask: u32) -> Caller {
     }
 }
 
+/// Appends `struct fuse_open_out` for handle `fh` with `flags`, and in passthrough the
+/// backing file.
+fn open_out(o: &mut Out, fh: Fh, flags: u32, backing: Option<&Backing>) {
+    match backing {
+        Some(b) => o.open(fh, flags | fopen::PASSTHROUGH, b.id),
+        None => o.open(fh, flags, 0),
+    };
+}
+
 /// The reply to xattr requests: the size when asked for it, ERANGE when the buffer is short.
 fn xattr_reply(size: u32, data: Vec<u8>) -> Outcome {
     if size == 0 {
@@ -556,10 +565,7 @@ impl StrataFs {
     /// The reply to an open: handle `fh`, `flags`, and the backing file in passthrough.
     fn opened(fh: Fh, flags: u32, backing: Option<&Backing>) -> Response {
         let mut o = Out::with_capacity(16);
-        match backing {
-            Some(b) => o.open(fh, flags | fopen::PASSTHROUGH, b.id),
-            None => o.open(fh, flags, 0),
-        };
+        open_out(&mut o, fh, flags, backing);
         Response::Body(o.buf)
     }
 
@@ -900,10 +906,7 @@ impl StrataFs {
         };
         let mut o = Out::with_capacity(abi::ENTRY_OUT_LEN + 16);
         o.entry(node_id(&a), self.ttl, &wire_attr(&a));
-        match backing {
-            Some(b) => o.open(fh, fopen::PASSTHROUGH, b.id),
-            None => o.open(fh, 0, 0),
-        };
+        open_out(&mut o, fh, 0, backing.as_deref());
         Ok(Response::Body(o.buf))
     }
 

@@ -940,19 +940,22 @@ const FUSE_NOTIFY_PRUNE: i32 = 9;
 
 /// Writes one notification `code` with payload `body` down the FUSE connection `dev`.
 fn fuse_notify(dev: BorrowedFd<'_>, code: i32, body: &[u8]) -> io::Result<()> {
-    let len = 16 + body.len();
-    let len32 = u32::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
-    let mut msg = Vec::with_capacity(len);
-    // struct fuse_out_header { len: u32, error: i32 (the notify code), unique: u64 (0) }
-    msg.extend_from_slice(&len32.to_ne_bytes());
-    msg.extend_from_slice(&code.to_ne_bytes());
-    msg.extend_from_slice(&0u64.to_ne_bytes());
-    msg.extend_from_slice(body);
-    let written = rustix::io::write(dev, &msg)?;
-    if written != msg.len() {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
-    }
-    Ok(())
+    // A notification is a reply to request 0 whose error field holds the notify code.
+    fuse_write_reply(dev, &fuse_out_header(0, code, body.len()), body)
+}
+
+/// Size of `struct fuse_out_header`.
+pub const FUSE_OUT_HEADER_LEN: usize = 16;
+
+/// `struct fuse_out_header` for request `unique`: `error` is 0, a negative errno, or (for
+/// request 0) a notification code; `body_len` is the length of what follows.
+pub fn fuse_out_header(unique: u64, error: i32, body_len: usize) -> [u8; FUSE_OUT_HEADER_LEN] {
+    let mut h = [0u8; FUSE_OUT_HEADER_LEN];
+    let len = (FUSE_OUT_HEADER_LEN + body_len) as u32;
+    h[0..4].copy_from_slice(&len.to_ne_bytes());
+    h[4..8].copy_from_slice(&error.to_ne_bytes());
+    h[8..16].copy_from_slice(&unique.to_ne_bytes());
+    h
 }
 
 /// Sends one `FUSE_NOTIFY_PRUNE` for `nodes` down the FUSE connection `dev`. Dentries in use
