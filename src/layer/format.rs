@@ -137,6 +137,58 @@ impl XattrNames {
     }
 }
 
+/// The namespace of the overlay's own xattrs in a mount, as the kernel picks it:
+/// `trusted.overlay.` as root, `user.overlay.` for an unprivileged daemon or with `userxattr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayXattrs {
+    /// `trusted.overlay.*`
+    Trusted,
+    /// `user.overlay.*`
+    User,
+}
+
+impl OverlayXattrs {
+    /// `trusted.overlay.` or `user.overlay.`
+    pub fn prefix(self) -> &'static str {
+        match self {
+            OverlayXattrs::Trusted => "trusted.overlay.",
+            OverlayXattrs::User => "user.overlay.",
+        }
+    }
+
+    /// `overlay.opaque`: `y` on an opaque directory, `x` on one that may hold xattr
+    /// whiteouts.
+    pub fn opaque(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.opaque",
+            OverlayXattrs::User => "user.overlay.opaque",
+        })
+    }
+
+    /// `overlay.whiteout`: makes an empty regular file a whiteout (see
+    /// [`OverlayXattrs::opaque`]).
+    pub fn whiteout(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.whiteout",
+            OverlayXattrs::User => "user.overlay.whiteout",
+        })
+    }
+
+    /// `overlay.redirect`: where the lower layers of a renamed directory are.
+    pub fn redirect(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.redirect",
+            OverlayXattrs::User => "user.overlay.redirect",
+        })
+    }
+}
+
+/// True for an opaque-xattr value that marks a directory as holding xattr whiteouts (Linux
+/// 6.7+): not opaque, but its empty regular files with `overlay.whiteout` are whiteouts.
+pub fn is_xwhiteouts_value(v: &[u8]) -> bool {
+    v == b"x"
+}
+
 /// True for an opaque-xattr value that marks a directory opaque.
 pub fn is_opaque_value(v: &[u8]) -> bool {
     v == b"y"

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::OFlags;
 
+pub use format::OverlayXattrs;
 pub use idmap::IdMap;
 pub use ino::{Ino, InoScheme, LayerIno};
 
@@ -32,6 +33,9 @@ pub struct Layer {
     pub fs_index: u32,
     /// True for the writable upper layer.
     pub upper: bool,
+    /// The namespace of the overlay xattrs read in it (the stack's, see
+    /// [`LayerStack::xattrs`]).
+    pub xattrs: OverlayXattrs,
 }
 
 /// What one layer says about one name in a directory.
@@ -76,6 +80,11 @@ impl Layer {
             dev: st.dev,
             fs_index: 0,
             upper,
+            xattrs: if sys::euid() == 0 {
+                OverlayXattrs::Trusted
+            } else {
+                OverlayXattrs::User
+            },
         })
     }
 
@@ -90,6 +99,7 @@ impl Layer {
     pub fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Probe> {
         match sys::stat_at_born(dir, name) {
             Ok((st, _)) if format::is_whiteout_stat(&st) => Ok(Probe::Whiteout),
+            Ok((st, _)) if is_xattr_whiteout(dir, name, &st, self.xattrs)? => Ok(Probe::Whiteout),
             Ok((st, born)) => Ok(Probe::Found(st, born)),
             Err(e) if is_absent(&e) => match sys::stat_at(dir, &format::whiteout_name(name)) {
                 Ok(_) => Ok(Probe::Whiteout),
@@ -127,6 +137,44 @@ impl Layer {
             Err(e) if is_absent(&e) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// True when `st`, found as `name` in layer directory `dir`, is an xattr whiteout (Linux 6.7+):
+/// an empty regular file with `overlay.whiteout`, in a directory marked `overlay.opaque=x`.
+/// Only an empty regular file costs anything: one xattr read, and the directory's where the
+/// file has the whiteout xattr.
+///
+/// The kernel's lookup takes such a file for a whiteout in any directory, but its listing
+/// only in a lower directory marked `x`, and lists the name elsewhere; here a whiteout is
+/// one in both, in every layer, exactly where the directory is marked (docs/SEMANTICS.md).
+pub fn is_xattr_whiteout(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &Stat,
+    ns: OverlayXattrs,
+) -> io::Result<bool> {
+    if st.kind() != Some(sys::FileKind::Regular) || st.size != 0 {
+        return Ok(false);
+    }
+    if absent_if_unsupported(sys::get_xattr_at(dir, name, ns.whiteout()))?.is_none() {
+        return Ok(false);
+    }
+    is_xwhiteouts_dir(dir, ns)
+}
+
+/// True when layer directory `dir` is marked `overlay.opaque=x`: its empty regular files
+/// with `overlay.whiteout` are whiteouts (see [`is_xattr_whiteout`]).
+pub fn is_xwhiteouts_dir(dir: BorrowedFd<'_>, ns: OverlayXattrs) -> io::Result<bool> {
+    Ok(absent_if_unsupported(sys::get_xattr(dir, ns.opaque()))?
+        .is_some_and(|v| format::is_xwhiteouts_value(&v)))
+}
+
+/// An xattr read where a filesystem without xattrs has none.
+fn absent_if_unsupported(r: io::Result<Option<Vec<u8>>>) -> io::Result<Option<Vec<u8>>> {
+    match r {
+        Err(e) if is_unsupported(&e) => Ok(None),
+        r => r,
     }
 }
 
@@ -168,6 +216,8 @@ pub struct WorkDir {
     pub whiteout: WhiteoutFormat,
     /// `trusted.overlay.` as root, `user.overlay.` otherwise (the kernel's `userxattr`).
     pub xattr_prefix: &'static str,
+    /// The same, as the overlay xattrs' namespace.
+    pub xattrs: OverlayXattrs,
     /// Serialises replacing the shared whiteout when it is full of links.
     shared_whiteout: parking_lot::Mutex<()>,
 }
@@ -179,11 +229,12 @@ impl WorkDir {
     /// Opens `workdir/work` (creating it), clears entries a crash left in it, and finds out
     /// which whiteout format the upper filesystem allows.
     pub fn open(workdir: &Path) -> io::Result<WorkDir> {
-        WorkDir::open_in(workdir, None)
+        WorkDir::open_in(workdir, None, false)
     }
 
-    /// [`WorkDir::open`], through `base` (the work directory, opened already) when given.
-    fn open_in(workdir: &Path, base: Option<OwnedFd>) -> io::Result<WorkDir> {
+    /// [`WorkDir::open`], through `base` (the work directory, opened already) when given;
+    /// `userxattr` forces the `user.overlay.` names.
+    fn open_in(workdir: &Path, base: Option<OwnedFd>, userxattr: bool) -> io::Result<WorkDir> {
         let base: OwnedFd = match base {
             Some(b) => b,
             None => rustix::fs::open(
@@ -234,7 +285,8 @@ impl WorkDir {
         // is root only in a user namespace (rootless podman's) uses `user.overlay.`, as the
         // kernel's overlayfs does with `userxattr`.
         let probe_key = OsStr::new("trusted.overlay.stratafs.probe");
-        let xattr_prefix = if sys::euid() == 0
+        let xattrs = if !userxattr
+            && sys::euid() == 0
             && match sys::set_xattr(fd.as_fd(), probe_key, b"y", 0) {
                 Ok(()) => {
                     let _ = sys::remove_xattr(fd.as_fd(), probe_key);
@@ -242,14 +294,15 @@ impl WorkDir {
                 }
                 Err(e) => e.raw_os_error() != Some(libc::EPERM),
             } {
-            "trusted.overlay."
+            OverlayXattrs::Trusted
         } else {
-            "user.overlay."
+            OverlayXattrs::User
         };
         Ok(WorkDir {
             fd,
             whiteout,
-            xattr_prefix,
+            xattr_prefix: xattrs.prefix(),
+            xattrs,
             shared_whiteout: parking_lot::Mutex::new(()),
         })
     }
@@ -316,6 +369,8 @@ pub struct LayerStack {
     work: Option<WorkDir>,
     /// How `st_ino` is composed from a layer object's inode number.
     pub ino: InoScheme,
+    /// The namespace of the overlay's own xattrs read and written in the layers.
+    xattrs: OverlayXattrs,
 }
 
 impl LayerStack {
@@ -325,6 +380,18 @@ impl LayerStack {
         lowers: &[PathBuf],
         xino: crate::config::Xino,
         ino32: bool,
+    ) -> io::Result<LayerStack> {
+        LayerStack::open_with(upper, lowers, xino, ino32, false)
+    }
+
+    /// [`LayerStack::open`]; `userxattr` makes the overlay xattrs the `user.overlay.` ones
+    /// even as root, as the kernel's option does.
+    pub fn open_with(
+        upper: Option<(&Path, &Path)>,
+        lowers: &[PathBuf],
+        xino: crate::config::Xino,
+        ino32: bool,
+        userxattr: bool,
     ) -> io::Result<LayerStack> {
         let mut layers = Vec::with_capacity(lowers.len() + 1);
         let mut work = None;
@@ -336,7 +403,7 @@ impl LayerStack {
                 work_base = Some(cw);
             }
             layers.push(layer);
-            work = Some(WorkDir::open_in(w, work_base)?);
+            work = Some(WorkDir::open_in(w, work_base, userxattr)?);
         }
         for l in lowers {
             layers.push(Layer::open(l, false).map_err(|e| annotate(e, "lowerdir", l))?);
@@ -351,8 +418,15 @@ impl LayerStack {
                 ),
             ));
         }
+        // A read-only stack reads the names a writable one would write.
+        let xattrs = match &work {
+            Some(w) => w.xattrs,
+            None if sys::euid() == 0 && !userxattr => OverlayXattrs::Trusted,
+            None => OverlayXattrs::User,
+        };
         let mut devs: Vec<u64> = Vec::new();
         for l in &mut layers {
+            l.xattrs = xattrs;
             let idx = match devs.iter().position(|d| *d == l.dev) {
                 Some(i) => i,
                 None => {
@@ -368,7 +442,14 @@ impl LayerStack {
             layers,
             work,
             ino,
+            xattrs,
         })
+    }
+
+    /// The namespace of the overlay's own xattrs (`overlay.opaque`, `overlay.whiteout`,
+    /// `overlay.redirect`...) in this mount.
+    pub fn xattrs(&self) -> OverlayXattrs {
+        self.xattrs
     }
 
     /// All layers, topmost first.

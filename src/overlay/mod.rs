@@ -272,12 +272,7 @@ impl Overlay {
 
     /// How xattr names map between the mount and the layers.
     pub(crate) fn xattr_names(&self) -> crate::layer::format::XattrNames {
-        let prefix = match self.layers.work() {
-            Some(w) => w.xattr_prefix,
-            None if crate::sys::euid() == 0 => "trusted.overlay.",
-            None => "user.overlay.",
-        };
-        crate::layer::format::XattrNames::new(prefix)
+        crate::layer::format::XattrNames::new(self.layers.xattrs().prefix())
     }
 
     /// The layer stack.

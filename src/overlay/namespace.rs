@@ -71,7 +71,7 @@ pub enum RenameFlag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UpperSlot {
     Empty,
-    /// A char 0/0 whiteout.
+    /// A whiteout at the name itself: a char 0/0 device, or an xattr whiteout.
     CharWhiteout,
     /// Only a `.wh.NAME` file.
     DotWhiteout,
@@ -98,6 +98,9 @@ impl Overlay {
     fn upper_slot(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
         match sys::stat_at(pfd, name) {
             Ok(st) if format::is_whiteout_stat(&st) => Ok(UpperSlot::CharWhiteout),
+            Ok(st) if crate::layer::is_xattr_whiteout(pfd, name, &st, self.layers.xattrs())? => {
+                Ok(UpperSlot::CharWhiteout)
+            }
             Ok(st) => Ok(UpperSlot::Object(st.is_dir())),
             Err(e) if crate::layer::is_absent(&e) => {
                 Ok(if crate::layer::dot_whiteout_exists(pfd, name)? {

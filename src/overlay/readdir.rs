@@ -1,8 +1,9 @@
 //! Merged directory listings.
 //!
 //! A listing is built by reading the directory's layers top to bottom, each name taken from
-//! the first layer that shows it; whiteouts (char 0/0 devices and `.wh.` files) hide a name
-//! from the layers *below* their own, and the whiteout format's own names are never listed.
+//! the first layer that shows it; whiteouts (char 0/0 devices, `.wh.` files, and xattr
+//! whiteouts in a directory marked `overlay.opaque=x`) hide a name from the layers *below*
+//! their own, and the whiteout format's own names are never listed.
 //!
 //! Listings are shared: one listing per directory version, kept in a bounded LRU, handed to
 //! every reader of the directory until a change (through [`crate::inode::Node::lock_dir`])
@@ -257,6 +258,8 @@ impl Overlay {
             let entries = sys::list_dir(dfd.as_fd())?;
             // Copied-up entries keep their original inode number in an xattr.
             let impure = layer.upper && self.is_impure(dfd.as_fd());
+            // Its empty regular files may be whiteouts.
+            let xwhiteouts = crate::layer::is_xwhiteouts_dir(dfd.as_fd(), self.layers.xattrs())?;
             let mut hidden_below: Vec<OsString> = Vec::new();
             for e in entries {
                 if format::is_reserved_name(&e.name) {
@@ -269,15 +272,29 @@ impl Overlay {
                     continue;
                 }
                 let kind = match e.kind {
-                    Some(k) if k != FileKind::CharDevice => k,
-                    _ => {
-                        // Unknown d_type, or a char device that may be a whiteout.
+                    Some(FileKind::Regular) if xwhiteouts => None,
+                    Some(k) if k != FileKind::CharDevice => Some(k),
+                    _ => None,
+                };
+                let kind = match kind {
+                    Some(k) => k,
+                    None => {
+                        // Unknown d_type, or a char device or a regular file that may be a
+                        // whiteout.
                         let st = match sys::stat_at(dfd.as_fd(), &e.name) {
                             Ok(st) => st,
                             Err(err) if crate::layer::is_absent(&err) => continue,
                             Err(err) => return Err(err.into()),
                         };
-                        if format::is_whiteout_stat(&st) {
+                        if format::is_whiteout_stat(&st)
+                            || (xwhiteouts
+                                && crate::layer::is_xattr_whiteout(
+                                    dfd.as_fd(),
+                                    &e.name,
+                                    &st,
+                                    self.layers.xattrs(),
+                                )?)
+                        {
                             seen.insert(e.name);
                             continue;
                         }

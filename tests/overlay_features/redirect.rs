@@ -1,0 +1,1 @@
+//! `redirect_dir` (issue 18 item 1).

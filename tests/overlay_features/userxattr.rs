@@ -1,0 +1,1 @@
+//! `-o userxattr` (issue 18 item 7).
