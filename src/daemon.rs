@@ -22,7 +22,7 @@ pub struct MountError(pub String);
 /// Opens the layers of `cfg` into a merged view (no mount).
 pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
     let upper = cfg.upperdir.as_deref().zip(cfg.workdir.as_deref());
-    let layers = LayerStack::open(upper, &cfg.lowerdirs, cfg.xino, cfg.ino32)
+    let layers = LayerStack::open_with(upper, &cfg.lowerdirs, cfg.xino, cfg.ino32, cfg.userxattr)
         .map_err(|e| MountError(strip_os_error_codes(&e.to_string())))?;
     Ok(Overlay::new(layers, Options::from_config(cfg))
         .with_idmap(crate::layer::IdMap::from_config(cfg)))

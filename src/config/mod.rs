@@ -205,6 +205,9 @@ pub struct MountConfig {
     pub plugins: Vec<String>,
     /// `redirect_dir=`
     pub redirect_dir: RedirectDir,
+    /// `userxattr`: the overlay's own xattrs are the `user.overlay.*` ones even as root, as
+    /// with the kernel's option (an upper shared with rootless kernel mounts).
+    pub userxattr: bool,
     /// `context="..."`: SELinux context, accepted and ignored.
     pub context: Option<String>,
     /// Kernel mount flags, in the order given.
@@ -254,6 +257,7 @@ impl MountConfig {
             xattr_permissions: 0,
             plugins: Vec::new(),
             redirect_dir: RedirectDir::Off,
+            userxattr: false,
             context: None,
             kernel_flags: Vec::new(),
             allow_other: false,

@@ -225,6 +225,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "xattr_permissions",
     "plugins",
     "redirect_dir",
+    "userxattr",
     "context",
     "fsname",
 ];
@@ -350,6 +351,7 @@ fn apply_option(
         "squash_to_gid" => cfg.squash_to_gid = Some(parse_id(key, utf8_value(key, value)?)?),
         "static_nlink" => flag(cfg, |c| c.static_nlink = true)?,
         "noacl" => flag(cfg, |c| c.noacl = true)?,
+        "userxattr" => flag(cfg, |c| c.userxattr = true)?,
         "ino32_t" => flag(cfg, |c| c.ino32 = true)?,
         "volatile" => flag(cfg, |c| {
             c.volatile = true;
@@ -915,6 +917,9 @@ mod tests {
         assert!(cfg.allow_root);
         assert!(cfg.default_permissions);
 
+        assert!(!cfg.userxattr);
+        assert!(mount(&["-o", "userxattr", "/m"]).userxattr);
+        assert_eq!(bad_key(&["-o", "userxattr=1", "/m"]), "userxattr");
         assert!(mount(&["-o", "noxattrs", "/m"]).noxattrs);
         assert!(!mount(&["-o", "noxattrs=0", "/m"]).noxattrs);
         assert_eq!(mount(&["-o", "xino=on", "/m"]).xino, Xino::On);

@@ -191,6 +191,14 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
          anyway, else kernel. stratafs only.",
     ),
     opt(
+        &["userxattr"],
+        None,
+        "Use the user.overlay.* names for the overlay's own xattrs (opaque directories, \
+         xattr whiteouts, redirects) even as root, as the kernel's userxattr option does, so \
+         that the upper layer can be shared with rootless kernel mounts. An unprivileged \
+         daemon always uses them.",
+    ),
+    opt(
         &["noacl"],
         None,
         "Turn POSIX ACLs off: ACL xattrs get EOPNOTSUPP and are not enforced.",
