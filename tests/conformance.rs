@@ -275,12 +275,13 @@ fn fsx_on_copied_up_and_new_files() {
                 .unwrap_or_default()
         );
     }
-    // fsx runs on the other targets only for the table.
-    let ts: Vec<Target> = if table_mode() {
-        targets()
-    } else {
-        vec![Target::Stratafs]
-    };
+    // fsx runs on stratafs with and without passthrough (the data path of rootless
+    // mounts: reads spliced or copied, writes through the writeback cache); on the other
+    // targets only for the table.
+    let mut ts = vec![Target::Stratafs, Target::StratafsDaemon];
+    if table_mode() {
+        ts.extend(targets().into_iter().filter(|t| *t != Target::Stratafs));
+    }
     let mut failures = Vec::new();
     for t in ts {
         for o in fsx_on(&lab, t, &bin, &configs, &refs) {

@@ -1,21 +1,75 @@
 //! The `/dev/fuse` transport: serving threads, each reading requests from its own clone of
 //! the connection's fd (`FUSE_DEV_IOC_CLONE`) and writing replies back to it.
 
+use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use super::dispatch::{Dispatcher, Flow, Transport};
+use super::dispatch::{reply_copied, Dispatcher, Flow, Transport};
 use super::{abi, MAX_WRITE};
-use crate::sys;
+use crate::sys::{self, FileReplyError, ReplyPipes};
 
-/// A reply path: the fd the request came from.
-struct DevFuse<'a>(&'a OwnedFd);
+/// Reads smaller than this are copied through memory: for them the four system calls of a
+/// splice cost more than the copy they save.
+const SPLICE_MIN: usize = 32 * 1024;
+
+/// A serving thread's reply path: the fd its requests come from, and its pipes for
+/// splicing file data into replies (made at the first large read; none once splicing
+/// failed to set up or a file refused it).
+struct DevFuse<'a> {
+    fd: &'a OwnedFd,
+    pipes: RefCell<Splice>,
+}
+
+/// The state of a thread's splicing.
+enum Splice {
+    /// Not tried yet.
+    Untried,
+    /// Pipes ready.
+    Ready(ReplyPipes),
+    /// Not available: reads are copied.
+    Off,
+}
 
 impl Transport for DevFuse<'_> {
     fn reply(&self, unique: u64, error: i32, body: &[u8]) -> io::Result<()> {
         let header = abi::out_header(unique, error, body.len());
-        sys::fuse_write_reply(self.0.as_fd(), &header, body)
+        sys::fuse_write_reply(self.fd.as_fd(), &header, body)
+    }
+
+    fn reply_file(
+        &self,
+        unique: u64,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), FileReplyError> {
+        if len >= SPLICE_MIN {
+            let mut state = self.pipes.borrow_mut();
+            if matches!(*state, Splice::Untried) {
+                *state = match ReplyPipes::new(MAX_WRITE as usize) {
+                    Ok(p) => Splice::Ready(p),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no pipes for splicing reads");
+                        Splice::Off
+                    }
+                };
+            }
+            if let Splice::Ready(p) = &*state {
+                match p.reply(self.fd.as_fd(), unique, file, offset, len) {
+                    Ok(()) => return Ok(()),
+                    // Nothing was sent: copy it instead.
+                    Err(FileReplyError::Unsupported) => {}
+                    Err(e) => {
+                        // The pipes may hold part of the message: start afresh next time.
+                        *state = Splice::Untried;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        reply_copied(self, unique, file, offset, len)
     }
 }
 
@@ -61,7 +115,10 @@ pub fn serve(dispatcher: Arc<Dispatcher>, dev: OwnedFd, threads: usize) -> io::R
 fn serve_one(d: &Dispatcher, fd: &OwnedFd) -> io::Result<()> {
     // The kernel refuses reads into a buffer that could not take a whole write request.
     let mut buf = vec![0u8; MAX_WRITE as usize + 4096];
-    let t = DevFuse(fd);
+    let t = DevFuse {
+        fd,
+        pipes: RefCell::new(Splice::Untried),
+    };
     loop {
         match sys::fuse_read_request(fd.as_fd(), &mut buf) {
             Ok(n) => {

@@ -4,13 +4,15 @@
 //! pid), and logs each failed request once, at the level its error calls for.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use tracing::{debug, error, trace, warn, Level};
 
 use super::abi::{self, fattr, op, Args, InHeader, Malformed};
 use super::{Fh, StrataFs};
 use crate::overlay::{Error, SetAttr};
-use crate::sys::SetTime;
+use crate::sys::{self, FileReplyError, SetTime};
 
 /// Who may use the mount besides the kernel's own checks (`allow_other`, `allow_root`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,17 @@ pub enum Response {
     NoReply,
     /// Success with this body (possibly empty).
     Body(Vec<u8>),
+    /// Success with at most `len` bytes of `fd` from `offset`, fewer at end of file: a
+    /// READ served through the daemon. Each transport moves the bytes its cheapest way
+    /// ([`Transport::reply_file`]).
+    File {
+        /// The open file.
+        fd: Arc<OwnedFd>,
+        /// Where the read starts.
+        offset: u64,
+        /// How much the kernel asked for.
+        len: usize,
+    },
 }
 
 impl Response {
@@ -60,6 +73,31 @@ pub type Outcome = Result<Response, Error>;
 pub trait Transport {
     /// Sends the reply to request `unique`: `error` is 0 or a negative errno.
     fn reply(&self, unique: u64, error: i32, body: &[u8]) -> io::Result<()>;
+
+    /// Sends the successful reply to request `unique`: at most `len` bytes of `fd` from
+    /// `offset`, fewer at end of file. By default they are read into memory and sent with
+    /// [`Transport::reply`].
+    fn reply_file(
+        &self,
+        unique: u64,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), FileReplyError> {
+        reply_copied(self, unique, fd, offset, len)
+    }
+}
+
+/// The reply of file data read into memory and sent with [`Transport::reply`].
+pub fn reply_copied<T: Transport + ?Sized>(
+    t: &T,
+    unique: u64,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+) -> Result<(), FileReplyError> {
+    let data = sys::pread_exact_or_eof(fd, len, offset).map_err(FileReplyError::Read)?;
+    t.reply(unique, 0, &data).map_err(FileReplyError::Send)
 }
 
 /// Whether the serving loop goes on.
@@ -77,6 +115,25 @@ pub struct Dispatcher {
     fs: StrataFs,
     access: Access,
     owner: u32,
+}
+
+/// Logs the failure `e` of request `h` (operation `name`) once, at the level it calls for,
+/// and answers it with its errno.
+fn fail(t: &dyn Transport, h: &InHeader, name: &str, e: &Error) -> io::Result<()> {
+    let code = e.errno();
+    match e.level() {
+        // The request's id, operation and node in the line itself: the span carrying them
+        // is off at the default level.
+        Level::ERROR => {
+            error!(id = h.unique, op = name, node = h.nodeid.get(), errno = code, error = %e, "failed")
+        }
+        Level::WARN => {
+            warn!(id = h.unique, op = name, node = h.nodeid.get(), errno = code, error = %e, "failed")
+        }
+        Level::DEBUG => debug!(errno = code, error = %e, "failed"),
+        _ => trace!(errno = code, error = %e, "failed"),
+    }
+    t.reply(h.unique, -code, &[])
 }
 
 /// An errno as an [`Error`].
@@ -143,22 +200,15 @@ impl Dispatcher {
         let sent = match outcome {
             Ok(Response::NoReply) => return Flow::Continue,
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
-            Err(e) => {
-                let code = e.errno();
-                match e.level() {
-                    // The request's id, operation and node in the line itself: the span
-                    // carrying them is off at the default level.
-                    Level::ERROR => {
-                        error!(id = h.unique, op = name, node = h.nodeid.get(), errno = code, error = %e, "failed")
-                    }
-                    Level::WARN => {
-                        warn!(id = h.unique, op = name, node = h.nodeid.get(), errno = code, error = %e, "failed")
-                    }
-                    Level::DEBUG => debug!(errno = code, error = %e, "failed"),
-                    _ => trace!(errno = code, error = %e, "failed"),
+            Ok(Response::File { fd, offset, len }) => {
+                match t.reply_file(h.unique, fd.as_fd(), offset, len) {
+                    Ok(()) => Ok(()),
+                    Err(FileReplyError::Read(e)) => fail(t, &h, name, &Error::Io(e)),
+                    Err(FileReplyError::Send(e)) => Err(e),
+                    Err(FileReplyError::Unsupported) => fail(t, &h, name, &os(libc::EIO)),
                 }
-                t.reply(h.unique, -code, &[])
             }
+            Err(e) => fail(t, &h, name, &e),
         };
         // ENOENT: the request was interrupted and the kernel no longer waits for it.
         if let Err(e) = sent {

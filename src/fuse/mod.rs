@@ -639,12 +639,11 @@ impl StrataFs {
 
     pub(crate) fn read(&self, ino: NodeId, fh: Fh, offset: u64, size: u32) -> Outcome {
         let fd = self.read_fd(fh, ino).ok_or(os(libc::EBADF))?;
-        let size = size.min(MAX_WRITE) as usize;
-        Ok(Response::Body(sys::pread_exact_or_eof(
-            fd.as_fd(),
-            size,
+        Ok(Response::File {
+            fd,
             offset,
-        )?))
+            len: size.min(MAX_WRITE) as usize,
+        })
     }
 
     pub(crate) fn release(&self, ino: NodeId, fh: Fh) -> Outcome {

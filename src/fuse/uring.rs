@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use super::dispatch::{Dispatcher, Transport};
 use super::{abi, MAX_WRITE};
 use crate::sys::uring::{self, EntryBufs, FuseQueue, HEADER_LEN, OP_IN_LEN, OP_IN_OFFSET};
+use crate::sys::{self, FileReplyError};
 
 /// Entries per queue: requests of one CPU the kernel can hand over while the queue's
 /// thread works on another (it queues further ones until an entry comes back). Each entry
@@ -239,6 +240,26 @@ impl Transport for RingReply<'_, '_> {
         b.payload[..body.len()].copy_from_slice(body);
         // At most the payload buffer's length, which is far below 4 GiB.
         b.set_payload_size(u32::try_from(body.len()).unwrap_or(0));
+        self.replied.set(true);
+        Ok(())
+    }
+
+    /// Reads the file straight into the entry's payload buffer, which the kernel copies
+    /// from: one copy less than reading into memory of our own first.
+    fn reply_file(
+        &self,
+        unique: u64,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), FileReplyError> {
+        let mut b = self.bufs.borrow_mut();
+        let len = len.min(b.payload.len());
+        let n = sys::pread_full(fd, &mut b.payload[..len], offset).map_err(FileReplyError::Read)?;
+        let header = abi::out_header(unique, 0, n);
+        b.header[..header.len()].copy_from_slice(&header);
+        // At most the payload buffer's length, which is far below 4 GiB.
+        b.set_payload_size(u32::try_from(n).unwrap_or(0));
         self.replied.set(true);
         Ok(())
     }

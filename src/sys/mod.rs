@@ -1055,6 +1055,154 @@ pub fn fuse_write_reply(dev: BorrowedFd<'_>, header: &[u8], body: &[u8]) -> io::
     Ok(())
 }
 
+/// Why a reply of file data was not sent.
+#[derive(Debug)]
+pub enum FileReplyError {
+    /// Reading the file failed: nothing was sent; the request is to be answered with the
+    /// error.
+    Read(io::Error),
+    /// The reply could not be sent (the request may have been interrupted).
+    Send(io::Error),
+    /// This way of sending cannot carry it (a file without splice, a pipe too small):
+    /// nothing was sent or read; send it another way.
+    Unsupported,
+}
+
+/// Two pipes that carry file data into a FUSE reply without copying it through the
+/// daemon's memory: the data is spliced from the file into `data` (page references, no
+/// copy), the reply header written into `msg` and the data moved in behind it
+/// (pipe to pipe, no copy), and the message spliced to `/dev/fuse` in one call, as the
+/// kernel takes a reply. The kernel then copies the data once, from the file's page cache
+/// into the request's pages; through `pread` and `writev` it is copied twice. Two pipes
+/// because the header, which carries the length, goes first, and the length is known only
+/// once the data is read (a short read at end of file).
+#[derive(Debug)]
+pub struct ReplyPipes {
+    data_r: OwnedFd,
+    data_w: OwnedFd,
+    msg_r: OwnedFd,
+    msg_w: OwnedFd,
+    /// The most data one reply may carry through these pipes.
+    max: usize,
+}
+
+impl ReplyPipes {
+    /// Pipes for replies of up to `want` bytes (fewer when the pipe size limit,
+    /// `/proc/sys/fs/pipe-max-size`, is lower: [`ReplyPipes::max`]).
+    pub fn new(want: usize) -> io::Result<ReplyPipes> {
+        use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags};
+        let flags = PipeFlags::CLOEXEC | PipeFlags::NONBLOCK;
+        let (data_r, data_w) = pipe_with(flags)?;
+        let (msg_r, msg_w) = pipe_with(flags)?;
+        let page = rustix::param::page_size().max(4096);
+        // Data at a page-unaligned offset spans one page more than its length; the message
+        // pipe holds the header's page too.
+        let data_want = want + page;
+        let msg_want = want + 2 * page;
+        // An unprivileged process may not exceed pipe-max-size (1 MiB by default): the
+        // largest power of two below what is wanted then.
+        let grow = |fd: &OwnedFd, want: usize| -> io::Result<usize> {
+            let mut size = want;
+            while fcntl_setpipe_size(fd, size).is_err() && size > 2 * page {
+                size = (size - 1).next_power_of_two() / 2;
+            }
+            fcntl_getpipe_size(fd).map_err(io::Error::from)
+        };
+        let data_cap = grow(&data_w, data_want)?;
+        let msg_cap = grow(&msg_w, msg_want)?;
+        let max = data_cap
+            .saturating_sub(page)
+            .min(msg_cap.saturating_sub(2 * page))
+            .min(want);
+        Ok(ReplyPipes {
+            data_r,
+            data_w,
+            msg_r,
+            msg_w,
+            max,
+        })
+    }
+
+    /// The most data a reply through these pipes may carry.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Sends the reply to request `unique` down `dev`: at most `len` bytes of `file` from
+    /// `offset` (fewer at end of file). After an error the pipes may hold leftovers: drop
+    /// them.
+    pub fn reply(
+        &self,
+        dev: BorrowedFd<'_>,
+        unique: u64,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), FileReplyError> {
+        use rustix::pipe::{splice, SpliceFlags};
+        if len > self.max {
+            return Err(FileReplyError::Unsupported);
+        }
+        let flags = SpliceFlags::NONBLOCK;
+        let mut off = offset;
+        let mut moved = 0;
+        while moved < len {
+            match splice(file, Some(&mut off), &self.data_w, None, len - moved, flags) {
+                Ok(0) => break,
+                Ok(n) => moved += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                // No splice from this file (its filesystem lacks it), or a full pipe.
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::AGAIN) if moved == 0 => {
+                    return Err(FileReplyError::Unsupported)
+                }
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::AGAIN) => {
+                    return Err(FileReplyError::Send(io::Error::other(
+                        "splice stopped halfway",
+                    )))
+                }
+                Err(e) => return Err(FileReplyError::Read(e.into())),
+            }
+        }
+        let header = fuse_out_header(unique, 0, moved);
+        let send = |e: rustix::io::Errno| FileReplyError::Send(e.into());
+        if rustix::io::write(&self.msg_w, &header).map_err(send)? != header.len() {
+            return Err(FileReplyError::Send(io::Error::other("short header write")));
+        }
+        let mut behind = 0;
+        while behind < moved {
+            match splice(&self.data_r, None, &self.msg_w, None, moved - behind, flags) {
+                Ok(0) => return Err(FileReplyError::Send(io::Error::other("pipe emptied"))),
+                Ok(n) => behind += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(send(e)),
+            }
+        }
+        let total = header.len() + moved;
+        loop {
+            match splice(&self.msg_r, None, dev, None, total, flags) {
+                Ok(n) if n == total => return Ok(()),
+                Ok(_) => return Err(FileReplyError::Send(io::Error::other("short reply"))),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(send(e)),
+            }
+        }
+    }
+}
+
+/// Reads `buf.len()` bytes of `fd` from `offset`, or up to end of file; returns how many.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
 /// Reads one request from the FUSE connection `dev` into `buf`.
 pub fn fuse_read_request(dev: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     rustix::io::read(dev, buf).map_err(io::Error::from)

@@ -12,6 +12,8 @@ use crate::common::*;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Target {
     Stratafs,
+    /// stratafs with `passthrough=off`: every byte through the daemon (as rootless).
+    StratafsDaemon,
     Kernel,
     FuseOverlayfs,
 }
@@ -20,6 +22,7 @@ impl Target {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Stratafs => "stratafs",
+            Target::StratafsDaemon => "stratafs-passthrough-off",
             Target::Kernel => "kernel",
             Target::FuseOverlayfs => "fuse-overlayfs",
         }
@@ -30,6 +33,7 @@ impl Target {
     pub(crate) fn dir(self) -> &'static str {
         match self {
             Target::Stratafs => "ours",
+            Target::StratafsDaemon => "ourd",
             Target::Kernel => "kern",
             Target::FuseOverlayfs => "fovl",
         }
@@ -131,8 +135,11 @@ impl Lab {
     pub(crate) fn mount(&self, t: Target) -> Guard {
         let (upper, work, mnt) = (self.upper(t), self.work(t), self.mnt(t));
         match t {
-            Target::Stratafs => {
-                let opts = format!("{},fsync=1", rw_opts(&self.lowers, &upper, &work));
+            Target::Stratafs | Target::StratafsDaemon => {
+                let mut opts = format!("{},fsync=1", rw_opts(&self.lowers, &upper, &work));
+                if t == Target::StratafsDaemon {
+                    opts.push_str(",passthrough=off");
+                }
                 match mount_stable(&opts, &mnt) {
                     Ok(m) => Guard::Ours(m),
                     Err(o) => panic!(

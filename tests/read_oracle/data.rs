@@ -8,6 +8,17 @@ use super::*;
 
 #[test]
 fn large_file_reads_back_exactly() {
+    large_files_read_back_exactly("");
+}
+
+/// The same reads served by the daemon (no passthrough): large requests are spliced from the
+/// layer file into the reply, short ones copied; both end at end of file.
+#[test]
+fn large_file_reads_back_exactly_through_the_daemon() {
+    large_files_read_back_exactly(",passthrough=off");
+}
+
+fn large_files_read_back_exactly(extra: &str) {
     if !can_compare() {
         return;
     }
@@ -21,7 +32,7 @@ fn large_file_reads_back_exactly() {
     fs::write(bot.join("odd"), b"shadowed").expect("write");
 
     let m = mountpoint(t.path(), "m");
-    let _ours = Mount::new(&lowerdir(&l), &m);
+    let _ours = Mount::new(&format!("{}{extra}", lowerdir(&l)), &m);
     let got = fs::read(m.join("big")).expect("read big");
     assert_eq!(got.len(), big.len());
     assert!(got == big, "3 MiB file differs through the mount");
