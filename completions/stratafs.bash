@@ -16,6 +16,18 @@ _stratafs() {
             ",$1")
                 cmd="stratafs"
                 ;;
+            stratafs,help)
+                cmd="stratafs__subcmd__help"
+                ;;
+            stratafs,stats)
+                cmd="stratafs__subcmd__stats"
+                ;;
+            stratafs__subcmd__help,help)
+                cmd="stratafs__subcmd__help__subcmd__help"
+                ;;
+            stratafs__subcmd__help,stats)
+                cmd="stratafs__subcmd__help__subcmd__stats"
+                ;;
             *)
                 ;;
         esac
@@ -23,7 +35,7 @@ _stratafs() {
 
     case "${cmd}" in
         stratafs)
-            opts="-o -f -d -h -V --debug --help --version --demo"
+            opts="-o -f -d -h -V --debug --help --version --demo stats help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -31,6 +43,66 @@ _stratafs() {
             case "${prev}" in
                 -o)
                     COMPREPLY=($(compgen -W "lowerdir upperdir workdir fsync volatile timeout node_limit xino ino32_t static_nlink noxattrs fsname debug log allow_other allow_root default_permissions ro rw dev nodev suid nosuid exec noexec atime noatime dirsync sync async uidmapping gidmapping squash_to_root squash_to_uid squash_to_gid xattr_permissions redirect_dir writeback passthrough io_uring markers userxattr noacl threaded fast_ino plugins context" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stratafs__subcmd__help)
+            opts="stats help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stratafs__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stratafs__subcmd__help__subcmd__stats)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stratafs__subcmd__stats)
+            opts="--json --watch"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

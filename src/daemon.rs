@@ -106,6 +106,7 @@ fn spawn_pruner(overlay: Arc<Overlay>, dev: OwnedFd) {
                     tracing::debug!(error = %e, "pruning stops");
                     return;
                 }
+                overlay.pruned(chunk.len());
             }
         });
     if let Err(e) = spawned {
@@ -141,6 +142,12 @@ fn raise_readahead(mountpoint: &std::path::Path) {
 /// `/proc/self/mountinfo`; `None` when nothing is mounted there.
 pub fn mount_device(dir: &std::path::Path) -> Option<String> {
     newest_mount(dir).map(|(dev, _)| dev)
+}
+
+/// The filesystem type of the newest mount on `dir` (a canonical path), as mountinfo shows
+/// it (`fuse.stratafs`); `None` when nothing is mounted there.
+pub fn mount_type(dir: &std::path::Path) -> Option<String> {
+    newest_mount(dir).map(|(_, t)| t)
 }
 
 /// The `MAJ:MIN` and filesystem type of the newest mount on `dir` (a canonical path).
@@ -580,19 +587,27 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
         SessionACL::Owner => Access::Owner,
     };
     let dispatcher = Arc::new(Dispatcher::new(fs, access, sys::euid()));
+    dispatcher.set_mountpoint(&cfg.mountpoint);
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ]);
     match signals {
         Ok(mut signals) => {
+            let d = Arc::clone(&dispatcher);
             let spawned = std::thread::Builder::new()
                 .name("signals".into())
                 .spawn(move || {
-                    if let Some(sig) = signals.forever().next() {
+                    for sig in signals.forever() {
+                        if sig == signal_hook::consts::SIGUSR1 {
+                            log_stats(&d);
+                            continue;
+                        }
                         tracing::info!(sig, "signal received, unmounting");
                         unmounter.unmount();
+                        break;
                     }
                 });
             if let Err(e) = spawned {
@@ -618,6 +633,17 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
             os_error_text(&e)
         ))
     })
+}
+
+/// The target of the statistics table SIGUSR1 writes to the log: logged at info, which the
+/// default filter lets through for this target alone (see [`crate::logging`]).
+pub const STATS_TARGET: &str = "stratafs::stats";
+
+/// SIGUSR1: the table `stratafs stats` shows, into the log, a line per event.
+fn log_stats(d: &Dispatcher) {
+    for line in d.snapshot().table().lines().filter(|l| !l.is_empty()) {
+        tracing::info!(target: STATS_TARGET, "{line}");
+    }
 }
 
 /// Serves the connection `dev` until it is unmounted: through the io_uring rings when the
@@ -647,6 +673,7 @@ fn serve_transport(
     }
     match uring::start(&dispatcher, &dev) {
         Ok(rings) => {
+            dispatcher.set_transport(rings.queues());
             tracing::info!(
                 queues = rings.queues(),
                 "serving through FUSE over io_uring"

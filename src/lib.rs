@@ -7,6 +7,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod fuse;
@@ -14,6 +15,7 @@ pub mod inode;
 pub mod layer;
 pub mod logging;
 pub mod overlay;
+pub mod stats;
 pub mod sys;
 #[cfg(test)]
 mod test_hook;

@@ -17,8 +17,13 @@ use crate::config::LogTarget;
 
 /// Installs the process's logger for `target`; `debug` raises the default level to debug.
 pub fn init(debug: bool, target: &LogTarget) -> Result<(), String> {
-    let default = if debug { "debug" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // SIGUSR1's statistics table is logged at info under its own target: shown by default.
+    let default = if debug {
+        "debug".to_string()
+    } else {
+        format!("warn,{}=info", crate::daemon::STATS_TARGET)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&default));
     let installed = match target {
         LogTarget::Stderr => tracing_subscriber::fmt()
             .with_env_filter(filter)

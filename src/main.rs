@@ -7,6 +7,7 @@ use stratafs::config::{self, Invocation};
 
 const USAGE: &str = "\
 usage: stratafs [SOURCE] MOUNTPOINT -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTS]
+       stratafs stats MOUNTPOINT [--json] [--watch SECONDS]
        stratafs --demo
 
 Mounts the union of the lower layers (topmost first) under the optional writable upper layer,
@@ -22,7 +23,12 @@ with the semantics and on-disk format of the kernel's overlayfs.
 ";
 
 fn main() -> ExitCode {
-    let inv = match config::parse_args(std::env::args_os().skip(1)) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // `stratafs stats ...`: a command to a live daemon, not a mount.
+    if let Some(code) = stratafs::control::cli::run(&args) {
+        return code;
+    }
+    let inv = match config::parse_args(args) {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("stratafs: {e}");

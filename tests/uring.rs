@@ -567,3 +567,41 @@ fn a_rootless_daemon_serves_through_rings() {
         "the upper layer after the rootless mount"
     );
 }
+
+/// `stratafs stats` counts what the rings serve as it counts `/dev/fuse` requests (the one
+/// dispatcher counts both), and says which transport serves.
+#[test]
+fn stats_count_requests_served_through_the_rings() {
+    let Some(_param) = UringParam::set(true) else {
+        return;
+    };
+    let s = Stack::new();
+    let m = Mount::new(&format!("{},passthrough=off", s.rw_opts()), &s.mnt);
+    const N: usize = 20;
+    for i in 0..N {
+        fs::write(s.mnt.join(format!("f{i}")), "x").unwrap();
+    }
+    let out = run(Command::new(stratafs_bin())
+        .args(["stats", "--json"])
+        .arg(&s.mnt));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["transport"], "io_uring");
+    assert_eq!(
+        v["uring_queues"].as_u64().unwrap() as usize,
+        possible_cpus()
+    );
+    let count = |op: &str| {
+        v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["op"] == op)
+            .map_or(0, |o| o["count"].as_u64().unwrap())
+    };
+    assert!(count("create") >= N as u64, "{v}");
+    assert!(count("write") >= N as u64, "{v}");
+    let (_, completions) = rings_of(&s.mnt);
+    assert!(completions >= 2 * N as u64);
+    m.unmount();
+}

@@ -75,7 +75,8 @@ pub enum Cmd {
         /// The container.
         name: String,
     },
-    /// List images and containers.
+    /// List images and containers (a mounted container with its daemon: pid, uptime,
+    /// requests, nodes, open handles, copy-ups, memory).
     Ls,
     /// Remove an image, or one of its tags.
     Rmi {

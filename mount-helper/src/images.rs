@@ -75,8 +75,8 @@ pub fn ls(store: &Store) -> Result<Vec<String>> {
     }
     out.push(String::new());
     out.push(format!(
-        "{:<20}  {:<24}  {:<9}  {}",
-        "CONTAINER", "IMAGE", "STATE", "MOUNT POINT"
+        "{:<20}  {:<24}  {:<9}  {:<32}  {}",
+        "CONTAINER", "IMAGE", "STATE", "MOUNT POINT", "DAEMON"
     ));
     for c in store.list_containers()? {
         let img_tags = store.tags_of(&c.image)?;
@@ -86,13 +86,17 @@ pub fn ls(store: &Store) -> Result<Vec<String>> {
                 .map(|d| digest::short(&d))
                 .unwrap_or_default(),
         };
-        let (state, target) = match &c.mount {
-            Some(m) if mounts::is_mounted(&m.target) => ("mounted", m.target.display().to_string()),
-            _ => ("unmounted", "-".to_string()),
+        let (state, target, daemon) = match &c.mount {
+            Some(m) if mounts::is_mounted(&m.target) => (
+                "mounted",
+                m.target.display().to_string(),
+                mounts::daemon_line(&m.target),
+            ),
+            _ => ("unmounted", "-".to_string(), "-".to_string()),
         };
         out.push(format!(
-            "{:<20}  {:<24}  {:<9}  {}",
-            c.name, image, state, target
+            "{:<20}  {:<24}  {:<9}  {:<32}  {}",
+            c.name, image, state, target, daemon
         ));
     }
     Ok(out)

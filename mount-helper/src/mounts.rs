@@ -72,6 +72,23 @@ pub fn is_live(ctr: &ContainerRecord) -> bool {
         .unwrap_or(false)
 }
 
+/// One line about the daemon serving the mount on `target`, from its statistics (what
+/// `stratafs stats` shows): its pid, uptime, requests, nodes, open files, copy-ups and
+/// memory; or why they cannot be had.
+pub fn daemon_line(target: &Path) -> String {
+    match stratafs::control::stats(target) {
+        Ok(s) => s.one_line(),
+        Err(stratafs::control::ControlError::Permission(_)) => {
+            "(statistics: permission denied)".to_string()
+        }
+        Err(stratafs::control::ControlError::Unsupported(_)) => {
+            "(no statistics: an older daemon)".to_string()
+        }
+        Err(stratafs::control::ControlError::Gone(_)) => "(daemon gone)".to_string(),
+        Err(_) => "(no statistics)".to_string(),
+    }
+}
+
 /// The daemon process serving `target`: a process whose command line is the daemon's and
 /// names `target`.
 fn daemon_pid(daemon: &Path, target: &Path) -> Option<u32> {

@@ -327,6 +327,13 @@ fn two_containers_share_layers_and_are_isolated() {
         .filter(|l| l.contains("mounted") && !l.contains("unmounted"))
         .collect();
     assert_eq!(mounted.len(), 2, "{ls}");
+    // Each mounted container's daemon in its line, from the daemon's own statistics.
+    for line in &mounted {
+        assert!(
+            line.contains("pid ") && line.contains(" requests, "),
+            "{ls}"
+        );
+    }
     let err = h.fails(&["rm", "a"]);
     assert!(err.contains("is mounted"), "{err}");
     ma.umount();

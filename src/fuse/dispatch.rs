@@ -115,6 +115,9 @@ pub struct Dispatcher {
     fs: StrataFs,
     access: Access,
     owner: u32,
+    /// Requests per opcode, with their latencies.
+    requests: crate::stats::Requests,
+    control: super::control::Control,
 }
 
 /// Logs the failure `e` of request `h` (operation `name`) once, at the level it calls for,
@@ -144,12 +147,27 @@ pub(crate) fn os(code: i32) -> Error {
 impl Dispatcher {
     /// A dispatcher serving `fs` for requests `access` allows (`owner`: the mounting user).
     pub fn new(fs: StrataFs, access: Access, owner: u32) -> Dispatcher {
-        Dispatcher { fs, access, owner }
+        Dispatcher {
+            fs,
+            access,
+            owner,
+            requests: crate::stats::Requests::default(),
+            control: super::control::Control::new(owner),
+        }
     }
 
     /// The front end it serves.
     pub fn fs(&self) -> &StrataFs {
         &self.fs
+    }
+
+    /// The request counters.
+    pub fn requests(&self) -> &crate::stats::Requests {
+        &self.requests
+    }
+
+    pub(crate) fn control(&self) -> &super::control::Control {
+        &self.control
     }
 
     /// Serves one request read from `t` and replies through it.
@@ -166,6 +184,8 @@ impl Dispatcher {
                 return Flow::Continue;
             }
         };
+        // Counted (with its latency) when this drops, whichever way the request ends.
+        let mut timing = self.requests.start(h.opcode);
         let name = abi::op_name(h.opcode);
         let span = tracing::debug_span!(
             "req",
@@ -197,6 +217,7 @@ impl Dispatcher {
                 }
             }
         };
+        timing.failed = outcome.is_err();
         let sent = match outcome {
             Ok(Response::NoReply) => return Flow::Continue,
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
@@ -367,7 +388,11 @@ impl Dispatcher {
                 a.u64()?;
                 let (in_size, out_size) = (a.u32()?, a.u32()?);
                 let data = a.bytes(in_size as usize)?;
-                fs.ioctl(node, cmd, data, out_size)
+                if cmd == super::control::CMD {
+                    self.control_request(req, data, out_size)
+                } else {
+                    fs.ioctl(node, cmd, data, out_size)
+                }
             }
             op::FALLOCATE => {
                 let (fh, offset, length, mode) = (a.fh()?, a.u64()?, a.u64()?, a.u32()?);

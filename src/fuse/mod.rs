@@ -7,6 +7,7 @@
 //! `st_ino` shown are kept apart on the wire ([`abi`]). Nothing here can panic.
 
 pub mod abi;
+mod control;
 pub mod devfuse;
 pub mod dispatch;
 pub mod uring;

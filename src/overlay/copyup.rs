@@ -72,6 +72,7 @@ impl Overlay {
         let src = self.dir_fd(dir, top)?;
         let st = sys::stat_fd(src.as_fd())?;
         let _dir_guard = parent.lock_dir();
+        let started = std::time::Instant::now();
         let tmp = self.temp_name();
         sys::mkdir_at(work.fd(), &tmp, 0o700).ctx("copy up mkdir", &name)?;
         let staged = (|| -> Result<()> {
@@ -86,6 +87,7 @@ impl Overlay {
         let mut layers = vec![UPPER];
         layers.extend(chain);
         self.nodes.set_layers(dir.id, layers);
+        self.copy_ups.record(0, started.elapsed());
         // The directory is shown from its new upper copy, and its parent changed.
         self.attrs_changed(dir.id);
         self.attrs_changed(parent.id);
@@ -118,6 +120,7 @@ impl Overlay {
         if node.is_dead() {
             return Err(Error::NotFound);
         }
+        let started = std::time::Instant::now();
         let tmp = self.temp_name();
         let staged = self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data);
         let placed = staged.and_then(|()| place_copy(work, &tmp, pfd.as_fd(), &name));
@@ -127,6 +130,12 @@ impl Overlay {
         }
         self.mark_impure(pfd.as_fd());
         self.nodes.set_layers(node.id, vec![UPPER]);
+        let copied = if with_data && st.kind() == Some(FileKind::Regular) {
+            st.size
+        } else {
+            0
+        };
+        self.copy_ups.record(copied, started.elapsed());
         self.attrs_changed(node.id);
         self.attrs_changed(parent.id);
         Ok(())

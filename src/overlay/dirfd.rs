@@ -28,11 +28,33 @@ pub(crate) fn lru_shards<K: std::hash::Hash + Eq, V>(
         .collect()
 }
 
+/// The size and capacity of sharded LRU cache `shards`, with the hits and misses of
+/// `lookups`.
+pub(crate) fn shard_stats<K: std::hash::Hash + Eq, V>(
+    shards: &[Mutex<LruCache<K, V>>],
+    lookups: &crate::stats::HitCounter,
+) -> crate::stats::CacheStats {
+    let (mut entries, mut capacity) = (0, 0);
+    for s in shards {
+        let s = s.lock();
+        entries += s.len() as u64;
+        capacity += s.cap().get() as u64;
+    }
+    let (hits, misses) = lookups.get();
+    crate::stats::CacheStats {
+        entries,
+        capacity,
+        hits,
+        misses,
+    }
+}
+
 type Shard = Mutex<LruCache<(NodeId, LayerIdx), Arc<OwnedFd>>>;
 
 #[derive(Debug)]
 pub(crate) struct DirFdCache {
     shards: Vec<Shard>,
+    lookups: crate::stats::HitCounter,
 }
 
 /// The share of the process's fd limit the cache may hold: the rest is for open files,
@@ -49,6 +71,7 @@ impl DirFdCache {
         let capacity = capacity.min(usize::try_from(budget).unwrap_or(usize::MAX));
         let cache = Arc::new(DirFdCache {
             shards: lru_shards(capacity),
+            lookups: crate::stats::HitCounter::default(),
         });
         let weak: std::sync::Weak<dyn crate::sys::FdReclaim> = Arc::downgrade(&cache) as _;
         crate::sys::register_fd_reclaimer(weak);
@@ -62,7 +85,14 @@ impl DirFdCache {
     }
 
     pub(crate) fn get(&self, ino: NodeId, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
-        self.shard(ino).lock().get(&(ino, layer)).cloned()
+        let fd = self.shard(ino).lock().get(&(ino, layer)).cloned();
+        self.lookups.record(fd.is_some());
+        fd
+    }
+
+    /// Its size, capacity and hit counts.
+    pub(crate) fn stats(&self) -> crate::stats::CacheStats {
+        shard_stats(&self.shards, &self.lookups)
     }
 
     pub(crate) fn put(&self, ino: NodeId, layer: LayerIdx, fd: Arc<OwnedFd>) {

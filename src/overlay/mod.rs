@@ -171,6 +171,11 @@ pub struct Overlay {
     /// The FUSE connection, for telling the kernel that a node's attributes changed (see
     /// [`Overlay::set_kernel_connection`]).
     kernel: std::sync::OnceLock<OwnedFd>,
+    /// Copy-ups done.
+    copy_ups: crate::stats::CopyUps,
+    /// `FUSE_NOTIFY_PRUNE` messages sent, and the nodes named in them.
+    prune_notices: crate::stats::Counter,
+    pruned: crate::stats::Counter,
 }
 
 impl Overlay {
@@ -209,6 +214,9 @@ impl Overlay {
             exact_modes: crate::sys::current_umask() == 0,
             fuse_markers,
             kernel: std::sync::OnceLock::new(),
+            copy_ups: crate::stats::CopyUps::default(),
+            prune_notices: crate::stats::Counter::default(),
+            pruned: crate::stats::Counter::default(),
         }
     }
 
@@ -308,6 +316,38 @@ impl Overlay {
     /// How many nodes the kernel currently holds.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Counts one `FUSE_NOTIFY_PRUNE` sent, naming `nodes` nodes.
+    pub fn pruned(&self, nodes: usize) {
+        self.prune_notices.add(1);
+        self.pruned.add(nodes as u64);
+    }
+
+    /// The node table's size, limit and prunes.
+    pub fn node_stats(&self) -> crate::stats::NodeStats {
+        crate::stats::NodeStats {
+            nodes: self.nodes.len() as u64,
+            limit: self.opts.node_limit as u64,
+            prune_notices: self.prune_notices.get(),
+            pruned: self.pruned.get(),
+        }
+    }
+
+    /// The caches' sizes and hit counts.
+    pub fn cache_stats(&self) -> crate::stats::Caches {
+        let (listings, listing_names) = self.listings.stats();
+        crate::stats::Caches {
+            dir_fds: self.dirfds.stats(),
+            listings,
+            listing_names,
+            negative: self.negative.stats(),
+        }
+    }
+
+    /// Copy-ups done since the mount.
+    pub fn copy_up_stats(&self) -> crate::stats::CopyUpStats {
+        self.copy_ups.snapshot()
     }
 
     fn node(&self, id: NodeId) -> Result<Arc<Node>> {

@@ -16,7 +16,7 @@ use std::hash::BuildHasher;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::dirfd::{lru_shards, SHARDS};
+use super::dirfd::{lru_shards, shard_stats, SHARDS};
 use crate::inode::NodeId;
 
 /// (directory node, keyed hash of the name) -> (directory version, the name).
@@ -27,6 +27,7 @@ pub(crate) struct NegativeCache {
     shards: Vec<Shard>,
     /// Random per mount, so names in a layer cannot be crafted to collide.
     key: RandomState,
+    lookups: crate::stats::HitCounter,
 }
 
 impl NegativeCache {
@@ -39,6 +40,7 @@ impl NegativeCache {
                 lru_shards(capacity)
             },
             key: RandomState::new(),
+            lookups: crate::stats::HitCounter::default(),
         }
     }
 
@@ -50,9 +52,16 @@ impl NegativeCache {
 
     /// True when `name` was found missing from directory `dir` at its version `version`.
     pub(crate) fn is_missing(&self, dir: NodeId, version: u64, name: &OsStr) -> bool {
-        self.slot(dir, name).is_some_and(|(shard, key)| {
+        let missing = self.slot(dir, name).is_some_and(|(shard, key)| {
             matches!(shard.lock().get(&key), Some((v, n)) if *v == version && n == name)
-        })
+        });
+        self.lookups.record(missing);
+        missing
+    }
+
+    /// Its size, capacity and hit counts (a hit: a lookup answered without the layers).
+    pub(crate) fn stats(&self) -> crate::stats::CacheStats {
+        shard_stats(&self.shards, &self.lookups)
     }
 
     /// Records that `name` is missing from directory `dir` at version `version`.

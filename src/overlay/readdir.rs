@@ -74,6 +74,7 @@ impl Listing {
 pub(crate) struct ListingCache {
     inner: Mutex<ListingLru>,
     budget: usize,
+    lookups: crate::stats::HitCounter,
 }
 
 #[derive(Debug)]
@@ -90,16 +91,37 @@ impl ListingCache {
                 entries: 0,
             }),
             budget,
+            lookups: crate::stats::HitCounter::default(),
         }
+    }
+
+    /// Its size (listings, and the names they hold), budget and hit counts.
+    pub(crate) fn stats(&self) -> (crate::stats::CacheStats, u64) {
+        let (listings, names) = {
+            let c = self.inner.lock();
+            (c.lru.len() as u64, c.entries as u64)
+        };
+        let (hits, misses) = self.lookups.get();
+        let s = crate::stats::CacheStats {
+            entries: listings,
+            capacity: self.budget as u64,
+            hits,
+            misses,
+        };
+        (s, names)
     }
 
     /// The cached listing of directory `ino` if it is of version `version`.
     fn get(&self, ino: NodeId, version: u64) -> Option<Arc<Listing>> {
-        let mut c = self.inner.lock();
-        match c.lru.get(&ino) {
-            Some(l) if l.version == version => Some(Arc::clone(l)),
-            _ => None,
-        }
+        let found = {
+            let mut c = self.inner.lock();
+            match c.lru.get(&ino) {
+                Some(l) if l.version == version => Some(Arc::clone(l)),
+                _ => None,
+            }
+        };
+        self.lookups.record(found.is_some());
+        found
     }
 
     fn put(&self, ino: NodeId, listing: &Arc<Listing>) {

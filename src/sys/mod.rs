@@ -272,6 +272,29 @@ pub fn set_fs_xattr(fd: BorrowedFd<'_>, attr: [u8; FSXATTR_SIZE]) -> io::Result<
     .map_err(io::Error::from)
 }
 
+/// Size of one message of stratafs's control channel (`crate::control`): what its ioctl
+/// command encodes, and so what the kernel copies in and out (14 bits of size at most).
+pub const CONTROL_SIZE: usize = 16320;
+
+/// The control channel's ioctl command: `_IOWR('S', 0x01, [u8; CONTROL_SIZE])`.
+pub const CONTROL_IOCTL: rustix::ioctl::Opcode =
+    rustix::ioctl::opcode::read_write::<[u8; CONTROL_SIZE]>(b'S', 0x01);
+
+/// Sends `msg` to the stratafs daemon serving the file or directory `fd` is open on, and
+/// leaves its answer in `msg` ([`CONTROL_IOCTL`]).
+pub fn control_ioctl(fd: BorrowedFd<'_>, msg: &mut [u8; CONTROL_SIZE]) -> io::Result<()> {
+    // SAFETY: the command is restricted (its direction and size are in the opcode), so the
+    // kernel reads and writes at most CONTROL_SIZE bytes at the pointer, which is `msg`,
+    // borrowed mutably for the call.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Updater::<CONTROL_IOCTL, [u8; CONTROL_SIZE]>::new(msg),
+        )
+    }
+    .map_err(io::Error::from)
+}
+
 /// `statx(dir, name, AT_SYMLINK_NOFOLLOW)`: one name directly under `dir`. An empty name
 /// stats `dir` itself.
 ///

@@ -255,17 +255,24 @@ pub fn command() -> Command {
              mount_program).\n\n\
              Without -f, the command returns only once the mount is live, leaving a daemon that \
              serves it. The daemon exits when the filesystem is unmounted (fusermount3 -u or \
-             umount), and unmounts cleanly on SIGTERM, SIGINT or SIGHUP. The layers are opened \
+             umount), and unmounts cleanly on SIGTERM, SIGINT or SIGHUP. SIGUSR1 makes it write \
+             the table stratafs stats shows to its log (-o log=). The layers are opened \
              before the command returns: renaming them or lazily unmounting them afterwards \
              does not affect the mount.\n\n\
-             Options and positionals may come in any order; -- ends the options.",
+             Options and positionals may come in any order; -- ends the options.\n\n\
+             stratafs stats asks the daemon of a live mount for its statistics (see \
+             COMMANDS). A first argument naming a command is a command only when no -o \
+             follows; otherwise it is a mount's SOURCE.",
         )
         .override_usage(
             "stratafs [SOURCE] MOUNTPOINT -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTS]\n\
+             stratafs stats MOUNTPOINT [--json] [--watch SECONDS]\n\
              stratafs --demo",
         )
         .disable_help_flag(true)
         .disable_version_flag(true)
+        .subcommand(stratafs::control::cli::stats_command())
+        .args_conflicts_with_subcommands(true)
         .arg(
             Arg::new("options")
                 .short('o')

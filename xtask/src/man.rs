@@ -35,7 +35,9 @@ const DAEMON_SECTIONS: &[Section] = &[
             Item(
                 "1",
                 "The mount failed (a layer that cannot be used, a mount point that is not a \
-                 directory, no access to /dev/fuse...). Nothing is mounted.",
+                 directory, no access to /dev/fuse...). Nothing is mounted. For stratafs \
+                 stats: the path is no stratafs mount point, or its daemon refused (the \
+                 caller is neither the user who mounted it nor root) or is gone.",
             ),
             Item(
                 "2",
@@ -264,6 +266,42 @@ impl Page {
         Ok(())
     }
 
+    /// A COMMANDS section: every subcommand of `cmd` (run as `program NAME`) with its own
+    /// synopsis, description and options. Nothing when `cmd` has none.
+    fn commands(&mut self, cmd: &clap::Command, program: &str) -> std::io::Result<()> {
+        let mut subs = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .peekable();
+        if subs.peek().is_none() {
+            return Ok(());
+        }
+        self.roff(Roff::new().control("SH", ["COMMANDS"]))?;
+        for sub in subs {
+            let name = format!("{program} {}", sub.get_name());
+            let sub = sub.clone().bin_name(&name).disable_help_flag(true);
+            let sub_man = Man::new(sub.clone());
+            let mut roff = Roff::new();
+            roff.control("SS", [name.as_str()]);
+            self.roff(&roff)?;
+            let mut synopsis = Vec::new();
+            sub_man.render_synopsis_section(&mut synopsis)?;
+            self.push(&drop_headings(&synopsis));
+            let mut roff = Roff::new();
+            roff.control("PP", []);
+            if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
+                roff.text([roman(about.to_string())]);
+            }
+            self.roff(&roff)?;
+            if sub.get_arguments().any(|a| !a.is_hide_set()) {
+                let mut options = Vec::new();
+                sub_man.render_options_section(&mut options)?;
+                self.push(&drop_headings(&options));
+            }
+        }
+        Ok(())
+    }
+
     fn written(&mut self, sections: &[Section]) -> std::io::Result<()> {
         let mut roff = Roff::new();
         for (title, blocks) in sections {
@@ -339,7 +377,9 @@ fn admin_page(
     extra: Option<Roff>,
     sections: &[Section],
 ) -> std::io::Result<Vec<u8>> {
-    let man = Man::new(cmd).section("8").manual("System Administration");
+    let man = Man::new(cmd.clone())
+        .section("8")
+        .manual("System Administration");
     let mut page = Page::new();
     page.clap(|w| man.render_title(w))?;
     page.clap(|w| man.render_name_section(w))?;
@@ -349,6 +389,8 @@ fn admin_page(
     if let Some(extra) = extra {
         page.roff(&extra)?;
     }
+    let program = cmd.get_name().to_string();
+    page.commands(&cmd, &program)?;
     page.written(sections)?;
     page.clap(|w| man.render_version_section(w))?;
     Ok(page.out)
@@ -373,31 +415,7 @@ pub fn mount_helper_page() -> std::io::Result<Vec<u8>> {
     page.clap(|w| man.render_synopsis_section(w))?;
     page.clap(|w| man.render_description_section(w))?;
     page.clap(|w| man.render_options_section(w))?;
-
-    // Every command with its own synopsis and options, on this one page.
-    page.roff(Roff::new().control("SH", ["COMMANDS"]))?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("stratafs-mount {}", sub.get_name());
-        let sub = sub.clone().bin_name(&name).disable_help_flag(true);
-        let sub_man = Man::new(sub.clone());
-        let mut roff = Roff::new();
-        roff.control("SS", [name.as_str()]);
-        page.roff(&roff)?;
-        let mut synopsis = Vec::new();
-        sub_man.render_synopsis_section(&mut synopsis)?;
-        page.push(&drop_headings(&synopsis));
-        let mut roff = Roff::new();
-        roff.control("PP", []);
-        if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
-            roff.text([roman(about.to_string())]);
-        }
-        page.roff(&roff)?;
-        if sub.get_arguments().any(|a| !a.is_hide_set()) {
-            let mut options = Vec::new();
-            sub_man.render_options_section(&mut options)?;
-            page.push(&drop_headings(&options));
-        }
-    }
+    page.commands(&cmd, "stratafs-mount")?;
     page.written(MOUNT_HELPER_SECTIONS)?;
     page.clap(|w| man.render_version_section(w))?;
     Ok(page.out)

@@ -1,0 +1,136 @@
+//! The commands of the `stratafs` binary that talk to a live daemon: `stratafs stats`. Their
+//! clap definitions are used both to parse them and, by xtask, for the man page and the
+//! shell completions.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{value_parser, Arg, ArgAction, ArgMatches, Command, ValueHint};
+
+use super::{Channel, ControlError};
+
+/// The names of the commands: `stratafs NAME ...` is one of them unless an `-o` follows
+/// (then it is a mount whose SOURCE is that word).
+pub const COMMANDS: &[&str] = &["stats"];
+
+fn mountpoint_arg() -> Arg {
+    Arg::new("mountpoint")
+        .value_name("MOUNTPOINT")
+        .required(true)
+        .value_parser(value_parser!(PathBuf))
+        .value_hint(ValueHint::DirPath)
+        .help("The mount point of a stratafs mount.")
+}
+
+/// `stratafs stats MOUNTPOINT [--json] [--watch SECONDS]`.
+pub fn stats_command() -> Command {
+    Command::new("stats")
+        .about("Show the counters and gauges of the daemon serving a mount")
+        .long_about(
+            "Asks the daemon serving MOUNTPOINT (through an ioctl on the mount: only the user \
+             who mounted it, or root, may ask) for its statistics and prints them as a \
+             table: the transport and passthrough state, resident memory, the node table \
+             and its prunes, open files, the directory-fd, listing and negative caches with \
+             their hit rates, copy-ups, and per operation the requests, errors and latency \
+             percentiles since the mount (taken from power-of-two buckets: a percentile is \
+             the bucket's upper bound). SIGUSR1 makes the daemon write the same table to its \
+             log.",
+        )
+        .arg(mountpoint_arg())
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("Print JSON instead of the table (one object per line with --watch)."),
+        )
+        .arg(
+            Arg::new("watch")
+                .long("watch")
+                .value_name("SECONDS")
+                .value_parser(parse_interval)
+                .help(
+                    "Print what happened in every SECONDS (rates per second, latencies of \
+                     the interval) until interrupted.",
+                ),
+        )
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=86400.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a number of seconds (0.01 to 86400)")),
+    }
+}
+
+/// Runs the command `args` (without argv\[0\]) names, if it names one (see [`COMMANDS`]);
+/// `None` for a mount's command line.
+pub fn run(args: &[OsString]) -> Option<ExitCode> {
+    let first = args.first()?.to_str()?;
+    if !COMMANDS.contains(&first) {
+        return None;
+    }
+    let mount_option = |a: &OsString| a.as_encoded_bytes().starts_with(b"-o");
+    if args.iter().any(mount_option) {
+        return None;
+    }
+    let cmd = stats_command().bin_name(format!("stratafs {first}"));
+    let m = match cmd.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return Some(ExitCode::from(if e.use_stderr() { 2 } else { 0 }));
+        }
+    };
+    let r = stats(&m);
+    Some(match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "stratafs: {first}: {}",
+                crate::config::one_line(&e.to_string())
+            );
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn stats(m: &ArgMatches) -> Result<(), ControlError> {
+    let mountpoint = m
+        .get_one::<PathBuf>("mountpoint")
+        .cloned()
+        .unwrap_or_default();
+    let json = m.get_flag("json");
+    let ch = Channel::open(&mountpoint)?;
+    let mut last = ch.stats()?;
+    let Some(every) = m.get_one::<Duration>("watch").copied() else {
+        if json {
+            let text = serde_json::to_string_pretty(&last).unwrap_or_default();
+            println!("{text}");
+        } else {
+            print!("{}", last.table());
+        }
+        return Ok(());
+    };
+    let mut out = std::io::stdout();
+    loop {
+        std::thread::sleep(every);
+        let now = ch.stats()?;
+        let text = if json {
+            serde_json::to_string(&now).unwrap_or_default() + "\n"
+        } else {
+            now.rates_since(&last)
+        };
+        // A closed pipe (`| head`) ends the watch.
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(());
+        }
+        last = now;
+    }
+}
