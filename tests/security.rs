@@ -99,6 +99,57 @@ fn append_to_setuid_file_drops_the_bit_in_the_mount() {
 /// overlayfs works on private clones of the layers' mounts and shows the directory
 /// underneath, and writes there land in the upper layer itself. The daemon crossed into
 /// such mounts (and into its own, deadlocking).
+/// A file made setuid while someone holds it open for writing loses the bit at the next
+/// write through that open file, as on a local filesystem: the daemon must not trust what
+/// it saw of the file when it was opened.
+#[test]
+fn setuid_set_while_open_is_dropped_by_the_next_write() {
+    if !can_mount() || !facility(find_tool("setpriv").is_some(), "setpriv") {
+        return;
+    }
+    for extra in [
+        "passthrough=all",
+        "passthrough=off,writeback=0",
+        "passthrough=off,writeback=1",
+    ] {
+        let s = Stack::new();
+        fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(s.lower.join("pub")).unwrap();
+        fs::set_permissions(s.lower.join("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+        let m = Mount::new(&format!("{},{extra}", s.rw_opts()), &s.mnt);
+        let out = sh_as_nobody(
+            &s.mnt.join("pub"),
+            "echo a > f && exec 3>>f && chmod 4777 f && stat -c %a f && echo b >&3",
+        );
+        assert!(
+            out.status.success(),
+            "{extra}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "4777",
+            "{extra}"
+        );
+        assert_eq!(
+            fs::read_to_string(s.mnt.join("pub/f")).unwrap(),
+            "a\nb\n",
+            "{extra}"
+        );
+        assert_eq!(
+            fs::metadata(s.mnt.join("pub/f")).unwrap().mode() & 0o7777,
+            0o777,
+            "{extra}: the mount still shows the setuid bit after a write by nobody"
+        );
+        m.unmount();
+        assert_eq!(
+            fs::metadata(s.upper.join("pub/f")).unwrap().mode() & 0o7777,
+            0o777,
+            "{extra}: the setuid bit on disk after a write by nobody"
+        );
+    }
+}
+
 #[test]
 fn mounts_inside_layers_are_not_crossed() {
     if !can_compare() {

@@ -65,8 +65,6 @@ struct OpenFile {
     /// Opened on a lower layer: once the file is copied up, reads go to the upper copy (as
     /// with the kernel's overlayfs).
     lower: AtomicBool,
-    /// The file had setuid/setgid bits when last looked at.
-    setid: AtomicBool,
     /// Reads and writes go straight to the backing file in the kernel.
     passthrough: bool,
     /// Opened to execute the file.
@@ -189,6 +187,10 @@ struct NodeIo {
     backing: Option<Arc<Backing>>,
     /// `backing` is the upper copy (else a lower copy, read-only).
     backing_upper: bool,
+    /// The file may carry privileges a write by an unprivileged caller drops (setuid or
+    /// setgid bits, file capabilities): looked at when it is opened, set again whenever
+    /// a chmod or setxattr through the mount may have given it some while open.
+    setid: bool,
 }
 
 impl StrataFs {
@@ -224,7 +226,9 @@ impl StrataFs {
             execs: 0,
             backing: None,
             backing_upper: false,
+            setid: false,
         });
+        io.setid |= setid;
         if io.passthrough > 0 && !io.backing_upper && self.overlay.is_copied_up(ino) {
             return None;
         }
@@ -264,7 +268,6 @@ impl StrataFs {
         let of = Arc::new(OpenFile {
             fd: parking_lot::RwLock::new(fd),
             lower: AtomicBool::new(lower),
-            setid: AtomicBool::new(setid),
             passthrough: backing.is_some(),
             exec,
         });
@@ -311,7 +314,7 @@ impl StrataFs {
     /// execute or the writer is not in the file's group, and file capabilities: what a local
     /// filesystem does (the kernel leaves it to us under handle_killpriv_v2).
     fn kill_setid(&self, ino: NodeId, of: &OpenFile, req: &Req) {
-        if req.uid == 0 || !of.setid.load(Ordering::Relaxed) {
+        if req.uid == 0 || !self.node_io.get(&ino).is_some_and(|io| io.setid) {
             return;
         }
         let fd = of.current();
@@ -330,7 +333,16 @@ impl StrataFs {
                 debug!(error = %e, "dropping file capabilities failed");
             }
         }
-        of.setid.store(false, Ordering::Relaxed);
+        if let Some(mut io) = self.node_io.get_mut(&ino) {
+            io.setid = false;
+        }
+    }
+
+    /// Node `ino` may have been given privileges a write must drop (see [`NodeIo::setid`]).
+    fn may_have_gained_setid(&self, ino: NodeId) {
+        if let Some(mut io) = self.node_io.get_mut(&ino) {
+            io.setid = true;
+        }
     }
 
     /// After an access ACL was set by a caller outside the file's group (and not root), the
@@ -820,6 +832,9 @@ impl StrataFs {
             }
             r => r,
         }?;
+        if set.mode.is_some_and(|m| m & SETID != 0) {
+            self.may_have_gained_setid(ino);
+        }
         Ok(self.attr(&a))
     }
 
@@ -991,6 +1006,9 @@ impl StrataFs {
     ) -> Outcome {
         debug!(?name, "setxattr");
         self.overlay.setxattr(ino, name, value, flags)?;
+        if name == OsStr::new(CAPS_XATTR) {
+            self.may_have_gained_setid(ino);
+        }
         if name == crate::layer::idmap::ACCESS_ACL && self.overlay.acl() {
             self.acl_kill_sgid(ino, req)?;
         }

@@ -1038,7 +1038,26 @@ pub fn fuse_dev_clone(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// Registers `file` as a passthrough backing file of the connection `dev` and returns its
 /// id (`FUSE_DEV_IOC_BACKING_OPEN`; needs `CAP_SYS_ADMIN`).
+///
+/// The kernel writes to a backing file with the credentials of the thread that registered
+/// it, and a write by a process with `CAP_FSETID` keeps setuid and setgid bits. A file made
+/// setuid while open in passthrough must lose the bits at the next write by anyone, so the
+/// file is registered with `CAP_FSETID` out of this thread's effective set (capabilities are
+/// per thread; the set is restored after). Without that, no registration.
 pub fn fuse_backing_open(dev: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<u32> {
+    use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+    let caps = capabilities(None)?;
+    let mut without = caps;
+    without.effective.remove(CapabilitySet::FSETID);
+    set_capabilities(None, without)?;
+    let r = backing_open_ioctl(dev, file);
+    if let Err(e) = set_capabilities(None, caps) {
+        tracing::warn!(error = %e, "cannot restore CAP_FSETID after registering a backing file");
+    }
+    r
+}
+
+fn backing_open_ioctl(dev: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<u32> {
     // struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; }
     let mut map = [0u8; 16];
     map[0..4].copy_from_slice(&file.as_raw_fd().to_ne_bytes());
