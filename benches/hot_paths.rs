@@ -64,6 +64,7 @@ fn open(lowers: &[PathBuf], negative_cache: usize) -> Overlay {
             markers: stratafs::config::Markers::Auto,
             writeback: false,
             passthrough: stratafs::config::Passthrough::All,
+            redirect_dir: stratafs::config::RedirectDir::Off,
         },
     )
 }

@@ -51,19 +51,39 @@ pub enum Xino {
     Off,
 }
 
-/// `redirect_dir=`: only `off` and `nofollow` behaviours exist today (renaming a lower
-/// directory gets EXDEV); the value is kept so it can be reported.
+/// `redirect_dir=`, with the kernel's values. Redirects found in layers (`overlay.redirect`
+/// on a directory the kernel renamed) are followed by `on`, `follow` and `off` (the kernel's
+/// `off` is `follow` where it is built with `redirect_always_follow`, as this kernel is);
+/// `nofollow` refuses to look such a directory up (`EPERM`), as the kernel does. None is
+/// written yet: renaming a directory with lower copies gets `EXDEV` whatever the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RedirectDir {
-    /// Do not create redirects (EXDEV for lower directories).
+    /// Write no redirects; follow those found (the kernel's `off` with
+    /// `redirect_always_follow`).
     #[default]
     Off,
-    /// Accepted for compatibility; behaves as `off` for writes.
+    /// Redirects enabled (followed; not written yet).
     On,
     /// Follow redirects found in layers, never create them.
     Follow,
-    /// Neither follow nor create.
+    /// Neither follow nor create: a directory with a redirect cannot be looked up.
     NoFollow,
+}
+
+impl RedirectDir {
+    /// True when lookups follow redirects.
+    pub fn follows(self) -> bool {
+        self != RedirectDir::NoFollow
+    }
+
+    /// The mode as the kernel names it once `off` is resolved (in its messages).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            RedirectDir::On => "on",
+            RedirectDir::Off | RedirectDir::Follow => "follow",
+            RedirectDir::NoFollow => "nofollow",
+        }
+    }
 }
 
 /// `markers=` (stratafs): which opaque and copy-up markers are written in the upper layer.
@@ -203,8 +223,8 @@ pub struct MountConfig {
     pub xattr_permissions: u8,
     /// `plugins=a:b`: accepted and ignored (fuse-overlayfs layer plugins).
     pub plugins: Vec<String>,
-    /// `redirect_dir=`
-    pub redirect_dir: RedirectDir,
+    /// `redirect_dir=`: as given (`None`: not given); see [`MountConfig::redirect_mode`].
+    pub redirect_dir: Option<RedirectDir>,
     /// `userxattr`: the overlay's own xattrs are the `user.overlay.*` ones even as root, as
     /// with the kernel's option (an upper shared with rootless kernel mounts).
     pub userxattr: bool,
@@ -256,7 +276,7 @@ impl MountConfig {
             noxattrs: false,
             xattr_permissions: 0,
             plugins: Vec::new(),
-            redirect_dir: RedirectDir::Off,
+            redirect_dir: None,
             userxattr: false,
             context: None,
             kernel_flags: Vec::new(),
@@ -264,6 +284,16 @@ impl MountConfig {
             allow_root: false,
             default_permissions: true,
             unknown: Vec::new(),
+        }
+    }
+
+    /// The `redirect_dir` mode in force: as given, else `off`, or `nofollow` with
+    /// `userxattr` (as the kernel silently turns its default off there).
+    pub fn redirect_mode(&self) -> RedirectDir {
+        match self.redirect_dir {
+            Some(m) => m,
+            None if self.userxattr => RedirectDir::NoFollow,
+            None => RedirectDir::Off,
         }
     }
 

@@ -80,6 +80,14 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocatio
     if cfg.volatile {
         cfg.fsync = false;
     }
+    // The kernel refuses redirects with `userxattr` (their security rests on trusted.
+    // xattrs), in its own words.
+    if cfg.userxattr && cfg.redirect_mode() != RedirectDir::NoFollow {
+        return Err(ConfigError::Usage(format!(
+            "conflicting options: userxattr,redirect_dir={}",
+            cfg.redirect_mode().kernel_name()
+        )));
+    }
     Ok(Invocation::Mount(Box::new(cfg)))
 }
 
@@ -446,13 +454,13 @@ fn apply_option(
             cfg.plugins = plugins;
         }
         "redirect_dir" => {
-            cfg.redirect_dir = match utf8_value(key, value)? {
+            cfg.redirect_dir = Some(match utf8_value(key, value)? {
                 "on" => RedirectDir::On,
                 "off" => RedirectDir::Off,
                 "follow" => RedirectDir::Follow,
                 "nofollow" => RedirectDir::NoFollow,
                 _ => return Err(bad(key, "expected on, off, follow or nofollow")),
-            }
+            })
         }
         "context" => cfg.context = Some(utf8_value(key, value)?.to_string()),
         "fsname" => {
@@ -908,7 +916,7 @@ mod tests {
         assert!(cfg.ino32);
         assert!(cfg.static_nlink);
         assert!(cfg.noacl);
-        assert_eq!(cfg.redirect_dir, RedirectDir::NoFollow);
+        assert_eq!(cfg.redirect_dir, Some(RedirectDir::NoFollow));
         assert_eq!(cfg.plugins, vec!["/p/a".to_string(), "/p/b".to_string()]);
         assert!(mount(&["-o", "plugins=", "/m"]).plugins.is_empty());
         assert_eq!(mount(&["-o", "plugins=:/x:", "/m"]).plugins, vec!["/x"]);
@@ -930,8 +938,24 @@ mod tests {
             ("follow", RedirectDir::Follow),
         ] {
             let opt = format!("redirect_dir={v}");
-            assert_eq!(mount(&["-o", &opt, "/m"]).redirect_dir, want);
+            assert_eq!(mount(&["-o", &opt, "/m"]).redirect_dir, Some(want));
+            assert_eq!(mount(&["-o", &opt, "/m"]).redirect_mode(), want);
+            // The kernel's refusal, naming `off` as the `follow` it is.
+            let both = format!("{opt},userxattr");
+            let want_msg = format!(
+                "conflicting options: userxattr,redirect_dir={}",
+                if v == "on" { "on" } else { "follow" }
+            );
+            match parse(&["-o", &both, "/m"]) {
+                Err(e) => assert_eq!(e.to_string(), want_msg),
+                other => panic!("{both}: {other:?}"),
+            }
         }
+        assert_eq!(mount(&["/m"]).redirect_mode(), RedirectDir::Off);
+        let ux = mount(&["-o", "userxattr", "/m"]);
+        assert_eq!(ux.redirect_mode(), RedirectDir::NoFollow);
+        let ux = mount(&["-o", "userxattr,redirect_dir=nofollow", "/m"]);
+        assert_eq!(ux.redirect_mode(), RedirectDir::NoFollow);
         assert_eq!(mount(&["/m"]).markers, Markers::Auto);
         assert_eq!(mount(&["/m"]).passthrough, Passthrough::All);
         for (v, want) in [

@@ -79,6 +79,9 @@ pub struct Location {
     pub layers: Vec<LayerIdx>,
     /// Which object the topmost copy (in `layers[0]`) is, when known (see [`ObjectId`]).
     pub object: Option<ObjectId>,
+    /// For a directory, the layers of `layers` where a redirect (`overlay.redirect`) put its
+    /// copy elsewhere than under its name in the parent's copy there.
+    pub redirects: Option<Arc<[(LayerIdx, LayerPath)]>>,
 }
 
 impl Location {
@@ -86,6 +89,25 @@ impl Location {
     pub fn top(&self) -> Option<LayerIdx> {
         self.layers.first().copied()
     }
+
+    /// Where a redirect put the directory's copy in layer `layer`, if one did.
+    pub fn redirect_in(&self, layer: LayerIdx) -> Option<&LayerPath> {
+        self.redirects
+            .as_deref()?
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, p)| p)
+    }
+}
+
+/// Where a directory's copy is in a layer where a redirect put it (the kernel's
+/// `overlay.redirect`, followed as `redirect_dir=follow` does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerPath {
+    /// Under this name in the parent's copy in that layer (a relative redirect).
+    InParent(OsString),
+    /// At this path from the layer's root, one component each (an absolute redirect).
+    FromRoot(Vec<OsString>),
 }
 
 /// One object of one layer: a fingerprint of its inode number there and its birth time
@@ -308,6 +330,7 @@ impl NodeTable {
                     name: OsString::new(),
                     layers: root_layers,
                     object: None,
+                    redirects: None,
                 },
             )),
         );
@@ -695,6 +718,7 @@ mod tests {
             name: name.into(),
             layers: vec![0],
             object: None,
+            redirects: None,
         }
     }
 
@@ -733,6 +757,7 @@ mod tests {
             name: name.into(),
             layers: vec![layer],
             object: Some(ObjectId::new(LayerIno::new(layer, 50), born)),
+            redirects: None,
         };
         let victim = t.remember(ino(50), FileKind::Regular, at("victim", 1, 100));
         assert_eq!(victim.id, id(50));
@@ -788,6 +813,7 @@ mod tests {
             name: name.into(),
             layers: vec![0],
             object: None,
+            redirects: None,
         };
         let f = t.remember(ino(50), FileKind::Regular, up("f"));
         t.mark_dead(f.id);

@@ -115,12 +115,42 @@ impl Layer {
     /// an opaque xattr set to `y` (kernel root or `userxattr` form, or fuse-overlayfs's) or a
     /// `.wh..wh..opq` file inside.
     pub fn is_opaque(&self, parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
-        let names = match sys::list_xattr_at(parent, name) {
-            Ok(n) => n,
-            Err(e) if is_unsupported(&e) => Vec::new(),
-            Err(e) => return Err(e),
+        let names = xattr_list(parent, name)?;
+        self.is_opaque_listed(parent, name, &names)
+    }
+
+    /// What directory `name` under `parent` in this layer says to a lookup going on into
+    /// the layers below: whether it is opaque (asked only when `more` layers are to be
+    /// looked in, or the directory has a redirect, which an opaque one does not follow), and
+    /// its `overlay.redirect` (see [`crate::overlay`]'s redirect module). One xattr listing
+    /// where it has neither.
+    pub fn dir_markers(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        more: bool,
+    ) -> io::Result<(bool, Option<Vec<u8>>)> {
+        let names = xattr_list(parent, name)?;
+        let has_redirect = sys::split_xattr_list(&names).any(|x| x == self.xattrs.redirect());
+        if (more || has_redirect) && self.is_opaque_listed(parent, name, &names)? {
+            return Ok((true, None));
+        }
+        let redirect = if has_redirect {
+            absent_if_unsupported(sys::get_xattr_at(parent, name, self.xattrs.redirect()))?
+        } else {
+            None
         };
-        for x in sys::split_xattr_list(&names) {
+        Ok((false, redirect))
+    }
+
+    /// [`Layer::is_opaque`], the directory's xattr names `names` listed already.
+    fn is_opaque_listed(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        names: &[u8],
+    ) -> io::Result<bool> {
+        for x in sys::split_xattr_list(names) {
             if format::OPAQUE_XATTRS.iter().any(|o| OsStr::new(o) == x) {
                 if let Some(v) = sys::get_xattr_at(parent, name, x)? {
                     if format::is_opaque_value(&v) {
@@ -168,6 +198,15 @@ pub fn is_xattr_whiteout(
 pub fn is_xwhiteouts_dir(dir: BorrowedFd<'_>, ns: OverlayXattrs) -> io::Result<bool> {
     Ok(absent_if_unsupported(sys::get_xattr(dir, ns.opaque()))?
         .is_some_and(|v| format::is_xwhiteouts_value(&v)))
+}
+
+/// The xattr names of entry `name` under `dir` (none where the filesystem has no xattrs).
+fn xattr_list(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    match sys::list_xattr_at(dir, name) {
+        Ok(n) => Ok(n),
+        Err(e) if is_unsupported(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// An xattr read where a filesystem without xattrs has none.

@@ -6,10 +6,12 @@
 //! directory is never loaded to answer a lookup.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
+use super::redirect::Walk;
 use super::{Attr, Error, Overlay, Result};
-use crate::inode::{Location, Node, NodeId, ObjectId, ROOT};
+use crate::inode::{LayerPath, Location, Node, NodeId, ObjectId, ROOT};
 use crate::layer::{Ino, LayerIdx, LayerIno, Probe};
 use crate::sys::Object;
 use crate::sys::{FileKind, Stat};
@@ -26,6 +28,8 @@ pub(crate) struct Resolved {
     pub(crate) ino: Ino,
     /// Which object the topmost copy is.
     pub(crate) object: ObjectId,
+    /// Where redirects put the directory in layers of `layers` (see [`Location`]).
+    pub(crate) redirects: Option<Arc<[(LayerIdx, LayerPath)]>>,
 }
 
 impl Resolved {
@@ -40,6 +44,7 @@ impl Resolved {
             name: name.to_os_string(),
             layers: self.layers.clone(),
             object: Some(self.object),
+            redirects: self.redirects.clone(),
         }
     }
 }
@@ -58,7 +63,9 @@ pub struct Provenance {
 impl Overlay {
     /// Resolves `name` in directory `dir` (whose merge chain is `chain`), probing the chain
     /// from position `start`; the caller knows the layers above hold neither the name nor a
-    /// whiteout for it.
+    /// whiteout for it. A directory found with a redirect is looked for in the layers below
+    /// where the redirect says (see the `redirect` module), or refused with
+    /// `redirect_dir=nofollow`, as the kernel refuses it.
     pub(crate) fn resolve_in(
         &self,
         dir: &Node,
@@ -69,15 +76,60 @@ impl Overlay {
         let mut found: Option<Resolved> = None;
         let mut bottom: Option<LayerIno> = None;
         let mut origin: Option<Ino> = None;
-        for (pos, &li) in chain.iter().enumerate().skip(start) {
+        let follow = self.opts.redirect_dir.follows();
+        // The layers to look in, and where: under the name in the parent's copy until a
+        // redirect says otherwise; an absolute one continues in every layer below.
+        let mut order = std::borrow::Cow::Borrowed(chain.get(start..).unwrap_or_default());
+        let mut target: Option<LayerPath> = None;
+        let mut redirects: Vec<(LayerIdx, LayerPath)> = Vec::new();
+        let mut pos = 0;
+        while let Some(&li) = order.get(pos) {
+            pos += 1;
+            if target.is_some() && !follow {
+                return Err(Error::NotPermitted(
+                    "a redirected directory is not followed (redirect_dir=nofollow)",
+                ));
+            }
             let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.id))?;
-            let dfd = match self.dir_fd(dir, li) {
-                Ok(fd) => fd,
-                Err(e) if e.is_absent() => continue,
-                Err(e) => return Err(e),
+            // The last layer the kernel would look in: it reads no marker there.
+            let last = if follow {
+                usize::from(li) + 1 == self.layers.len()
+            } else {
+                pos == order.len()
             };
-            match layer.probe(dfd.as_fd(), name)? {
-                Probe::Missing => continue,
+            let mut stop_after = false;
+            let mut walked: Option<Vec<std::ffi::OsString>> = None;
+            let (dfd, pname): (Arc<OwnedFd>, &OsStr) = match &target {
+                None | Some(LayerPath::InParent(_)) => match self.dir_fd(dir, li) {
+                    Ok(fd) => (
+                        fd,
+                        match &target {
+                            Some(LayerPath::InParent(n)) => n.as_os_str(),
+                            _ => name,
+                        },
+                    ),
+                    Err(e) if e.is_absent() => continue,
+                    Err(e) => return Err(e),
+                },
+                Some(LayerPath::FromRoot(p)) => match self.walk_redirect(layer, p, last)? {
+                    Walk::Missing => continue,
+                    Walk::Stop => break,
+                    Walk::At {
+                        dir,
+                        stop_after: s,
+                        rewritten,
+                    } => {
+                        stop_after = s;
+                        walked = rewritten;
+                        (
+                            Arc::new(dir),
+                            p.last().map(|c| c.as_os_str()).unwrap_or(name),
+                        )
+                    }
+                },
+            };
+            match layer.probe(dfd.as_fd(), pname)? {
+                Probe::Missing => {}
                 Probe::Whiteout => break,
                 Probe::Found(st, born) => {
                     let is_dir = st.is_dir();
@@ -86,14 +138,15 @@ impl Overlay {
                         None => {
                             found = Some(Resolved {
                                 layers: vec![li],
-                                top: self.overridden(st, Object::At(dfd.as_fd(), name)),
+                                top: self.overridden(st, Object::At(dfd.as_fd(), pname)),
                                 ino: Ino::ROOT,
                                 object: ObjectId::new(obj, born),
+                                redirects: None,
                             });
                             if !is_dir {
                                 bottom = Some(obj);
                                 if layer.upper {
-                                    origin = self.origin_ino(dfd.as_fd(), name);
+                                    origin = self.origin_ino(dfd.as_fd(), pname);
                                 }
                                 break;
                             }
@@ -104,16 +157,46 @@ impl Overlay {
                                 break;
                             }
                             r.layers.push(li);
+                            if let Some(t) = &target {
+                                redirects.push((li, t.clone()));
+                            }
                         }
                     }
                     bottom = Some(obj);
-                    if pos + 1 < chain.len()
-                        && (self.child_is_opaque(dfd.as_fd(), li, name)?
-                            || crate::layer::dot_whiteout_exists(dfd.as_fd(), name)?)
-                    {
+                    if last {
                         break;
                     }
+                    let more = pos < order.len();
+                    let (opaque, redirect) = layer.dir_markers(dfd.as_fd(), pname, more)?;
+                    if opaque || (more && crate::layer::dot_whiteout_exists(dfd.as_fd(), pname)?) {
+                        break;
+                    }
+                    if let Some(w) = walked.take() {
+                        target = Some(LayerPath::FromRoot(w));
+                    }
+                    if let Some(v) = redirect {
+                        let r = super::redirect::parse(&v)?;
+                        if matches!(r, super::redirect::Redirect::Absolute(_)) {
+                            // Every layer below this one, from its root.
+                            stop_after = false;
+                            order = std::borrow::Cow::Owned(
+                                (li + 1..self.layers.len() as LayerIdx).collect(),
+                            );
+                            pos = 0;
+                        }
+                        target = Some(super::redirect::redirected(target.as_ref(), r));
+                    }
+                    if stop_after {
+                        break;
+                    }
+                    continue;
                 }
+            }
+            if let Some(w) = walked {
+                target = Some(LayerPath::FromRoot(w));
+            }
+            if stop_after {
+                break;
             }
         }
         Ok(found.map(|mut r| {
@@ -126,18 +209,11 @@ impl Overlay {
                     self.nondir_ino(obj, r.top.nlink, dir.id, name)
                 };
             }
+            if !redirects.is_empty() {
+                r.redirects = Some(redirects.into());
+            }
             r
         }))
-    }
-
-    fn child_is_opaque(
-        &self,
-        parent: std::os::fd::BorrowedFd<'_>,
-        li: LayerIdx,
-        name: &OsStr,
-    ) -> Result<bool> {
-        let layer = self.layers.get(li).ok_or(Error::NotFound)?;
-        Ok(layer.is_opaque(parent, name)?)
     }
 
     /// `st_ino` of non-directory `obj` (with `nlink` links) found as `name` in `dir`.

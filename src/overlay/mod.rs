@@ -12,6 +12,7 @@ mod negative;
 pub mod perms;
 mod read;
 mod readdir;
+mod redirect;
 
 use std::ffi::OsStr;
 use std::io;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::MountConfig;
-use crate::inode::{Location, Node, NodeId, NodeTable, ObjectId, ROOT};
+use crate::inode::{LayerPath, Location, Node, NodeId, NodeTable, ObjectId, ROOT};
 use crate::layer::{Ino, LayerIdx, LayerIno, LayerStack};
 use crate::sys::{FileKind, Stat};
 
@@ -125,6 +126,8 @@ pub struct Options {
     pub writeback: bool,
     /// `passthrough=`: which files are opened in FUSE passthrough where it is allowed.
     pub passthrough: crate::config::Passthrough,
+    /// `redirect_dir=` (with `userxattr` resolved): whether redirects are followed.
+    pub redirect_dir: crate::config::RedirectDir,
 }
 
 impl Options {
@@ -144,6 +147,7 @@ impl Options {
             markers: cfg.markers,
             writeback: cfg.writeback,
             passthrough: cfg.passthrough,
+            redirect_dir: cfg.redirect_mode(),
         }
     }
 }
@@ -519,12 +523,29 @@ impl Overlay {
             return Ok(fd);
         }
         let l = self.layers.get(layer).ok_or(Error::StaleNode(node.id))?;
-        // (node id, name) from `node` up to the child of the nearest cached ancestor.
+        // (node id, name) from `node` up to the child of the nearest cached ancestor, or of
+        // the nearest one a redirect put elsewhere in this layer.
         let mut chain: Vec<(NodeId, std::ffi::OsString)> = Vec::new();
         let mut start = None;
         let mut cur = node.id;
-        let (mut parent, mut name) = node.with_location(|l| (l.parent, l.name.clone()));
+        let (mut parent, mut name, mut redirect) =
+            node.with_location(|l| (l.parent, l.name.clone(), l.redirect_in(layer).cloned()));
         while cur != ROOT {
+            if let Some(r) = redirect {
+                let fd = Arc::new(match r {
+                    LayerPath::InParent(n) => {
+                        let pfd = self.dir_fd(&*self.node(parent)?, layer)?;
+                        crate::sys::open_dir_path(pfd.as_fd(), n.as_bytes())?
+                    }
+                    LayerPath::FromRoot(p) => {
+                        let path = std::path::PathBuf::from_iter(p);
+                        crate::sys::open_dir_path(l.root(), path.as_os_str().as_bytes())?
+                    }
+                });
+                self.dirfds.put(cur, layer, Arc::clone(&fd));
+                start = Some(fd);
+                break;
+            }
             chain.push((cur, name));
             if let Some(fd) = self.dirfds.get(parent, layer) {
                 start = Some(fd);
@@ -536,7 +557,8 @@ impl Overlay {
             }
             let p = self.node(parent)?;
             cur = parent;
-            (parent, name) = p.with_location(|l| (l.parent, l.name.clone()));
+            (parent, name, redirect) =
+                p.with_location(|l| (l.parent, l.name.clone(), l.redirect_in(layer).cloned()));
         }
         let mut fd = match start {
             Some(fd) => fd,

@@ -359,6 +359,7 @@ impl Overlay {
                 name: name.to_os_string(),
                 layers: vec![UPPER],
                 object: Some(ObjectId::new(obj, born)),
+                redirects: None,
             },
         );
         Ok((self.attr_from(node.id, node.id.shown(), &st, false), fd))
@@ -620,6 +621,7 @@ impl Overlay {
                 name: newname.to_os_string(),
                 layers: vec![UPPER],
                 object: None,
+                redirects: None,
             },
         );
         Ok(self.attr_from(n.id, n.id.shown(), &st, false))

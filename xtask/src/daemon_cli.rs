@@ -156,8 +156,11 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     opt(
         &["redirect_dir"],
         Some("on|off|follow|nofollow"),
-        "No-op: every value behaves as off (renaming a directory with parts in a lower layer \
-         fails with EXDEV).",
+        "Redirects the kernel wrote (renamed directories) are followed with on, follow and \
+         off (the default), as the kernel's redirect_always_follow does; nofollow refuses to \
+         look such a directory up (EPERM), and is the default with userxattr. None is written \
+         yet: renaming a directory with parts in a lower layer fails with EXDEV whatever the \
+         value.",
     ),
     opt(
         &["writeback"],
