@@ -121,6 +121,40 @@ fn unprivileged_daemon_uses_the_writeback_cache() {
     assert_eq!(out, "before 11\nafter 11\nlower\nmore\n", "writeback=0");
 }
 
+/// With the writeback cache the kernel keeps a written file's times itself and hands them
+/// to the daemon when it writes the data back; from its flusher thread that request comes
+/// as uid 0. An unprivileged daemon refused it as a stranger's (`EACCES`), though without
+/// `allow_other` the kernel lets no one but the owner in: the daemon must serve whatever
+/// reaches it. A write big enough to start background write-back, then the daemon's own
+/// count of failed SETATTRs.
+#[test]
+fn requests_the_kernel_makes_on_its_own_are_served() {
+    if !facilities() {
+        return;
+    }
+    let s = stack();
+    let stats = stable_stratafs_bin();
+    let json = s.dir.path().join("stats.json");
+    let script = format!(
+        "dd if=/dev/zero of=d/big bs=1M count=256 2>/dev/null && sync && \
+         {} stats --json . > {}",
+        stats.display(),
+        json.display()
+    );
+    run_as_nobody(&s, ",writeback=1", &script);
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let failed: Vec<String> = v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // (FLUSH is refused on purpose, ENOSYS; a GETXATTR may find no such attribute.)
+        .filter(|r| r["errors"].as_u64().unwrap_or(0) > 0)
+        .filter(|r| r["op"] != "flush" && r["op"] != "getxattr")
+        .map(|r| format!("{} {} of {}", r["op"], r["errors"], r["count"]))
+        .collect();
+    assert!(failed.is_empty(), "requests refused: {failed:?}");
+}
+
 const REPLACE: &str = "set -e\nrm d/gone\nrm -r d/sub\nmkdir d/sub\necho new > d/sub/new\n\
                        echo more >> d/f\nls -A d d/sub\n";
 

@@ -241,11 +241,13 @@ impl Dispatcher {
     }
 
     /// `allow_root`: requests of other users are refused, except those the kernel sends
-    /// on behalf of no one in particular (writeback, release, forget).
+    /// on behalf of no one in particular (writeback, release, forget). Without
+    /// `allow_other` the kernel itself lets no one but the owner in, so whatever reaches
+    /// the daemon is served: the requests the kernel makes on its own (the flusher writing
+    /// back data and times, as uid 0) included.
     fn refused(&self, h: &InHeader) -> bool {
         let other = match self.access {
-            Access::All => false,
-            Access::Owner => h.uid != self.owner,
+            Access::All | Access::Owner => false,
             Access::RootAndOwner => h.uid != self.owner && h.uid != 0,
         };
         other
