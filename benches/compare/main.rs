@@ -47,7 +47,8 @@ use std::time::Instant;
 
 use dataset::{ensure_owner, generate, million_layer, DATA_VERSION, FULL, LAYERS, QUICK};
 use mounts::{
-    bench_user, clear_leftovers, guarded, proc_hwm_kib, Config, Contender, Ctx, Mount, CONTENDERS,
+    bench_user, clear_leftovers, guarded, proc_hwm_kib, requests_between, served_requests, Config,
+    Contender, Ctx, Mount, CONTENDERS,
 };
 use report::{fmt_opt, machine, sh, AllResults, Meta, Sample};
 use workloads::{loadavg, prepare_host, prepare_mount, settle, timed, verify, Job, Wl, WORKLOADS};
@@ -64,22 +65,26 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
     prepare_host(ctx, w)?;
     let job = Job::new(ctx, w, &m.mnt, &m.upper);
     let label = format!("{} on {} ({})", w.name(), c.name(), cfg.name());
-    let (busy, wall, cpu, check, more) = match cfg {
+    let stats = (c == Contender::Stratafs).then_some(ctx.stratafs.as_path());
+    let served = || stats.and_then(|b| served_requests(b, &m.mnt));
+    let (busy, wall, cpu, check, more, requests) = match cfg {
         Config::Root => {
             prepare_mount(&job, &errlog)?;
             let busy = settle(ctx.size.settle);
+            let req0 = served();
             let cpu0 = m.cpu(ctx);
             let t = Instant::now();
             let pids = m.pid.into_iter().collect();
             let check = guarded(pids, ctx.size.limit, &label, || timed(&job, &errlog))?;
             let wall = t.elapsed().as_secs_f64();
             let cpu1 = m.cpu(ctx);
+            let requests = requests_between(req0, served());
             let more = verify(&job)?;
             let cpu = match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
-            (busy, wall, cpu, check, more)
+            (busy, wall, cpu, check, more, requests)
         }
         Config::Rootless => {
             let busy = settle(ctx.size.settle);
@@ -87,7 +92,7 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
             let mut pids: Vec<u32> = m.pid.into_iter().collect();
             pids.push(child.id());
             let r = guarded(pids, ctx.size.limit, &label, || worker::collect(child))?;
-            (busy, r.wall, r.cpu, r.check, r.more)
+            (busy, r.wall, r.cpu, r.check, r.more, r.requests)
         }
     };
     // Read just before unmounting: the whole life of the mount.
@@ -105,6 +110,7 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
         cpu,
         rss_kib,
         check,
+        requests,
     })
 }
 

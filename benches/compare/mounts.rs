@@ -7,6 +7,7 @@
 //! by the workload process itself, as that user, in a user namespace of its own
 //! (`unshare -Urm`, `-o userxattr`), so nothing of it outlives the worker.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,6 +196,49 @@ pub fn find_daemon(mnt: &Path, c: Contender) -> Option<u32> {
 }
 
 /// utime + stime of a process (all its threads), in seconds.
+/// Requests per operation that the stratafs daemon on `mnt` has served so far, from
+/// `stratafs stats --json` (run by the mount's owner: the caller). `None` when the daemon
+/// cannot tell (another contender, or a binary without `stats`).
+pub fn served_requests(stratafs: &Path, mnt: &Path) -> Option<BTreeMap<String, u64>> {
+    let out = Command::new(stratafs)
+        .args(["stats", "--json"])
+        .arg(mnt)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut m = BTreeMap::new();
+    for r in v.get("requests")?.as_array()? {
+        let op = r.get("op")?.as_str()?.to_string();
+        let n = r.get("count")?.as_u64()?;
+        if n > 0 {
+            m.insert(op, n);
+        }
+    }
+    Some(m)
+}
+
+/// The requests served between two [`served_requests`] snapshots.
+pub fn requests_between(
+    before: Option<BTreeMap<String, u64>>,
+    after: Option<BTreeMap<String, u64>>,
+) -> Option<BTreeMap<String, u64>> {
+    let (before, after) = (before?, after?);
+    Some(
+        after
+            .into_iter()
+            .map(|(op, n)| {
+                let d = n.saturating_sub(before.get(&op).copied().unwrap_or(0));
+                (op, d)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+    )
+}
+
 pub fn proc_cpu(pid: u32, ticks: f64) -> Option<f64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 1..];

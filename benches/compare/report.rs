@@ -20,6 +20,8 @@ pub struct Sample {
     pub cpu: Option<f64>,
     pub rss_kib: Option<u64>,
     pub check: String,
+    /// Requests stratafs served during the timed part, per operation.
+    pub requests: Option<BTreeMap<String, u64>>,
 }
 
 pub type AllResults = BTreeMap<Config, Results>;
@@ -47,6 +49,9 @@ pub struct Row {
     pub rss_mib: Option<f64>,
     pub failures: Vec<String>,
     pub checks: Vec<String>,
+    /// Requests served in the round with the fewest (stratafs only; the rounds differ by
+    /// a few at most: forgets and releases that land after the timed part).
+    pub requests: Option<BTreeMap<String, u64>>,
 }
 
 pub fn summarize(results: &Results, w: Wl, c: Contender) -> Option<Row> {
@@ -65,6 +70,12 @@ pub fn summarize(results: &Results, w: Wl, c: Contender) -> Option<Row> {
                     r.rss_mib = Some(r.rss_mib.map_or(mib, |x: f64| x.max(mib)));
                 }
                 r.checks.push(s.check.clone());
+                if let Some(q) = &s.requests {
+                    let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+                    if r.requests.as_ref().is_none_or(|old| total(q) < total(old)) {
+                        r.requests = Some(q.clone());
+                    }
+                }
             }
             Err(e) => r.failures.push(e.clone()),
         }
@@ -306,12 +317,41 @@ pub fn markdown(
     for (&cfg, results) in all {
         table(&mut s, cfg, results, contenders, wls);
     }
+    for (&cfg, results) in all {
+        requests_table(&mut s, cfg, results, wls);
+    }
     let _ = writeln!(s, "### Workloads\n");
     for &w in wls {
         let _ = writeln!(s, "- **{}**: {}", w.name(), w.describe(&ctx.size));
     }
     let _ = writeln!(s);
     s
+}
+
+/// The requests stratafs served per workload in configuration `cfg` (from `stratafs stats`
+/// around the timed part), most frequent operations first.
+fn requests_table(s: &mut String, cfg: Config, results: &Results, wls: &[Wl]) {
+    let rows: Vec<(Wl, BTreeMap<String, u64>)> = wls
+        .iter()
+        .filter_map(|&w| Some((w, summarize(results, w, Contender::Stratafs)?.requests?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### Requests stratafs served ({}), per workload\n",
+        cfg.name()
+    );
+    let _ = writeln!(s, "| workload | requests | by operation |\n|---|---:|---|");
+    for (w, m) in rows {
+        let mut ops: Vec<(&String, &u64)> = m.iter().collect();
+        ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let by: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        let total: u64 = m.values().sum();
+        let _ = writeln!(s, "| {} | {total} | {} |", w.name(), by.join(", "));
+    }
+    let _ = writeln!(s);
 }
 
 fn table(s: &mut String, cfg: Config, results: &Results, contenders: &[Contender], wls: &[Wl]) {
@@ -511,6 +551,7 @@ pub fn json(
                     "daemon_peak_rss_mib": r.rss_mib,
                     "checks": r.checks,
                     "failures": r.failures,
+                    "requests": r.requests,
                 }));
             }
         }

@@ -4,13 +4,14 @@
 //! overlayfs it runs under `unshare -Urm` and mounts the overlay itself with `userxattr`; the
 //! mount ends with the worker's mount namespace.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mounts::{proc_cpu, Contender, Ctx, Mount};
+use crate::mounts::{proc_cpu, requests_between, served_requests, Contender, Ctx, Mount};
 use crate::workloads::{prepare_mount, timed, verify, Job};
 
 /// What the bench hands the worker.
@@ -22,6 +23,10 @@ pub struct Order {
     /// The FUSE daemon, whose CPU time the worker reads around the timed part.
     pub daemon: Option<u32>,
     pub ticks: f64,
+    /// The stratafs binary, whose `stats` the worker reads around the timed part (stratafs
+    /// only).
+    #[serde(default)]
+    pub stats: Option<PathBuf>,
 }
 
 /// What the worker hands back on stdout.
@@ -31,6 +36,9 @@ pub struct Report {
     pub cpu: Option<f64>,
     pub check: String,
     pub more: String,
+    /// Requests the daemon served during the timed part, per operation (stratafs only).
+    #[serde(default)]
+    pub requests: Option<BTreeMap<String, u64>>,
 }
 
 /// `compare --worker JSON`: runs the order, prints a `Result<Report, String>` as JSON.
@@ -69,11 +77,18 @@ fn run(o: &Order) -> Result<Report, String> {
 
 fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
     prepare_mount(&o.job, errlog)?;
+    let served = || {
+        o.stats
+            .as_deref()
+            .and_then(|b| served_requests(b, &o.job.mnt))
+    };
+    let req0 = served();
     let cpu0 = o.daemon.and_then(|p| proc_cpu(p, o.ticks));
     let t = Instant::now();
     let check = timed(&o.job, errlog)?;
     let wall = t.elapsed().as_secs_f64();
     let cpu1 = o.daemon.and_then(|p| proc_cpu(p, o.ticks));
+    let requests = requests_between(req0, served());
     let more = verify(&o.job)?;
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b - a),
@@ -84,6 +99,7 @@ fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
         cpu,
         check,
         more,
+        requests,
     })
 }
 
@@ -94,6 +110,7 @@ pub fn spawn(ctx: &Ctx, m: &Mount, job: &Job) -> Result<std::process::Child, Str
         kernel_opts: (m.c == Contender::Kernel).then(|| m.opts.clone()),
         daemon: m.pid,
         ticks: ctx.ticks,
+        stats: (m.c == Contender::Stratafs).then(|| ctx.stratafs.clone()),
     };
     let arg = serde_json::to_string(&order).map_err(|e| e.to_string())?;
     let mut cmd = if order.kernel_opts.is_some() {
