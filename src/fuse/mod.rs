@@ -204,16 +204,20 @@ impl StrataFs {
         fd: OwnedFd,
         lower: bool,
         exec: bool,
+        writable: bool,
     ) -> Option<(Fh, Arc<OpenFile>, Option<Arc<Backing>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
-        // are never in passthrough (writes through the backing file would keep them).
-        let setid = sys::stat_fd(fd.as_fd())
-            .map(|st| st.mode & SETID != 0)
-            .unwrap_or(false)
-            || matches!(
-                sys::get_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)),
-                Ok(Some(_))
-            );
+        // are never in passthrough (root's writes through the backing file would drop them).
+        // Only an open that may write, or may get passthrough, needs to look (two system
+        // calls less for every read-only open of a daemon without passthrough).
+        let setid = (writable || self.backing_dev.is_some())
+            && (sys::stat_fd(fd.as_fd())
+                .map(|st| st.mode & SETID != 0)
+                .unwrap_or(false)
+                || matches!(
+                    sys::get_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)),
+                    Ok(Some(_))
+                ));
         let fd = Arc::new(fd);
         let opts = self.overlay.options();
         let eligible = self.backing_dev.is_some()
@@ -630,9 +634,10 @@ impl StrataFs {
             return Err(os(libc::ETXTBSY));
         }
         let exec = flags & FMODE_EXEC != 0;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let f = self.overlay.open(ino, flags)?;
         let keep = if f.immutable { fopen::KEEP_CACHE } else { 0 };
-        let Some((fh, of, backing)) = self.add_file(ino, f.fd, f.immutable, exec) else {
+        let Some((fh, of, backing)) = self.add_file(ino, f.fd, f.immutable, exec, writable) else {
             debug!(
                 ino = ino.get(),
                 "open after a copy-up under passthrough: node retired"
@@ -914,7 +919,8 @@ impl StrataFs {
             caller_with_umask(req, umask),
         )?;
         // A new object's node has no earlier opens, so it shares no backing file.
-        let Some((fh, _, backing)) = fd.and_then(|fd| self.add_file(node_id(&a), fd, false, false))
+        let Some((fh, _, backing)) =
+            fd.and_then(|fd| self.add_file(node_id(&a), fd, false, false, true))
         else {
             self.overlay.forget(node_id(&a), 1);
             return Err(os(libc::EIO));
