@@ -54,15 +54,17 @@ pub enum Xino {
 /// `redirect_dir=`, with the kernel's values. Redirects found in layers (`overlay.redirect`
 /// on a directory the kernel renamed) are followed by `on`, `follow` and `off` (the kernel's
 /// `off` is `follow` where it is built with `redirect_always_follow`, as this kernel is);
-/// `nofollow` refuses to look such a directory up (`EPERM`), as the kernel does. None is
-/// written yet: renaming a directory with lower copies gets `EXDEV` whatever the value.
+/// `nofollow` refuses to look such a directory up (`EPERM`), as the kernel does. With `on`
+/// a rename of a directory with lower copies moves its upper copy with a redirect; with the
+/// others it gets `EXDEV`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RedirectDir {
     /// Write no redirects; follow those found (the kernel's `off` with
     /// `redirect_always_follow`).
     #[default]
     Off,
-    /// Redirects enabled (followed; not written yet).
+    /// Redirects enabled: followed, and written by renames of directories with lower
+    /// copies.
     On,
     /// Follow redirects found in layers, never create them.
     Follow,

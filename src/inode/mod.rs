@@ -650,6 +650,20 @@ impl NodeTable {
         }
     }
 
+    /// Replaces the layers of directory node `id` and where redirects put it in them (after
+    /// a rename that gave it a redirect).
+    pub fn set_merge(
+        &self,
+        id: NodeId,
+        layers: Vec<LayerIdx>,
+        redirects: Option<Arc<[(LayerIdx, LayerPath)]>>,
+    ) {
+        self.set_layers(id, layers);
+        if let Some(node) = self.get(id) {
+            node.loc.write().redirects = redirects;
+        }
+    }
+
     /// How many nodes the kernel holds (the root included).
     pub fn len(&self) -> usize {
         self.map.len()

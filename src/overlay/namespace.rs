@@ -79,7 +79,7 @@ enum UpperSlot {
     Object(bool),
 }
 
-/// Why a directory with lower copies is not renamed: without `redirect_dir` the kernel's
+/// Why a directory with lower copies is not renamed: without `redirect_dir=on` the kernel's
 /// overlayfs answers `EXDEV` too, and `mv` copies instead.
 const MERGED_DIR: &str = "a directory with lower copies moves only by copying";
 
@@ -702,13 +702,20 @@ impl Overlay {
                 return Ok(());
             }
         }
-        if src.kind == FileKind::Directory && has_lower(&src) {
+        // With `redirect_dir=on` a plain rename of one moves its upper copy alone, which
+        // gets a redirect to the lower ones.
+        // With `redirect_dir=on` a rename of one moves its upper copy alone, which gets a
+        // redirect to the lower ones.
+        let redirects = self.opts.redirect_dir == crate::config::RedirectDir::On;
+        let src_merged = src.kind == FileKind::Directory && has_lower(&src);
+        let dst_merged = flag == RenameFlag::Exchange
+            && dst
+                .as_ref()
+                .is_some_and(|d| d.kind == FileKind::Directory && has_lower(d));
+        if (src_merged || dst_merged) && !redirects {
             return Err(Error::CrossDevice(MERGED_DIR));
         }
         if let Some(d) = &dst {
-            if flag == RenameFlag::Exchange && d.kind == FileKind::Directory && has_lower(d) {
-                return Err(Error::CrossDevice(MERGED_DIR));
-            }
             if flag != RenameFlag::Exchange {
                 match (
                     src.kind == FileKind::Directory,
@@ -756,14 +763,20 @@ impl Overlay {
         {
             return Err(Error::Raced);
         }
+        let samedir = sdir.id == ddir.id;
         if flag == RenameFlag::Exchange {
-            // A directory swapped onto a name that a lower layer holds must hide it.
+            // A directory swapped onto a name that a lower layer holds must hide it, unless
+            // a redirect leads it to its own lower copies.
             if let Some(d) = &dst {
-                if src.kind == FileKind::Directory && self.lower_has(ddir, newname)? {
+                if src_merged {
+                    self.set_redirect(&src, &spfd, name, samedir)?;
+                } else if src.kind == FileKind::Directory && self.lower_has(ddir, newname)? {
                     let fd = sys::open_dir_path(spfd.as_fd(), name.as_bytes())?;
                     self.make_opaque(fd.as_fd())?;
                 }
-                if d.kind == FileKind::Directory && self.lower_has(sdir, name)? {
+                if dst_merged {
+                    self.set_redirect(d, &dpfd, newname, samedir)?;
+                } else if d.kind == FileKind::Directory && self.lower_has(sdir, name)? {
                     let fd = sys::open_dir_path(dpfd.as_fd(), newname.as_bytes())?;
                     self.make_opaque(fd.as_fd())?;
                 }
@@ -781,12 +794,21 @@ impl Overlay {
                 self.nodes
                     .relocate(d.id, (ddir.id, newname), sdir.id, name.to_os_string());
             }
+            if src_merged {
+                self.merge_again(&src, ddir, newname)?;
+            }
+            if let (Some(d), true) = (&dst, dst_merged) {
+                self.merge_again(d, sdir, name)?;
+            }
             self.mark_impure(dpfd.as_fd());
             self.mark_impure(spfd.as_fd());
             return Ok(());
         }
         let src_whiteout = self.lower_has(sdir, name)?;
         let dst_slot = self.upper_slot(dpfd.as_fd(), newname)?;
+        if src_merged {
+            self.set_redirect(&src, &spfd, name, samedir)?;
+        }
         // A replaced object whose last name this was dies, before its inode is freed (see
         // `remove`).
         let dst_dies = match &dst {
@@ -804,7 +826,9 @@ impl Overlay {
         // before: the object replaced may be an opaque upper directory, whose marker goes.
         let dst_lower = self.lower_has(ddir, newname)?;
         let moved = self.rename_into_place(
-            dst_lower,
+            // A redirected directory finds its lower copies by its redirect, never by its
+            // new name: it is not made opaque (which would stop it following the redirect).
+            dst_lower && !src_merged,
             name,
             newname,
             &src,
@@ -825,7 +849,11 @@ impl Overlay {
         }
         self.nodes
             .relocate(src.id, (sdir.id, name), ddir.id, newname.to_os_string());
-        if src.kind == FileKind::Directory {
+        if src_merged {
+            self.merge_again(&src, ddir, newname)?;
+            // Its copies below have their own origin: as the kernel marks the parent.
+            self.mark_impure(dpfd.as_fd());
+        } else if src.kind == FileKind::Directory {
             self.nodes.set_layers(src.id, vec![UPPER]);
         }
         Ok(())
@@ -904,6 +932,34 @@ impl Overlay {
         }
         if src.kind != FileKind::Directory {
             self.mark_impure(dpfd.as_fd());
+        }
+        Ok(())
+    }
+
+    /// Gives directory `node`, about to be renamed from `name` in upper directory `pfd`,
+    /// the redirect the rename needs (see [`Overlay::redirect_for_rename`]); set before the
+    /// move, as the kernel sets it. `EXDEV` where the upper layer takes no such xattr.
+    fn set_redirect(&self, node: &Node, pfd: &OwnedFd, name: &OsStr, samedir: bool) -> Result<()> {
+        let Some(v) = self.redirect_for_rename(node, samedir)? else {
+            return Ok(());
+        };
+        let fd = sys::open_dir_path(pfd.as_fd(), name.as_bytes())?;
+        match sys::set_xattr(fd.as_fd(), self.layers.xattrs().redirect(), &v, 0) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+                Err(Error::CrossDevice(MERGED_DIR))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Directory `node`, renamed with a redirect to `name` in `dir`, has its copies where a
+    /// fresh lookup of that name finds them.
+    fn merge_again(&self, node: &Node, dir: &Node, name: &OsStr) -> Result<()> {
+        let chain = dir.with_location(|l| l.layers.clone());
+        match self.resolve_in(dir, &chain, name, 0)? {
+            Some(r) => self.nodes.set_merge(node.id, r.layers, r.redirects),
+            None => self.nodes.set_layers(node.id, vec![UPPER]),
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{Error, Overlay, Result};
-use crate::inode::LayerPath;
+use crate::inode::{LayerPath, Node};
 use crate::layer::{Layer, Probe};
 use crate::sys;
 
@@ -143,6 +143,73 @@ impl Overlay {
             stop_after,
             rewritten: rewritten.then_some(cur),
         })
+    }
+}
+
+/// The longest redirect written, as the kernel's `redirect_max` default: a longer path makes
+/// the rename fail with `EXDEV` (and `mv` copy), as there.
+const REDIRECT_MAX: usize = 256;
+
+impl Overlay {
+    /// The `overlay.redirect` a rename of `node` (a directory with lower copies, copied up
+    /// already) gives its upper copy, in the kernel's form (`ovl_set_redirect`): `None` when
+    /// the one it has stays right (any within the same parent, an absolute one anywhere); its
+    /// current name for a rename within its parent; else the absolute path of its lower
+    /// copies, made of the names of it and its ancestors, each replaced by the redirect of
+    /// its upper copy where it has one, up to the first absolute one.
+    pub(crate) fn redirect_for_rename(
+        &self,
+        node: &Node,
+        samedir: bool,
+    ) -> Result<Option<Vec<u8>>> {
+        let own = self.upper_redirect(node)?;
+        match &own {
+            Some(v) if samedir || v.starts_with(b"/") => return Ok(None),
+            None if samedir => return Ok(Some(node.with_location(|l| l.name.as_bytes().to_vec()))),
+            _ => {}
+        }
+        // Components from `node` up, each as it is named below its parent's copies.
+        let mut comps: Vec<Vec<u8>> = Vec::new();
+        let mut prefix: Vec<u8> = Vec::new();
+        let mut redirect = own;
+        let mut cur = self.node(node.id)?;
+        while cur.id != crate::inode::ROOT {
+            match redirect {
+                Some(v) if v.starts_with(b"/") => {
+                    prefix = v;
+                    break;
+                }
+                Some(v) => comps.push(v),
+                None => comps.push(cur.with_location(|l| l.name.as_bytes().to_vec())),
+            }
+            cur = self.node(cur.parent())?;
+            redirect = if cur.id != crate::inode::ROOT && Overlay::in_upper(&cur) {
+                self.upper_redirect(&cur)?
+            } else {
+                None
+            };
+        }
+        for c in comps.iter().rev() {
+            prefix.push(b'/');
+            prefix.extend_from_slice(c);
+        }
+        if prefix.len() > REDIRECT_MAX {
+            return Err(Error::CrossDevice(
+                "the redirect would be longer than redirect_max",
+            ));
+        }
+        Ok(Some(prefix))
+    }
+
+    /// The `overlay.redirect` of directory `node`'s upper copy, if it has a valid one.
+    fn upper_redirect(&self, node: &Node) -> Result<Option<Vec<u8>>> {
+        let fd = self.dir_fd(node, super::copyup::UPPER)?;
+        let v = match sys::get_xattr(fd.as_fd(), self.layers.xattrs().redirect()) {
+            Ok(v) => v,
+            Err(e) if crate::layer::is_unsupported(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(v.filter(|v| parse(v).is_ok()))
     }
 }
 

@@ -253,3 +253,161 @@ fn writes_in_redirected_directories_like_the_kernel() {
         "uppers swapped",
     );
 }
+
+/// The `overlay.redirect` xattrs of a tree, by path.
+fn redirects(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if !e.file_type().unwrap().is_dir() {
+                continue;
+            }
+            if let Some(v) = xattr(&p, "trusted.overlay.redirect") {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, String::from_utf8_lossy(&v).into_owned()));
+            }
+            stack.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `redirect_dir=on`: renames of lower and merged directories succeed by moving the upper
+/// copy alone, with a redirect in the kernel's form (relative within the parent, else
+/// absolute; kept when it stays right) and a whiteout at the old name. The trees, the
+/// lookups and the redirects written equal the kernel's doing the same renames, and each
+/// mounts the upper the other wrote.
+#[test]
+fn redirect_dir_on_renames_directories_like_the_kernel() {
+    if !can_compare() {
+        return;
+    }
+    let f = Fixture::new();
+    let l = f.path("l");
+    file(&l, "a/b/c/d/deep", "deep\n");
+    file(&l, "a/b/g", "g\n");
+    file(&l, "a/q/f", "q\n");
+    file(&l, "a/w/f", "w\n");
+    dir(&l, "x");
+    dir(&l, "other");
+    file(&l, "x/z/lower-z", "x/z: a lower directory\n");
+    file(&l, "x/e/lower-e", "a lower directory one is moved over\n");
+    for i in 0..50 {
+        file(&l, &format!("big/f{i}"), "data\n");
+    }
+    file(&l, "p1/m1/f", "m1\n");
+    file(&l, "p2/m2/g", "m2\n");
+    file(&l, "s/a1/f1", "a1\n");
+    file(&l, "s/a2/f2", "a2\n");
+    let (us, ws, uk, wk) = (f.path("us"), f.path("ws"), f.path("uk"), f.path("wk"));
+    let ours = |u: &Path, w: &Path| format!("{},redirect_dir=on", rw(&[&l], u, w));
+    let kernel =
+        |u: &Path, w: &Path| format!("{},redirect_dir=on,index=off,metacopy=off", rw(&[&l], u, w));
+    let change = |m: &Path| {
+        mv(m, "a/b", "x/y"); // absolute
+        mv(m, "a/q", "a/r"); // relative
+        mv(m, "x/y", "x/y2"); // moved again in its parent: kept
+        mv(m, "x/y2/c", "top-c"); // out of a redirected directory
+        mv(m, "a/r", "other/r"); // a relative one moved elsewhere: absolute
+        mv(m, "top-c/d", "x/z/d"); // into a merged directory
+                                   // Over a directory a lower layer holds (emptied first): not merged with it.
+        let out = run(Command::new("mv")
+            .arg("-T")
+            .arg(m.join("a/w"))
+            .arg(m.join("x/e")));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::write(m.join("x/z/new"), "new\n").unwrap();
+        fs::create_dir(m.join("other/r/sub")).unwrap();
+        fs::remove_file(m.join("x/y2/g")).unwrap();
+        mv(m, "big", "big2"); // many entries: one rename
+                              // Exchanges, across directories and within one.
+        for (a, b) in [("p1/m1", "p2/m2"), ("s/a1", "s/a2")] {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                m.join(a),
+                rustix::fs::CWD,
+                m.join(b),
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .unwrap_or_else(|e| panic!("exchange {a} {b}: {e}"));
+        }
+    };
+    let paths = &[
+        "a/b",
+        "a/q",
+        "a/r",
+        "a/w",
+        "x/y",
+        "x/y2",
+        "x/y2/g",
+        "top-c",
+        "top-c/d",
+        "x/z/d/deep",
+        "other/r/f",
+        "x/z",
+        "x/z/f",
+        "x/z/lower-z",
+        "x/e",
+        "x/e/f",
+        "x/e/lower-e",
+        "p1/m1/g",
+        "p2/m2/f",
+        "s/a1/f2",
+        "s/a2/f1",
+        "big2/f7",
+        "big",
+    ];
+    {
+        let (m, k) = (f.path("m"), f.path("k"));
+        let s = Mount::new(&ours(&us, &ws), &m);
+        let km = KernelMount::new(&kernel(&uk, &wk), &k);
+        // The target of a move must be empty for the rename to replace it.
+        fs::remove_file(m.join("x/e/lower-e")).unwrap();
+        fs::remove_file(k.join("x/e/lower-e")).unwrap();
+        change(&m);
+        change(&k);
+        assert_same_tree(
+            &snapshot(&s.mountpoint),
+            &snapshot(&km.mountpoint),
+            "after renames",
+        );
+        assert_eq!(
+            lookups(&m, paths),
+            lookups(&k, paths),
+            "lookups after renames"
+        );
+    }
+    assert_eq!(redirects(&us), redirects(&uk), "the redirects written");
+    let want: Vec<(String, String)> = [
+        ("big2", "big"),
+        ("other/r", "/a/q"),
+        ("p1/m1", "/p2/m2"),
+        ("p2/m2", "/p1/m1"),
+        ("s/a1", "a2"),
+        ("s/a2", "a1"),
+        ("top-c", "/a/b/c"),
+        ("x/e", "/a/w"),
+        ("x/y2", "/a/b"),
+        ("x/z/d", "/a/b/c/d"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(redirects(&us), want);
+    // Each mounts the upper the other wrote.
+    let (ws2, wk2) = (f.path("ws2"), f.path("wk2"));
+    same_as_kernel(
+        &f,
+        &ours(&uk, &ws2),
+        &kernel(&us, &wk2),
+        paths,
+        "uppers swapped",
+    );
+}

@@ -158,9 +158,10 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
         Some("on|off|follow|nofollow"),
         "Redirects the kernel wrote (renamed directories) are followed with on, follow and \
          off (the default), as the kernel's redirect_always_follow does; nofollow refuses to \
-         look such a directory up (EPERM), and is the default with userxattr. None is written \
-         yet: renaming a directory with parts in a lower layer fails with EXDEV whatever the \
-         value.",
+         look such a directory up (EPERM), and is the default with userxattr. With on, \
+         renaming a directory with parts in a lower layer moves its upper copy alone, with a \
+         redirect in the kernel's form and a whiteout at the old name; with the other values \
+         such a rename fails with EXDEV.",
     ),
     opt(
         &["writeback"],
