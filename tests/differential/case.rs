@@ -298,10 +298,16 @@ pub(crate) struct Case {
     /// Lower layers, topmost first; never empty.
     pub(crate) lowers: Vec<Vec<Entry>>,
     pub(crate) ops: Vec<Op>,
+    /// Overlay features both implementations mount with (`-o` options such as
+    /// `redirect_dir=on`); empty for the defaults.
+    pub(crate) features: String,
 }
 
 impl fmt::Display for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.features.is_empty() {
+            writeln!(f, "features {}", self.features)?;
+        }
         writeln!(f, "upper")?;
         for e in &self.upper {
             writeln!(f, "  {e}")?;
@@ -335,8 +341,9 @@ pub(crate) fn parse_xattr(s: Option<&&str>) -> Option<(String, String)> {
 }
 
 impl Case {
-    /// Reads the format [`Case`]'s `Display` writes: `upper`/`lower` sections of entries,
-    /// then `ops`. Blank lines and `#` comments are ignored.
+    /// Reads the format [`Case`]'s `Display` writes: an optional `features` line,
+    /// `upper`/`lower` sections of entries, then `ops`. Blank lines and `#` comments are
+    /// ignored.
     pub(crate) fn parse(text: &str) -> Case {
         enum Sec {
             None,
@@ -353,6 +360,10 @@ impl Case {
             }
             let t: Vec<&str> = line.split_whitespace().collect();
             match t[0] {
+                "features" if t.len() == 2 => {
+                    c.features = t[1].to_string();
+                    continue;
+                }
                 "upper" if t.len() == 1 => {
                     sec = Sec::Upper;
                     continue;

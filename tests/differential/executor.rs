@@ -394,8 +394,12 @@ pub(crate) fn run_case(
         vec![s.mnt.clone(), s.mnt2.clone(), k.mnt.clone(), k.mnt2.clone()],
         Duration::from_secs(120),
     );
-    let ours = stratafs_mount(&rw_opts(&s.lowers, &s.upper, &s.work), &s.mnt)?;
-    let kernel = kernel_mount(&kernel_rw_opts(&k.lowers, &k.upper, &k.work), &k.mnt)?;
+    let feat = case.features.clone();
+    let ours_opts = |l: &[PathBuf], u: &Path, w: &Path| with_features(&rw_opts(l, u, w), &feat);
+    let kernel_opts =
+        |l: &[PathBuf], u: &Path, w: &Path| with_features(&kernel_rw_opts(l, u, w), &feat);
+    let ours = stratafs_mount(&ours_opts(&s.lowers, &s.upper, &s.work), &s.mnt)?;
+    let kernel = kernel_mount(&kernel_opts(&k.lowers, &k.upper, &k.work), &k.mnt)?;
 
     let initial = (
         try_snapshot(&s.mnt, "stratafs-initial")?,
@@ -492,7 +496,7 @@ pub(crate) fn run_case(
 
     // Swap the uppers: each implementation reads what the other wrote.
     {
-        let kk = kernel_mount(&kernel_rw_opts(&s.lowers, &s.upper, &s.work2), &s.mnt2)?;
+        let kk = kernel_mount(&kernel_opts(&s.lowers, &s.upper, &s.work2), &s.mnt2)?;
         let snap = try_snapshot(&s.mnt2, "kernel-over-stratafs-upper")?;
         drop(kk);
         if let Some(d) = tree_diff(&final_k, &snap) {
@@ -506,7 +510,7 @@ pub(crate) fn run_case(
         }
     }
     {
-        let ss = stratafs_mount(&rw_opts(&k.lowers, &k.upper, &k.work2), &k.mnt2)?;
+        let ss = stratafs_mount(&ours_opts(&k.lowers, &k.upper, &k.work2), &k.mnt2)?;
         let snap = try_snapshot(&k.mnt2, "stratafs-over-kernel-upper")?;
         drop(ss);
         if let Some(d) = tree_diff(&snap, &final_k) {
@@ -522,6 +526,19 @@ pub(crate) fn run_case(
     }
 }
 
+/// `opts` with each `key=value` of `features` in place of the same key's value (or added).
+pub(crate) fn with_features(opts: &str, features: &str) -> String {
+    let mut parts: Vec<String> = opts.split(',').map(str::to_string).collect();
+    for f in features.split(',').filter(|f| !f.is_empty()) {
+        let key = f.split('=').next().unwrap_or(f);
+        match parts.iter_mut().find(|p| p.split('=').next() == Some(key)) {
+            Some(p) => *p = f.to_string(),
+            None => parts.push(f.to_string()),
+        }
+    }
+    parts.join(",")
+}
+
 /// Runs `case` in a fresh temporary directory; returns how many operations succeeded.
 pub(crate) fn run_fresh(case: &Case) -> Result<usize, Failure> {
     let t = tempfile::tempdir().expect("tempdir");
@@ -530,8 +547,9 @@ pub(crate) fn run_fresh(case: &Case) -> Result<usize, Failure> {
 
 /// Runs the case of `seed` in a fresh temporary directory; returns it with the operations
 /// it ran.
-pub(crate) fn run_seed(seed: u64, n_ops: usize) -> (Case, Result<usize, Failure>) {
+pub(crate) fn run_seed(seed: u64, n_ops: usize, features: &str) -> (Case, Result<usize, Failure>) {
     let (mut case, gen) = gen_case(seed, n_ops);
+    case.features = features.to_string();
     let t = tempfile::tempdir().expect("tempdir");
     let r = run_case(&mut case, Some(gen), t.path());
     (case, r)

@@ -388,6 +388,7 @@ pub(crate) fn gen_case(seed: u64, n_ops: usize) -> (Case, OpGen) {
         upper,
         lowers,
         ops: Vec::new(),
+        features: String::new(),
     };
     (case, OpGen { rng, n: n_ops })
 }

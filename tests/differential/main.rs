@@ -5,7 +5,8 @@
 //! trees must agree, and each implementation must read the upper layer the other wrote.
 //!
 //! Knobs (environment):
-//! - `STRATAFS_DIFF_CASES=N`: how many seeds to run (default 300, about 30 s).
+//! - `STRATAFS_DIFF_CASES=N`: how many seeds to run (default 300, about 30 s; 150 for
+//!   each run with a feature on, such as `differential_random_redirect_dir`).
 //! - `STRATAFS_DIFF_BASE=N`: the first seed (default 1); seeds `BASE..BASE+N` run.
 //! - `STRATAFS_DIFF_SEED=N`: replay exactly one seed.
 //! - `STRATAFS_DIFF_OPS=N`: operations per case (default 30).
@@ -52,6 +53,19 @@ fn set_umask() {
 
 #[test]
 fn differential_random() {
+    differential("", 300, "differential_random");
+}
+
+/// The same random cases with `redirect_dir=on` on both sides (issue 18): renames of lower
+/// and merged directories succeed, and each side reads the redirects the other wrote.
+#[test]
+fn differential_random_redirect_dir() {
+    differential("redirect_dir=on", 150, "differential_random_redirect_dir");
+}
+
+/// Runs the random cases with `features` (`-o` options for both implementations),
+/// `default_cases` of them unless the environment says otherwise.
+fn differential(features: &str, default_cases: u64, test: &str) {
     if !can_compare() {
         return;
     }
@@ -61,13 +75,18 @@ fn differential_random() {
         Some(s) => vec![s],
         None => {
             let base = env_u64("STRATAFS_DIFF_BASE").unwrap_or(1);
-            let n = env_u64("STRATAFS_DIFF_CASES").unwrap_or(300);
+            let n = env_u64("STRATAFS_DIFF_CASES").unwrap_or(default_cases);
             (base..base + n).collect()
         }
     };
     let shrink_on = std::env::var("STRATAFS_DIFF_SHRINK").map_or(true, |v| v != "0");
     eprintln!(
-        "differential: seeds {}..={} ({} cases, {n_ops} ops each)",
+        "differential{}: seeds {}..={} ({} cases, {n_ops} ops each)",
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!(" with {features}")
+        },
         seeds[0],
         seeds[seeds.len() - 1],
         seeds.len()
@@ -78,7 +97,7 @@ fn differential_random() {
     let mut failed_seeds = BTreeSet::new();
     let (mut ops_run, mut ops_ok) = (0, 0);
     for &seed in &seeds {
-        let (case, r) = run_seed(seed, n_ops);
+        let (case, r) = run_seed(seed, n_ops, features);
         if let Ok(n) = r {
             ops_run += case.ops.len();
             ops_ok += n;
@@ -104,7 +123,7 @@ fn differential_random() {
     let mut report = format!(
         "stratafs and the kernel disagree; failing seeds {failed_seeds:?}\n\
          replay one with STRATAFS_DIFF_SEED=<seed> cargo test --test differential \
-         differential_random\n"
+         {test} -- --exact\n"
     );
     for (cat, (seed, case, f)) in &failures {
         report.push_str(&format!(
@@ -189,6 +208,47 @@ fn pinned_basic_stack() {
 /// RENAME_EXCHANGE of an upper-only directory with an opaque one whose name a lower layer
 /// also holds: the kernel makes the directory that lands on the lower name opaque (as a
 /// plain rename does), so `d/a` from below must not show through it.
+/// With `redirect_dir=on` a lower directory and a merged one are renamed, not refused with
+/// EXDEV, on both sides; a new directory then takes the old name, and each side reads the
+/// other's redirects (the upper swap).
+#[test]
+fn pinned_redirect_dir_renames() {
+    if !can_compare() {
+        return;
+    }
+    set_umask();
+    let case = Case::parse(
+        "
+        features redirect_dir=on
+        upper
+          dir m 0755 0:0
+          file m/up 0644 0:0 upper
+        lower
+          dir d 0755 0:0
+          file d/a 0644 0:0 x
+          dir d/sub 0755 0:0
+          file d/sub/s 0644 0:0 deep
+          dir m 0755 0:0
+          file m/low 0644 0:0 lower
+        ops
+          rename d e
+          ls e
+          rename m e/m2
+          ls e/m2
+          mkdir d 0755
+          create d/b 0644
+          rename e/sub s
+          ls s
+          ls d
+        ",
+    );
+    match run_fresh(&case) {
+        // Every operation succeeded on both sides: no EXDEV.
+        Ok(n) => assert_eq!(n, case.ops.len(), "some operations failed on both sides"),
+        Err(f) => panic!("{}: {}\n--- case ---\n{case}", f.category, f.detail),
+    }
+}
+
 #[test]
 fn regression_exchange_dir_onto_lower_name_is_opaque() {
     check_script(
