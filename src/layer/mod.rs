@@ -95,11 +95,12 @@ impl Layer {
 
     /// Looks `name` up in directory `dir` of this layer: the object, a whiteout for it, or
     /// nothing. An object wins over a `.wh.` file for the same name in the same layer: a
-    /// whiteout only hides the layers below it.
+    /// whiteout only hides the layers below it. An xattr whiteout is found as the empty
+    /// file it is (see [`may_be_xattr_whiteout`]): whether it is one depends on its
+    /// directory, which the caller knows best.
     pub fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Probe> {
         match sys::stat_at_born(dir, name) {
             Ok((st, _)) if format::is_whiteout_stat(&st) => Ok(Probe::Whiteout),
-            Ok((st, _)) if is_xattr_whiteout(dir, name, &st, self.xattrs)? => Ok(Probe::Whiteout),
             Ok((st, born)) => Ok(Probe::Found(st, born)),
             Err(e) if is_absent(&e) => match sys::stat_at(dir, &format::whiteout_name(name)) {
                 Ok(_) => Ok(Probe::Whiteout),
@@ -184,13 +185,23 @@ pub fn is_xattr_whiteout(
     st: &Stat,
     ns: OverlayXattrs,
 ) -> io::Result<bool> {
-    if st.kind() != Some(sys::FileKind::Regular) || st.size != 0 {
-        return Ok(false);
-    }
-    if absent_if_unsupported(sys::get_xattr_at(dir, name, ns.whiteout()))?.is_none() {
-        return Ok(false);
-    }
-    is_xwhiteouts_dir(dir, ns)
+    Ok(may_be_xattr_whiteout(st)
+        && has_whiteout_xattr(dir, name, ns)?
+        && is_xwhiteouts_dir(dir, ns)?)
+}
+
+/// True when `st` is of the kind an xattr whiteout is: an empty regular file.
+pub fn may_be_xattr_whiteout(st: &Stat) -> bool {
+    st.kind() == Some(sys::FileKind::Regular) && st.size == 0
+}
+
+/// True when entry `name` of layer directory `dir` has `overlay.whiteout`.
+pub fn has_whiteout_xattr(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    ns: OverlayXattrs,
+) -> io::Result<bool> {
+    Ok(absent_if_unsupported(sys::get_xattr_at(dir, name, ns.whiteout()))?.is_some())
 }
 
 /// True when layer directory `dir` is marked `overlay.opaque=x`: its empty regular files

@@ -49,7 +49,14 @@ pub(crate) fn shard_stats<K: std::hash::Hash + Eq, V>(
     }
 }
 
-type Shard = Mutex<LruCache<(NodeId, LayerIdx), Arc<OwnedFd>>>;
+/// A cached directory fd, and what is known of the directory.
+struct Cached {
+    fd: Arc<OwnedFd>,
+    /// It is marked `overlay.opaque=x` (holds xattr whiteouts), once read.
+    xwhiteouts: Option<bool>,
+}
+
+type Shard = Mutex<LruCache<(NodeId, LayerIdx), Cached>>;
 
 #[derive(Debug)]
 pub(crate) struct DirFdCache {
@@ -85,7 +92,11 @@ impl DirFdCache {
     }
 
     pub(crate) fn get(&self, ino: NodeId, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
-        let fd = self.shard(ino).lock().get(&(ino, layer)).cloned();
+        let fd = self
+            .shard(ino)
+            .lock()
+            .get(&(ino, layer))
+            .map(|c| Arc::clone(&c.fd));
         self.lookups.record(fd.is_some());
         fd
     }
@@ -96,7 +107,39 @@ impl DirFdCache {
     }
 
     pub(crate) fn put(&self, ino: NodeId, layer: LayerIdx, fd: Arc<OwnedFd>) {
-        self.shard(ino).lock().put((ino, layer), fd);
+        self.shard(ino).lock().put(
+            (ino, layer),
+            Cached {
+                fd,
+                xwhiteouts: None,
+            },
+        );
+    }
+
+    /// Whether the directory cached as `fd` is marked to hold xattr whiteouts, once known
+    /// (forgotten with the fd).
+    pub(crate) fn xwhiteouts(
+        &self,
+        ino: NodeId,
+        layer: LayerIdx,
+        fd: &Arc<OwnedFd>,
+    ) -> Option<bool> {
+        let shard = self.shard(ino).lock();
+        let c = shard.peek(&(ino, layer))?;
+        if Arc::ptr_eq(&c.fd, fd) {
+            c.xwhiteouts
+        } else {
+            None
+        }
+    }
+
+    /// Records [`DirFdCache::xwhiteouts`] for the directory cached as `fd`.
+    pub(crate) fn set_xwhiteouts(&self, ino: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>, v: bool) {
+        if let Some(c) = self.shard(ino).lock().peek_mut(&(ino, layer)) {
+            if Arc::ptr_eq(&c.fd, fd) {
+                c.xwhiteouts = Some(v);
+            }
+        }
     }
 
     /// Forgets every fd of node `ino` (the node was dropped, or its directory replaced).

@@ -128,7 +128,24 @@ impl Overlay {
                     }
                 },
             };
-            match layer.probe(dfd.as_fd(), pname)? {
+            // An empty file may be an xattr whiteout: its directory's marker is read first
+            // (once per cached directory), the file's xattr only in a marked one.
+            let probed = match layer.probe(dfd.as_fd(), pname)? {
+                Probe::Found(st, _)
+                    if crate::layer::may_be_xattr_whiteout(&st)
+                        && match target {
+                            Some(LayerPath::FromRoot(_)) => {
+                                crate::layer::is_xwhiteouts_dir(dfd.as_fd(), layer.xattrs)?
+                            }
+                            _ => self.xwhiteouts_dir(dir, li, &dfd)?,
+                        }
+                        && crate::layer::has_whiteout_xattr(dfd.as_fd(), pname, layer.xattrs)? =>
+                {
+                    Probe::Whiteout
+                }
+                p => p,
+            };
+            match probed {
                 Probe::Missing => {}
                 Probe::Whiteout => break,
                 Probe::Found(st, born) => {

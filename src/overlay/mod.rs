@@ -576,6 +576,19 @@ impl Overlay {
         Ok(fd)
     }
 
+    /// True when directory `dir`'s copy in layer `layer`, open as `fd` (from
+    /// [`Overlay::dir_fd`]), is marked `overlay.opaque=x`, so that its empty regular files
+    /// may be xattr whiteouts: read once per cached directory fd, as lookups of empty files
+    /// would otherwise read it each time.
+    fn xwhiteouts_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
+        if let Some(v) = self.dirfds.xwhiteouts(dir.id, layer, fd) {
+            return Ok(v);
+        }
+        let v = crate::layer::is_xwhiteouts_dir(fd.as_fd(), self.layers.xattrs())?;
+        self.dirfds.set_xwhiteouts(dir.id, layer, fd, v);
+        Ok(v)
+    }
+
     /// Where `node` is in layer `layer`: its parent's directory fd there and its name (the
     /// root: its own fd and an empty name). Opening that name under the fd never depends
     /// on the node's depth (see [`Overlay::dir_fd`]).

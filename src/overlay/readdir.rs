@@ -281,7 +281,7 @@ impl Overlay {
             // Copied-up entries keep their original inode number in an xattr.
             let impure = layer.upper && self.is_impure(dfd.as_fd());
             // Its empty regular files may be whiteouts.
-            let xwhiteouts = crate::layer::is_xwhiteouts_dir(dfd.as_fd(), self.layers.xattrs())?;
+            let xwhiteouts = self.xwhiteouts_dir(&dir, li, &dfd)?;
             let mut hidden_below: Vec<OsString> = Vec::new();
             for e in entries {
                 if format::is_reserved_name(&e.name) {
@@ -310,10 +310,10 @@ impl Overlay {
                         };
                         if format::is_whiteout_stat(&st)
                             || (xwhiteouts
-                                && crate::layer::is_xattr_whiteout(
+                                && crate::layer::may_be_xattr_whiteout(&st)
+                                && crate::layer::has_whiteout_xattr(
                                     dfd.as_fd(),
                                     &e.name,
-                                    &st,
                                     self.layers.xattrs(),
                                 )?)
                         {
