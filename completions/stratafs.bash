@@ -19,11 +19,17 @@ _stratafs() {
             stratafs,help)
                 cmd="stratafs__subcmd__help"
                 ;;
+            stratafs,refresh)
+                cmd="stratafs__subcmd__refresh"
+                ;;
             stratafs,stats)
                 cmd="stratafs__subcmd__stats"
                 ;;
             stratafs__subcmd__help,help)
                 cmd="stratafs__subcmd__help__subcmd__help"
+                ;;
+            stratafs__subcmd__help,refresh)
+                cmd="stratafs__subcmd__help__subcmd__refresh"
                 ;;
             stratafs__subcmd__help,stats)
                 cmd="stratafs__subcmd__help__subcmd__stats"
@@ -35,7 +41,7 @@ _stratafs() {
 
     case "${cmd}" in
         stratafs)
-            opts="-o -f -d -h -V --debug --help --version --demo stats help"
+            opts="-o -f -d -h -V --debug --help --version --demo stats refresh help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -53,7 +59,7 @@ _stratafs() {
             return 0
             ;;
         stratafs__subcmd__help)
-            opts="stats help"
+            opts="stats refresh help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -80,9 +86,37 @@ _stratafs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        stratafs__subcmd__help__subcmd__refresh)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         stratafs__subcmd__help__subcmd__stats)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stratafs__subcmd__refresh)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -77,8 +77,10 @@ complete -c stratafs -n "__fish_stratafs_needs_command" -s h -l help -d 'Print t
 complete -c stratafs -n "__fish_stratafs_needs_command" -s V -l version -d 'Print the version and exit 0.'
 complete -c stratafs -n "__fish_stratafs_needs_command" -l demo -d 'Mount the sample layer stack shipped with the sources, print the merged tree with the layer each entry comes from and what the upper layers hide, then unmount.'
 complete -c stratafs -n "__fish_stratafs_needs_command" -a "stats" -d 'Show the counters and gauges of the daemon serving a mount'
+complete -c stratafs -n "__fish_stratafs_needs_command" -a "refresh" -d 'Make a mount show layers changed behind its back'
 complete -c stratafs -n "__fish_stratafs_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c stratafs -n "__fish_stratafs_using_subcommand stats" -l watch -d 'Print what happened in every SECONDS (rates per second, latencies of the interval) until interrupted.' -r
 complete -c stratafs -n "__fish_stratafs_using_subcommand stats" -l json -d 'Print JSON instead of the table (one object per line with --watch).'
-complete -c stratafs -n "__fish_stratafs_using_subcommand help; and not __fish_seen_subcommand_from stats help" -f -a "stats" -d 'Show the counters and gauges of the daemon serving a mount'
-complete -c stratafs -n "__fish_stratafs_using_subcommand help; and not __fish_seen_subcommand_from stats help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c stratafs -n "__fish_stratafs_using_subcommand help; and not __fish_seen_subcommand_from stats refresh help" -f -a "stats" -d 'Show the counters and gauges of the daemon serving a mount'
+complete -c stratafs -n "__fish_stratafs_using_subcommand help; and not __fish_seen_subcommand_from stats refresh help" -f -a "refresh" -d 'Make a mount show layers changed behind its back'
+complete -c stratafs -n "__fish_stratafs_using_subcommand help; and not __fish_seen_subcommand_from stats refresh help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -588,6 +588,10 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     };
     let dispatcher = Arc::new(Dispatcher::new(fs, access, sys::euid()));
     dispatcher.set_mountpoint(&cfg.mountpoint);
+    match dev.try_clone() {
+        Ok(d) => dispatcher.set_connection(d, granted.kernel_minor),
+        Err(e) => tracing::warn!(error = %e, "refreshes will not reach the kernel's caches"),
+    }
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,

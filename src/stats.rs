@@ -378,6 +378,9 @@ pub struct Snapshot {
     pub caches: Caches,
     /// Copy-ups.
     pub copy_ups: CopyUpStats,
+    /// Refreshes asked for (`stratafs refresh`).
+    #[serde(default)]
+    pub refreshes: u64,
     /// Requests per operation, in opcode order.
     pub requests: Vec<OpStats>,
 }
@@ -469,8 +472,12 @@ impl Snapshot {
             (
                 "nodes",
                 format!(
-                    "{} (limit {}); {} pruned in {} notices",
-                    self.nodes.nodes, self.nodes.limit, self.nodes.pruned, self.nodes.prune_notices
+                    "{} (limit {}); {} pruned in {} notices; {} refreshes",
+                    self.nodes.nodes,
+                    self.nodes.limit,
+                    self.nodes.pruned,
+                    self.nodes.prune_notices,
+                    self.refreshes
                 ),
             ),
             (

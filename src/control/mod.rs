@@ -36,6 +36,28 @@ pub mod op {
     /// Read a statistics snapshot (JSON of [`crate::stats::Snapshot`]): `id` 0 takes a new
     /// one, otherwise the piece of snapshot `id` from `offset`.
     pub const STATS: u16 = 1;
+    /// Refresh what the data names: NUL-terminated paths relative to the mount's root, or
+    /// nothing for the whole mount. The answer's `id` is a ticket for [`REFRESH_STATUS`].
+    pub const REFRESH: u16 = 2;
+    /// How refresh `id` is going: the answer's flags have [`super::DONE`] once it is done,
+    /// and its data is then a [`super::RefreshDone`] (JSON).
+    pub const REFRESH_STATUS: u16 = 3;
+}
+
+/// [`op::REFRESH_STATUS`]: the refresh is done.
+pub const DONE: u32 = 1;
+
+/// What a refresh did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefreshDone {
+    /// Nodes resolved again.
+    pub resolved: u64,
+    /// Of them, those whose object was gone from their name.
+    pub gone: u64,
+    /// Notifications the kernel took.
+    pub notified: u64,
+    /// Notifications it refused (other than for names and nodes it does not hold).
+    pub failed: u64,
 }
 
 /// A message's header, as the wire carries it (native endian):
@@ -250,6 +272,61 @@ impl Channel {
             return Ok(s);
         }
         Err(bad("snapshots kept vanishing".into()))
+    }
+}
+
+impl Channel {
+    /// Refreshes `paths` (relative to the mount's root, `/`-separated; none: the whole
+    /// mount) and waits until the daemon and the kernel have forgotten what they cached.
+    pub fn refresh(&self, paths: &[Vec<u8>]) -> Result<RefreshDone, ControlError> {
+        let bad = |why: String| ControlError::Malformed(self.path.clone(), why);
+        // Paths in messages of at most DATA_LEN bytes, each NUL-terminated.
+        let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
+        for p in paths {
+            if p.len() + 1 > DATA_LEN {
+                return Err(ControlError::Call {
+                    path: self.path.clone(),
+                    error: io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+                });
+            }
+            if batches
+                .last()
+                .is_some_and(|b| b.len() + p.len() + 1 > DATA_LEN)
+            {
+                batches.push(Vec::new());
+            }
+            if let Some(b) = batches.last_mut() {
+                b.extend_from_slice(p);
+                b.push(0);
+            }
+        }
+        let mut total = RefreshDone::default();
+        for batch in batches {
+            let ask = Header {
+                op: op::REFRESH,
+                ..Header::default()
+            };
+            let (started, _) = self.call(&ask, &batch)?;
+            let mut pause = std::time::Duration::from_millis(1);
+            let done: RefreshDone = loop {
+                let ask = Header {
+                    op: op::REFRESH_STATUS,
+                    id: started.id,
+                    ..Header::default()
+                };
+                let (h, data) = self.call(&ask, &[])?;
+                if h.flags & DONE != 0 {
+                    break serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            };
+            total.resolved += done.resolved;
+            total.gone += done.gone;
+            total.notified += done.notified;
+            total.failed += done.failed;
+        }
+        Ok(total)
     }
 }
 

@@ -138,6 +138,8 @@ pub struct StrataFs {
     /// The connection, for passthrough backing files: set when the kernel granted FUSE
     /// passthrough (root only).
     backing_dev: Option<Arc<OwnedFd>>,
+    /// Names answered as missing, which the kernel may cache: a refresh drops them.
+    missing: Arc<control::MissingNames>,
 }
 
 /// A passthrough backing file registered with the kernel, unregistered when dropped.
@@ -480,6 +482,8 @@ pub struct Granted {
     pub passthrough: bool,
     /// FUSE over io_uring (asked for only when `io_uring` is wanted).
     pub io_uring: bool,
+    /// The minor version of the kernel's FUSE protocol (what its notifications accept).
+    pub kernel_minor: u32,
 }
 
 /// The capabilities asked of the kernel in its INIT request (FUSE over io_uring only with
@@ -544,6 +548,7 @@ pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig, io_uring: bool) -
     Granted {
         passthrough,
         io_uring,
+        kernel_minor: config.kernel_abi().1,
     }
 }
 
@@ -562,6 +567,7 @@ impl StrataFs {
             next_fh: AtomicU64::new(1),
             ttl,
             backing_dev,
+            missing: Arc::default(),
         }
     }
 
@@ -596,6 +602,7 @@ impl StrataFs {
             // directory's lock, which creates and renames hold exclusively, and never
             // revalidates a negative entry: an expired one is looked up afresh).
             Err(Error::NotFound) => {
+                self.missing.record(parent, name);
                 let mut o = Out::with_capacity(abi::ENTRY_OUT_LEN);
                 o.entry(abi::NO_NODE, self.ttl, &WireAttr::default());
                 Ok(Response::Body(o.buf))

@@ -77,7 +77,8 @@ pub struct Location {
     /// For a directory, the layers merged into it, topmost first, stopping at an opaque one;
     /// for anything else, the one layer it comes from.
     pub layers: Vec<LayerIdx>,
-    /// Which object the topmost copy (in `layers[0]`) is, when known (see [`ObjectId`]).
+    /// Which object the topmost copy (in `layers[0]`) is, when known (see [`ObjectId`]);
+    /// for a directory, its bottom copy, whose number the directory shows.
     pub object: Option<ObjectId>,
     /// For a directory, the layers of `layers` where a redirect (`overlay.redirect`) put its
     /// copy elsewhere than under its name in the parent's copy there.
@@ -115,8 +116,12 @@ pub enum LayerPath {
 /// filesystem hands freed numbers to new objects (ext4 at once), so an object replaced
 /// behind the mount could be taken for the one the kernel looked up, and serve another
 /// file's data. The birth time tells them apart (where the filesystem keeps none, the
-/// number alone decides, as before). Two copies in different layers are never compared:
-/// a copy-up, or a lower copy seen by a resolution that raced one, is the same object.
+/// number alone decides, as before). A non-directory's copies in different layers are
+/// the same object across a copy-up (the upper copy keeps the lower one's number), and the
+/// lower copy a resolution that raced a copy-up saw is the same object too; otherwise one
+/// number with two fingerprints is a number reused by another object (on the same
+/// filesystem, in whichever layer). A directory's number and fingerprint both come from
+/// its bottom copy, which a copy-up leaves alone: two fingerprints are two objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectId(std::num::NonZeroU64);
 
@@ -422,13 +427,11 @@ impl NodeTable {
                     // number reused). The node dies, as if removed through the mount, so
                     // that no request reaches the new object through it.
                     // (Only on a resolution that is still current.)
-                    if let (Some(was), Some(now)) = (cur.object, loc.object) {
-                        if was != now && cur.top() == loc.top() && id != ROOT {
-                            if !valid() {
-                                return Err(loc);
-                            }
-                            node.dead.store(true, Ordering::Release);
+                    if id != ROOT && self.replaced(kind, &cur, &loc) {
+                        if !valid() {
+                            return Err(loc);
                         }
+                        node.dead.store(true, Ordering::Release);
                     }
                     if node.kind == kind
                         && id != ROOT
@@ -662,6 +665,52 @@ impl NodeTable {
         if let Some(node) = self.get(id) {
             node.loc.write().redirects = redirects;
         }
+    }
+
+    /// Every node the table holds now.
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.map.iter().map(|e| Arc::clone(e.value())).collect()
+    }
+
+    /// A refresh found `node`'s name holding an object shown as `ino` of kind `kind`, at
+    /// `loc` (or nothing: `None`). When that is the node's object (the id a lookup of it
+    /// would give, the same kind, and not another object under the number it had in the
+    /// same layer), the node takes the new layers and returns true. Otherwise the node's
+    /// object is gone from its name: the node dies (as if removed through the mount) and
+    /// false comes back.
+    pub fn refresh_location(&self, node: &Node, found: Option<(Ino, FileKind, Location)>) -> bool {
+        if node.id == ROOT {
+            return true;
+        }
+        if let Some((ino, kind, loc)) = found {
+            let mut cur = node.loc.write();
+            let replaced = self.replaced(kind, &cur, &loc);
+            if self.visible_id(ino) == node.id && kind == node.kind && !replaced {
+                if cur.layers != loc.layers {
+                    node.layers_changed();
+                }
+                cur.layers = loc.layers;
+                cur.redirects = loc.redirects;
+                if loc.object.is_some() {
+                    cur.object = loc.object;
+                }
+                return true;
+            }
+        }
+        node.dead.store(true, Ordering::Release);
+        false
+    }
+
+    /// True when `loc`, a resolution of an object of kind `kind` under the number of the
+    /// node at `cur`, found another object than the node's (see [`ObjectId`]): its
+    /// number was reused. A non-directory recorded in the upper layer and seen in a lower
+    /// one is the lower copy of a resolution that raced its copy-up, not another object.
+    fn replaced(&self, kind: FileKind, cur: &Location, loc: &Location) -> bool {
+        let (Some(was), Some(now)) = (cur.object, loc.object) else {
+            return false;
+        };
+        let stale_view = self.upper && cur.top() == Some(0) && loc.top() != Some(0);
+        was != now && (cur.top() == loc.top() || kind == FileKind::Directory || !stale_view)
     }
 
     /// How many nodes the kernel holds (the root included).

@@ -26,7 +26,7 @@ pub(crate) struct Resolved {
     /// `st_ino` as shown (for a directory, from the bottom of its merge chain, so it stays
     /// the same when the directory is later copied up).
     pub(crate) ino: Ino,
-    /// Which object the topmost copy is.
+    /// Which object the topmost copy is (for a directory, its bottom copy).
     pub(crate) object: ObjectId,
     /// Where redirects put the directory in layers of `layers` (see [`Location`]).
     pub(crate) redirects: Option<Arc<[(LayerIdx, LayerPath)]>>,
@@ -177,6 +177,8 @@ impl Overlay {
                             if let Some(t) = &target {
                                 redirects.push((li, t.clone()));
                             }
+                            // A directory is the object of its bottom copy (its number).
+                            r.object = ObjectId::new(obj, born);
                         }
                     }
                     bottom = Some(obj);

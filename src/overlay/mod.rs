@@ -13,6 +13,7 @@ pub mod perms;
 mod read;
 mod readdir;
 mod redirect;
+mod refresh;
 
 use std::ffi::OsStr;
 use std::io;
@@ -31,6 +32,7 @@ pub use error::{errno_level, Context, Error};
 pub use lookup::Provenance;
 pub use namespace::{Caller, NewObject, RenameFlag};
 pub use readdir::{DirEntry, Listing};
+pub use refresh::{Refreshed, Scope};
 
 /// How a request that reads a node's object reaches it (see `Overlay::reach`).
 enum Reach {
@@ -522,6 +524,11 @@ impl Overlay {
         if let Some(fd) = self.dirfds.get(node.id, layer) {
             return Ok(fd);
         }
+        // A dead directory is not opened again by its name, which may hold another
+        // directory by now (one replaced behind the mount: see `Overlay::refresh`).
+        if node.is_dead() {
+            return Err(self.gone(node));
+        }
         let l = self.layers.get(layer).ok_or(Error::StaleNode(node.id))?;
         // (node id, name) from `node` up to the child of the nearest cached ancestor, or of
         // the nearest one a redirect put elsewhere in this layer.
@@ -556,6 +563,9 @@ impl Overlay {
                 return Err(Error::NodeCycle);
             }
             let p = self.node(parent)?;
+            if p.is_dead() {
+                return Err(self.gone(&p));
+            }
             cur = parent;
             (parent, name, redirect) =
                 p.with_location(|l| (l.parent, l.name.clone(), l.redirect_in(layer).cloned()));

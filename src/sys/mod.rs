@@ -1012,6 +1012,51 @@ pub fn fuse_notify_inval_attrs(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> 
     fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &body)
 }
 
+/// Sends one `FUSE_NOTIFY_INVAL_INODE` for node `ino` down the FUSE connection `dev`, for
+/// its attributes and everything it caches of the node's data: its page cache, a
+/// directory's cached listing, a symlink's cached target. Dirty pages are written back
+/// first, so the call waits for requests the daemon must answer: never from a thread that
+/// serves requests. Fails with `ENOENT` when the kernel does not hold the node.
+pub fn fuse_notify_inval_inode(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> {
+    // struct fuse_notify_inval_inode_out { ino: u64, off: i64, len: i64 }: off 0, len 0
+    // (to the end).
+    let mut body = [0u8; 24];
+    body[0..8].copy_from_slice(&ino.to_ne_bytes());
+    fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &body)
+}
+
+const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
+
+/// `FUSE_EXPIRE_ONLY` (protocol 7.38, Linux 6.2): the entry only expires.
+const FUSE_EXPIRE_ONLY: u32 = 1;
+
+/// Sends one `FUSE_NOTIFY_INVAL_ENTRY` for `name` in directory node `parent`. With
+/// `expire_only` (Linux 6.2+; older kernels ignore the flag) the kernel's dentry only
+/// expires: its next use looks the name up again, and only a name that now holds another
+/// node (or none) is dropped. Without it the dentry is dropped at once with every dentry
+/// below it, and mounts on them are detached: for negative dentries only. It takes the
+/// directory's lock, so the call waits for requests in that directory: never from a thread
+/// that serves requests. Fails with `ENOENT` when the kernel holds no such dentry.
+pub fn fuse_notify_inval_entry(
+    dev: BorrowedFd<'_>,
+    parent: u64,
+    name: &std::ffi::OsStr,
+    expire_only: bool,
+) -> io::Result<()> {
+    let name = name.as_bytes();
+    let len = u32::try_from(name.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    // struct fuse_notify_inval_entry_out { parent: u64, namelen: u32, flags: u32 }, then
+    // the name and a NUL.
+    let mut body = Vec::with_capacity(16 + name.len() + 1);
+    body.extend_from_slice(&parent.to_ne_bytes());
+    body.extend_from_slice(&len.to_ne_bytes());
+    let flags = if expire_only { FUSE_EXPIRE_ONLY } else { 0 };
+    body.extend_from_slice(&flags.to_ne_bytes());
+    body.extend_from_slice(name);
+    body.push(0);
+    fuse_notify(dev, FUSE_NOTIFY_INVAL_ENTRY, &body)
+}
+
 /// `FUSE_DEV_IOC_CLONE` (`_IOR(229, 0, uint32_t)`).
 const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 /// `FUSE_DEV_IOC_BACKING_OPEN` (`_IOW(229, 1, struct fuse_backing_map)`).

@@ -264,18 +264,21 @@ pub fn command() -> Command {
              before the command returns: renaming them or lazily unmounting them afterwards \
              does not affect the mount.\n\n\
              Options and positionals may come in any order; -- ends the options.\n\n\
-             stratafs stats asks the daemon of a live mount for its statistics (see \
-             COMMANDS). A first argument naming a command is a command only when no -o \
-             follows; otherwise it is a mount's SOURCE.",
+             stratafs stats asks the daemon of a live mount for its statistics, stratafs \
+             refresh makes it show layers changed behind its back (see COMMANDS). A first \
+             argument naming a command is a command only when no -o follows; otherwise it \
+             is a mount's SOURCE.",
         )
         .override_usage(
             "stratafs [SOURCE] MOUNTPOINT -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTS]\n\
              stratafs stats MOUNTPOINT [--json] [--watch SECONDS]\n\
+             stratafs refresh MOUNTPOINT [PATH...]\n\
              stratafs --demo",
         )
         .disable_help_flag(true)
         .disable_version_flag(true)
         .subcommand(stratafs::control::cli::stats_command())
+        .subcommand(stratafs::control::cli::refresh_command())
         .args_conflicts_with_subcommands(true)
         .arg(
             Arg::new("options")

@@ -36,8 +36,9 @@ const DAEMON_SECTIONS: &[Section] = &[
                 "1",
                 "The mount failed (a layer that cannot be used, a mount point that is not a \
                  directory, no access to /dev/fuse...). Nothing is mounted. For stratafs \
-                 stats: the path is no stratafs mount point, or its daemon refused (the \
-                 caller is neither the user who mounted it nor root) or is gone.",
+                 stats and stratafs refresh: the path is no stratafs mount point (or a PATH \
+                 is not inside it), or its daemon refused (the caller is neither the user \
+                 who mounted it nor root) or is gone.",
             ),
             Item(
                 "2",
@@ -104,6 +105,13 @@ const DAEMON_SECTIONS: &[Section] = &[
                 "[storage.options.overlay]",
                 "mount_program = \"/usr/bin/stratafs\"",
             ]),
+            P("See what the daemon is doing, then make it show a layer changed behind its \
+               back:"),
+            Code(&[
+                "stratafs stats /srv/merged",
+                "cp new.conf /srv/l2/etc/",
+                "stratafs refresh /srv/merged etc",
+            ]),
             P("Mount the sample layer stack and show where each file comes from:"),
             Code(&["stratafs --demo"]),
         ],
@@ -129,7 +137,10 @@ const DAEMON_SECTIONS: &[Section] = &[
                pins it."),
             P("Changing the layers of a mounted union behind its back is undefined, as with the \
                kernel's overlayfs: the mount may not show the change until it is mounted \
-               again."),
+               again, or until stratafs refresh names what changed. After a refresh, open \
+               files keep the object they opened, and a name whose object is gone answers \
+               ENOENT (or ESTALE, after which the kernel looks it up again), never with \
+               another object."),
         ],
     ),
     (
