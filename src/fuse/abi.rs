@@ -198,7 +198,26 @@ pub struct Malformed;
 
 /// Splits a request into its header and its arguments (extensions cut off).
 pub fn parse_request(buf: &[u8]) -> Result<(InHeader, Args<'_>), Malformed> {
-    let mut a = Args { buf };
+    let h = parse_header(buf)?;
+    let len = h.len as usize;
+    if len > buf.len() {
+        return Err(Malformed);
+    }
+    let ext = usize::from(h.total_extlen) * 8;
+    let end = len.checked_sub(ext).filter(|e| *e >= IN_HEADER_LEN);
+    let end = end.ok_or(Malformed)?;
+    Ok((
+        h,
+        Args {
+            buf: &buf[IN_HEADER_LEN..end],
+            next: &[],
+        },
+    ))
+}
+
+/// The `fuse_in_header` at the start of `buf` (its `len` at least the header's own).
+fn parse_header(buf: &[u8]) -> Result<InHeader, Malformed> {
+    let mut a = Args { buf, next: &[] };
     let h = InHeader {
         len: a.u32()?,
         opcode: a.u32()?,
@@ -212,17 +231,32 @@ pub fn parse_request(buf: &[u8]) -> Result<(InHeader, Args<'_>), Malformed> {
             (v & 0xffff) as u16
         },
     };
-    let len = h.len as usize;
-    if len < IN_HEADER_LEN || len > buf.len() {
+    if (h.len as usize) < IN_HEADER_LEN {
+        return Err(Malformed);
+    }
+    Ok(h)
+}
+
+/// A request that arrived in parts, as FUSE over io_uring hands it over: the
+/// `fuse_in_header` (`header`), the operation's first argument (`op_in`) and the other
+/// arguments (`payload`), read in place without putting them together. The header's `len`
+/// must be the sum of the three; extensions are at the end of the payload.
+pub fn parse_parts<'a>(
+    header: &'a [u8],
+    op_in: &'a [u8],
+    payload: &'a [u8],
+) -> Result<(InHeader, Args<'a>), Malformed> {
+    let h = parse_header(header)?;
+    if h.len as usize != IN_HEADER_LEN + op_in.len() + payload.len() {
         return Err(Malformed);
     }
     let ext = usize::from(h.total_extlen) * 8;
-    let end = len.checked_sub(ext).filter(|e| *e >= IN_HEADER_LEN);
-    let end = end.ok_or(Malformed)?;
+    let end = payload.len().checked_sub(ext).ok_or(Malformed)?;
     Ok((
         h,
         Args {
-            buf: &buf[IN_HEADER_LEN..end],
+            buf: op_in,
+            next: &payload[..end],
         },
     ))
 }
@@ -231,11 +265,25 @@ pub fn parse_request(buf: &[u8]) -> Result<(InHeader, Args<'_>), Malformed> {
 #[derive(Debug, Clone, Copy)]
 pub struct Args<'a> {
     buf: &'a [u8],
+    /// Where the arguments go on once `buf` is used up: the payload of a request that
+    /// arrived in parts ([`parse_parts`]). An argument never straddles the two.
+    next: &'a [u8],
 }
 
 impl<'a> Args<'a> {
+    /// Moves on to `next` when `buf` is used up.
+    fn advance(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = std::mem::take(&mut self.next);
+        }
+    }
+
     /// The next `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if n == 0 {
+            return Ok(&[]);
+        }
+        self.advance();
         if self.buf.len() < n {
             return Err(Malformed);
         }
@@ -270,6 +318,7 @@ impl<'a> Args<'a> {
 
     /// The next NUL-terminated name (without its NUL).
     pub fn name(&mut self) -> Result<&'a OsStr, Malformed> {
+        self.advance();
         let n = self.buf.iter().position(|b| *b == 0).ok_or(Malformed)?;
         let name = self.bytes(n)?;
         self.bytes(1)?;
@@ -278,6 +327,7 @@ impl<'a> Args<'a> {
 
     /// Whatever is left.
     pub fn rest(&mut self) -> &'a [u8] {
+        self.advance();
         std::mem::take(&mut self.buf)
     }
 }

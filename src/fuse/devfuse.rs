@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use super::dispatch::{reply_copied, Dispatcher, Flow, Transport};
@@ -41,10 +41,11 @@ impl Transport for DevFuse<'_> {
     fn reply_file(
         &self,
         unique: u64,
-        file: BorrowedFd<'_>,
+        file: &Arc<OwnedFd>,
         offset: u64,
         len: usize,
     ) -> Result<(), FileReplyError> {
+        let file = file.as_fd();
         if len >= SPLICE_MIN {
             let mut state = self.pipes.borrow_mut();
             if matches!(*state, Splice::Untried) {

@@ -80,11 +80,11 @@ pub trait Transport {
     fn reply_file(
         &self,
         unique: u64,
-        fd: BorrowedFd<'_>,
+        fd: &Arc<OwnedFd>,
         offset: u64,
         len: usize,
     ) -> Result<(), FileReplyError> {
-        reply_copied(self, unique, fd, offset, len)
+        reply_copied(self, unique, fd.as_fd(), offset, len)
     }
 }
 
@@ -139,6 +139,18 @@ fn fail(t: &dyn Transport, h: &InHeader, name: &str, e: &Error) -> io::Result<()
     t.reply(h.unique, -code, &[])
 }
 
+/// Answers a request whose header does not parse (starting `buf`) with `EIO`, if its id
+/// can be read.
+fn malformed(buf: &[u8], t: &dyn Transport) -> Flow {
+    warn!(len = buf.len(), "malformed FUSE request header");
+    if let Some(u) = buf.get(8..16) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(u);
+        let _ = t.reply(u64::from_ne_bytes(b), -libc::EIO, &[]);
+    }
+    Flow::Continue
+}
+
 /// An errno as an [`Error`].
 pub(crate) fn os(code: i32) -> Error {
     Error::Io(io::Error::from_raw_os_error(code))
@@ -172,18 +184,30 @@ impl Dispatcher {
 
     /// Serves one request read from `t` and replies through it.
     pub fn handle(&self, buf: &[u8], t: &dyn Transport) -> Flow {
-        let (h, mut args) = match abi::parse_request(buf) {
-            Ok(x) => x,
-            Err(Malformed) => {
-                warn!(len = buf.len(), "malformed FUSE request header");
-                if let Some(u) = buf.get(8..16) {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(u);
-                    let _ = t.reply(u64::from_ne_bytes(b), -libc::EIO, &[]);
-                }
-                return Flow::Continue;
-            }
-        };
+        match abi::parse_request(buf) {
+            Ok((h, args)) => self.serve(h, args, t),
+            Err(Malformed) => malformed(buf, t),
+        }
+    }
+
+    /// Serves one request that arrived in parts (FUSE over io_uring: the header, the
+    /// operation's first argument and the payload, see [`abi::parse_parts`]), read where
+    /// they lie, and replies through `t`.
+    pub fn handle_parts(
+        &self,
+        header: &[u8],
+        op_in: &[u8],
+        payload: &[u8],
+        t: &dyn Transport,
+    ) -> Flow {
+        match abi::parse_parts(header, op_in, payload) {
+            Ok((h, args)) => self.serve(h, args, t),
+            Err(Malformed) => malformed(header, t),
+        }
+    }
+
+    /// Serves the request `h` with arguments `args`.
+    fn serve(&self, h: InHeader, mut args: Args<'_>, t: &dyn Transport) -> Flow {
         // Counted (with its latency) when this drops, whichever way the request ends.
         let mut timing = self.requests.start(h.opcode);
         let name = abi::op_name(h.opcode);
@@ -222,7 +246,7 @@ impl Dispatcher {
             Ok(Response::NoReply) => return Flow::Continue,
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
             Ok(Response::File { fd, offset, len }) => {
-                match t.reply_file(h.unique, fd.as_fd(), offset, len) {
+                match t.reply_file(h.unique, &fd, offset, len) {
                     Ok(()) => Ok(()),
                     Err(FileReplyError::Read(e)) => fail(t, &h, name, &Error::Io(e)),
                     Err(FileReplyError::Send(e)) => Err(e),

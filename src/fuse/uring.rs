@@ -1,8 +1,8 @@
 //! The io_uring transport (FUSE over io_uring, Linux 6.14+): one queue per possible CPU, each
 //! with its own ring and a few entries, served by its own thread. A request arrives split in
 //! an entry's buffers (the header, the operation's first argument, the rest in the payload);
-//! it is put back together into the bytes `/dev/fuse` would have given and handed to the same
-//! [`Dispatcher::handle`], and the reply is written into the entry and committed with the
+//! the same dispatcher reads it there ([`Dispatcher::handle_parts`], no copy), and the reply,
+//! kept aside until the request is served, is written into the entry and committed with the
 //! fetch of the next request (`crate::sys::uring` has the ring and buffer handling).
 //!
 //! INIT, notifications and interrupts (and forgets, which the kernel keeps on `/dev/fuse`)
@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -143,7 +143,6 @@ fn serve_queue(d: &Dispatcher, mut q: FuseQueue, setup: &mpsc::Sender<io::Result
         ready.push(c);
     }
     let _ = setup.send(Ok(()));
-    let mut buf = Vec::with_capacity(abi::IN_HEADER_LEN + OP_IN_LEN + payload_len());
     loop {
         for c in ready.drain(..) {
             if c.result < 0 {
@@ -153,7 +152,7 @@ fn serve_queue(d: &Dispatcher, mut q: FuseQueue, setup: &mpsc::Sender<io::Result
                 continue;
             }
             let commit_id = match q.entry(c.ent) {
-                Some(mut bufs) => serve_entry(d, &mut bufs, &mut buf),
+                Some(mut bufs) => serve_entry(d, &mut bufs),
                 None => continue,
             };
             if let Err(e) = q.commit(c.ent, commit_id) {
@@ -175,92 +174,136 @@ fn serve_queue(d: &Dispatcher, mut q: FuseQueue, setup: &mpsc::Sender<io::Result
 }
 
 /// Serves the request in `bufs` and leaves the reply there; returns the id to commit it
-/// with.
-fn serve_entry(d: &Dispatcher, bufs: &mut EntryBufs<'_>, buf: &mut Vec<u8>) -> u64 {
+/// with. The request is read where it lies (no copy); the reply is kept aside until the
+/// request is served and then written over the buffers it came in.
+fn serve_entry(d: &Dispatcher, bufs: &mut EntryBufs<'_>) -> u64 {
     let commit_id = bufs.commit_id();
     let t = RingReply {
-        bufs: RefCell::new(bufs),
-        replied: std::cell::Cell::new(false),
+        pending: RefCell::new(Pending::None),
     };
-    let whole = reassemble(&t.bufs.borrow(), buf).is_ok();
-    if whole {
-        d.handle(buf, &t);
-    } else {
-        warn!(commit_id, "malformed io_uring request");
+    match parts(bufs) {
+        Some((header, op_in, payload)) => {
+            d.handle_parts(header, op_in, payload, &t);
+        }
+        None => warn!(commit_id, "malformed io_uring request"),
     }
-    if !t.replied.get() {
+    match t.pending.into_inner() {
+        Pending::Bytes {
+            unique,
+            error,
+            body,
+        } => write_reply(bufs, unique, error, &body),
+        Pending::File {
+            unique,
+            fd,
+            offset,
+            len,
+        } => {
+            let len = len.min(bufs.payload.len());
+            match sys::pread_full(fd.as_fd(), &mut bufs.payload[..len], offset) {
+                Ok(n) => {
+                    let header = abi::out_header(unique, 0, n);
+                    bufs.header[..header.len()].copy_from_slice(&header);
+                    // At most the payload buffer's length, far below 4 GiB.
+                    bufs.set_payload_size(u32::try_from(n).unwrap_or(0));
+                }
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    warn!(id = unique, op = "read", errno, error = %e, "failed");
+                    write_reply(bufs, unique, -errno, &[]);
+                }
+            }
+        }
         // Every request on a ring expects a reply (forgets stay on /dev/fuse).
-        let _ = t.reply(commit_id, -libc::EIO, &[]);
+        Pending::None => write_reply(bufs, commit_id, -libc::EIO, &[]),
     }
     commit_id
 }
 
-/// Puts a request back together as `/dev/fuse` gives it: `fuse_in_header`, the first
-/// argument (from `op_in`), the other arguments (from the payload). The header's `len` is the
-/// whole request, so the first argument is what the payload does not hold.
-fn reassemble(bufs: &EntryBufs<'_>, out: &mut Vec<u8>) -> Result<(), ()> {
-    let h = &bufs.header[..abi::IN_HEADER_LEN];
+/// The three parts of the request in `bufs`: `fuse_in_header`, the operation's first
+/// argument (`op_in`) and the payload. The header's `len` is the whole request, so the
+/// first argument is what the payload does not hold.
+fn parts<'a>(bufs: &'a EntryBufs<'_>) -> Option<(&'a [u8], &'a [u8], &'a [u8])> {
+    let h = bufs.header.get(..abi::IN_HEADER_LEN)?;
     let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let payload = bufs.payload_size();
     let op_in = len
         .checked_sub(abi::IN_HEADER_LEN)
         .and_then(|n| n.checked_sub(payload))
-        .filter(|n| *n <= OP_IN_LEN && OP_IN_OFFSET + *n <= HEADER_LEN)
-        .ok_or(())?;
-    if payload > bufs.payload.len() {
-        return Err(());
-    }
-    out.clear();
-    out.extend_from_slice(h);
-    out.extend_from_slice(&bufs.header[OP_IN_OFFSET..OP_IN_OFFSET + op_in]);
-    out.extend_from_slice(&bufs.payload[..payload]);
-    Ok(())
+        .filter(|n| *n <= OP_IN_LEN && OP_IN_OFFSET + *n <= HEADER_LEN)?;
+    Some((
+        h,
+        bufs.header.get(OP_IN_OFFSET..OP_IN_OFFSET + op_in)?,
+        bufs.payload.get(..payload)?,
+    ))
 }
 
-/// The reply path of a request that came through a ring: its entry's buffers.
-struct RingReply<'a, 'b> {
-    bufs: RefCell<&'a mut EntryBufs<'b>>,
-    replied: std::cell::Cell<bool>,
+/// Writes a reply into the entry's buffers: header, then `body` in the payload buffer
+/// (`EIO` instead when it does not fit).
+fn write_reply(bufs: &mut EntryBufs<'_>, unique: u64, error: i32, body: &[u8]) {
+    let (error, body) = if body.len() > bufs.payload.len() {
+        warn!(
+            len = body.len(),
+            "reply larger than the ring's payload buffer"
+        );
+        (-libc::EIO, &[][..])
+    } else {
+        (error, body)
+    };
+    let header = abi::out_header(unique, error, body.len());
+    bufs.header[..header.len()].copy_from_slice(&header);
+    bufs.payload[..body.len()].copy_from_slice(body);
+    // At most the payload buffer's length, which is far below 4 GiB.
+    bufs.set_payload_size(u32::try_from(body.len()).unwrap_or(0));
 }
 
-impl Transport for RingReply<'_, '_> {
+/// A reply kept aside while the request it answers is still borrowed from the entry.
+enum Pending {
+    None,
+    Bytes {
+        unique: u64,
+        error: i32,
+        body: Vec<u8>,
+    },
+    File {
+        unique: u64,
+        fd: Arc<OwnedFd>,
+        offset: u64,
+        len: usize,
+    },
+}
+
+/// The reply path of a request that came through a ring: keeps the reply for
+/// [`serve_entry`] to write into the entry.
+struct RingReply {
+    pending: RefCell<Pending>,
+}
+
+impl Transport for RingReply {
     fn reply(&self, unique: u64, error: i32, body: &[u8]) -> io::Result<()> {
-        let mut b = self.bufs.borrow_mut();
-        let (error, body) = if body.len() > b.payload.len() {
-            warn!(
-                len = body.len(),
-                "reply larger than the ring's payload buffer"
-            );
-            (-libc::EIO, &[][..])
-        } else {
-            (error, body)
+        *self.pending.borrow_mut() = Pending::Bytes {
+            unique,
+            error,
+            body: body.to_vec(),
         };
-        let header = abi::out_header(unique, error, body.len());
-        b.header[..header.len()].copy_from_slice(&header);
-        b.payload[..body.len()].copy_from_slice(body);
-        // At most the payload buffer's length, which is far below 4 GiB.
-        b.set_payload_size(u32::try_from(body.len()).unwrap_or(0));
-        self.replied.set(true);
         Ok(())
     }
 
-    /// Reads the file straight into the entry's payload buffer, which the kernel copies
-    /// from: one copy less than reading into memory of our own first.
+    /// Kept as the file and range: once the request is served, the data is read straight
+    /// into the entry's payload buffer, which the kernel copies from.
     fn reply_file(
         &self,
         unique: u64,
-        fd: BorrowedFd<'_>,
+        fd: &Arc<OwnedFd>,
         offset: u64,
         len: usize,
     ) -> Result<(), FileReplyError> {
-        let mut b = self.bufs.borrow_mut();
-        let len = len.min(b.payload.len());
-        let n = sys::pread_full(fd, &mut b.payload[..len], offset).map_err(FileReplyError::Read)?;
-        let header = abi::out_header(unique, 0, n);
-        b.header[..header.len()].copy_from_slice(&header);
-        // At most the payload buffer's length, which is far below 4 GiB.
-        b.set_payload_size(u32::try_from(n).unwrap_or(0));
-        self.replied.set(true);
+        *self.pending.borrow_mut() = Pending::File {
+            unique,
+            fd: Arc::clone(fd),
+            offset,
+            len,
+        };
         Ok(())
     }
 }
@@ -270,7 +313,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_put_back_together() {
+    fn requests_are_read_in_their_parts() {
         let mut header = vec![0u8; HEADER_LEN];
         let mut payload = vec![0u8; 64];
         // A WRITE-like request: 40-byte header, 8 bytes of op_in, 5 bytes of payload.
@@ -284,11 +327,16 @@ mod tests {
             header: &mut header,
             payload: &mut payload,
         };
-        let mut out = Vec::new();
-        reassemble(&bufs, &mut out).unwrap();
-        assert_eq!(out.len(), 53);
-        assert_eq!(&out[40..48], b"ARGSARGS");
-        assert_eq!(&out[48..], b"hello");
+        let (h, op_in, rest) = parts(&bufs).unwrap();
+        assert_eq!(h.len(), 40);
+        assert_eq!(op_in, b"ARGSARGS");
+        assert_eq!(rest, b"hello");
+        // The arguments read across the two parts as one sequence.
+        let (hd, mut a) = abi::parse_parts(h, op_in, rest).unwrap();
+        assert_eq!(hd.opcode, abi::op::WRITE);
+        assert_eq!(a.bytes(8).unwrap(), b"ARGSARGS");
+        assert_eq!(a.bytes(5).unwrap(), b"hello");
+        assert!(a.bytes(1).is_err());
     }
 
     #[test]
@@ -310,6 +358,6 @@ mod tests {
             header: &mut header,
             payload: &mut payload,
         };
-        assert!(reassemble(&bufs, &mut Vec::new()).is_err());
+        assert!(parts(&bufs).is_none());
     }
 }
