@@ -47,8 +47,8 @@ use std::time::Instant;
 
 use dataset::{ensure_owner, generate, million_layer, DATA_VERSION, FULL, LAYERS, QUICK};
 use mounts::{
-    bench_user, clear_leftovers, guarded, proc_hwm_kib, requests_between, served_requests, Config,
-    Contender, Ctx, Mount, CONTENDERS,
+    bench_user, clear_leftovers, guarded, proc_hwm_kib, requests_between, served_requests,
+    stats_table, Config, Contender, Ctx, Mount, CONTENDERS,
 };
 use report::{fmt_opt, machine, sh, AllResults, Meta, Sample};
 use workloads::{loadavg, prepare_host, prepare_mount, settle, timed, verify, Job, Wl, WORKLOADS};
@@ -67,7 +67,7 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
     let label = format!("{} on {} ({})", w.name(), c.name(), cfg.name());
     let stats = (c == Contender::Stratafs).then_some(ctx.stratafs.as_path());
     let served = || stats.and_then(|b| served_requests(b, &m.mnt));
-    let (busy, wall, cpu, check, more, requests) = match cfg {
+    let (busy, wall, cpu, check, more, requests, stats_text) = match cfg {
         Config::Root => {
             prepare_mount(&job, &errlog)?;
             let busy = settle(ctx.size.settle);
@@ -79,12 +79,13 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
             let wall = t.elapsed().as_secs_f64();
             let cpu1 = m.cpu(ctx);
             let requests = requests_between(req0, served());
+            let stats_text = stats.and_then(|b| stats_table(b, &m.mnt));
             let more = verify(&job)?;
             let cpu = match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
-            (busy, wall, cpu, check, more, requests)
+            (busy, wall, cpu, check, more, requests, stats_text)
         }
         Config::Rootless => {
             let busy = settle(ctx.size.settle);
@@ -92,9 +93,15 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
             let mut pids: Vec<u32> = m.pid.into_iter().collect();
             pids.push(child.id());
             let r = guarded(pids, ctx.size.limit, &label, || worker::collect(child))?;
-            (busy, r.wall, r.cpu, r.check, r.more, r.requests)
+            (busy, r.wall, r.cpu, r.check, r.more, r.requests, r.stats)
         }
     };
+    if let Some(text) = stats_text {
+        // The last round's table stays: what `stratafs stats` showed after the workload.
+        let dir = ctx.results.join(format!("stats-{}", ctx.size.name));
+        let _ = fs::create_dir_all(&dir);
+        let _ = fs::write(dir.join(format!("{}-{}.txt", cfg.name(), w.name())), text);
+    }
     // Read just before unmounting: the whole life of the mount.
     let rss_kib = m.pid.and_then(proc_hwm_kib);
     m.unmount()?;
@@ -329,6 +336,7 @@ fn main() {
         million: million_layer(&target, &size, &wls),
         data,
         run,
+        results: target.join("bench-results"),
         stratafs,
         fuse_overlayfs2,
         worker,

@@ -101,6 +101,9 @@ pub struct Ctx {
     pub million: PathBuf,
     pub tar: PathBuf,
     pub run: PathBuf,
+    /// Where the reports go (`target/bench-results`); `stratafs stats` tables of the last
+    /// round of each workload in `stats-SIZE/CONFIG-WORKLOAD.txt`.
+    pub results: PathBuf,
     pub stratafs: PathBuf,
     /// fuse-overlayfs 2.0.0's binary, when there is one.
     pub fuse_overlayfs2: Option<PathBuf>,
@@ -219,6 +222,20 @@ pub fn served_requests(stratafs: &Path, mnt: &Path) -> Option<BTreeMap<String, u
         }
     }
     Some(m)
+}
+
+/// The daemon's statistics as `stratafs stats MNT` prints them (run by the mount's owner:
+/// the caller); `None` when the daemon cannot tell.
+pub fn stats_table(stratafs: &Path, mnt: &Path) -> Option<String> {
+    let out = Command::new(stratafs)
+        .arg("stats")
+        .arg(mnt)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The requests served between two [`served_requests`] snapshots.

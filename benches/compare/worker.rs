@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mounts::{proc_cpu, requests_between, served_requests, Contender, Ctx, Mount};
+use crate::mounts::{
+    proc_cpu, requests_between, served_requests, stats_table, Contender, Ctx, Mount,
+};
 use crate::workloads::{prepare_mount, timed, verify, Job};
 
 /// What the bench hands the worker.
@@ -39,6 +41,9 @@ pub struct Report {
     /// Requests the daemon served during the timed part, per operation (stratafs only).
     #[serde(default)]
     pub requests: Option<BTreeMap<String, u64>>,
+    /// `stratafs stats` right after the timed part (stratafs only).
+    #[serde(default)]
+    pub stats: Option<String>,
 }
 
 /// `compare --worker JSON`: runs the order, prints a `Result<Report, String>` as JSON.
@@ -89,6 +94,10 @@ fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
     let wall = t.elapsed().as_secs_f64();
     let cpu1 = o.daemon.and_then(|p| proc_cpu(p, o.ticks));
     let requests = requests_between(req0, served());
+    let stats = o
+        .stats
+        .as_deref()
+        .and_then(|b| stats_table(b, &o.job.mnt));
     let more = verify(&o.job)?;
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b - a),
@@ -100,6 +109,7 @@ fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
         check,
         more,
         requests,
+        stats,
     })
 }
 
