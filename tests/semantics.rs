@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 
@@ -112,14 +113,59 @@ fn private_xattrs_are_hidden() {
     assert!(!xattr_names(&mf).iter().any(|n| n.contains("overlay")));
 }
 
+/// The root's `st_ino`, then `.` of the root's listing and `..` of a subdirectory's.
+fn root_numbers(mnt: &Path) -> (u64, u64, u64) {
+    let dots = |dir: &Path, name: &str| -> u64 {
+        let out = run(Command::new("ls").arg("-ia").arg(dir));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                let ino = it.next()?;
+                (it.next()? == name).then(|| ino.parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{name} not listed in {}", dir.display()))
+    };
+    (
+        fs::metadata(mnt).unwrap().ino(),
+        dots(mnt, "."),
+        dots(&mnt.join("sub"), ".."),
+    )
+}
+
 #[test]
-fn root_inode_is_one() {
-    if !can_mount() {
+fn root_inode_is_the_top_layers_like_the_kernels() {
+    if !can_compare() {
         return;
     }
     let s = Stack::new();
-    let m = Mount::new(&s.rw_opts(), &s.mnt);
-    assert_eq!(fs::metadata(&m.mountpoint).unwrap().ino(), 1);
+    fs::create_dir(s.lower.join("sub")).unwrap();
+    let upper_root = fs::metadata(&s.upper).unwrap().ino();
+    let lowers = std::slice::from_ref(&s.lower);
+    // Read-write: the upper root's number.
+    let kernel = {
+        let _k = KernelMount::new(&kernel_rw_opts(lowers, &s.upper, &s.work), &s.mnt);
+        root_numbers(&s.mnt)
+    };
+    let ours = {
+        let _m = Mount::new(&s.rw_opts(), &s.mnt);
+        root_numbers(&s.mnt)
+    };
+    assert_eq!(kernel, (upper_root, upper_root, upper_root));
+    assert_eq!(ours, kernel, "read-write root numbers");
+    // Read-only (two lowers, as the kernel wants at least two without an upper): the top
+    // lower root's number.
+    let ro = format!("lowerdir={}:{}", s.upper.display(), s.lower.display());
+    let kernel = {
+        let _k = KernelMount::new(&ro, &s.mnt);
+        root_numbers(&s.mnt)
+    };
+    let ours = {
+        let _m = Mount::new(&ro, &s.mnt);
+        root_numbers(&s.mnt)
+    };
+    assert_eq!(kernel, (upper_root, upper_root, upper_root));
+    assert_eq!(ours, kernel, "read-only root numbers");
 }
 
 fn dir_ino(dir: &Path, name: &str) -> u64 {

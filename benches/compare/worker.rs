@@ -94,10 +94,7 @@ fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
     let wall = t.elapsed().as_secs_f64();
     let cpu1 = o.daemon.and_then(|p| proc_cpu(p, o.ticks));
     let requests = requests_between(req0, served());
-    let stats = o
-        .stats
-        .as_deref()
-        .and_then(|b| stats_table(b, &o.job.mnt));
+    let stats = o.stats.as_deref().and_then(|b| stats_table(b, &o.job.mnt));
     let more = verify(&o.job)?;
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b - a),

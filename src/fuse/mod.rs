@@ -728,13 +728,18 @@ impl StrataFs {
             }
             let fits = if plus {
                 let attr = WireAttr {
-                    ino: dino.shown(),
+                    ino: self.overlay.shown_of(dino),
                     mode: libc::S_IFDIR,
                     ..WireAttr::default()
                 };
                 buf.push_plus(abi::NO_NODE, Duration::ZERO, &attr, next, OsStr::new(name))
             } else {
-                buf.push(dino.shown(), next, libc::S_IFDIR, OsStr::new(name))
+                buf.push(
+                    self.overlay.shown_of(dino),
+                    next,
+                    libc::S_IFDIR,
+                    OsStr::new(name),
+                )
             };
             if !fits {
                 return Ok(Response::Body(buf.into_bytes()));

@@ -182,6 +182,9 @@ pub struct Overlay {
     /// `FUSE_NOTIFY_PRUNE` messages sent, and the nodes named in them.
     prune_notices: crate::stats::Counter,
     pruned: crate::stats::Counter,
+    /// The root's `st_ino`: the top layer's root directory's number, as the kernel's
+    /// overlayfs shows it (the root's node id is fixed at 1 by FUSE).
+    root_ino: Ino,
 }
 
 impl Overlay {
@@ -206,7 +209,14 @@ impl Overlay {
                         .is_some_and(|w| w.whiteout == crate::layer::WhiteoutFormat::DotWh)
             }
         };
+        let root_ino = layers
+            .get(0)
+            .and_then(|top| crate::sys::stat_fd(top.root()).ok())
+            .map_or(ROOT.shown(), |st| {
+                layers.shown_ino(LayerIno::new(0, st.ino))
+            });
         Overlay {
+            root_ino,
             nodes: NodeTable::new(root_layers, layers.upper().is_some()),
             dirfds: dirfd::DirFdCache::new(opts.dir_fd_cache),
             listings: readdir::ListingCache::new(opts.listing_cache),
@@ -632,7 +642,18 @@ impl Overlay {
     }
 
     /// The attributes of node `node`, showing `ino`, from `st`.
+    /// The `st_ino` node `id` shows when its object shows no other number: its id, but
+    /// the top layer's root directory's number for the root.
+    pub fn shown_of(&self, id: NodeId) -> Ino {
+        if id == ROOT {
+            self.root_ino
+        } else {
+            id.shown()
+        }
+    }
+
     fn attr_from(&self, node: NodeId, ino: Ino, st: &Stat, merged_dir: bool) -> Attr {
+        let ino = if node == ROOT { self.root_ino } else { ino };
         let kind = st.kind().unwrap_or(FileKind::Regular);
         let nlink = if kind == FileKind::Directory && (merged_dir || self.opts.static_nlink) {
             1
