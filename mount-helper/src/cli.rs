@@ -64,6 +64,11 @@ pub enum Cmd {
         /// Let device nodes be opened (the default is `nodev`).
         #[arg(long)]
         dev: bool,
+        /// Rename directories of the image in place (`redirect_dir=on`): `mv` of an image
+        /// directory costs one rename instead of a copy of its tree. `commit` and `diff`
+        /// write such a directory out in full.
+        #[arg(long)]
+        redirect_dir: bool,
     },
     /// Unmount a container.
     Umount {

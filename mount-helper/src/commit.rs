@@ -19,6 +19,7 @@ use std::time::UNIX_EPOCH;
 use oci_spec::image::{HistoryBuilder, ImageConfiguration};
 use rustix::fs::OFlags;
 use stratafs::layer::format::{self, OPAQUE_MARKER, OPAQUE_XATTRS};
+use stratafs::overlay::Attr;
 use stratafs::sys::{self, FileKind, Stat};
 
 use crate::digest::{self, HashWriter};
@@ -26,16 +27,33 @@ use crate::error::{Context, Error, Result};
 use crate::import::{self, Compression, Imported, LayerInput};
 use crate::mounts;
 use crate::store::Store;
+use crate::view::View;
 
-/// Writes the upper directory `upper` as an OCI layer tar into `out`.
-pub fn write_layer_tar<W: Write>(upper: &Path, out: W) -> Result<W> {
+/// The xattrs that make an upper directory a redirect (its lower copies are found at
+/// another path) and an upper file a metadata-only copy (its data is in a lower layer):
+/// the kernel's names as root and with `userxattr`.
+const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+const METACOPY_XATTRS: [&str; 2] = ["trusted.overlay.metacopy", "user.overlay.metacopy"];
+
+/// Writes the upper directory `upper` of a container whose image has the layer trees
+/// `lowers` (topmost first) as an OCI layer tar into `out`.
+///
+/// An OCI layer has neither redirects nor metadata-only copies, so what those stand for is
+/// written out in full, as the merged view of the upper over `lowers` shows it: a
+/// redirected directory (a lower directory renamed with `redirect_dir=on`) becomes an
+/// opaque directory holding everything it shows, and a metacopy file (`metacopy=on`) a
+/// file with the data it shows.
+pub fn write_layer_tar<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
     let root = crate::unpack::open_root(upper)?;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut w = Walker {
         builder,
         links: HashMap::new(),
+        view_links: HashMap::new(),
         upper: upper.to_path_buf(),
+        lowers: lowers.to_vec(),
+        view: None,
     };
     w.dir(root.as_fd(), &PathBuf::new())?;
     w.builder.into_inner().ctx(|| "finish the layer tar")
@@ -45,23 +63,55 @@ struct Walker<W: Write> {
     builder: tar::Builder<W>,
     /// (dev, ino) of files with several links -> the path first written.
     links: HashMap<(u64, u64), PathBuf>,
+    /// The same for files written from the merged view, by the number it shows.
+    view_links: HashMap<stratafs::layer::Ino, PathBuf>,
     upper: PathBuf,
+    lowers: Vec<PathBuf>,
+    /// The merged view of the upper over the lowers, opened at the first redirect or
+    /// metacopy file.
+    view: Option<View>,
 }
 
 fn header(st: &Stat, kind: tar::EntryType) -> tar::Header {
+    header_of(st.perm(), st.uid, st.gid, st.mtime, kind)
+}
+
+fn attr_header(a: &Attr, kind: tar::EntryType) -> tar::Header {
+    header_of(a.perm, a.uid, a.gid, a.mtime, kind)
+}
+
+fn header_of(
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    mtime: std::time::SystemTime,
+    kind: tar::EntryType,
+) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
-    h.set_mode(u32::from(st.perm()));
-    h.set_uid(u64::from(st.uid));
-    h.set_gid(u64::from(st.gid));
-    let secs = st
-        .mtime
+    h.set_mode(u32::from(perm));
+    h.set_uid(u64::from(uid));
+    h.set_gid(u64::from(gid));
+    let secs = mtime
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     h.set_mtime(secs);
     h.set_size(0);
     h
+}
+
+/// True when `name` under `dir` carries one of `xattrs`.
+fn has_xattr(dir: BorrowedFd<'_>, name: &OsStr, xattrs: &[&str]) -> io::Result<bool> {
+    for x in xattrs {
+        match sys::get_xattr_at(dir, name, OsStr::new(x)) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => {}
+            Err(e) if stratafs::layer::is_unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 fn is_opaque_xattr(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
@@ -146,6 +196,17 @@ impl<W: Write> Walker<W> {
                 continue;
             }
             let x = self.xattrs(dir, &name, &path)?;
+            let special = match st.kind() {
+                Some(FileKind::Directory) => REDIRECT_XATTRS.as_slice(),
+                Some(FileKind::Regular) => METACOPY_XATTRS.as_slice(),
+                _ => &[],
+            };
+            if !special.is_empty()
+                && has_xattr(dir, &name, special).map_err(|e| self.fail(&path, e))?
+            {
+                self.write_merged(&path)?;
+                continue;
+            }
             match st.kind() {
                 Some(FileKind::Directory) => {
                     self.pax(&x, &path)?;
@@ -224,6 +285,118 @@ impl<W: Write> Walker<W> {
         }
         Ok(())
     }
+
+    /// Writes `path` (a redirected directory, with everything it shows, or a metacopy
+    /// file) as the merged view shows it.
+    fn write_merged(&mut self, path: &Path) -> Result<()> {
+        if self.view.is_none() {
+            let mut layers = vec![self.upper.clone()];
+            layers.extend(self.lowers.iter().cloned());
+            self.view = Some(View::open(&layers)?);
+        }
+        let attr = match &self.view {
+            Some(v) => v.at(path)?,
+            None => None,
+        };
+        let attr = attr.ok_or_else(|| self.fail(path, "not shown by the merged view"))?;
+        self.view_entry(path, &attr, true)
+    }
+
+    /// Writes the merged view's `attr` at `path`, and everything below a directory.
+    /// `top` marks the redirected directory itself, made opaque in the tar so that nothing
+    /// the image had at its path shows through.
+    fn view_entry(&mut self, path: &Path, attr: &Attr, top: bool) -> Result<()> {
+        let Some(view) = self.view.take() else {
+            return Err(self.fail(path, "no merged view"));
+        };
+        let r = self.view_entry_in(&view, path, attr, top);
+        self.view = Some(view);
+        r
+    }
+
+    fn view_entry_in(&mut self, view: &View, path: &Path, a: &Attr, top: bool) -> Result<()> {
+        let x: Vec<(String, Vec<u8>)> = view
+            .xattrs(a.node)?
+            .into_iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{}", k.to_string_lossy()), v))
+            .collect();
+        match a.kind {
+            FileKind::Directory => {
+                self.pax(&x, path)?;
+                let mut h = attr_header(a, tar::EntryType::Directory);
+                self.builder
+                    .append_data(&mut h, path, io::empty())
+                    .map_err(|e| self.fail(path, e))?;
+                if top {
+                    let mut m = attr_header(a, tar::EntryType::Regular);
+                    m.set_mode(0o644);
+                    self.builder
+                        .append_data(&mut m, path.join(OPAQUE_MARKER), io::empty())
+                        .map_err(|e| self.fail(path, e))?;
+                }
+                let mut children = view.children(a.node)?;
+                children.sort_by(|p, q| p.0.as_bytes().cmp(q.0.as_bytes()));
+                for (name, _) in children {
+                    let child = path.join(&name);
+                    let ca = view
+                        .lookup(a.node, &name)?
+                        .ok_or_else(|| self.fail(&child, "vanished from the merged view"))?;
+                    self.view_entry_in(view, &child, &ca, false)?;
+                }
+            }
+            FileKind::Regular => {
+                if a.nlink > 1 {
+                    if let Some(first) = self.view_links.get(&a.ino).cloned() {
+                        self.pax(&x, path)?;
+                        let mut h = attr_header(a, tar::EntryType::Link);
+                        self.builder
+                            .append_link(&mut h, path, &first)
+                            .map_err(|e| self.fail(path, e))?;
+                        return Ok(());
+                    }
+                    self.view_links.insert(a.ino, path.to_path_buf());
+                }
+                let file = std::fs::File::from(view.open_file(a.node)?);
+                self.pax(&x, path)?;
+                let mut h = attr_header(a, tar::EntryType::Regular);
+                h.set_size(a.size);
+                // Exactly the size announced: a file that changed underneath fails.
+                let mut data = io::Read::take(file, a.size);
+                self.builder
+                    .append_data(&mut h, path, &mut data)
+                    .map_err(|e| self.fail(path, e))?;
+            }
+            FileKind::Symlink => {
+                let target = PathBuf::from(OsString::from_vec(view.readlink(a.node)?));
+                self.pax(&x, path)?;
+                let mut h = attr_header(a, tar::EntryType::Symlink);
+                self.builder
+                    .append_link(&mut h, path, &target)
+                    .map_err(|e| self.fail(path, e))?;
+            }
+            k @ (FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo) => {
+                let kind = match k {
+                    FileKind::CharDevice => tar::EntryType::Char,
+                    FileKind::BlockDevice => tar::EntryType::Block,
+                    _ => tar::EntryType::Fifo,
+                };
+                self.pax(&x, path)?;
+                let mut h = attr_header(a, kind);
+                if kind != tar::EntryType::Fifo {
+                    let rdev = u64::from(a.rdev);
+                    h.set_device_major(sys::dev_major(rdev))
+                        .map_err(|e| self.fail(path, e))?;
+                    h.set_device_minor(sys::dev_minor(rdev))
+                        .map_err(|e| self.fail(path, e))?;
+                }
+                self.builder
+                    .append_data(&mut h, path, io::empty())
+                    .map_err(|e| self.fail(path, e))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// `commit NAME --tag NEW`: returns the new image's id.
@@ -248,7 +421,8 @@ pub fn run(store: &Store, name: &str, tag: &str) -> Result<String> {
     let blob_hash = HashWriter::new(io::BufWriter::new(file));
     let gz = flate2::write::GzEncoder::new(blob_hash, flate2::Compression::default());
     let diff_hash = HashWriter::new(gz);
-    let diff_hash = write_layer_tar(&upper, diff_hash)?;
+    let lowers = crate::diff::lower_trees(store, &ctr)?;
+    let diff_hash = write_layer_tar(&upper, &lowers, diff_hash)?;
     let (diff_id, _, gz) = diff_hash.finish();
     let blob_hash = gz.finish().ctx(|| "compress the layer")?;
     let (blob_digest, blob_size, buf) = blob_hash.finish();
@@ -385,8 +559,8 @@ mod tests {
             )
             .unwrap();
         }
-        let a = write_layer_tar(u, Vec::new()).unwrap();
-        let b = write_layer_tar(u, Vec::new()).unwrap();
+        let a = write_layer_tar(u, &[], Vec::new()).unwrap();
+        let b = write_layer_tar(u, &[], Vec::new()).unwrap();
         assert_eq!(a, b, "the same upper gives the same tar");
         let e = entries(&a);
         use tar::EntryType as T;

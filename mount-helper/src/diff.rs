@@ -74,17 +74,26 @@ pub fn changes(store: &Store, name: &str) -> Result<BTreeMap<PathBuf, Change>> {
         source: e,
     })?;
     let mut out = BTreeMap::new();
+    let mut full_layers = vec![upper_path.clone()];
+    full_layers.extend(lowers.iter().cloned());
     let w = DiffWalk {
         view: &view,
         upper: &upper,
+        full_layers,
+        full: std::cell::OnceCell::new(),
     };
     w.dir(upper.root(), Path::new("/"), Some(view.root()), &mut out)?;
     Ok(out)
 }
 
 struct DiffWalk<'a> {
+    /// The image.
     view: &'a View,
     upper: &'a Layer,
+    /// The upper over the image's layers, and their merged view (the container's tree),
+    /// opened at the first redirected directory.
+    full_layers: Vec<PathBuf>,
+    full: std::cell::OnceCell<View>,
 }
 
 impl DiffWalk<'_> {
@@ -144,6 +153,16 @@ impl DiffWalk<'_> {
             let lower_dir = lower_attr
                 .filter(|a| a.kind == FileKind::Directory)
                 .map(|a| a.node);
+            let (_, redirect) = self
+                .upper
+                .dir_markers(dir, name, false)
+                .map_err(|e| self.fail(&child, e))?;
+            if redirect.is_some() {
+                // A lower directory renamed here (`redirect_dir=on`): what it shows comes
+                // from another path below, so compare the container's tree with the image's.
+                self.merged(&child, lower_dir, out)?;
+                continue;
+            }
             let sub = sys::open_dir_path(dir, name.as_bytes()).map_err(|e| self.fail(&child, e))?;
             let opaque = self
                 .upper
@@ -162,6 +181,72 @@ impl DiffWalk<'_> {
                 }
             }
             self.dir(sub.as_fd(), &child, lower_dir, out)?;
+        }
+        Ok(())
+    }
+}
+
+impl DiffWalk<'_> {
+    /// Records the changes below directory `path` as the container's tree shows it,
+    /// against the image's directory node `lower` there (if any): names only the
+    /// container has are added, names both have changed, names only the image has deleted.
+    fn merged(
+        &self,
+        path: &Path,
+        lower: Option<NodeId>,
+        out: &mut BTreeMap<PathBuf, Change>,
+    ) -> Result<()> {
+        let full = match self.full.get() {
+            Some(v) => v,
+            None => {
+                let v = View::open(&self.full_layers)?;
+                self.full.get_or_init(|| v)
+            }
+        };
+        let node = full
+            .at(path)?
+            .filter(|a| a.kind == FileKind::Directory)
+            .ok_or_else(|| self.fail(path, "not a directory in the container's tree"))?;
+        self.merged_dir(full, node.node, path, lower, out)
+    }
+
+    fn merged_dir(
+        &self,
+        full: &View,
+        node: NodeId,
+        path: &Path,
+        lower: Option<NodeId>,
+        out: &mut BTreeMap<PathBuf, Change>,
+    ) -> Result<()> {
+        let ours = full.children(node)?;
+        if let Some(l) = lower {
+            for (n, _) in self.view.children(l)? {
+                if !ours.iter().any(|(o, _)| *o == n) {
+                    out.insert(path.join(&n), Change::Deleted);
+                }
+            }
+        }
+        for (n, kind) in ours {
+            let child = path.join(&n);
+            let below = match lower {
+                Some(l) => self.view.lookup(l, &n)?,
+                None => None,
+            };
+            let change = if below.is_some() {
+                Change::Changed
+            } else {
+                Change::Added
+            };
+            out.insert(child.clone(), change);
+            if kind == FileKind::Directory {
+                let sub = full
+                    .lookup(node, &n)?
+                    .ok_or_else(|| self.fail(&child, "vanished from the container's tree"))?;
+                let lower_dir = below
+                    .filter(|a| a.kind == FileKind::Directory)
+                    .map(|a| a.node);
+                self.merged_dir(full, sub.node, &child, lower_dir, out)?;
+            }
         }
         Ok(())
     }

@@ -71,10 +71,12 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
             target,
             suid,
             dev,
+            redirect_dir,
         } => {
             let flags = mounts::MountFlags {
                 suid: *suid,
                 dev: *dev,
+                redirect_dir: *redirect_dir,
             };
             let t = mounts::mount(
                 &open()?,

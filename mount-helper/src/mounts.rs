@@ -142,17 +142,21 @@ pub struct MountFlags {
     pub suid: bool,
     /// Device nodes of the image and the container may be opened (`dev`).
     pub dev: bool,
+    /// Directories of the image are renamed in place (`redirect_dir=on`).
+    pub redirect_dir: bool,
 }
 
 impl MountFlags {
     /// The daemon's mount options for these flags: `nosuid,nodev` unless asked otherwise.
-    fn options(self) -> &'static str {
-        match (self.suid, self.dev) {
-            (false, false) => "nosuid,nodev",
-            (true, false) => "suid,nodev",
-            (false, true) => "nosuid,dev",
-            (true, true) => "suid,dev",
+    fn options(self) -> String {
+        let mut o = vec![
+            if self.suid { "suid" } else { "nosuid" },
+            if self.dev { "dev" } else { "nodev" },
+        ];
+        if self.redirect_dir {
+            o.push("redirect_dir=on");
         }
+        o.join(",")
     }
 }
 

@@ -58,6 +58,72 @@ impl View {
         Ok(l.entries.iter().map(|e| (e.name.clone(), e.kind)).collect())
     }
 
+    /// What the view shows at `path` (relative to the root): `None` when nothing.
+    pub fn at(&self, path: &Path) -> Result<Option<Attr>> {
+        let mut cur = self.attr(self.root())?;
+        for c in path.components() {
+            let name = match c {
+                Component::Normal(n) => n,
+                Component::RootDir | Component::CurDir => continue,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{}: not a plain path",
+                        path.display()
+                    )))
+                }
+            };
+            match self.lookup(cur.node, name)? {
+                Some(a) => cur = a,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// The attributes of node `node`.
+    pub fn attr(&self, node: NodeId) -> Result<Attr> {
+        self.ovl.getattr(node).map_err(|e| self.fail(node, e))
+    }
+
+    /// The file node `node` shows, opened for reading.
+    pub fn open_file(&self, node: NodeId) -> Result<std::os::fd::OwnedFd> {
+        self.ovl
+            .open(node, rustix::fs::OFlags::RDONLY.bits() as i32)
+            .map(|f| f.fd)
+            .map_err(|e| self.fail(node, e))
+    }
+
+    /// The target of symlink node `node`.
+    pub fn readlink(&self, node: NodeId) -> Result<Vec<u8>> {
+        self.ovl.readlink(node).map_err(|e| self.fail(node, e))
+    }
+
+    /// The xattrs node `node` shows (the overlay's private ones are not), sorted by name.
+    pub fn xattrs(&self, node: NodeId) -> Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
+        let list = match self.ovl.listxattr(node) {
+            Ok(l) => l,
+            Err(e) if e.errno() == rustix::io::Errno::OPNOTSUPP.raw_os_error() => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(self.fail(node, e)),
+        };
+        let mut out = Vec::new();
+        for name in stratafs::sys::split_xattr_list(&list) {
+            match self.ovl.getxattr(node, name) {
+                Ok(v) => out.push((name.to_os_string(), v)),
+                // Removed since it was listed.
+                Err(e) if e.errno() == rustix::io::Errno::NODATA.raw_os_error() => {}
+                Err(e) => return Err(self.fail(node, e)),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn fail(&self, node: NodeId, e: OvlError) -> Error {
+        Error::invalid(format!("merged view, node {}: {e}", node.get()))
+    }
+
     /// Which layers provide `path` (relative to the root): `None` when the view does not
     /// show it.
     pub fn provenance(&self, path: &Path) -> Result<Option<stratafs::overlay::Provenance>> {

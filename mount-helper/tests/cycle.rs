@@ -79,6 +79,29 @@ fn layer_trees(store: &Path, image_id: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The OCI layout `export` (of an image tagged `sample:2`, with `layers` layers), imported
+/// into a new store and mounted with the kernel's overlayfs: the store, and the tree shown.
+fn export_under_kernel(export: &Path, layers: usize) -> (Helper, TreeSnap) {
+    let h2 = Helper::new();
+    let out = h2.ok(&["import", export.to_str().unwrap()]);
+    assert!(out.trim().ends_with(" as sample:2"), "{out}");
+    let trees = layer_trees(&h2.store, &imported_id(&out));
+    assert_eq!(trees.len(), layers);
+    let kdir = h2.path("kernel");
+    std::fs::create_dir(&kdir).unwrap();
+    let lower: Vec<String> = trees.iter().map(|t| t.display().to_string()).collect();
+    let k = KernelMount::new(
+        &format!(
+            "lowerdir={},redirect_dir=off,index=off,metacopy=off",
+            lower.join(":")
+        ),
+        &kdir,
+    );
+    let kernel = snapshot(&kdir);
+    drop(k);
+    (h2, kernel)
+}
+
 #[test]
 fn full_cycle() {
     if !can_compare() {
@@ -197,24 +220,7 @@ D /opq/new.txt
     assert!(export.join("oci-layout").is_file() && export.join("index.json").is_file());
 
     // The export, imported into a second store, through the kernel's overlayfs.
-    let h2 = Helper::new();
-    let out = h2.ok(&["import", export.to_str().unwrap()]);
-    assert!(out.trim().ends_with(" as sample:2"), "{out}");
-    let id2 = imported_id(&out);
-    let trees = layer_trees(&h2.store, &id2);
-    assert_eq!(trees.len(), 4);
-    let kdir = h2.path("kernel");
-    std::fs::create_dir(&kdir).unwrap();
-    let lower: Vec<String> = trees.iter().map(|t| t.display().to_string()).collect();
-    let k = KernelMount::new(
-        &format!(
-            "lowerdir={},redirect_dir=off,index=off,metacopy=off",
-            lower.join(":")
-        ),
-        &kdir,
-    );
-    let kernel = snapshot(&kdir);
-    drop(k);
+    let (h2, kernel) = export_under_kernel(&export, 4);
     assert_same_tree(
         &live,
         &kernel,
@@ -347,4 +353,68 @@ fn two_containers_share_layers_and_are_isolated() {
     h.ok(&["rm", "a"]);
     h.ok(&["rm", "b"]);
     assert!(!h.store.join("containers/a").exists());
+}
+
+/// `mount --redirect-dir`: directories of the image are renamed in place (the upper holds
+/// the renamed directory alone, with a redirect), and `diff` and `commit` show and write
+/// what the container shows: the committed image, under the kernel's overlayfs, is the
+/// container's tree.
+#[test]
+fn renamed_image_directories_are_committed_in_full() {
+    if !can_compare() {
+        return;
+    }
+    let h = Helper::new();
+    let archive = h.path("image.tar");
+    sample_image().write_docker_archive(&archive, "sample:1");
+    h.ok(&["import", archive.to_str().unwrap()]);
+    h.ok(&["create", "c1", "sample:1"]);
+    let m = h.mount_with("c1", None, &["--redirect-dir"]);
+    let root = m.target.clone();
+    assert!(
+        mount_options(&root).iter().any(|o| o == "nosuid"),
+        "the other defaults stay"
+    );
+    // A directory of one layer, renamed within its parent, then its old name made again.
+    std::fs::rename(root.join("usr/lib"), root.join("usr/lib2")).unwrap();
+    std::fs::create_dir(root.join("usr/lib")).unwrap();
+    std::fs::write(root.join("usr/lib/fresh"), "fresh\n").unwrap();
+    // A directory two layers merge (one whites out a file in it), moved to the root and
+    // changed there.
+    std::fs::rename(root.join("olddir"), root.join("moved")).unwrap();
+    std::fs::write(root.join("moved/z"), "z\n").unwrap();
+    let upper = h.store.join("containers/c1/upper");
+    assert!(
+        upper.join("usr/lib2").is_dir() && !upper.join("usr/lib2/libc.so").exists(),
+        "the renamed directory was moved, not copied"
+    );
+    assert_eq!(read(&root.join("usr/lib2/libc.so")), "ELF");
+    assert_eq!(dir_names(&root.join("moved")), vec!["y", "z"]);
+
+    let diff = h.ok(&["diff", "c1"]);
+    let want = "\
+A /moved
+A /moved/y
+A /moved/z
+D /olddir
+C /usr
+C /usr/lib
+A /usr/lib/fresh
+D /usr/lib/libc.so
+A /usr/lib2
+A /usr/lib2/libc.so
+";
+    assert_eq!(diff, want);
+    let live = snapshot(&root);
+    m.umount();
+
+    h.ok(&["commit", "c1", "--tag", "sample:2"]);
+    let export = h.path("export");
+    h.ok(&["export", "sample:2", "--oci", export.to_str().unwrap()]);
+    let (_h2, kernel) = export_under_kernel(&export, 4);
+    assert_same_tree(
+        &live,
+        &kernel,
+        "committed image under kernel overlayfs vs the container",
+    );
 }

@@ -116,13 +116,23 @@ impl Stat {
 
     /// `major(rdev)`.
     pub fn rdev_major(&self) -> u32 {
-        libc::major(self.rdev)
+        dev_major(self.rdev)
     }
 
     /// `minor(rdev)`.
     pub fn rdev_minor(&self) -> u32 {
-        libc::minor(self.rdev)
+        dev_minor(self.rdev)
     }
+}
+
+/// `major(dev)`.
+pub fn dev_major(dev: u64) -> u32 {
+    libc::major(dev)
+}
+
+/// `minor(dev)`.
+pub fn dev_minor(dev: u64) -> u32 {
+    libc::minor(dev)
 }
 
 fn timestamp(ts: rustix::fs::StatxTimestamp) -> SystemTime {
