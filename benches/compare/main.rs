@@ -61,7 +61,7 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
     } else {
         &ctx.layers[..]
     };
-    let mut m = Mount::new(ctx, cfg, c, layers)?;
+    let mut m = Mount::new(ctx, cfg, c, layers, w.feature_opts(cfg, c))?;
     prepare_host(ctx, w)?;
     let job = Job::new(ctx, w, &m.mnt, &m.upper);
     let label = format!("{} on {} ({})", w.name(), c.name(), cfg.name());

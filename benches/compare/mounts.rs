@@ -292,7 +292,14 @@ pub struct Mount {
 }
 
 impl Mount {
-    pub fn new(ctx: &Ctx, cfg: Config, c: Contender, layers: &[PathBuf]) -> Result<Mount, String> {
+    /// Mounts `layers` for contender `c`, with the options `extra` besides the layers.
+    pub fn new(
+        ctx: &Ctx,
+        cfg: Config,
+        c: Contender,
+        layers: &[PathBuf],
+        extra: Option<&str>,
+    ) -> Result<Mount, String> {
         let base = ctx.run.join(cfg.name()).join(c.name());
         let mut m = Mount {
             c,
@@ -332,6 +339,9 @@ impl Mount {
             m.upper.display(),
             m.work.display()
         );
+        if let Some(x) = extra {
+            m.opts = format!("{},{x}", m.opts);
+        }
         if c == Contender::Kernel && cfg == Config::Rootless {
             m.opts = format!("userxattr,{}", m.opts);
             return Ok(m);

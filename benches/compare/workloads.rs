@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{mix, Size};
-use crate::mounts::Ctx;
+use crate::mounts::{Config, Contender, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Wl {
@@ -29,12 +29,13 @@ pub enum Wl {
     Untar,
     RmRf,
     MvDir,
+    MvDirRedirect,
     Walk1,
     Walk2,
     Stat1M,
 }
 
-pub const WORKLOADS: [Wl; 16] = [
+pub const WORKLOADS: [Wl; 17] = [
     Wl::StatCold,
     Wl::StatWarm,
     Wl::ListBigdir,
@@ -48,6 +49,7 @@ pub const WORKLOADS: [Wl; 16] = [
     Wl::Untar,
     Wl::RmRf,
     Wl::MvDir,
+    Wl::MvDirRedirect,
     Wl::Walk1,
     Wl::Walk2,
     Wl::Stat1M,
@@ -82,9 +84,20 @@ impl Wl {
             Wl::Untar => "untar",
             Wl::RmRf => "rm-rf",
             Wl::MvDir => "mv-dir",
+            Wl::MvDirRedirect => "mv-dir-redirect",
             Wl::Walk1 => "walk-1proc",
             Wl::Walk2 => "walk-2proc",
             Wl::Stat1M => "stat-1m",
+        }
+    }
+
+    /// The options a contender is mounted with for this workload beyond the layers: the
+    /// optional feature the workload measures, where the contender has it.
+    pub fn feature_opts(self, cfg: Config, c: Contender) -> Option<&'static str> {
+        match (self, c, cfg) {
+            (Wl::MvDirRedirect, Contender::Stratafs, _)
+            | (Wl::MvDirRedirect, Contender::Kernel, Config::Root) => Some("redirect_dir=on"),
+            _ => None,
         }
     }
 
@@ -141,6 +154,13 @@ impl Wl {
             ),
             Wl::MvDir => format!(
                 "`mv` of a lower directory of {} files (EXDEV, so mv copies and deletes)",
+                sz.mv_dirs * sz.mv_files
+            ),
+            Wl::MvDirRedirect => format!(
+                "the same `mv` of {} files with `redirect_dir=on` where the contender has it \
+                 (stratafs, root and rootless; the kernel as root: in a user namespace it \
+                 refuses the option with `userxattr`, and fuse-overlayfs takes only `off`, so \
+                 they copy as in mv-dir)",
                 sz.mv_dirs * sz.mv_files
             ),
             Wl::Walk1 => "one `find -printf` over half of `tree/`".into(),
@@ -414,7 +434,7 @@ pub fn prepare_host(ctx: &Ctx, w: Wl) -> Result<(), String> {
             io::copy(&mut f, &mut io::sink()).map_err(|e| e.to_string())?;
         }
         Wl::RmRf => warm_layers(ctx, "rmtree", false),
-        Wl::MvDir => warm_layers(ctx, "mvtree", true),
+        Wl::MvDir | Wl::MvDirRedirect => warm_layers(ctx, "mvtree", true),
         Wl::Walk1 | Wl::Walk2 => warm_layers(ctx, "tree", false),
     }
     rustix::fs::sync();
@@ -530,7 +550,7 @@ pub fn timed(job: &Job, errlog: &Path) -> Result<String, String> {
             )?;
             Ok(String::new())
         }
-        Wl::MvDir => {
+        Wl::MvDir | Wl::MvDirRedirect => {
             run_cmd(
                 Command::new("mv")
                     .arg(mnt.join("mvtree"))
@@ -588,7 +608,7 @@ pub fn verify(job: &Job) -> Result<String, String> {
             !mnt.join("rmtree").exists(),
             fs::read_dir(mnt).map_err(err)?.count()
         ),
-        Wl::MvDir => {
+        Wl::MvDir | Wl::MvDirRedirect => {
             let mut acc = (0, 0);
             stat_tree(&mnt.join("mvtree-renamed"), &mut acc).map_err(err)?;
             format!(
