@@ -65,6 +65,7 @@ fn open(lowers: &[PathBuf], negative_cache: usize) -> Overlay {
             writeback: false,
             passthrough: stratafs::config::Passthrough::All,
             redirect_dir: stratafs::config::RedirectDir::Off,
+            metacopy: false,
         },
     )
 }

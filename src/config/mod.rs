@@ -227,6 +227,9 @@ pub struct MountConfig {
     pub plugins: Vec<String>,
     /// `redirect_dir=`: as given (`None`: not given); see [`MountConfig::redirect_mode`].
     pub redirect_dir: Option<RedirectDir>,
+    /// `metacopy=on|off`: as given (`None`: not given, which is off); see
+    /// [`MountConfig::metacopy_on`].
+    pub metacopy: Option<bool>,
     /// `userxattr`: the overlay's own xattrs are the `user.overlay.*` ones even as root, as
     /// with the kernel's option (an upper shared with rootless kernel mounts).
     pub userxattr: bool,
@@ -279,6 +282,7 @@ impl MountConfig {
             xattr_permissions: 0,
             plugins: Vec::new(),
             redirect_dir: None,
+            metacopy: None,
             userxattr: false,
             context: None,
             kernel_flags: Vec::new(),
@@ -290,13 +294,21 @@ impl MountConfig {
     }
 
     /// The `redirect_dir` mode in force: as given, else `off`, or `nofollow` with
-    /// `userxattr` (as the kernel silently turns its default off there).
+    /// `userxattr` (as the kernel silently turns its default off there), or `on` with
+    /// `metacopy=on` (which needs it, as the kernel turns it on).
     pub fn redirect_mode(&self) -> RedirectDir {
         match self.redirect_dir {
             Some(m) => m,
+            None if self.metacopy == Some(true) => RedirectDir::On,
             None if self.userxattr => RedirectDir::NoFollow,
             None => RedirectDir::Off,
         }
+    }
+
+    /// True with `metacopy=on`: lookups follow metacopy files to their data, and changes of
+    /// a lower file's metadata copy up its metadata alone.
+    pub fn metacopy_on(&self) -> bool {
+        self.metacopy == Some(true)
     }
 
     /// True when there is no upper layer: every write gets EROFS.

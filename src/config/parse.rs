@@ -80,13 +80,31 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocatio
     if cfg.volatile {
         cfg.fsync = false;
     }
+    // metacopy needs redirect_dir=on: the kernel refuses any other mode given with it (with
+    // no upper layer, `follow`, and `off` which follows, are as good as `on`).
+    if cfg.metacopy_on() {
+        let mode = cfg.redirect_mode();
+        let read_only_follow =
+            cfg.upperdir.is_none() && matches!(mode, RedirectDir::Follow | RedirectDir::Off);
+        if mode != RedirectDir::On && !read_only_follow {
+            return Err(ConfigError::Usage(format!(
+                "conflicting options: metacopy=on,redirect_dir={}",
+                mode.kernel_name()
+            )));
+        }
+    }
     // The kernel refuses redirects with `userxattr` (their security rests on trusted.
     // xattrs), in its own words.
-    if cfg.userxattr && cfg.redirect_mode() != RedirectDir::NoFollow {
+    if cfg.userxattr && cfg.redirect_dir.is_some_and(|m| m != RedirectDir::NoFollow) {
         return Err(ConfigError::Usage(format!(
             "conflicting options: userxattr,redirect_dir={}",
             cfg.redirect_mode().kernel_name()
         )));
+    }
+    if cfg.userxattr && cfg.metacopy_on() {
+        return Err(ConfigError::Usage(
+            "conflicting options: userxattr,metacopy=on".to_string(),
+        ));
     }
     Ok(Invocation::Mount(Box::new(cfg)))
 }
@@ -233,6 +251,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "xattr_permissions",
     "plugins",
     "redirect_dir",
+    "metacopy",
     "userxattr",
     "context",
     "fsname",
@@ -460,6 +479,13 @@ fn apply_option(
                 "follow" => RedirectDir::Follow,
                 "nofollow" => RedirectDir::NoFollow,
                 _ => return Err(bad(key, "expected on, off, follow or nofollow")),
+            })
+        }
+        "metacopy" => {
+            cfg.metacopy = Some(match utf8_value(key, value)? {
+                "on" => true,
+                "off" => false,
+                _ => return Err(bad(key, "expected on or off")),
             })
         }
         "context" => cfg.context = Some(utf8_value(key, value)?.to_string()),
@@ -956,6 +982,53 @@ mod tests {
         assert_eq!(ux.redirect_mode(), RedirectDir::NoFollow);
         let ux = mount(&["-o", "userxattr,redirect_dir=nofollow", "/m"]);
         assert_eq!(ux.redirect_mode(), RedirectDir::NoFollow);
+        // metacopy=on turns redirect_dir on, and the kernel refuses the combinations it
+        // refuses, in its words (checked against this kernel's mount(2)).
+        let mc = mount(&["-o", "metacopy=on", "/m"]);
+        assert!(mc.metacopy_on());
+        assert_eq!(mc.redirect_mode(), RedirectDir::On);
+        assert!(!mount(&["-o", "metacopy=off", "/m"]).metacopy_on());
+        assert!(!mount(&["/m"]).metacopy_on());
+        assert!(mount(&["-o", "metacopy=on,redirect_dir=on", "/m"]).metacopy_on());
+        assert_eq!(bad_key(&["-o", "metacopy=yes", "/m"]), "metacopy");
+        for (opts, msg) in [
+            (
+                "metacopy=on,redirect_dir=off",
+                "conflicting options: metacopy=on,redirect_dir=follow",
+            ),
+            (
+                "metacopy=on,redirect_dir=follow",
+                "conflicting options: metacopy=on,redirect_dir=follow",
+            ),
+            (
+                "redirect_dir=nofollow,metacopy=on",
+                "conflicting options: metacopy=on,redirect_dir=nofollow",
+            ),
+            (
+                "metacopy=on,userxattr",
+                "conflicting options: userxattr,metacopy=on",
+            ),
+            (
+                "metacopy=on,userxattr,redirect_dir=on",
+                "conflicting options: userxattr,redirect_dir=on",
+            ),
+        ] {
+            let list = format!("upperdir=/u,workdir=/w,lowerdir=/l,{opts}");
+            match parse(&["-o", &list, "/m"]) {
+                Err(e) => assert_eq!(e.to_string(), msg, "{opts}"),
+                other => panic!("{opts}: {other:?}"),
+            }
+        }
+        assert!(mount(&["-o", "userxattr,metacopy=off", "/m"]).userxattr);
+        // Without an upper layer `follow` is as good as `on`.
+        assert!(mount(&["-o", "lowerdir=/l,metacopy=on,redirect_dir=follow", "/m"]).metacopy_on());
+        assert!(mount(&["-o", "lowerdir=/l,metacopy=on,redirect_dir=off", "/m"]).metacopy_on());
+        assert_eq!(
+            parse(&["-o", "lowerdir=/l,metacopy=on,redirect_dir=nofollow", "/m"])
+                .err()
+                .map(|e| e.to_string()),
+            Some("conflicting options: metacopy=on,redirect_dir=nofollow".to_string())
+        );
         assert_eq!(mount(&["/m"]).markers, Markers::Auto);
         assert_eq!(mount(&["/m"]).passthrough, Passthrough::All);
         for (v, want) in [

@@ -174,6 +174,23 @@ impl OverlayXattrs {
         })
     }
 
+    /// `overlay.metacopy`: on a regular file whose data is in a layer below (empty, or an
+    /// fs-verity digest of the data).
+    pub fn metacopy(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.metacopy",
+            OverlayXattrs::User => "user.overlay.metacopy",
+        })
+    }
+
+    /// `overlay.impure`: on a directory holding copied-up entries (with an origin).
+    pub fn impure(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.impure",
+            OverlayXattrs::User => "user.overlay.impure",
+        })
+    }
+
     /// `overlay.redirect`: where the lower layers of a renamed directory are.
     pub fn redirect(self) -> &'static OsStr {
         OsStr::new(match self {

@@ -211,6 +211,39 @@ pub fn is_xwhiteouts_dir(dir: BorrowedFd<'_>, ns: OverlayXattrs) -> io::Result<b
         .is_some_and(|v| format::is_xwhiteouts_value(&v)))
 }
 
+/// True when `st` looks like a metacopy file the kernel made (`overlay.metacopy`): a regular
+/// file with fewer blocks than its size needs (metacopy files have no data blocks). A small
+/// one whose xattr block covers its size (ext4) does not: see [`is_impure_dir`].
+pub fn looks_sparse(st: &Stat) -> bool {
+    st.kind() == Some(sys::FileKind::Regular)
+        && st.size > 0
+        && st.blocks.saturating_mul(512) < st.size
+}
+
+/// True when layer directory `dir` is marked `overlay.impure` (it holds entries copied up
+/// with an origin, as every metacopy file the kernel makes is).
+pub fn is_impure_dir(dir: BorrowedFd<'_>, ns: OverlayXattrs) -> io::Result<bool> {
+    Ok(absent_if_unsupported(sys::get_xattr(dir, ns.impure()))?.is_some())
+}
+
+/// True when entry `name` of layer directory `dir` has `overlay.metacopy`.
+pub fn has_metacopy_xattr(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    ns: OverlayXattrs,
+) -> io::Result<bool> {
+    Ok(absent_if_unsupported(sys::get_xattr_at(dir, name, ns.metacopy()))?.is_some())
+}
+
+/// The `overlay.redirect` of entry `name` of layer directory `dir`, if it has one.
+pub fn redirect_xattr(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    ns: OverlayXattrs,
+) -> io::Result<Option<Vec<u8>>> {
+    absent_if_unsupported(sys::get_xattr_at(dir, name, ns.redirect()))
+}
+
 /// The xattr names of entry `name` under `dir` (none where the filesystem has no xattrs).
 fn xattr_list(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
     match sys::list_xattr_at(dir, name) {

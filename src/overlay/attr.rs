@@ -152,8 +152,12 @@ impl Overlay {
         if node.is_dead() {
             return Err(Error::NotFound);
         }
-        let truncate_all = set.size == Some(0);
-        self.copy_up(&node, !truncate_all)?;
+        if set.size.is_some() {
+            self.copy_up(&node, set.size != Some(0))?;
+        } else {
+            // Metadata alone changes: with metacopy=on the data stays below.
+            self.copy_up_meta(&node)?;
+        }
         let (pfd, name) = self.upper_place(&node)?;
         let dir = pfd.as_fd();
         if let Some(size) = set.size {
@@ -206,10 +210,10 @@ impl Overlay {
         )
     }
 
-    /// The upper copy of `id`, copying it up first.
+    /// The upper copy of `id`, copying it up first (its metadata alone with `metacopy=on`).
     fn upper_object(&self, id: NodeId) -> Result<super::ObjectAt> {
         let node = self.named(id)?;
-        self.copy_up(&node, true)?;
+        self.copy_up_meta(&node)?;
         self.object_at(&node)
     }
 

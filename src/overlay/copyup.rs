@@ -97,21 +97,47 @@ impl Overlay {
     /// Copies non-directory `node` up (its data too unless `with_data` is false, for an open
     /// with `O_TRUNC` or a truncate to zero). Concurrent callers produce one copy.
     pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Result<()> {
+        self.copy_up_as(node, with_data, false)
+    }
+
+    /// Copies `node` up for a change of its metadata alone (chmod, chown, utimes, xattrs,
+    /// link, rename). With `metacopy=on` a lower regular file gets an upper copy without its
+    /// data, as the kernel's `metacopy=on` makes it: the same size (a sparse file), the
+    /// metadata, and an empty `overlay.metacopy`; its data stays below until an open for
+    /// writing or a truncate copies it. Anything else is copied up whole.
+    pub(crate) fn copy_up_meta(&self, node: &Arc<Node>) -> Result<()> {
+        let meta = self.opts.metacopy && node.kind == FileKind::Regular;
+        if meta && Overlay::in_upper(node) {
+            return Ok(());
+        }
+        self.copy_up_as(node, true, meta)
+    }
+
+    /// [`Overlay::copy_up`], or a metadata-only copy of a regular file with `meta`.
+    fn copy_up_as(&self, node: &Arc<Node>, with_data: bool, meta: bool) -> Result<()> {
         let (_, work) = self.writable()?;
         if node.kind == FileKind::Directory {
             self.upper_dir(node)?;
             return Ok(());
         }
-        if Overlay::in_upper(node) {
+        let has_data = |n: &Node| {
+            n.with_location(|l| l.top() == Some(UPPER) && !Overlay::is_metacopy_loc(n.kind, l))
+        };
+        if has_data(node) {
             return Ok(());
         }
         let _copy = node.copy_lock.lock();
         if Overlay::in_upper(node) {
-            return Ok(());
+            if meta {
+                return Ok(());
+            }
+            // A metacopy file: its data joins it.
+            return self.copy_up_data(node, with_data);
         }
         let parent = self.node(node.parent())?;
         let pfd = self.upper_dir(&parent)?;
-        let (name, top) = node.with_location(|l| (l.name.clone(), l.top()));
+        let (name, top, below) =
+            node.with_location(|l| (l.name.clone(), l.top(), l.layers.clone()));
         let top = top.ok_or(Error::StaleNode(node.id))?;
         let src_dir = self.dir_fd(&parent, top)?;
         let st = sys::stat_at(src_dir.as_fd(), &name)?;
@@ -122,15 +148,33 @@ impl Overlay {
         }
         let started = std::time::Instant::now();
         let tmp = self.temp_name();
-        let staged = self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data);
+        let meta = meta && st.kind() == Some(FileKind::Regular);
+        let staged = if meta {
+            self.stage_meta_copy(node, src_dir.as_fd(), &name, &st, &tmp)
+        } else {
+            self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data)
+        };
         let placed = staged.and_then(|()| place_copy(work, &tmp, pfd.as_fd(), &name));
         if let Err(e) = placed {
             let _ = sys::remove_tree(work.fd(), &tmp);
             return Err(e);
         }
         self.mark_impure(pfd.as_fd());
-        self.nodes.set_layers(node.id, vec![UPPER]);
-        let copied = if with_data && st.kind() == Some(FileKind::Regular) {
+        if meta {
+            // The data stays where it was: the layer below a lower metacopy file that was
+            // copied, else the lower file's own (where redirects put it, as before).
+            let data = if below.len() > 1 {
+                &below[1..]
+            } else {
+                &below[..]
+            };
+            let mut layers = vec![UPPER];
+            layers.extend_from_slice(data);
+            self.nodes.set_layers(node.id, layers);
+        } else {
+            self.nodes.set_layers(node.id, vec![UPPER]);
+        }
+        let copied = if with_data && !meta && st.kind() == Some(FileKind::Regular) {
             st.size
         } else {
             0
@@ -159,8 +203,14 @@ impl Overlay {
                 let dst = sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600)
                     .ctx("copy up create", name)?;
                 if with_data && st.size > 0 {
-                    let data = sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)
-                        .ctx("copy up open", name)?;
+                    let loc = node.location();
+                    let data = if Overlay::is_metacopy_loc(node.kind, &loc) {
+                        // A metacopy file in a lower layer: its data is further down.
+                        self.open_data(node, &loc, OFlags::RDONLY)?
+                    } else {
+                        sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)
+                            .ctx("copy up open", name)?
+                    };
                     copy_data(data.as_fd(), dst.as_fd(), st.size).ctx("copy up data", name)?;
                 }
                 self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
@@ -202,6 +252,35 @@ impl Overlay {
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(())
+    }
+
+    /// Builds the metadata-only copy of regular file `name` (in `src_dir`) as `tmp` in the
+    /// work directory: no data, the size of `st`, and an empty `overlay.metacopy` (the
+    /// kernel's form without an fs-verity digest).
+    fn stage_meta_copy(
+        &self,
+        node: &Node,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        tmp: &OsStr,
+    ) -> Result<()> {
+        let (_, work) = self.writable()?;
+        let src =
+            sys::open_beneath(src_dir, name.as_bytes(), OFlags::PATH).ctx("copy up open", name)?;
+        let dst =
+            sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600).ctx("copy up create", name)?;
+        sys::truncate(dst.as_fd(), st.size).ctx("copy up size", name)?;
+        sys::set_xattr(dst.as_fd(), self.layers.xattrs().metacopy(), b"", 0)
+            .ctx("copy up metacopy", name)?;
+        self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
+        if self.opts.sync_writes {
+            sys::sync(dst.as_fd(), false).ctx("copy up fsync", name)?;
+        }
+        let key = work.xattr(ORIGIN_INO);
+        // Best effort, as for a whole copy.
+        let _ = sys::set_xattr(dst.as_fd(), &key, node.id.shown().to_origin().as_bytes(), 0);
         Ok(())
     }
 

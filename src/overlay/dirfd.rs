@@ -54,6 +54,8 @@ struct Cached {
     fd: Arc<OwnedFd>,
     /// It is marked `overlay.opaque=x` (holds xattr whiteouts), once read.
     xwhiteouts: Option<bool>,
+    /// It is marked `overlay.impure` (holds copied-up entries), once read.
+    impure: Option<bool>,
 }
 
 type Shard = Mutex<LruCache<(NodeId, LayerIdx), Cached>>;
@@ -112,6 +114,7 @@ impl DirFdCache {
             Cached {
                 fd,
                 xwhiteouts: None,
+                impure: None,
             },
         );
     }
@@ -138,6 +141,27 @@ impl DirFdCache {
         if let Some(c) = self.shard(ino).lock().peek_mut(&(ino, layer)) {
             if Arc::ptr_eq(&c.fd, fd) {
                 c.xwhiteouts = Some(v);
+            }
+        }
+    }
+
+    /// Whether the directory cached as `fd` is marked impure, once known (forgotten with
+    /// the fd).
+    pub(crate) fn impure(&self, ino: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Option<bool> {
+        let shard = self.shard(ino).lock();
+        let c = shard.peek(&(ino, layer))?;
+        if Arc::ptr_eq(&c.fd, fd) {
+            c.impure
+        } else {
+            None
+        }
+    }
+
+    /// Records [`DirFdCache::impure`] for the directory cached as `fd`.
+    pub(crate) fn set_impure(&self, ino: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>, v: bool) {
+        if let Some(c) = self.shard(ino).lock().peek_mut(&(ino, layer)) {
+            if Arc::ptr_eq(&c.fd, fd) {
+                c.impure = Some(v);
             }
         }
     }

@@ -91,6 +91,10 @@ pub enum Error {
     /// A concurrent change moved a name between lookup and lock; the operation retries.
     #[error("raced with a concurrent change")]
     Raced,
+    /// A metacopy file whose data no layer below holds (`EIO`, as the kernel's lookup
+    /// answers).
+    #[error("metacopy with no lower data found")]
+    NoLowerData,
 }
 
 /// Shows a [`Error::Syscall`]'s name after its operation, quoted and escaped, or nothing
@@ -133,6 +137,7 @@ impl Error {
             Error::NoXattr => libc::ENODATA,
             Error::XattrUnsupported => libc::ENOTSUP,
             Error::Raced => libc::EAGAIN,
+            Error::NoLowerData => libc::EIO,
         }
     }
 
@@ -145,6 +150,7 @@ impl Error {
             Error::Syscall { .. } | Error::Io(_) => errno_level(self.errno()),
             Error::NotFound | Error::NoXattr | Error::Raced => Level::TRACE,
             Error::NodeCycle => Level::ERROR,
+            Error::NoLowerData => Level::WARN,
             Error::StaleNode(_)
             | Error::ReadOnly
             | Error::ReservedName

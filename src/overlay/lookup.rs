@@ -82,6 +82,8 @@ impl Overlay {
         let mut order = std::borrow::Cow::Borrowed(chain.get(start..).unwrap_or_default());
         let mut target: Option<LayerPath> = None;
         let mut redirects: Vec<(LayerIdx, LayerPath)> = Vec::new();
+        // A metacopy file was found on top: the layers below are looked in for its data.
+        let mut metacopy = false;
         let mut pos = 0;
         while let Some(&li) = order.get(pos) {
             pos += 1;
@@ -148,6 +150,45 @@ impl Overlay {
             match probed {
                 Probe::Missing => {}
                 Probe::Whiteout => break,
+                Probe::Found(st, _) if metacopy => {
+                    // Only a regular file below a metacopy file can hold its data; another
+                    // metacopy file on the way is passed (its redirect followed).
+                    if st.kind() != Some(FileKind::Regular) {
+                        break;
+                    }
+                    if self.is_metacopy(dfd.as_fd(), pname, &st, layer, || Ok(true))? {
+                        let redirect = self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
+                        if let Some(w) = walked.take() {
+                            target = Some(LayerPath::FromRoot(w));
+                        }
+                        if let Some(r) = redirect {
+                            if matches!(r, super::redirect::Redirect::Absolute(_)) {
+                                stop_after = false;
+                                order = std::borrow::Cow::Owned(
+                                    (li + 1..self.layers.len() as LayerIdx).collect(),
+                                );
+                                pos = 0;
+                            }
+                            target = Some(super::redirect::redirected(target.as_ref(), r));
+                        }
+                        if stop_after {
+                            break;
+                        }
+                        continue;
+                    }
+                    metacopy = false;
+                    if let Some(r) = &mut found {
+                        r.layers.push(li);
+                        r.top.blocks = st.blocks;
+                        if let Some(t) = &target {
+                            redirects.push((li, t.clone()));
+                        }
+                        if layer.upper || self.layers.get(r.layers[0]).is_some_and(|l| l.upper) {
+                            bottom = Some(LayerIno::new(li, st.ino));
+                        }
+                    }
+                    break;
+                }
                 Probe::Found(st, born) => {
                     let is_dir = st.is_dir();
                     let obj = LayerIno::new(li, st.ino);
@@ -164,6 +205,42 @@ impl Overlay {
                                 bottom = Some(obj);
                                 if layer.upper {
                                     origin = self.origin_ino(dfd.as_fd(), pname);
+                                }
+                                let impure = || match target {
+                                    Some(LayerPath::FromRoot(_)) => {
+                                        Ok(crate::layer::is_impure_dir(dfd.as_fd(), layer.xattrs)?)
+                                    }
+                                    _ => self.impure_dir(dir, li, &dfd),
+                                };
+                                if self.is_metacopy(dfd.as_fd(), pname, &st, layer, impure)? {
+                                    // Its data is below (the kernel refuses to follow it
+                                    // without metacopy=on).
+                                    if !self.opts.metacopy {
+                                        return Err(Error::NotPermitted(
+                                            "a metacopy file is not followed (metacopy=off)",
+                                        ));
+                                    }
+                                    metacopy = true;
+                                    let redirect =
+                                        self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
+                                    if let Some(w) = walked.take() {
+                                        target = Some(LayerPath::FromRoot(w));
+                                    }
+                                    if let Some(r) = redirect {
+                                        if matches!(r, super::redirect::Redirect::Absolute(_)) {
+                                            stop_after = false;
+                                            order = std::borrow::Cow::Owned(
+                                                (li + 1..self.layers.len() as LayerIdx).collect(),
+                                            );
+                                            pos = 0;
+                                        }
+                                        target =
+                                            Some(super::redirect::redirected(target.as_ref(), r));
+                                    }
+                                    if stop_after {
+                                        break;
+                                    }
+                                    continue;
                                 }
                                 break;
                             }
@@ -217,6 +294,9 @@ impl Overlay {
             if stop_after {
                 break;
             }
+        }
+        if metacopy {
+            return Err(Error::NoLowerData);
         }
         Ok(found.map(|mut r| {
             if let Some(ino) = origin {
@@ -406,12 +486,16 @@ impl Overlay {
                 return self.kept_attr(&node, &fd);
             }
             let (raw, born) = self.still_named(&node, found)?;
-            let st = self.overridden(raw, Object::At(pfd.as_fd(), &loc.name));
+            let mut st = self.overridden(raw, Object::At(pfd.as_fd(), &loc.name));
             if !self.is_its_object(&node, &loc, &raw, born, st.kind()) {
                 return match self.nodes.kept(&node) {
                     Some(fd) => self.kept_attr(&node, &fd),
                     None => Err(self.not_its_object(&node)),
                 };
+            }
+            if Overlay::is_metacopy_loc(node.kind, &loc) {
+                // The blocks are the data's, as the kernel reports them.
+                st.blocks = self.data_blocks(&node, &loc)?;
             }
             if loc.object.is_none() && seen.is_some_and(|v| parent.dir_version() == v) {
                 // Not known since a copy-up, and no change in the directory meanwhile.
@@ -478,6 +562,12 @@ impl Overlay {
     /// The attributes of node `id` read from an open fd on it (which works after an unlink).
     pub fn attr_of_fd(&self, id: NodeId, fd: std::os::fd::BorrowedFd<'_>) -> Result<Attr> {
         let node = self.node(id)?;
+        if !node.is_dead() && node.with_location(|l| Overlay::is_metacopy_loc(node.kind, l)) {
+            // A handle on a metacopy file reads its data: the attributes are the node's.
+            if let Ok(a) = self.getattr(id) {
+                return Ok(a);
+            }
+        }
         let st = self.overridden(crate::sys::stat_fd(fd)?, Object::Fd(fd));
         let (merged, top) = node.with_location(|l| (l.layers.len() > 1, l.top()));
         let ino = self.shown_ino(node.id, top, &st);
@@ -486,11 +576,14 @@ impl Overlay {
 }
 
 impl Overlay {
-    /// True when node `id` now lives in the upper layer.
+    /// True when node `id` now lives in the upper layer (a metacopy file's data too).
     pub fn is_copied_up(&self, id: NodeId) -> bool {
         self.nodes
             .get(id)
-            .map(|n| n.with_location(|l| l.top() == Some(0)) && self.layers.upper().is_some())
+            .map(|n| {
+                n.with_location(|l| l.top() == Some(0) && !Overlay::is_metacopy_loc(n.kind, l))
+                    && self.layers.upper().is_some()
+            })
             .unwrap_or(false)
     }
 }

@@ -7,6 +7,7 @@ mod copyup;
 mod dirfd;
 mod error;
 mod lookup;
+mod metacopy;
 mod namespace;
 mod negative;
 pub mod perms;
@@ -130,6 +131,9 @@ pub struct Options {
     pub passthrough: crate::config::Passthrough,
     /// `redirect_dir=` (with `userxattr` resolved): whether redirects are followed.
     pub redirect_dir: crate::config::RedirectDir,
+    /// `metacopy=on`: metacopy files are followed to their data, and metadata changes of
+    /// lower regular files copy up metadata alone.
+    pub metacopy: bool,
 }
 
 impl Options {
@@ -150,6 +154,7 @@ impl Options {
             writeback: cfg.writeback,
             passthrough: cfg.passthrough,
             redirect_dir: cfg.redirect_mode(),
+            metacopy: cfg.metacopy_on(),
         }
     }
 }
@@ -606,6 +611,18 @@ impl Overlay {
         }
         let v = crate::layer::is_xwhiteouts_dir(fd.as_fd(), self.layers.xattrs())?;
         self.dirfds.set_xwhiteouts(dir.id, layer, fd, v);
+        Ok(v)
+    }
+
+    /// True when directory `dir`'s copy in layer `layer` (open as `fd`) is marked
+    /// `overlay.impure`, read once per cached directory fd.
+    fn impure_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
+        if let Some(v) = self.dirfds.impure(dir.id, layer, fd) {
+            return Ok(v);
+        }
+        let ns = self.layers.get(layer).map(|l| l.xattrs);
+        let v = crate::layer::is_impure_dir(fd.as_fd(), ns.unwrap_or(self.layers.xattrs()))?;
+        self.dirfds.set_impure(dir.id, layer, fd, v);
         Ok(v)
     }
 

@@ -576,9 +576,16 @@ impl Overlay {
         if node.kind == FileKind::Directory {
             return Err(Error::NotPermitted("hard link to a directory"));
         }
-        self.copy_up(&node, true)?;
+        self.copy_up_meta(&node)?;
         let src_parent = self.node(node.parent())?;
         let spfd = self.upper_dir(&src_parent)?;
+        if self.is_metacopy_node(&node) {
+            // Every name of it must find its data: it gets an absolute redirect, as the
+            // kernel's link of a metacopy file gives it.
+            let sname = node.with_location(|l| l.name.clone());
+            self.set_file_redirect(&node, spfd.as_fd(), &sname, false)?;
+            self.locate_data_again(&node, &src_parent, &sname)?;
+        }
         let dir = self.node(newparent)?;
         let npfd = self.upper_dir(&dir)?;
         let _guard = dir.lock_dir();
@@ -619,9 +626,10 @@ impl Overlay {
             Location {
                 parent: newparent,
                 name: newname.to_os_string(),
-                layers: vec![UPPER],
+                // A metacopy file's data is where its (absolute) redirect says.
+                layers: node.with_location(|l| l.layers.clone()),
                 object: None,
-                redirects: None,
+                redirects: node.with_location(|l| l.redirects.clone()),
             },
         );
         Ok(self.attr_from(n.id, n.id.shown(), &st, false))
@@ -743,9 +751,11 @@ impl Overlay {
                 p = self.parent_of(p);
             }
         }
-        self.copy_up(&src, true)?;
+        // A regular file moves with its metadata alone with metacopy=on (a redirect then
+        // leads to its data).
+        self.copy_up_meta(&src)?;
         if let (Some(d), RenameFlag::Exchange) = (&dst, flag) {
-            self.copy_up(d, true)?;
+            self.copy_up_meta(d)?;
         }
         let spfd = self.upper_dir(sdir)?;
         let dpfd = self.upper_dir(ddir)?;
@@ -764,6 +774,15 @@ impl Overlay {
             return Err(Error::Raced);
         }
         let samedir = sdir.id == ddir.id;
+        let src_meta = self.is_metacopy_node(&src);
+        let dst_meta =
+            flag == RenameFlag::Exchange && dst.as_ref().is_some_and(|d| self.is_metacopy_node(d));
+        if src_meta {
+            self.set_file_redirect(&src, spfd.as_fd(), name, samedir)?;
+        }
+        if let (Some(d), true) = (&dst, dst_meta) {
+            self.set_file_redirect(d, dpfd.as_fd(), newname, samedir)?;
+        }
         if flag == RenameFlag::Exchange {
             // A directory swapped onto a name that a lower layer holds must hide it, unless
             // a redirect leads it to its own lower copies.
@@ -799,6 +818,12 @@ impl Overlay {
             }
             if let (Some(d), true) = (&dst, dst_merged) {
                 self.merge_again(d, sdir, name)?;
+            }
+            if src_meta {
+                self.locate_data_again(&src, ddir, newname)?;
+            }
+            if let (Some(d), true) = (&dst, dst_meta) {
+                self.locate_data_again(d, sdir, name)?;
             }
             self.mark_impure(dpfd.as_fd());
             self.mark_impure(spfd.as_fd());
@@ -855,6 +880,8 @@ impl Overlay {
             self.mark_impure(dpfd.as_fd());
         } else if src.kind == FileKind::Directory {
             self.nodes.set_layers(src.id, vec![UPPER]);
+        } else if src_meta {
+            self.locate_data_again(&src, ddir, newname)?;
         }
         Ok(())
     }

@@ -173,7 +173,10 @@ impl Overlay {
             }
             _ => None,
         };
+        let metacopy = Overlay::is_metacopy_loc(node.kind, &loc);
         let opened = match found {
+            // A metacopy file is read from its data.
+            Ok(_) if checked.is_some() && metacopy => self.open_data(&node, &loc, oflags),
             Ok(_) if checked.is_some() => {
                 match sys::open_beneath(pfd.as_fd(), loc.name.as_bytes(), oflags) {
                     Err(e)
@@ -200,6 +203,13 @@ impl Overlay {
             self.nodes.learn_object(id, &loc, object);
         }
         let opened = match opened {
+            Ok(fd) if raced && metacopy => {
+                if self.name_holds_it(&node, &loc) {
+                    Ok(fd)
+                } else {
+                    Err(self.not_its_object(&node))
+                }
+            }
             Ok(fd) if raced => {
                 let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
                 if is_its(&st, born) {
@@ -223,7 +233,7 @@ impl Overlay {
             }
             r => r.map(|fd| OpenedFile {
                 fd,
-                immutable: !layer.upper,
+                immutable: !layer.upper || metacopy,
             }),
         }
     }
@@ -313,6 +323,10 @@ impl Overlay {
         let (st, born) = self.still_named(&node, found)?;
         if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
             return Err(self.not_its_object(&node));
+        }
+        if Overlay::is_metacopy_loc(node.kind, &loc) {
+            // Read from its data until the data is copied up.
+            return Ok((self.open_data(&node, &loc, OFlags::RDONLY)?, false));
         }
         let flags = if layer.upper && !self.opts.read_only {
             OFlags::RDWR

@@ -151,8 +151,9 @@ impl Overlay {
 const REDIRECT_MAX: usize = 256;
 
 impl Overlay {
-    /// The `overlay.redirect` a rename of `node` (a directory with lower copies, copied up
-    /// already) gives its upper copy, in the kernel's form (`ovl_set_redirect`): `None` when
+    /// The `overlay.redirect` a rename of `node` (a directory with lower copies, or a
+    /// metacopy file, copied up already; or a metacopy file being linked, with `samedir`
+    /// false) gives its upper copy, in the kernel's form (`ovl_set_redirect`): `None` when
     /// the one it has stays right (any within the same parent, an absolute one anywhere); its
     /// current name for a rename within its parent; else the absolute path of its lower
     /// copies, made of the names of it and its ancestors, each replaced by the redirect of
@@ -201,10 +202,21 @@ impl Overlay {
         Ok(Some(prefix))
     }
 
-    /// The `overlay.redirect` of directory `node`'s upper copy, if it has a valid one.
+    /// The `overlay.redirect` of `node`'s upper copy (a directory, or a metacopy file), if
+    /// it has a valid one.
     fn upper_redirect(&self, node: &Node) -> Result<Option<Vec<u8>>> {
-        let fd = self.dir_fd(node, super::copyup::UPPER)?;
-        let v = match sys::get_xattr(fd.as_fd(), self.layers.xattrs().redirect()) {
+        let got = if node.kind == crate::sys::FileKind::Directory {
+            let fd = self.dir_fd(node, super::copyup::UPPER)?;
+            sys::get_xattr(fd.as_fd(), self.layers.xattrs().redirect())
+        } else {
+            let (dir, name) = self.place_in(node, super::copyup::UPPER)?;
+            sys::get_xattr_at(
+                dir.as_fd(),
+                OsStr::from_bytes(&name),
+                self.layers.xattrs().redirect(),
+            )
+        };
+        let v = match got {
             Ok(v) => v,
             Err(e) if crate::layer::is_unsupported(&e) => None,
             Err(e) => return Err(e.into()),

@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod metacopy;
 mod redirect;
 mod userxattr;
 mod xwhiteout;

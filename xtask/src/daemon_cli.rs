@@ -164,6 +164,17 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
          such a rename fails with EXDEV.",
     ),
     opt(
+        &["metacopy"],
+        Some("on|off"),
+        "on: metacopy files (a file the kernel or stratafs copied up with its metadata alone, \
+         an overlay.metacopy xattr, its data in a layer below) are followed to their data, \
+         and chmod, chown, utimes and setxattr of a lower regular file copy up its metadata \
+         alone; the data follows at the first open for writing or truncate. Turns \
+         redirect_dir=on on, and is refused with any other redirect_dir value or with \
+         userxattr, as the kernel refuses them. off (default): a lookup of a metacopy file \
+         fails with EPERM, as the kernel's.",
+    ),
+    opt(
         &["writeback"],
         Some("0|1"),
         "1 (default): where FUSE passthrough is not used, the kernel's writeback cache gathers \
