@@ -361,3 +361,52 @@ fn unprivileged_mount_over_a_dead_mount() {
         "a dead mount is left under the new one"
     );
 }
+
+/// `metacopy=on` in an unprivileged daemon (which the kernel refuses in a user namespace):
+/// a chmod and a rename of lower files copy up their metadata alone, in the kernel's format
+/// under `user.overlay.`; the daemon mounted again reads its data from below, and the first
+/// write copies it up.
+#[test]
+fn unprivileged_daemon_copies_up_metadata_with_metacopy() {
+    if !facilities() {
+        return;
+    }
+    let _fuse = DevFuseOpen::new();
+    let s = stack();
+    let out = run_as_nobody(
+        &s,
+        ",metacopy=on",
+        "chmod 0600 d/f && mv d/gone d/moved && cat d/f d/moved",
+    );
+    assert_eq!(out, "lower\ngone\n");
+    let (f, moved) = (s.upper.join("d/f"), s.upper.join("d/moved"));
+    for p in [&f, &moved] {
+        assert_eq!(xattr(p, "user.overlay.metacopy").as_deref(), Some(&b""[..]));
+        assert_eq!(xattr(p, "trusted.overlay.metacopy"), None);
+        // No data (at most an xattr block).
+        let file = fs::File::open(p).unwrap();
+        assert!(
+            rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0)).is_err(),
+            "{}: has data",
+            p.display()
+        );
+    }
+    assert_eq!(fs::metadata(&f).unwrap().len(), 6);
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        xattr(&moved, "user.overlay.redirect").as_deref(),
+        Some(&b"gone"[..])
+    );
+    let out = run_as_nobody(
+        &s,
+        ",metacopy=on",
+        "cat d/f d/moved && echo more >> d/f && ls -l d/f | cut -c1-10 && cat d/f",
+    );
+    assert_eq!(out, "lower\ngone\n-rw-------\nlower\nmore\n");
+    assert_eq!(xattr(&f, "user.overlay.metacopy"), None);
+    assert_eq!(fs::read(&f).unwrap(), b"lower\nmore\n");
+    assert_eq!(
+        xattr(&moved, "user.overlay.metacopy").as_deref(),
+        Some(&b""[..])
+    );
+}

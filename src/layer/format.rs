@@ -200,6 +200,17 @@ impl OverlayXattrs {
     }
 }
 
+/// The size of the kernel's versioned `overlay.metacopy` value without a digest (`struct
+/// ovl_metacopy`: version, length, flags, digest algorithm, then the fs-verity digest).
+pub const METACOPY_HEADER: usize = 4;
+
+/// True when an `overlay.metacopy` value is one the kernel's lookup accepts: empty (its
+/// older form, and what it writes without a digest), or at least the versioned header (the
+/// digest is only read with `verity=on`). A shorter one fails the lookup with `EIO`.
+pub fn metacopy_value_ok(v: &[u8]) -> bool {
+    v.is_empty() || v.len() >= METACOPY_HEADER
+}
+
 /// True for an opaque-xattr value that marks a directory as holding xattr whiteouts (Linux
 /// 6.7+): not opaque, but its empty regular files with `overlay.whiteout` are whiteouts.
 pub fn is_xwhiteouts_value(v: &[u8]) -> bool {

@@ -226,13 +226,14 @@ pub fn is_impure_dir(dir: BorrowedFd<'_>, ns: OverlayXattrs) -> io::Result<bool>
     Ok(absent_if_unsupported(sys::get_xattr(dir, ns.impure()))?.is_some())
 }
 
-/// True when entry `name` of layer directory `dir` has `overlay.metacopy`.
-pub fn has_metacopy_xattr(
+/// The `overlay.metacopy` of entry `name` of layer directory `dir`, if it has one (see
+/// [`format::metacopy_value_ok`]).
+pub fn metacopy_xattr(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     ns: OverlayXattrs,
-) -> io::Result<bool> {
-    Ok(absent_if_unsupported(sys::get_xattr_at(dir, name, ns.metacopy()))?.is_some())
+) -> io::Result<Option<Vec<u8>>> {
+    absent_if_unsupported(sys::get_xattr_at(dir, name, ns.metacopy()))
 }
 
 /// The `overlay.redirect` of entry `name` of layer directory `dir`, if it has one.

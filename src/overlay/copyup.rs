@@ -148,9 +148,10 @@ impl Overlay {
         }
         let started = std::time::Instant::now();
         let tmp = self.temp_name();
-        let meta = meta && st.kind() == Some(FileKind::Regular);
+        let mut meta = meta && st.kind() == Some(FileKind::Regular);
         let staged = if meta {
             self.stage_meta_copy(node, src_dir.as_fd(), &name, &st, &tmp)
+                .map(|m| meta = m)
         } else {
             self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data)
         };
@@ -257,7 +258,9 @@ impl Overlay {
 
     /// Builds the metadata-only copy of regular file `name` (in `src_dir`) as `tmp` in the
     /// work directory: no data, the size of `st`, and an empty `overlay.metacopy` (the
-    /// kernel's form without an fs-verity digest).
+    /// kernel's form without an fs-verity digest). Where the upper filesystem takes no such
+    /// xattr the data is copied after all (as the kernel turns metacopy off there): false
+    /// then.
     fn stage_meta_copy(
         &self,
         node: &Node,
@@ -265,15 +268,32 @@ impl Overlay {
         name: &OsStr,
         st: &Stat,
         tmp: &OsStr,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (_, work) = self.writable()?;
         let src =
             sys::open_beneath(src_dir, name.as_bytes(), OFlags::PATH).ctx("copy up open", name)?;
         let dst =
             sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600).ctx("copy up create", name)?;
-        sys::truncate(dst.as_fd(), st.size).ctx("copy up size", name)?;
-        sys::set_xattr(dst.as_fd(), self.layers.xattrs().metacopy(), b"", 0)
-            .ctx("copy up metacopy", name)?;
+        let meta = match sys::set_xattr(dst.as_fd(), self.layers.xattrs().metacopy(), b"", 0) {
+            Ok(()) => true,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+                tracing::debug!(?name, error = %e, "no metacopy xattr: the data is copied");
+                false
+            }
+            Err(e) => return Err(e).ctx("copy up metacopy", name),
+        };
+        if meta {
+            sys::truncate(dst.as_fd(), st.size).ctx("copy up size", name)?;
+        } else if st.size > 0 {
+            let loc = node.location();
+            let data = if Overlay::is_metacopy_loc(node.kind, &loc) {
+                self.open_data(node, &loc, OFlags::RDONLY)?
+            } else {
+                sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)
+                    .ctx("copy up open", name)?
+            };
+            copy_data(data.as_fd(), dst.as_fd(), st.size).ctx("copy up data", name)?;
+        }
         self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
         if self.opts.sync_writes {
             sys::sync(dst.as_fd(), false).ctx("copy up fsync", name)?;
@@ -281,7 +301,7 @@ impl Overlay {
         let key = work.xattr(ORIGIN_INO);
         // Best effort, as for a whole copy.
         let _ = sys::set_xattr(dst.as_fd(), &key, node.id.shown().to_origin().as_bytes(), 0);
-        Ok(())
+        Ok(meta)
     }
 
     /// Applies owner, xattrs, mode and times of `st` (from `src`) to `dst` (`name` in `dir`),

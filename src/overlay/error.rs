@@ -95,6 +95,10 @@ pub enum Error {
     /// answers).
     #[error("metacopy with no lower data found")]
     NoLowerData,
+    /// An `overlay.metacopy` value too short for the kernel's format (`EIO`, as the
+    /// kernel's lookup answers).
+    #[error("metacopy file has too small xattr")]
+    BadMetacopy,
 }
 
 /// Shows a [`Error::Syscall`]'s name after its operation, quoted and escaped, or nothing
@@ -137,7 +141,7 @@ impl Error {
             Error::NoXattr => libc::ENODATA,
             Error::XattrUnsupported => libc::ENOTSUP,
             Error::Raced => libc::EAGAIN,
-            Error::NoLowerData => libc::EIO,
+            Error::NoLowerData | Error::BadMetacopy => libc::EIO,
         }
     }
 
@@ -150,7 +154,7 @@ impl Error {
             Error::Syscall { .. } | Error::Io(_) => errno_level(self.errno()),
             Error::NotFound | Error::NoXattr | Error::Raced => Level::TRACE,
             Error::NodeCycle => Level::ERROR,
-            Error::NoLowerData => Level::WARN,
+            Error::NoLowerData | Error::BadMetacopy => Level::WARN,
             Error::StaleNode(_)
             | Error::ReadOnly
             | Error::ReservedName

@@ -21,7 +21,7 @@ use super::redirect::Redirect;
 use super::{Context, Error, Overlay, Result};
 use crate::inode::{LayerPath, Location, Node};
 use crate::layer::Layer;
-use crate::sys::{self, FileKind, SetTime, Stat};
+use crate::sys::{self, FileKind, Stat};
 
 impl Overlay {
     /// True when `name` in `dir` (of `layer`, with attributes `st`) is a metacopy file. With
@@ -41,7 +41,14 @@ impl Overlay {
             return Ok(false);
         }
         let ask = self.opts.metacopy || crate::layer::looks_sparse(st) || impure()?;
-        Ok(ask && crate::layer::has_metacopy_xattr(dir, name, layer.xattrs)?)
+        if !ask {
+            return Ok(false);
+        }
+        match crate::layer::metacopy_xattr(dir, name, layer.xattrs)? {
+            None => Ok(false),
+            Some(v) if crate::layer::format::metacopy_value_ok(&v) => Ok(true),
+            Some(_) => Err(Error::BadMetacopy),
+        }
     }
 
     /// The redirect of metacopy file `name` in `dir`, if it has one.
@@ -146,9 +153,9 @@ impl Overlay {
 
     /// Copies the data of metacopy node `node` into its upper copy, which then stands alone:
     /// its `overlay.metacopy` goes, and the node has the upper layer only. The upper copy
-    /// keeps its times and file capabilities (which a write drops), as the kernel's
-    /// `ovl_copy_up_meta_inode_data` keeps them. Without `with_data` (a truncate to zero
-    /// follows) nothing is copied.
+    /// keeps its file capabilities (which a write drops); its mtime becomes the time of the
+    /// copy where data was copied, as with the kernel's (whose copy is a write too).
+    /// Without `with_data` (a truncate to zero follows) nothing is copied.
     pub(crate) fn copy_up_data(&self, node: &Node, with_data: bool) -> Result<()> {
         let loc = node.location();
         if !Overlay::is_metacopy_loc(node.kind, &loc) {
@@ -184,12 +191,6 @@ impl Overlay {
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(e).ctx("remove metacopy", name),
         }
-        sys::set_times_at(
-            upper.as_fd(),
-            OsStr::new(""),
-            SetTime::At(st.atime),
-            SetTime::At(st.mtime),
-        )?;
         self.nodes.set_layers(node.id, vec![super::copyup::UPPER]);
         self.copy_ups.record(copied, started.elapsed());
         self.attrs_changed(node.id);

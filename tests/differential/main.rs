@@ -6,7 +6,8 @@
 //!
 //! Knobs (environment):
 //! - `STRATAFS_DIFF_CASES=N`: how many seeds to run (default 300, about 30 s; 150 for
-//!   each run with a feature on, such as `differential_random_redirect_dir`).
+//!   each run with a feature on, such as `differential_random_redirect_dir` and
+//!   `differential_random_metacopy`).
 //! - `STRATAFS_DIFF_BASE=N`: the first seed (default 1); seeds `BASE..BASE+N` run.
 //! - `STRATAFS_DIFF_SEED=N`: replay exactly one seed.
 //! - `STRATAFS_DIFF_OPS=N`: operations per case (default 30).
@@ -61,6 +62,19 @@ fn differential_random() {
 #[test]
 fn differential_random_redirect_dir() {
     differential("redirect_dir=on", 150, "differential_random_redirect_dir");
+}
+
+/// The same random cases with `metacopy=on,redirect_dir=on` on both sides (issue 18): chmod,
+/// chown, utimes, xattrs, links and renames of lower files copy up their metadata alone,
+/// writes and truncates their data after, and each side reads the metacopy files and
+/// redirects the other wrote.
+#[test]
+fn differential_random_metacopy() {
+    differential(
+        "metacopy=on,redirect_dir=on",
+        150,
+        "differential_random_metacopy",
+    );
 }
 
 /// Runs the random cases with `features` (`-o` options for both implementations),
@@ -397,6 +411,25 @@ fn regression_self_rename_then_unlink_other_name() {
           rename b b noreplace
           unlink b
           write a 6 y9
+        ",
+    );
+}
+
+/// With `metacopy=on` a utimes of a lower file copies its metadata alone; the next open for
+/// writing copies the data, which is a write on the kernel: the explicit mtime goes (stratafs
+/// put it back, seed 193 of `differential_random_metacopy`).
+#[test]
+fn regression_metacopy_data_copy_up_takes_the_time_of_the_copy() {
+    check_script(
+        "
+        features metacopy=on,redirect_dir=on
+        upper
+        lower
+          dir d 0755 0:0
+          file d/d 0644 0:0 nd0ee
+        ops
+          utimes d/d 1500000000 1000000000 nofollow
+          create d/d 4755
         ",
     );
 }

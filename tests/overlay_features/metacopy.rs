@@ -134,31 +134,60 @@ fn metacopy_off_refuses_metacopy_files_like_the_kernel() {
 }
 
 /// A metacopy file whose data is nowhere below fails its lookup with EIO, as the kernel's.
+/// The xattr's value takes both of the kernel's forms: empty, or the versioned struct (a
+/// header and an fs-verity digest, which is not checked without `verity=on`); one shorter
+/// than the header is EIO.
 #[test]
-fn metacopy_without_data_is_eio_like_the_kernel() {
+fn metacopy_xattr_forms_and_missing_data_like_the_kernel() {
     if !can_compare() {
         return;
     }
     let f = Fixture::new();
     let (l, u) = (f.path("l"), f.path("u"));
     file(&l, "present", "x\n");
-    fs::File::create(u.join("orphan"))
-        .unwrap()
-        .set_len(100)
-        .unwrap();
-    setx(&u, "orphan", MC, b"");
+    let mut digest = vec![0u8, 36, 0, 1];
+    digest.extend([0xab; 32]);
+    let forms: [(&str, Vec<u8>); 5] = [
+        ("empty", vec![]),
+        ("header", vec![0, 4, 0, 0]),
+        ("digest", digest),
+        ("short", b"y".to_vec()),
+        ("orphan", vec![]),
+    ];
+    for (name, v) in &forms {
+        if *name != "orphan" {
+            file(&l, name, &format!("data of {name}\n"));
+        }
+        fs::File::create(u.join(name))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        setx(&u, name, MC, v);
+    }
     let ro = format!("{},metacopy=on", lowerdir(&[&u, &l]));
     let (m, k) = (f.path("m"), f.path("k"));
     let _s = Mount::new(&ro, &m);
     let _km = KernelMount::new(&ro, &k);
-    let paths = ["orphan", "present"];
+    let paths = ["empty", "header", "digest", "short", "orphan", "present"];
     let ours = lookups(&m, &paths);
     assert_eq!(ours, lookups(&k, &paths));
-    assert_eq!(ours[0].1, Err(libc::EIO));
+    assert_eq!(ours[3].1, Err(libc::EIO));
+    assert_eq!(ours[4].1, Err(libc::EIO));
+    for p in ["empty", "header", "digest"] {
+        assert_eq!(
+            fs::read(m.join(p)).unwrap(),
+            fs::read(k.join(p)).unwrap(),
+            "{p}"
+        );
+        assert_eq!(
+            fs::read(m.join(p)).unwrap(),
+            format!("data of {p}\n").as_bytes()
+        );
+    }
 }
 
 /// The first open for writing of a kernel-made metacopy file copies its data up (the
-/// metacopy xattr goes, the times stay); what was written then reads back through the
+/// metacopy xattr goes); what was written then reads back through the
 /// kernel from the same upper.
 #[test]
 fn open_for_write_copies_the_data_of_a_kernel_metacopy_file() {
@@ -200,7 +229,8 @@ fn open_for_write_copies_the_data_of_a_kernel_metacopy_file() {
         assert!(!has_xattr(&u.join(p), MC), "{p} keeps its metacopy xattr");
     }
     let after = fs::symlink_metadata(u.join("a/g")).unwrap();
-    assert_eq!(after.mtime(), before.mtime());
+    // The copy is a write: the mtime is its time, as the kernel's data copy-up leaves it.
+    assert!(after.mtime() > before.mtime());
     assert_eq!(fs::read(u.join("a/g")).unwrap(), b"g data\n");
     let k = f.path("k");
     let kw = f.path("kw2");
@@ -410,4 +440,48 @@ fn metacopy_off_copies_data_up() {
     assert!(!has_xattr(&u.join("big"), MC));
     assert!(blocks(&u.join("big")) >= 2048);
     assert_eq!(fs::read(u.join("a/f")).unwrap(), b"f data\n");
+}
+
+/// docs/SEMANTICS.md row 7: without metacopy=on, stratafs looks for the metacopy xattr only
+/// where the kernel's copy-ups leave one (a sparse-looking file, or any file in a directory
+/// marked impure), so a lookup in a tree without copy-ups reads no xattr. A metacopy file
+/// with data blocks in an unmarked directory (which no kernel copy-up makes) is refused by
+/// the kernel and shown as a file by stratafs.
+#[test]
+fn metacopy_off_looks_for_metacopy_files_where_copy_ups_leave_them() {
+    if !can_compare() {
+        return;
+    }
+    let f = Fixture::new();
+    let (l, u) = (f.path("l"), f.path("u"));
+    file(&l, "plain/f", "lower\n");
+    file(&l, "marked/f", "lower\n");
+    file(&l, "sparse/f", "lower\n");
+    file(&u, "plain/f", "upper\n");
+    file(&u, "marked/f", "upper\n");
+    setx(&u, "marked", "trusted.overlay.impure", b"y");
+    dir(&u, "sparse");
+    fs::File::create(u.join("sparse/f"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    for p in ["plain/f", "marked/f", "sparse/f"] {
+        setx(&u, p, MC, b"");
+    }
+    let ro = lowerdir(&[&u, &l]);
+    let (m, k) = (f.path("m"), f.path("k"));
+    let _s = Mount::new(&ro, &m);
+    let _km = KernelMount::new(&ro, &k);
+    let paths = ["plain/f", "marked/f", "sparse/f"];
+    assert_eq!(
+        lookups(&k, &paths)
+            .into_iter()
+            .map(|(_, r)| r.map(|_| ()))
+            .collect::<Vec<_>>(),
+        vec![Err(libc::EPERM); 3]
+    );
+    let ours = lookups(&m, &paths);
+    assert_eq!(ours[0].1, Ok((libc::S_IFREG, 6)), "shown as a file");
+    assert_eq!(ours[1].1, Err(libc::EPERM));
+    assert_eq!(ours[2].1, Err(libc::EPERM));
 }

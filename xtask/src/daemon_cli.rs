@@ -166,12 +166,14 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     opt(
         &["metacopy"],
         Some("on|off"),
-        "on: metacopy files (a file the kernel or stratafs copied up with its metadata alone, \
-         an overlay.metacopy xattr, its data in a layer below) are followed to their data, \
-         and chmod, chown, utimes and setxattr of a lower regular file copy up its metadata \
-         alone; the data follows at the first open for writing or truncate. Turns \
-         redirect_dir=on on, and is refused with any other redirect_dir value or with \
-         userxattr, as the kernel refuses them. off (default): a lookup of a metacopy file \
+        "on: chmod, chown, utimes, setxattr, link and rename of a lower regular file copy up \
+         its metadata alone, as the kernel's metacopy=on does: a sparse upper file with an \
+         overlay.metacopy xattr (and an overlay.redirect where its data is elsewhere), read \
+         from the data below; the data follows at the first open for writing or truncate. \
+         Metacopy files the kernel made are followed to their data. Turns redirect_dir=on \
+         on, and is refused, in the kernel's words, with another redirect_dir value or with \
+         userxattr; an unprivileged daemon (user.overlay.* xattrs) may use it, where the \
+         kernel refuses it in a user namespace. off (default): a lookup of a metacopy file \
          fails with EPERM, as the kernel's.",
     ),
     opt(
