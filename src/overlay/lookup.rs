@@ -49,6 +49,40 @@ impl Resolved {
     }
 }
 
+/// The state of a lookup's walk down the layers that a redirect changes: where the layers
+/// below are looked in (`target`), which layers (`order`, from `pos`), and whether the
+/// walk stops after this layer.
+struct Redirected<'a, 'o> {
+    target: &'a mut Option<LayerPath>,
+    order: &'a mut std::borrow::Cow<'o, [LayerIdx]>,
+    pos: &'a mut usize,
+    stop_after: &'a mut bool,
+}
+
+impl Redirected<'_, '_> {
+    /// Follows redirect `r` (if any) found on an object reached at the path `walked` (if
+    /// an absolute walk rewrote it): an absolute one continues in every layer of `below`,
+    /// from their roots, whatever an opaque directory on the way said.
+    fn follow(
+        &mut self,
+        walked: Option<Vec<std::ffi::OsString>>,
+        r: Option<super::redirect::Redirect>,
+        below: std::ops::Range<LayerIdx>,
+    ) {
+        if let Some(w) = walked {
+            *self.target = Some(LayerPath::FromRoot(w));
+        }
+        if let Some(r) = r {
+            if matches!(r, super::redirect::Redirect::Absolute(_)) {
+                *self.stop_after = false;
+                *self.order = std::borrow::Cow::Owned(below.collect());
+                *self.pos = 0;
+            }
+            *self.target = Some(super::redirect::redirected(self.target.as_ref(), r));
+        }
+    }
+}
+
 /// Where a path of the merged view comes from, for people inspecting a stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provenance {
@@ -158,19 +192,14 @@ impl Overlay {
                     }
                     if self.is_metacopy(dfd.as_fd(), pname, &st, layer, || Ok(true))? {
                         let redirect = self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
-                        if let Some(w) = walked.take() {
-                            target = Some(LayerPath::FromRoot(w));
-                        }
-                        if let Some(r) = redirect {
-                            if matches!(r, super::redirect::Redirect::Absolute(_)) {
-                                stop_after = false;
-                                order = std::borrow::Cow::Owned(
-                                    (li + 1..self.layers.len() as LayerIdx).collect(),
-                                );
-                                pos = 0;
-                            }
-                            target = Some(super::redirect::redirected(target.as_ref(), r));
-                        }
+                        let below = li + 1..self.layers.len() as LayerIdx;
+                        let mut at = Redirected {
+                            target: &mut target,
+                            order: &mut order,
+                            pos: &mut pos,
+                            stop_after: &mut stop_after,
+                        };
+                        at.follow(walked.take(), redirect, below);
                         if stop_after {
                             break;
                         }
@@ -223,20 +252,14 @@ impl Overlay {
                                     metacopy = true;
                                     let redirect =
                                         self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
-                                    if let Some(w) = walked.take() {
-                                        target = Some(LayerPath::FromRoot(w));
-                                    }
-                                    if let Some(r) = redirect {
-                                        if matches!(r, super::redirect::Redirect::Absolute(_)) {
-                                            stop_after = false;
-                                            order = std::borrow::Cow::Owned(
-                                                (li + 1..self.layers.len() as LayerIdx).collect(),
-                                            );
-                                            pos = 0;
-                                        }
-                                        target =
-                                            Some(super::redirect::redirected(target.as_ref(), r));
-                                    }
+                                    let below = li + 1..self.layers.len() as LayerIdx;
+                                    let mut at = Redirected {
+                                        target: &mut target,
+                                        order: &mut order,
+                                        pos: &mut pos,
+                                        stop_after: &mut stop_after,
+                                    };
+                                    at.follow(walked.take(), redirect, below);
                                     if stop_after {
                                         break;
                                     }
