@@ -616,8 +616,10 @@ impl StrataFs {
     }
 
     pub(crate) fn getattr(&self, ino: NodeId, fh: Option<Fh>) -> Outcome {
-        // An open file may have lost its name (unlinked while open): stat the handle.
-        if let Some(fd) = fh.and_then(|fh| self.file(fh)) {
+        // An open file may have lost its name (unlinked while open): stat the handle (moved
+        // to the upper copy first where one was made since it was opened on a lower copy,
+        // or on a metacopy file's data).
+        if let Some(fd) = fh.and_then(|fh| self.read_fd(fh, ino)) {
             return Ok(self.attr(&self.overlay.attr_of_fd(ino, fd.as_fd())?));
         }
         let a = match self.overlay.getattr(ino) {

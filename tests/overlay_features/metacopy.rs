@@ -485,3 +485,49 @@ fn metacopy_off_looks_for_metacopy_files_where_copy_ups_leave_them() {
     assert_eq!(ours[1].1, Err(libc::EPERM));
     assert_eq!(ours[2].1, Err(libc::EPERM));
 }
+
+/// A file open for reading on a metacopy file reads what a write through another open
+/// brought up, as on the kernel (whose open file moves to the upper data), where stratafs's
+/// handles follow a copy-up (`passthrough=upper` and `off`; docs/SEMANTICS.md row 13 for
+/// `all`).
+#[test]
+fn a_read_handle_follows_the_data_copy_up() {
+    if !can_compare() {
+        return;
+    }
+    let read_after_write = |root: &Path| {
+        let r = fs::File::open(root.join("a/f")).unwrap();
+        let mut w = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("a/f"))
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"appended\n").unwrap();
+        drop(w);
+        let mut buf = vec![0u8; 64];
+        let n = std::os::unix::fs::FileExt::read_at(&r, &mut buf, 0).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    for pt in ["upper", "off"] {
+        let f = Fixture::new();
+        let l = lower(&f);
+        let (us, ws, uk, wk) = (f.path("us"), f.path("ws"), f.path("uk"), f.path("wk"));
+        let (m, k) = (f.path("m"), f.path("k"));
+        let _s = Mount::new(
+            &format!("{},metacopy=on,passthrough={pt}", rw(&[&l], &us, &ws)),
+            &m,
+        );
+        let _km = KernelMount::new(
+            &format!(
+                "{},metacopy=on,redirect_dir=on,index=off",
+                rw(&[&l], &uk, &wk)
+            ),
+            &k,
+        );
+        sh(&m, "chmod 0600 a/f");
+        sh(&k, "chmod 0600 a/f");
+        let (a, b) = (read_after_write(&m), read_after_write(&k));
+        assert_eq!(a, b, "passthrough={pt}");
+        assert_eq!(a, b"f data\nappended\n");
+    }
+}
