@@ -515,7 +515,7 @@ _stratafs__mount() {
             return 0
             ;;
         stratafs__subcmd__mount__subcmd__mount)
-            opts="-h --suid --dev --redirect-dir --store --daemon --rootless --help"
+            opts="-h --suid --dev --redirect-dir --metacopy --store --daemon --rootless --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

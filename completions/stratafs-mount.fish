@@ -58,6 +58,7 @@ complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -l 
 complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -l suid -d 'Let setuid and setgid bits and file capabilities of the image take effect (the default is `nosuid`)'
 complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -l dev -d 'Let device nodes be opened (the default is `nodev`)'
 complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -l redirect-dir -d 'Rename directories of the image in place (`redirect_dir=on`): `mv` of an image directory costs one rename instead of a copy of its tree. `commit` and `diff` write such a directory out in full'
+complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -l metacopy -d 'Copy up the metadata alone when a file of the image has its mode, owner, times or xattrs changed (`metacopy=on`, which turns `redirect_dir=on` too): `chown -R` over an image copies no data. `commit` writes such a file with its data'
 complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -l rootless -d 'Write the unprivileged formats even as root: `.wh.` whiteouts, no device nodes, no owners (what an ordinary user gets anyway)'
 complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand mount" -s h -l help -d 'Print help'
 complete -c stratafs-mount -n "__fish_stratafs_mount_using_subcommand umount" -l store -d 'The store directory [default: /var/lib/stratafs as root, else $XDG_DATA_HOME/stratafs]' -r -F

@@ -26,6 +26,7 @@ pub enum Wl {
     WriteBig,
     AppendBig,
     ChmodBig,
+    ChmodBigMetacopy,
     Untar,
     RmRf,
     MvDir,
@@ -35,7 +36,7 @@ pub enum Wl {
     Stat1M,
 }
 
-pub const WORKLOADS: [Wl; 17] = [
+pub const WORKLOADS: [Wl; 18] = [
     Wl::StatCold,
     Wl::StatWarm,
     Wl::ListBigdir,
@@ -46,6 +47,7 @@ pub const WORKLOADS: [Wl; 17] = [
     Wl::WriteBig,
     Wl::AppendBig,
     Wl::ChmodBig,
+    Wl::ChmodBigMetacopy,
     Wl::Untar,
     Wl::RmRf,
     Wl::MvDir,
@@ -81,6 +83,7 @@ impl Wl {
             Wl::WriteBig => "write-big",
             Wl::AppendBig => "append-big",
             Wl::ChmodBig => "chmod-big",
+            Wl::ChmodBigMetacopy => "chmod-big-metacopy",
             Wl::Untar => "untar",
             Wl::RmRf => "rm-rf",
             Wl::MvDir => "mv-dir",
@@ -97,6 +100,8 @@ impl Wl {
         match (self, c, cfg) {
             (Wl::MvDirRedirect, Contender::Stratafs, _)
             | (Wl::MvDirRedirect, Contender::Kernel, Config::Root) => Some("redirect_dir=on"),
+            (Wl::ChmodBigMetacopy, Contender::Stratafs, _)
+            | (Wl::ChmodBigMetacopy, Contender::Kernel, Config::Root) => Some("metacopy=on"),
             _ => None,
         }
     }
@@ -143,6 +148,12 @@ impl Wl {
             Wl::ChmodBig => {
                 format!("chmod the {big} MiB lower file (copy-up), then open and fsync it")
             }
+            Wl::ChmodBigMetacopy => format!(
+                "the same chmod of the {big} MiB lower file with `metacopy=on` where the \
+                 contender has it (stratafs, root and rootless; the kernel as root: in a user \
+                 namespace it refuses the option with `userxattr`, and fuse-overlayfs has \
+                 none, so they copy the data as in chmod-big)"
+            ),
             Wl::Untar => format!(
                 "`tar -xf` of {} small files into the mount",
                 sz.untar_dirs * sz.untar_files
@@ -428,7 +439,9 @@ pub fn prepare_host(ctx: &Ctx, w: Wl) -> Result<(), String> {
         Wl::StatCold | Wl::StatWarm | Wl::WriteBig | Wl::Stat1M => {}
         Wl::ListBigdir => warm_layers(ctx, "bigdir", false),
         Wl::ReadSmall | Wl::ReadSmall2 => warm_layers(ctx, "tree", true),
-        Wl::ReadBig | Wl::ReReadBig | Wl::AppendBig | Wl::ChmodBig => warm_layers(ctx, BIG, true),
+        Wl::ReadBig | Wl::ReReadBig | Wl::AppendBig | Wl::ChmodBig | Wl::ChmodBigMetacopy => {
+            warm_layers(ctx, BIG, true)
+        }
         Wl::Untar => {
             let mut f = File::open(&ctx.tar).map_err(|e| e.to_string())?;
             io::copy(&mut f, &mut io::sink()).map_err(|e| e.to_string())?;
@@ -525,7 +538,7 @@ pub fn timed(job: &Job, errlog: &Path) -> Result<String, String> {
             f.sync_all().map_err(err)?;
             Ok(String::new())
         }
-        Wl::ChmodBig => {
+        Wl::ChmodBig | Wl::ChmodBigMetacopy => {
             fs::set_permissions(mnt.join(BIG), fs::Permissions::from_mode(0o600)).map_err(err)?;
             File::open(mnt.join(BIG))
                 .and_then(|f| f.sync_all())
@@ -580,7 +593,7 @@ pub fn verify(job: &Job) -> Result<String, String> {
     let mnt = &job.mnt;
     let err = |e: io::Error| e.to_string();
     Ok(match job.w {
-        Wl::AppendBig | Wl::ChmodBig => {
+        Wl::AppendBig | Wl::ChmodBig | Wl::ChmodBigMetacopy => {
             let md = fs::symlink_metadata(mnt.join(BIG)).map_err(err)?;
             let mut f = File::open(mnt.join(BIG)).map_err(err)?;
             let mut tail = [0u8; 8];

@@ -69,6 +69,11 @@ pub enum Cmd {
         /// write such a directory out in full.
         #[arg(long)]
         redirect_dir: bool,
+        /// Copy up the metadata alone when a file of the image has its mode, owner, times
+        /// or xattrs changed (`metacopy=on`, which turns `redirect_dir=on` too): `chown -R`
+        /// over an image copies no data. `commit` writes such a file with its data.
+        #[arg(long)]
+        metacopy: bool,
     },
     /// Unmount a container.
     Umount {

@@ -72,11 +72,13 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
             suid,
             dev,
             redirect_dir,
+            metacopy,
         } => {
             let flags = mounts::MountFlags {
                 suid: *suid,
                 dev: *dev,
                 redirect_dir: *redirect_dir,
+                metacopy: *metacopy,
             };
             let t = mounts::mount(
                 &open()?,

@@ -144,6 +144,8 @@ pub struct MountFlags {
     pub dev: bool,
     /// Directories of the image are renamed in place (`redirect_dir=on`).
     pub redirect_dir: bool,
+    /// Files of the image get their metadata copied up alone (`metacopy=on`).
+    pub metacopy: bool,
 }
 
 impl MountFlags {
@@ -155,6 +157,9 @@ impl MountFlags {
         ];
         if self.redirect_dir {
             o.push("redirect_dir=on");
+        }
+        if self.metacopy {
+            o.push("metacopy=on");
         }
         o.join(",")
     }

@@ -24,8 +24,10 @@ impl View {
                     what: "open the layers".into(),
                     source: e,
                 })?;
-        // The options of a read-only mount of these layers, as the daemon would take them.
-        let argv = ["-o", "lowerdir=/,ro", "/"].map(std::ffi::OsString::from);
+        // The options of a read-only mount of these layers, as the daemon would take them;
+        // metacopy files (a container's upper mounted with `metacopy=on`) are followed to
+        // their data.
+        let argv = ["-o", "lowerdir=/,ro,metacopy=on", "/"].map(std::ffi::OsString::from);
         let opts = match stratafs::config::parse_args(argv) {
             Ok(stratafs::config::Invocation::Mount(cfg)) => Options::from_config(&cfg),
             _ => return Err(Error::invalid("cannot configure a read-only view")),

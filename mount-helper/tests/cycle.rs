@@ -418,3 +418,60 @@ A /usr/lib2/libc.so
         "committed image under kernel overlayfs vs the container",
     );
 }
+
+/// `mount --metacopy`: a chmod or chown of an image file copies up its metadata alone (a
+/// sparse upper file with `overlay.metacopy`), and `commit` writes the file with its data:
+/// the committed image, under the kernel's overlayfs, is the container's tree.
+#[test]
+fn metacopy_files_are_committed_with_their_data() {
+    if !can_compare() {
+        return;
+    }
+    let h = Helper::new();
+    let archive = h.path("image.tar");
+    sample_image().write_docker_archive(&archive, "sample:1");
+    h.ok(&["import", archive.to_str().unwrap()]);
+    h.ok(&["create", "c1", "sample:1"]);
+    let m = h.mount_with("c1", None, &["--metacopy"]);
+    let root = m.target.clone();
+    std::fs::set_permissions(
+        root.join("data/a.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(root.join("etc/motd"), Some(1000), Some(1000)).unwrap();
+    // Renamed as well: the data is then found through an absolute redirect.
+    std::fs::rename(root.join("etc/motd"), root.join("motd")).unwrap();
+    let upper = h.store.join("containers/c1/upper");
+    for f in ["data/a.txt", "motd"] {
+        let mut v = [0u8; 64];
+        assert!(
+            rustix::fs::lgetxattr(upper.join(f), "trusted.overlay.metacopy", &mut v).is_ok(),
+            "{f}: metadata alone in the upper"
+        );
+    }
+    assert_eq!(read(&root.join("data/a.txt")), "shared data\n");
+    assert_eq!(read(&root.join("motd")), "welcome\n");
+
+    let diff = h.ok(&["diff", "c1"]);
+    let want = "\
+C /data
+C /data/a.txt
+C /etc
+D /etc/motd
+A /motd
+";
+    assert_eq!(diff, want);
+    let live = snapshot(&root);
+    m.umount();
+
+    h.ok(&["commit", "c1", "--tag", "sample:2"]);
+    let export = h.path("export");
+    h.ok(&["export", "sample:2", "--oci", export.to_str().unwrap()]);
+    let (_h2, kernel) = export_under_kernel(&export, 4);
+    assert_same_tree(
+        &live,
+        &kernel,
+        "committed image under kernel overlayfs vs the container",
+    );
+}
