@@ -589,8 +589,12 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     let dispatcher = Arc::new(Dispatcher::new(fs, access, sys::euid()));
     dispatcher.set_mountpoint(&cfg.mountpoint);
     match dev.try_clone() {
-        Ok(d) => dispatcher.set_connection(d, granted.kernel_minor),
+        Ok(d) => dispatcher.set_connection(d, granted.kernel_minor, granted.writeback),
         Err(e) => tracing::warn!(error = %e, "refreshes will not reach the kernel's caches"),
+    }
+    if let Err(e) = dispatcher.start_udba() {
+        tracing::warn!(error = %e, "udba=notify: no watch thread; changes to the layers need \
+            'stratafs refresh'");
     }
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -310,6 +310,36 @@ pub struct Caches {
     pub listing_names: u64,
     /// Names known missing (`hits`: lookups answered without probing the layers).
     pub negative: CacheStats,
+    /// `udba=notify`'s watches (absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watches: Option<WatchStats>,
+}
+
+/// The layer directories watched with `udba=notify`, and what the watches reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStats {
+    /// The kernel interface watches are placed with: `fanotify`, or `inotify` (also used
+    /// with fanotify for a directory it cannot mark).
+    pub backend: String,
+    /// Watches held now (one per directory watched).
+    pub watches: u64,
+    /// (directory, layer) pairs they watch for.
+    pub watched: u64,
+    /// The most watches placed at a time (`udba_watches=`).
+    pub budget: u64,
+    /// Events read.
+    pub events: u64,
+    /// Of them, the daemon's own changes (known with fanotify only), skipped.
+    #[serde(default)]
+    pub own: u64,
+    /// Watches let go to stay within the budget (budget overflows).
+    pub evicted: u64,
+    /// Watches that could not be placed.
+    pub failed: u64,
+    /// Times the kernel's event queue overflowed (the whole mount is refreshed).
+    pub lost: u64,
+    /// Refreshes (invalidations of the names the events named) they caused.
+    pub refreshes: u64,
 }
 
 /// Copy-ups done since the mount.
@@ -534,6 +564,23 @@ impl Snapshot {
         ];
         for (k, v) in rows {
             let _ = writeln!(t, "  {k:<10} {v}");
+        }
+        if let Some(w) = &self.caches.watches {
+            let _ = writeln!(
+                t,
+                "  {:<10} {} watches held ({}, budget {}, {} let go over budget, {} failed); \
+                 {} events ({} own), {} invalidations, {} queue overflows",
+                "udba",
+                w.watches,
+                w.backend,
+                w.budget,
+                w.evicted,
+                w.failed,
+                w.events,
+                w.own,
+                w.refreshes,
+                w.lost
+            );
         }
         let _ = writeln!(t);
         let _ = writeln!(

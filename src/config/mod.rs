@@ -51,6 +51,24 @@ pub enum Xino {
     Off,
 }
 
+/// The default of `udba_watches=`: the most layer directories watched with `udba=notify`
+/// (each watch costs the kernel about 1 KiB, and counts against
+/// `fs.fanotify.max_user_marks` or `fs.inotify.max_user_watches`).
+pub const UDBA_WATCHES: usize = 8192;
+
+/// `udba=` (aufs's name, "user's direct branch access"): what the daemon does about changes
+/// made to the layers behind the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Udba {
+    /// Nothing: such changes show only after `stratafs refresh` (the kernel's overlayfs calls
+    /// them undefined behaviour).
+    #[default]
+    None,
+    /// The daemon watches the layer directories it has looked into (fanotify where it may,
+    /// else inotify) and refreshes what changed in them (see docs/SEMANTICS.md).
+    Notify,
+}
+
 /// `redirect_dir=`, with the kernel's values. Redirects found in layers (`overlay.redirect`
 /// on a directory the kernel renamed) are followed by `on`, `follow` and `off` (the kernel's
 /// `off` is `follow` where it is built with `redirect_always_follow`, as this kernel is);
@@ -208,6 +226,10 @@ pub struct MountConfig {
     /// `node_limit=N` (stratafs): how many nodes the daemon keeps before it asks the kernel
     /// to forget unused ones (default 160000, about 60 MiB of daemon memory).
     pub node_limit: usize,
+    /// `udba=none|notify` (stratafs): see [`Udba`].
+    pub udba: Udba,
+    /// `udba_watches=N` (stratafs): the most layer directories watched with `udba=notify`.
+    pub udba_watches: usize,
     /// `writeback=0|1`: enable the kernel writeback cache.
     pub writeback: bool,
     /// `fast_ino=0|1`: accepted for compatibility.
@@ -273,6 +295,8 @@ impl MountConfig {
             threaded: false,
             timeout: Duration::from_secs(1_000_000_000),
             node_limit: 160_000,
+            udba: Udba::None,
+            udba_watches: UDBA_WATCHES,
             writeback: true,
             fast_ino: false,
             markers: Markers::Auto,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::{
     ConfigError, IdMapping, Invocation, KernelFlag, Markers, MountConfig, Passthrough, RedirectDir,
-    Xino,
+    Udba, Xino,
 };
 
 /// Parses the command line (without argv\[0\]) into what it asks for.
@@ -248,6 +248,8 @@ pub const OPTION_KEYS: &[&str] = &[
     "noxattrs",
     "timeout",
     "node_limit",
+    "udba",
+    "udba_watches",
     "xattr_permissions",
     "plugins",
     "redirect_dir",
@@ -443,6 +445,25 @@ fn apply_option(
                     return Err(bad(
                         key,
                         &format!("'{v}' is not a whole number of at least 16"),
+                    ))
+                }
+            }
+        }
+        "udba" => {
+            cfg.udba = match utf8_value(key, value)? {
+                "none" => Udba::None,
+                "notify" => Udba::Notify,
+                _ => return Err(bad(key, "expected none or notify")),
+            }
+        }
+        "udba_watches" => {
+            let v = utf8_value(key, value)?;
+            cfg.udba_watches = match v.parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(bad(
+                        key,
+                        &format!("'{v}' is not a whole number of at least 1"),
                     ))
                 }
             }
@@ -1086,6 +1107,24 @@ mod tests {
         assert!(!cfg.fsync);
         let cfg = mount(&["-o", "fsync=1", "/m"]);
         assert!(cfg.fsync);
+    }
+
+    #[test]
+    fn udba_values() {
+        let d = mount(&["/m"]);
+        assert_eq!(
+            (d.udba, d.udba_watches),
+            (Udba::None, crate::config::UDBA_WATCHES)
+        );
+        let n = mount(&["-o", "udba=notify,udba_watches=4", "/m"]);
+        assert_eq!((n.udba, n.udba_watches), (Udba::Notify, 4));
+        assert_eq!(mount(&["-o", "udba=none", "/m"]).udba, Udba::None);
+        for bad in ["udba=reval", "udba=", "udba", "udba=on"] {
+            assert_eq!(bad_key(&["-o", bad, "/m"]), "udba", "{bad}");
+        }
+        for bad in ["udba_watches=0", "udba_watches=x", "udba_watches"] {
+            assert_eq!(bad_key(&["-o", bad, "/m"]), "udba_watches", "{bad}");
+        }
     }
 
     #[test]

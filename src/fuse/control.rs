@@ -50,6 +50,9 @@ struct Connection {
     dev: OwnedFd,
     /// The kernel's FUSE protocol minor version.
     minor: u32,
+    /// The writeback cache is on: the kernel keeps its own size and times of regular
+    /// files, whatever the daemon answers, as long as it holds their inodes.
+    writeback: bool,
 }
 
 /// The refreshes asked for: `None` while one runs, then its outcome.
@@ -70,6 +73,8 @@ pub(crate) struct Control {
     refresher: Mutex<Option<mpsc::Sender<(u64, Scope)>>>,
     tickets: Arc<Tickets>,
     refreshes: AtomicU64,
+    /// Held while a refresh runs: those asked for and those `udba=notify` makes take turns.
+    serial: Arc<Mutex<()>>,
 }
 
 impl Control {
@@ -87,6 +92,7 @@ impl Control {
             refresher: Mutex::new(None),
             tickets: Arc::default(),
             refreshes: AtomicU64::new(0),
+            serial: Arc::default(),
         }
     }
 
@@ -107,11 +113,15 @@ impl Control {
             let missing = Arc::clone(&fs.missing);
             let conn = self.connection.get().cloned();
             let tickets = Arc::clone(&self.tickets);
+            let serial = Arc::clone(&self.serial);
             std::thread::Builder::new()
                 .name("refresh".into())
                 .spawn(move || {
                     for (ticket, scope) in rx {
-                        let done = refresh(&overlay, &missing, conn.as_deref(), &scope);
+                        let done = {
+                            let _turn = serial.lock();
+                            refresh(&overlay, &missing, conn.as_deref(), &scope, &[], false)
+                        };
                         let mut t = tickets.lock();
                         if let Some(slot) = t.iter_mut().find(|(id, _)| *id == ticket) {
                             slot.1 = Some(done);
@@ -177,13 +187,45 @@ impl Control {
 
 impl Dispatcher {
     /// Gives refreshes the FUSE connection `dev`, whose kernel speaks protocol minor
-    /// `minor`, for telling the kernel what to forget. Until then refreshes reach only the
-    /// daemon's caches.
-    pub fn set_connection(&self, dev: OwnedFd, minor: u32) {
-        let _ = self
-            .control()
-            .connection
-            .set(Arc::new(Connection { dev, minor }));
+    /// `minor` (with the writeback cache on or not), for telling the kernel what to forget.
+    /// Until then refreshes reach only the daemon's caches.
+    pub fn set_connection(&self, dev: OwnedFd, minor: u32, writeback: bool) {
+        let _ = self.control().connection.set(Arc::new(Connection {
+            dev,
+            minor,
+            writeback,
+        }));
+    }
+
+    /// With `udba=notify`, starts the thread that refreshes what the layer watches report
+    /// changed: it waits for events, lets a burst gather for [`COALESCE`], and refreshes
+    /// the names they name at once (as `stratafs refresh` would), the daemon's caches and
+    /// then the kernel's. Call after [`Dispatcher::set_connection`].
+    pub fn start_udba(&self) -> std::io::Result<()> {
+        let fs = self.fs();
+        if fs.overlay.watch_stats().is_none() {
+            return Ok(());
+        }
+        let c = self.control();
+        let overlay = Arc::clone(&fs.overlay);
+        let missing = Arc::clone(&fs.missing);
+        let conn = c.connection.get().cloned();
+        let serial = Arc::clone(&c.serial);
+        std::thread::Builder::new()
+            .name("udba".into())
+            .spawn(move || loop {
+                if !overlay.wait_for_changes(None) {
+                    // Interrupted: wait again, without spinning on a persistent error.
+                    std::thread::sleep(COALESCE);
+                    continue;
+                }
+                std::thread::sleep(COALESCE);
+                if let Some((scope, in_place)) = overlay.changed_scope() {
+                    let _turn = serial.lock();
+                    refresh(&overlay, &missing, conn.as_deref(), &scope, &in_place, true);
+                }
+            })?;
+        Ok(())
     }
 
     /// Tells the snapshot where the mount is.
@@ -336,6 +378,8 @@ fn refresh(
     missing: &MissingNames,
     conn: Option<&Connection>,
     scope: &Scope,
+    in_place: &[(NodeId, OsString)],
+    auto: bool,
 ) -> RefreshDone {
     let started = Instant::now();
     let r = overlay.refresh(scope);
@@ -387,11 +431,35 @@ fn refresh(
         for id in &r.nodes {
             send("inode", crate::sys::fuse_notify_inval_inode(dev, id.get()));
         }
+        // Files changed in place behind the mount, under the writeback cache: the kernel
+        // would keep its own size and times of the inode for as long as it holds it, so
+        // the name is dropped, and with it the inode unless a file is open on it (the next
+        // lookup makes a new one from what the daemon answers). What is mounted on such a
+        // file is detached.
+        if c.writeback {
+            for (dir, name) in in_place {
+                send(
+                    "changed file",
+                    crate::sys::fuse_notify_inval_entry(dev, dir.get(), name, false),
+                );
+            }
+        }
     }
     let what = match scope {
         Scope::All => "the whole mount".to_string(),
         Scope::Paths(p) => format!("{} path(s)", p.len()),
     };
+    if auto {
+        tracing::debug!(
+            scope = %what,
+            resolved = done.resolved,
+            gone = done.gone,
+            notified = done.notified,
+            us = started.elapsed().as_micros() as u64,
+            "udba refresh"
+        );
+        return done;
+    }
     tracing::warn!(
         scope = %what,
         resolved = done.resolved,
@@ -402,6 +470,10 @@ fn refresh(
     );
     done
 }
+
+/// How long `udba=notify` lets a burst of events gather before it refreshes what they name:
+/// the longest a change waits to show, beyond the refresh itself.
+pub(crate) const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The protocol minor version from which the kernel honours `FUSE_EXPIRE_ONLY`.
 const FUSE_EXPIRE_ONLY_MINOR: u32 = 38;

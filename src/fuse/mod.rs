@@ -484,6 +484,8 @@ pub struct Granted {
     pub io_uring: bool,
     /// The minor version of the kernel's FUSE protocol (what its notifications accept).
     pub kernel_minor: u32,
+    /// The writeback cache: the kernel keeps its own size and times of regular files.
+    pub writeback: bool,
 }
 
 /// The capabilities asked of the kernel in its INIT request (FUSE over io_uring only with
@@ -549,6 +551,7 @@ pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig, io_uring: bool) -
         passthrough,
         io_uring,
         kernel_minor: config.kernel_abi().1,
+        writeback,
     }
 }
 

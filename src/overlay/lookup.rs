@@ -478,6 +478,7 @@ impl Overlay {
         if self.nodes.forget(id, n) {
             self.dirfds.drop_node(id, self.layers.len());
             self.listings.remove(id);
+            self.unwatch_dir(id);
         }
     }
 

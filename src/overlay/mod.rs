@@ -15,6 +15,7 @@ mod read;
 mod readdir;
 mod redirect;
 mod refresh;
+mod watch;
 
 use std::ffi::OsStr;
 use std::io;
@@ -134,6 +135,8 @@ pub struct Options {
     /// `metacopy=on`: metacopy files are followed to their data, and metadata changes of
     /// lower regular files copy up metadata alone.
     pub metacopy: bool,
+    /// `udba=notify`: watch at most this many layer directories (`udba_watches=`).
+    pub udba_watches: Option<usize>,
 }
 
 impl Options {
@@ -155,6 +158,7 @@ impl Options {
             passthrough: cfg.passthrough,
             redirect_dir: cfg.redirect_mode(),
             metacopy: cfg.metacopy_on(),
+            udba_watches: (cfg.udba == crate::config::Udba::Notify).then_some(cfg.udba_watches),
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct Overlay {
     /// The root's `st_ino`: the top layer's root directory's number, as the kernel's
     /// overlayfs shows it (the root's node id is fixed at 1 by FUSE).
     root_ino: Ino,
+    /// `udba=notify`: the layer directories watched.
+    watches: Option<watch::Watches>,
 }
 
 impl Overlay {
@@ -238,6 +244,16 @@ impl Overlay {
             copy_ups: crate::stats::CopyUps::default(),
             prune_notices: crate::stats::Counter::default(),
             pruned: crate::stats::Counter::default(),
+            watches: opts
+                .udba_watches
+                .and_then(|budget| match watch::Watches::new(budget) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "udba=notify: no inotify instance; changes to \
+                        the layers need 'stratafs refresh'");
+                        None
+                    }
+                }),
         }
     }
 
@@ -363,6 +379,7 @@ impl Overlay {
             listings,
             listing_names,
             negative: self.negative.stats(),
+            watches: self.watch_stats(),
         }
     }
 
@@ -527,6 +544,13 @@ impl Overlay {
         Ok(out)
     }
 
+    /// Caches `fd`, directory `node`'s copy in layer `layer` just opened (and watches it
+    /// with `udba=notify`).
+    fn cache_dir_fd(&self, node: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>) {
+        self.watch_dir(node, layer, fd);
+        self.dirfds.put(node, layer, Arc::clone(fd));
+    }
+
     /// An `O_PATH` fd on directory `node` in layer `layer`, from the cache when possible.
     ///
     /// On a miss the directory is opened by its name under its parent's fd, and the parent
@@ -564,7 +588,7 @@ impl Overlay {
                         crate::sys::open_dir_path(l.root(), path.as_os_str().as_bytes())?
                     }
                 });
-                self.dirfds.put(cur, layer, Arc::clone(&fd));
+                self.cache_dir_fd(cur, layer, &fd);
                 start = Some(fd);
                 break;
             }
@@ -589,13 +613,13 @@ impl Overlay {
             Some(fd) => fd,
             None => {
                 let root = Arc::new(crate::sys::open_dir_path(l.root(), b"")?);
-                self.dirfds.put(ROOT, layer, Arc::clone(&root));
+                self.cache_dir_fd(ROOT, layer, &root);
                 root
             }
         };
         for (id, name) in chain.iter().rev() {
             let next = Arc::new(crate::sys::open_dir_path(fd.as_fd(), name.as_bytes())?);
-            self.dirfds.put(*id, layer, Arc::clone(&next));
+            self.cache_dir_fd(*id, layer, &next);
             fd = next;
         }
         Ok(fd)

@@ -561,6 +561,7 @@ impl Overlay {
         if let Some(n) = node {
             if is_dir {
                 self.dirfds.drop_node(n.id, self.layers.len());
+                self.unwatch_dir(n.id);
             } else {
                 self.nodes.drop_name(n.id, parent, name);
             }

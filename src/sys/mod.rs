@@ -471,6 +471,7 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<rustix::fs::StatVfs> {
     rustix::fs::fstatvfs(fd).map_err(io::Error::from)
 }
 
+pub mod fanotify;
 pub mod uring;
 mod xattr;
 pub use xattr::*;

@@ -78,6 +78,22 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
          stratafs only.",
     ),
     opt(
+        &["udba"],
+        Some("none|notify"),
+        "What the daemon does about changes made to the layers behind the mount (aufs's name). \
+         none (default): nothing; they show after 'stratafs refresh' (the kernel's overlayfs \
+         calls them undefined). notify: the daemon watches the layer directories it has looked \
+         into (fanotify where it may, else inotify) and refreshes the names that change \
+         there, soon after each change. stratafs only.",
+    ),
+    opt(
+        &["udba_watches"],
+        Some("N"),
+        "With udba=notify, the most layer directories watched at a time (default 8192); past \
+         it the directories watched longest ago are no longer watched, and changes there need \
+         'stratafs refresh'. stratafs only.",
+    ),
+    opt(
         &["xino"],
         Some("auto|on|off"),
         "How inode numbers are made unique across layers on several filesystems \
