@@ -84,8 +84,10 @@ impl Layers {
     fn comes_to_equal_the_kernel(&self, what: &str) {
         let k = self.kernel();
         let theirs = snapshot(&self.kmnt);
+        // A walk may meet a name listed and gone before its lstat while the last changes
+        // are being refreshed: it is tried again.
         let equal = wait_until(SHOWS_WITHIN, || {
-            tree_diff(&snapshot(&self.mnt), &theirs).is_none()
+            try_snapshot(&self.mnt).is_ok_and(|ours| tree_diff(&ours, &theirs).is_none())
         });
         if !equal {
             assert_same_tree(&snapshot(&self.mnt), &theirs, what);

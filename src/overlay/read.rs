@@ -91,7 +91,10 @@ impl Overlay {
             let opened = self.open_for_write(id, flags & !libc::O_TRUNC);
             let now = node.location();
             let moved = name(&now) != name(&loc);
-            let raced = moved || seen.is_none_or(|v| parent.dir_version() != v);
+            let changed = moved || seen.is_none_or(|v| parent.dir_version() != v);
+            // With udba=notify the layers change behind the mount: what was opened is
+            // always checked, as after a change through it.
+            let raced = changed || self.layers_change_behind();
             let checked = match opened {
                 Ok(fd) if raced => {
                     let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
@@ -102,6 +105,9 @@ impl Overlay {
                             || self.object_at_name(&now)
                                 == Some(ObjectId::new(LayerIno::new(top, st.ino), born)));
                     if its {
+                        if !changed {
+                            self.nodes.learn_object(id, &now, object);
+                        }
                         Ok(fd)
                     } else {
                         Err(self.not_its_object(&node))
@@ -197,11 +203,14 @@ impl Overlay {
         };
         // A change in the directory between the check and the open (a rename, an unlink)
         // may have put something else at the name: what was opened is checked again.
-        let raced = seen.is_none_or(|v| parent.dir_version() != v);
-        if let (Some(object), false, None) = (checked, raced, loc.object) {
+        let changed = seen.is_none_or(|v| parent.dir_version() != v);
+        if let (Some(object), false, None) = (checked, changed, loc.object) {
             // Nothing changed in the directory meanwhile: what was checked is the node's.
             self.nodes.learn_object(id, &loc, object);
         }
+        // With udba=notify the layers change behind the mount, where no version moves:
+        // what was opened is always checked again.
+        let raced = changed || self.layers_change_behind();
         let opened = match opened {
             Ok(fd) if raced && metacopy => {
                 if self.name_holds_it(&node, &loc) {

@@ -570,6 +570,13 @@ impl<'a> FanEvent<'a> {
 }
 
 impl Overlay {
+    /// True with `udba=notify`: the layers are expected to change behind the mount, so a
+    /// file opened by name after its check is checked again (a change behind the mount
+    /// moves no directory version).
+    pub(super) fn layers_change_behind(&self) -> bool {
+        self.watches.is_some()
+    }
+
     /// Waits up to `timeout` for changes the watches report (false at once without
     /// `udba=notify`).
     pub fn wait_for_changes(&self, timeout: Option<std::time::Duration>) -> bool {

@@ -65,24 +65,30 @@ fn user_xattrs(path: &Path) -> Vec<(OsString, Vec<u8>)> {
 
 /// Walks `root` (never following symlinks) and records every entry.
 pub fn snapshot(root: &Path) -> TreeSnap {
-    let mut out = TreeSnap::new();
-    walk(root, root, &mut out);
-    out
+    try_snapshot(root).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) {
+/// [`snapshot`], or the first error met (a tree still changing: a name listed and gone
+/// before its `lstat`).
+pub fn try_snapshot(root: &Path) -> Result<TreeSnap, String> {
+    let mut out = TreeSnap::new();
+    walk(root, root, &mut out)?;
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) -> Result<(), String> {
     let mut names: Vec<OsString> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
-            .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())),
-        Err(e) => panic!("opendir {}: {e}", dir.display()),
+            .map_err(|e| format!("readdir {}: {e}", dir.display()))?,
+        Err(e) => return Err(format!("opendir {}: {e}", dir.display())),
     };
     names.sort();
     for name in names {
         let path = dir.join(&name);
         let md = std::fs::symlink_metadata(&path)
-            .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+            .map_err(|e| format!("lstat {}: {e}", path.display()))?;
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             "dir"
@@ -120,9 +126,10 @@ fn walk(root: &Path, dir: &Path, out: &mut TreeSnap) {
             },
         );
         if ft.is_dir() {
-            walk(root, &path, out);
+            walk(root, &path, out)?;
         }
     }
+    Ok(())
 }
 
 /// The first differences between two snapshots, or `None` when they are equal.
