@@ -441,8 +441,8 @@ fn drop_idle_whiteouts(upper: &Path, lowers: &[&Path]) {
 }
 
 /// A budget of 4 watches and 12 directories looked into: the 4 looked into last are watched
-/// and show changes; the others (the root among them) no longer are, and their changes show
-/// after `stratafs refresh`, as documented.
+/// and show changes; the others (the root among them) no longer are, the log says so once,
+/// and their changes show after `stratafs refresh`, as documented.
 #[test]
 fn a_watch_budget_smaller_than_the_directories_looked_into() {
     if !can_compare() {
@@ -452,7 +452,11 @@ fn a_watch_budget_smaller_than_the_directories_looked_into() {
     for i in 0..10 {
         write(&s.l2.join(format!("d{i}/f")), "f\n");
     }
-    let m = s.mount(",udba=notify,udba_watches=4");
+    let log = s.dir.path().join("daemon.log");
+    let m = s.mount(&format!(
+        ",udba=notify,udba_watches=4,log={}",
+        log.display()
+    ));
     // The root in three layers, then d0..d9 (in l2 alone), in this order.
     for i in 0..10 {
         let d = s.mnt.join(format!("d{i}"));
@@ -463,6 +467,14 @@ fn a_watch_budget_smaller_than_the_directories_looked_into() {
     assert_eq!(w["watches"].as_u64(), Some(4), "{w}");
     assert_eq!(w["budget"].as_u64(), Some(4), "{w}");
     assert!(w["evicted"].as_u64().unwrap() >= 9, "{w}");
+    // The log says so once, whatever the number let go.
+    let said = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        said.matches("watch budget (udba_watches) is used up")
+            .count(),
+        1,
+        "{said}"
+    );
     for i in 0..10 {
         write(&s.l2.join(format!("d{i}/new")), "new\n");
     }

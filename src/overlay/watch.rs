@@ -87,6 +87,8 @@ struct State {
     /// Least recently placed first.
     watches: LruCache<WatchId, Watch>,
     by_key: HashMap<(NodeId, LayerIdx), WatchId>,
+    /// The directory fds the fanotify marks keep.
+    fds: usize,
 }
 
 impl State {
@@ -96,7 +98,12 @@ impl State {
         let w = self.watches.peek_mut(&id)?;
         w.keys.retain(|k| *k != key);
         if w.keys.is_empty() {
-            self.watches.pop_entry(&id)
+            let out = self.watches.pop_entry(&id);
+            self.fds = self.fds.saturating_sub(
+                out.as_ref()
+                    .map_or(0, |(_, w)| usize::from(w.dir.is_some())),
+            );
+            out
         } else {
             None
         }
@@ -105,6 +112,7 @@ impl State {
     /// Forgets watch `id` and every key on it.
     fn forget(&mut self, id: &WatchId) -> Option<Watch> {
         let w = self.watches.pop(id)?;
+        self.fds = self.fds.saturating_sub(usize::from(w.dir.is_some()));
         for k in &w.keys {
             if self.by_key.get(k) == Some(id) {
                 self.by_key.remove(k);
@@ -128,6 +136,9 @@ pub(crate) struct Watches {
     fanotify: Option<OwnedFd>,
     inotify: Option<OwnedFd>,
     budget: usize,
+    /// The most fanotify marks (each keeps a directory fd): a quarter of the fd limit, as
+    /// for the cache of directory fds.
+    fd_cap: usize,
     state: Mutex<State>,
     stats: WatchCounters,
     /// The log has said the budget is used up.
@@ -171,9 +182,13 @@ impl Watches {
             fanotify,
             inotify,
             budget: budget.max(1),
+            fd_cap: usize::try_from(crate::sys::nofile_limit() / 4)
+                .unwrap_or(usize::MAX)
+                .max(16),
             state: Mutex::new(State {
                 watches: LruCache::unbounded(),
                 by_key: HashMap::new(),
+                fds: 0,
             }),
             stats: WatchCounters::default(),
             full_said: AtomicBool::new(false),
@@ -224,6 +239,7 @@ impl Watches {
             let Some((old, w)) = st.watches.pop_lru() else {
                 break;
             };
+            st.fds = st.fds.saturating_sub(usize::from(w.dir.is_some()));
             for k in &w.keys {
                 st.by_key.remove(k);
             }
@@ -240,8 +256,15 @@ impl Watches {
         }
         let id = match handle {
             Some(id) if st.watches.contains(&id) => id,
+            // Past its share of the fd limit, a new watch is an inotify one (which keeps no
+            // fd).
+            Some(_) if st.fds >= self.fd_cap => match self.inotify_watch(fd) {
+                Some(id) => id,
+                None => return self.unwatch_key(&mut st, key),
+            },
             Some(id) => match self.mark(fd) {
                 Some(dir) => {
+                    st.fds += 1;
                     st.watches.put(
                         id.clone(),
                         Watch {
