@@ -25,6 +25,8 @@ function __fish_stratafs_using_subcommand
 end
 
 complete -c stratafs -n "__fish_stratafs_needs_command" -s o -d 'Comma-separated mount options, listed under MOUNT OPTIONS; may be repeated, and a later value wins. -oOPTS works too.' -r -f -a "lowerdir\t''
+lowerdir+\t''
+datadir+\t''
 upperdir\t''
 workdir\t''
 fsync\t''

@@ -22,8 +22,15 @@ pub struct MountError(pub String);
 /// Opens the layers of `cfg` into a merged view (no mount).
 pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
     let upper = cfg.upperdir.as_deref().zip(cfg.workdir.as_deref());
-    let layers = LayerStack::open_with(upper, &cfg.lowerdirs, cfg.xino, cfg.ino32, cfg.userxattr)
-        .map_err(|e| MountError(strip_os_error_codes(&e.to_string())))?;
+    let layers = LayerStack::open_with(
+        upper,
+        &cfg.lowerdirs,
+        &cfg.datadirs,
+        cfg.xino,
+        cfg.ino32,
+        cfg.userxattr,
+    )
+    .map_err(|e| MountError(strip_os_error_codes(&e.to_string())))?;
     Ok(Overlay::new(layers, Options::from_config(cfg))
         .with_idmap(crate::layer::IdMap::from_config(cfg)))
 }
@@ -422,7 +429,7 @@ fn lock_upper_and_work(cfg: &MountConfig) -> Result<Vec<OwnedFd>, MountError> {
             )));
         }
     }
-    for lower in &cfg.lowerdirs {
+    for lower in cfg.lowerdirs.iter().chain(&cfg.datadirs) {
         let Ok(canon) = std::fs::canonicalize(lower) else {
             continue;
         };

@@ -184,8 +184,12 @@ pub struct MountConfig {
     pub source: Option<String>,
     /// Where the union is mounted.
     pub mountpoint: PathBuf,
-    /// Lower layers, topmost first (`lowerdir=top:...:bottom`).
+    /// Lower layers, topmost first (`lowerdir=top:...:bottom`, or `lowerdir+=` each).
     pub lowerdirs: Vec<PathBuf>,
+    /// Data-only lower layers, below the others (`lowerdir=...::data1::data2`, or
+    /// `datadir+=` each): never part of the tree, only the data of metacopy files that
+    /// redirect there by absolute path.
+    pub datadirs: Vec<PathBuf>,
     /// The writable layer; without it the mount is read-only.
     pub upperdir: Option<PathBuf>,
     /// Scratch directory on the upper's filesystem.
@@ -276,6 +280,7 @@ impl MountConfig {
             source: None,
             mountpoint,
             lowerdirs,
+            datadirs: Vec::new(),
             upperdir: None,
             workdir: None,
             foreground: false,

@@ -67,14 +67,14 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocatio
         cfg.foreground = true;
     }
 
-    let mut fsname = None;
+    let mut state = OptionState::default();
     for group in &scan.option_groups {
         for elem in split_option_group(group.as_bytes())? {
-            apply_option(&mut cfg, &elem, &mut cwd, &mut fsname)?;
+            apply_option(&mut cfg, &elem, &mut cwd, &mut state)?;
         }
     }
     if cfg.source.is_none() {
-        cfg.source = fsname;
+        cfg.source = state.fsname;
     }
     // As in fuse-overlayfs, `volatile` wins over any `fsync=` whatever their order.
     if cfg.volatile {
@@ -221,6 +221,8 @@ fn split_option_group(group: &[u8]) -> Result<Vec<Vec<u8>>, ConfigError> {
 /// in `apply_option`, and in `xtask/src/daemon_cli.rs`.
 pub const OPTION_KEYS: &[&str] = &[
     "lowerdir",
+    "lowerdir+",
+    "datadir+",
     "upperdir",
     "workdir",
     "uidmapping",
@@ -321,12 +323,22 @@ fn kernel_flag(key: &str) -> Option<KernelFlag> {
     })
 }
 
+/// What the option stage remembers between elements.
+#[derive(Default)]
+struct OptionState {
+    /// `fsname=`, the source unless a SOURCE positional was given.
+    fsname: Option<String>,
+    /// A `lowerdir=` list was given (and not replaced since): the kernel then refuses
+    /// `lowerdir+=` and `datadir+=`.
+    lowerdir_list: bool,
+}
+
 /// Applies one `key[=value]` element to `cfg`.
 fn apply_option(
     cfg: &mut MountConfig,
     elem: &[u8],
     cwd: &mut CwdCache,
-    fsname: &mut Option<String>,
+    state: &mut OptionState,
 ) -> Result<(), ConfigError> {
     let (key_bytes, value) = match elem.iter().position(|&b| b == b'=') {
         Some(eq) => (&elem[..eq], Some(&elem[eq + 1..])),
@@ -352,18 +364,31 @@ fn apply_option(
 
     match key {
         "lowerdir" => {
+            let (lowers, datas) = parse_lowerdir_list(require(key, value)?, cwd)?;
+            cfg.lowerdirs = lowers;
+            cfg.datadirs = datas;
+            state.lowerdir_list = true;
+        }
+        "lowerdir+" | "datadir+" => {
+            // The new mount API's forms, with the kernel's rules: one directory each, taken
+            // as written (no colon list), appended; never after a `lowerdir=` list, and no
+            // ordinary layer after a data-only one.
+            if state.lowerdir_list {
+                return Err(ConfigError::Usage(
+                    "lowerdir+ and datadir+ cannot follow lowerdir".to_string(),
+                ));
+            }
             let v = require(key, value)?;
-            let mut dirs = Vec::new();
-            for part in split_path_list(v) {
-                if part.is_empty() {
-                    return Err(bad(key, "empty directory in the list"));
-                }
-                dirs.push(cwd.absolute(Path::new(OsStr::from_bytes(&part)))?);
+            let dir = cwd.absolute(Path::new(OsStr::from_bytes(v)))?;
+            if key == "datadir+" {
+                cfg.datadirs.push(dir);
+            } else if !cfg.datadirs.is_empty() {
+                return Err(ConfigError::Usage(
+                    "regular lower layers cannot follow data layers".to_string(),
+                ));
+            } else {
+                cfg.lowerdirs.push(dir);
             }
-            if dirs.is_empty() {
-                return Err(bad(key, "no directory given"));
-            }
-            cfg.lowerdirs = dirs;
         }
         "upperdir" => cfg.upperdir = Some(single_path(key, value, cwd)?),
         "workdir" => cfg.workdir = Some(single_path(key, value, cwd)?),
@@ -512,7 +537,7 @@ fn apply_option(
         "context" => cfg.context = Some(utf8_value(key, value)?.to_string()),
         "fsname" => {
             if let Some(v) = value.filter(|v| !v.is_empty()) {
-                *fsname = Some(String::from_utf8_lossy(v).into_owned());
+                state.fsname = Some(String::from_utf8_lossy(v).into_owned());
             }
         }
         _ if key.starts_with("x-") || IGNORED_KEYS.contains(&key) => {}
@@ -631,6 +656,50 @@ fn split_path_list(v: &[u8]) -> Vec<Vec<u8>> {
     }
     out.push(cur);
     out
+}
+
+/// A `lowerdir=` list: the ordinary lower layers, then the data-only ones, each after a
+/// `::` (`l1:l2::d1::d2`), with the kernel's refusals in its words.
+fn parse_lowerdir_list(
+    v: &[u8],
+    cwd: &mut CwdCache,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError> {
+    const KEY: &str = "lowerdir";
+    if v.first() == Some(&b':') {
+        return Err(bad(KEY, "cannot append lower layer"));
+    }
+    let parts = split_path_list(v);
+    let (mut lowers, mut datas) = (Vec::new(), Vec::new());
+    // An empty element is the second colon of a `::`: the next one is a data layer.
+    let mut data_next = false;
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            if i + 1 == parts.len() {
+                return Err(bad(KEY, "unescaped trailing colons"));
+            }
+            if data_next {
+                return Err(bad(
+                    KEY,
+                    "only single ':' or double '::' sequences of unescaped colons allowed",
+                ));
+            }
+            data_next = true;
+            continue;
+        }
+        let dir = cwd.absolute(Path::new(OsStr::from_bytes(part)))?;
+        if data_next {
+            datas.push(dir);
+        } else if !datas.is_empty() {
+            return Err(bad(
+                KEY,
+                "regular lower layers cannot follow data lower layers",
+            ));
+        } else {
+            lowers.push(dir);
+        }
+        data_next = false;
+    }
+    Ok((lowers, datas))
 }
 
 /// A single path (`upperdir=`, `workdir=`): unescaped like a list element, colons kept.
@@ -1160,21 +1229,76 @@ mod tests {
     }
 
     #[test]
-    fn lowerdir_empty_elements_are_errors() {
-        for bad in [
-            "lowerdir=/a::/b",
-            "lowerdir=:/a",
-            "lowerdir=/a:",
-            "lowerdir=:",
+    fn lowerdir_colon_errors_are_the_kernels() {
+        for (bad, why) in [
+            ("lowerdir=:/a", "cannot append lower layer"),
+            ("lowerdir=:", "cannot append lower layer"),
+            ("lowerdir=/a:", "unescaped trailing colons"),
+            ("lowerdir=/a::", "unescaped trailing colons"),
+            ("lowerdir=/a:::/b", "only single ':' or double '::'"),
+            (
+                "lowerdir=/a::/d:/b",
+                "regular lower layers cannot follow data",
+            ),
         ] {
             match parse(&["-o", bad, "/m"]) {
                 Err(ConfigError::BadValue { key, reason }) => {
                     assert_eq!(key, "lowerdir");
-                    assert!(reason.contains("empty"), "{reason}");
+                    assert!(reason.contains(why), "{bad}: {reason}");
                 }
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn data_only_layers_after_double_colons() {
+        let cfg = mount(&["-o", r"lowerdir=/l1:/l2::/d1::/d\:2", "/m"]);
+        assert_eq!(cfg.lowerdirs, vec![pb("/l1"), pb("/l2")]);
+        assert_eq!(cfg.datadirs, vec![pb("/d1"), pb("/d:2")]);
+        // A later lowerdir= replaces both.
+        let cfg = mount(&["-o", "lowerdir=/a::/b,lowerdir=/c", "/m"]);
+        assert_eq!(cfg.lowerdirs, vec![pb("/c")]);
+        assert!(cfg.datadirs.is_empty());
+    }
+
+    #[test]
+    fn lowerdir_plus_and_datadir_plus_append_as_the_kernel_allows() {
+        let cfg = mount(&[
+            "-o",
+            "lowerdir+=/l1,lowerdir+=/l:2,datadir+=/d1",
+            "-o",
+            "datadir+=/d2",
+            "/m",
+        ]);
+        assert_eq!(cfg.lowerdirs, vec![pb("/l1"), pb("/l:2")]);
+        assert_eq!(cfg.datadirs, vec![pb("/d1"), pb("/d2")]);
+        // lowerdir= after them replaces them all.
+        let cfg = mount(&["-o", "lowerdir+=/l1,datadir+=/d1,lowerdir=/x", "/m"]);
+        assert_eq!((cfg.lowerdirs, cfg.datadirs), (vec![pb("/x")], vec![]));
+        for (opts, why) in [
+            (
+                "lowerdir=/x,lowerdir+=/l1",
+                "lowerdir+ and datadir+ cannot follow lowerdir",
+            ),
+            (
+                "lowerdir=/x,datadir+=/d",
+                "lowerdir+ and datadir+ cannot follow lowerdir",
+            ),
+            (
+                "datadir+=/d,lowerdir+=/l",
+                "regular lower layers cannot follow data layers",
+            ),
+        ] {
+            match parse(&["-o", opts, "/m"]) {
+                Err(ConfigError::Usage(m)) => assert_eq!(m, why, "{opts}"),
+                other => panic!("{opts}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&["-o", "lowerdir+=", "/m"]),
+            Err(ConfigError::BadValue { .. })
+        ));
     }
 
     #[test]

@@ -21,7 +21,11 @@ use super::{os_error_text, ConfigError, MountConfig};
 /// [`ConfigError::Layout`] with one line naming the first problem found and its path(s).
 pub fn validate(cfg: &MountConfig) -> Result<(), ConfigError> {
     if cfg.lowerdirs.is_empty() {
-        return Err(layout("no lowerdir specified".to_string()));
+        return Err(layout(if cfg.datadirs.is_empty() {
+            "no lowerdir specified".to_string()
+        } else {
+            "at least one non-data lowerdir is required".to_string()
+        }));
     }
     match (&cfg.upperdir, &cfg.workdir) {
         (Some(_), None) => return Err(layout("upperdir given without workdir".to_string())),
@@ -29,9 +33,12 @@ pub fn validate(cfg: &MountConfig) -> Result<(), ConfigError> {
         _ => {}
     }
 
-    let mut layers = Vec::with_capacity(cfg.lowerdirs.len() + 2);
+    let mut layers = Vec::with_capacity(cfg.lowerdirs.len() + cfg.datadirs.len() + 2);
     for dir in &cfg.lowerdirs {
         layers.push(Dir::inspect("lowerdir", dir)?);
+    }
+    for dir in &cfg.datadirs {
+        layers.push(Dir::inspect("datadir", dir)?);
     }
     let upper = match &cfg.upperdir {
         Some(p) => Some(Dir::inspect("upperdir", p)?),

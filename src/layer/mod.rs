@@ -450,6 +450,8 @@ impl WorkDir {
 pub struct LayerStack {
     layers: Vec<Layer>,
     has_upper: bool,
+    /// How many of the bottom layers are data-only.
+    data_layers: usize,
     work: Option<WorkDir>,
     /// How `st_ino` is composed from a layer object's inode number.
     pub ino: InoScheme,
@@ -465,19 +467,21 @@ impl LayerStack {
         xino: crate::config::Xino,
         ino32: bool,
     ) -> io::Result<LayerStack> {
-        LayerStack::open_with(upper, lowers, xino, ino32, false)
+        LayerStack::open_with(upper, lowers, &[], xino, ino32, false)
     }
 
-    /// [`LayerStack::open`]; `userxattr` makes the overlay xattrs the `user.overlay.` ones
-    /// even as root, as the kernel's option does.
+    /// [`LayerStack::open`], with data-only layers `datas` below the lowers (see
+    /// [`LayerStack::merged_len`]); `userxattr` makes the overlay xattrs the
+    /// `user.overlay.` ones even as root, as the kernel's option does.
     pub fn open_with(
         upper: Option<(&Path, &Path)>,
         lowers: &[PathBuf],
+        datas: &[PathBuf],
         xino: crate::config::Xino,
         ino32: bool,
         userxattr: bool,
     ) -> io::Result<LayerStack> {
-        let mut layers = Vec::with_capacity(lowers.len() + 1);
+        let mut layers = Vec::with_capacity(lowers.len() + datas.len() + 1);
         let mut work = None;
         if let Some((u, w)) = upper {
             let mut layer = Layer::open(u, true).map_err(|e| annotate(e, "upperdir", u))?;
@@ -491,6 +495,9 @@ impl LayerStack {
         }
         for l in lowers {
             layers.push(Layer::open(l, false).map_err(|e| annotate(e, "lowerdir", l))?);
+        }
+        for l in datas {
+            layers.push(Layer::open(l, false).map_err(|e| annotate(e, "datadir", l))?);
         }
         if layers.len() > usize::from(LayerIdx::MAX) {
             return Err(io::Error::new(
@@ -523,6 +530,7 @@ impl LayerStack {
         let ino = InoScheme::new(devs.len(), xino, ino32);
         Ok(LayerStack {
             has_upper: upper.is_some(),
+            data_layers: datas.len(),
             layers,
             work,
             ino,
@@ -570,6 +578,18 @@ impl LayerStack {
     /// Number of layers.
     pub fn len(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Number of layers that make the tree: all but the data-only ones at the bottom,
+    /// which lookups and listings never enter (only the data of a metacopy file that
+    /// redirects there is read from them).
+    pub fn merged_len(&self) -> usize {
+        self.layers.len() - self.data_layers
+    }
+
+    /// The data-only layers, topmost first.
+    pub fn data_only(&self) -> std::ops::Range<LayerIdx> {
+        self.merged_len() as LayerIdx..self.layers.len() as LayerIdx
     }
 
     /// Never true for a mounted stack; here for clippy's sake.

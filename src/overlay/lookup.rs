@@ -83,6 +83,14 @@ impl Redirected<'_, '_> {
     }
 }
 
+/// The components of `r` if it is an absolute redirect.
+fn absolute_path(r: Option<&super::redirect::Redirect>) -> Option<Vec<std::ffi::OsString>> {
+    match r {
+        Some(super::redirect::Redirect::Absolute(p)) => Some(p.clone()),
+        _ => None,
+    }
+}
+
 /// Where a path of the merged view comes from, for people inspecting a stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provenance {
@@ -118,10 +126,18 @@ impl Overlay {
         let mut redirects: Vec<(LayerIdx, LayerPath)> = Vec::new();
         // A metacopy file was found on top: the layers below are looked in for its data.
         let mut metacopy = false;
+        // The last metacopy file on the way is in a lower layer and redirects by absolute
+        // path: where its data is in the data-only layers if no layer of the tree has it.
+        let mut data_path: Option<Vec<std::ffi::OsString>> = None;
+        // Followed only towards a data-only layer (metacopy=off or redirect_dir=nofollow
+        // let the kernel follow a lower metacopy file there, and nothing else): anything
+        // found in the tree below is refused.
+        let mut data_only_follow = false;
+        let merged = self.layers.merged_len();
         let mut pos = 0;
         while let Some(&li) = order.get(pos) {
             pos += 1;
-            if target.is_some() && !follow {
+            if target.is_some() && !follow && !data_only_follow {
                 return Err(Error::NotPermitted(
                     "a redirected directory is not followed (redirect_dir=nofollow)",
                 ));
@@ -129,7 +145,7 @@ impl Overlay {
             let layer = self.layers.get(li).ok_or(Error::StaleNode(dir.id))?;
             // The last layer the kernel would look in: it reads no marker there.
             let last = if follow {
-                usize::from(li) + 1 == self.layers.len()
+                usize::from(li) + 1 == merged
             } else {
                 pos == order.len()
             };
@@ -184,6 +200,11 @@ impl Overlay {
             match probed {
                 Probe::Missing => {}
                 Probe::Whiteout => break,
+                Probe::Found(..) if data_only_follow => {
+                    return Err(Error::NotPermitted(
+                        "a metacopy file is followed only into a data-only layer",
+                    ));
+                }
                 Probe::Found(st, _) if metacopy => {
                     // Only a regular file below a metacopy file can hold its data; another
                     // metacopy file on the way is passed (its redirect followed).
@@ -192,7 +213,8 @@ impl Overlay {
                     }
                     if self.is_metacopy(dfd.as_fd(), pname, &st, layer, || Ok(true))? {
                         let redirect = self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
-                        let below = li + 1..self.layers.len() as LayerIdx;
+                        data_path = absolute_path(redirect.as_ref());
+                        let below = li + 1..merged as LayerIdx;
                         let mut at = Redirected {
                             target: &mut target,
                             order: &mut order,
@@ -242,17 +264,25 @@ impl Overlay {
                                     _ => self.impure_dir(dir, li, &dfd),
                                 };
                                 if self.is_metacopy(dfd.as_fd(), pname, &st, layer, impure)? {
-                                    // Its data is below (the kernel refuses to follow it
-                                    // without metacopy=on).
-                                    if !self.opts.metacopy {
-                                        return Err(Error::NotPermitted(
-                                            "a metacopy file is not followed (metacopy=off)",
-                                        ));
-                                    }
                                     metacopy = true;
                                     let redirect =
                                         self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
-                                    let below = li + 1..self.layers.len() as LayerIdx;
+                                    if !layer.upper {
+                                        data_path = absolute_path(redirect.as_ref());
+                                    }
+                                    // Its data is below (the kernel refuses to follow it
+                                    // without metacopy=on, but for a lower file's redirect
+                                    // into a data-only layer).
+                                    if !self.opts.metacopy {
+                                        if data_path.is_none() || self.layers.data_only().is_empty()
+                                        {
+                                            return Err(Error::NotPermitted(
+                                                "a metacopy file is not followed (metacopy=off)",
+                                            ));
+                                        }
+                                        data_only_follow = true;
+                                    }
+                                    let below = li + 1..merged as LayerIdx;
                                     let mut at = Redirected {
                                         target: &mut target,
                                         order: &mut order,
@@ -298,9 +328,7 @@ impl Overlay {
                         if matches!(r, super::redirect::Redirect::Absolute(_)) {
                             // Every layer below this one, from its root.
                             stop_after = false;
-                            order = std::borrow::Cow::Owned(
-                                (li + 1..self.layers.len() as LayerIdx).collect(),
-                            );
+                            order = std::borrow::Cow::Owned((li + 1..merged as LayerIdx).collect());
                             pos = 0;
                         }
                         target = Some(super::redirect::redirected(target.as_ref(), r));
@@ -319,7 +347,18 @@ impl Overlay {
             }
         }
         if metacopy {
-            return Err(Error::NoLowerData);
+            // No layer of the tree has the data: a data-only layer may, where the last
+            // metacopy file's absolute redirect says.
+            let (Some(path), Some(r)) = (data_path, found.as_mut()) else {
+                return Err(Error::NoLowerData);
+            };
+            if self.layers.data_only().is_empty() {
+                return Err(Error::NoLowerData);
+            }
+            let (li, blocks) = self.find_data(&path, &r.top)?;
+            r.layers.push(li);
+            r.top.blocks = blocks;
+            redirects.push((li, LayerPath::FromRoot(path)));
         }
         Ok(found.map(|mut r| {
             if let Some(ino) = origin {
@@ -519,7 +558,7 @@ impl Overlay {
             }
             if Overlay::is_metacopy_loc(node.kind, &loc) {
                 // The blocks are the data's, as the kernel reports them.
-                st.blocks = self.data_blocks(&node, &loc)?;
+                st.blocks = self.data_blocks(&node, &loc, &st)?;
             }
             if loc.object.is_none() && seen.is_some_and(|v| parent.dir_version() == v) {
                 // Not known since a copy-up, and no change in the directory meanwhile.
@@ -563,7 +602,8 @@ impl Overlay {
                 let pfd = self.dir_fd(&parent, last)?;
                 let layer = self.layers.get(last).ok_or(Error::StaleNode(cur))?;
                 let name = node.with_location(|l| l.name.clone());
-                usize::from(last) + 1 < self.layers.len() && layer.is_opaque(pfd.as_fd(), &name)?
+                usize::from(last) + 1 < self.layers.merged_len()
+                    && layer.is_opaque(pfd.as_fd(), &name)?
             }
             _ => false,
         };

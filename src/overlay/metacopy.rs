@@ -10,7 +10,7 @@
 //! lookup of a metacopy file fails with `EPERM`, and one whose data is nowhere with `EIO`, as
 //! the kernel's lookup answers.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use rustix::fs::OFlags;
 use super::redirect::Redirect;
 use super::{Context, Error, Overlay, Result};
 use crate::inode::{LayerPath, Location, Node};
-use crate::layer::Layer;
+use crate::layer::{Layer, LayerIdx};
 use crate::sys::{self, FileKind, Stat};
 
 impl Overlay {
@@ -145,10 +145,49 @@ impl Overlay {
         fd.ctx("open metacopy data", &name)
     }
 
-    /// `st_blocks` of the data of metacopy node `node` (at `loc`).
-    pub(crate) fn data_blocks(&self, node: &Node, loc: &Location) -> Result<u64> {
-        let (dir, name) = self.data_place(node, loc)?;
-        Ok(sys::stat_at(dir.as_fd(), &name)?.blocks)
+    /// `st_blocks` of the data of metacopy node `node` (at `loc`, its own attributes
+    /// `meta`); where a data-only layer was to have the data and has not, the kernel's
+    /// estimate (see [`Overlay::find_data`]).
+    pub(crate) fn data_blocks(&self, node: &Node, loc: &Location, meta: &Stat) -> Result<u64> {
+        let (dir, name) = match self.data_place(node, loc) {
+            Err(e) if e.is_absent() && self.in_data_only(loc) => return Ok(estimated_blocks(meta)),
+            r => r?,
+        };
+        match sys::stat_at(dir.as_fd(), &name) {
+            Err(e) if crate::layer::is_absent(&e) && self.in_data_only(loc) => {
+                Ok(estimated_blocks(meta))
+            }
+            r => Ok(r?.blocks),
+        }
+    }
+
+    /// True when the data of the metacopy file at `loc` is in a data-only layer.
+    fn in_data_only(&self, loc: &Location) -> bool {
+        loc.layers
+            .get(1)
+            .is_some_and(|li| self.layers.data_only().contains(li))
+    }
+
+    /// The data-only layer that holds the data of a metacopy file, whose attributes are
+    /// `meta`, at absolute path `path` (the first that has a regular file there, reached
+    /// without symlinks or mount crossings), and that file's `st_blocks`. Where none has it,
+    /// the first data-only layer and the kernel's estimate of the blocks: the kernel looks
+    /// the data up at the first open, which then fails with `ENOENT`, and so does ours.
+    pub(crate) fn find_data(&self, path: &[OsString], meta: &Stat) -> Result<(LayerIdx, u64)> {
+        let data = self.layers.data_only();
+        let (last, dirs) = path.split_last().ok_or(Error::NoLowerData)?;
+        let dirs = std::path::PathBuf::from_iter(dirs);
+        for li in data.clone() {
+            let layer = self.layers.get(li).ok_or(Error::NoLowerData)?;
+            let Ok(dir) = sys::open_dir_path(layer.root(), dirs.as_os_str().as_bytes()) else {
+                continue;
+            };
+            match sys::stat_at(dir.as_fd(), last) {
+                Ok(st) if st.kind() == Some(FileKind::Regular) => return Ok((li, st.blocks)),
+                _ => continue,
+            }
+        }
+        Ok((data.start, estimated_blocks(meta)))
     }
 
     /// Copies the data of metacopy node `node` into its upper copy, which then stands alone:
@@ -196,4 +235,11 @@ impl Overlay {
         self.attrs_changed(node.id);
         Ok(())
     }
+}
+
+/// The kernel's `st_blocks` of a metacopy file whose data it has not looked up yet: its
+/// size rounded up to whole I/O blocks, in 512-byte units.
+fn estimated_blocks(meta: &Stat) -> u64 {
+    let blk = u64::from(meta.blksize.max(512));
+    meta.size.div_ceil(blk) * blk / 512
 }

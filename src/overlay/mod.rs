@@ -201,7 +201,7 @@ pub struct Overlay {
 impl Overlay {
     /// A merged view of `layers`.
     pub fn new(layers: LayerStack, opts: Options) -> Overlay {
-        let root_layers = (0..layers.len() as LayerIdx).collect();
+        let root_layers = (0..layers.merged_len() as LayerIdx).collect();
         let perm_xattr = perms::override_name(if opts.xattr_permissions > 0 {
             opts.xattr_permissions
         } else {

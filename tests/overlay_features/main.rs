@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod dataonly;
 mod metacopy;
 mod redirect;
 mod userxattr;
@@ -119,6 +120,41 @@ pub fn same_as_kernel(
     assert_same_tree(&a, &b, what);
     assert_eq!(lookups(&m, paths), lookups(&k, paths), "{what}: lookups");
     a
+}
+
+/// Runs shell command `cmd` in `root`.
+pub fn sh(root: &Path, cmd: &str) {
+    let out = run(std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(root));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `st_blocks` of `p`.
+pub fn blocks(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().blocks()
+}
+
+/// The upper layer `name` of `f` as the kernel writes it: `script` run in a
+/// `metacopy=on,redirect_dir=on` mount of it over `lower`.
+pub fn kernel_metacopy_upper(f: &Fixture, lower: &Path, name: &str, script: &str) -> PathBuf {
+    let u = f.path(name);
+    let k = f.path("k-session");
+    let w = f.path("kw");
+    let _m = KernelMount::new(
+        &format!(
+            "{},metacopy=on,redirect_dir=on,index=off",
+            rw(&[lower], &u, &w)
+        ),
+        &k,
+    );
+    sh(&k, script);
+    u
 }
 
 /// The relative paths of a tree.

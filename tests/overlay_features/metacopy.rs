@@ -6,32 +6,16 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::*;
 use crate::*;
 
 const MC: &str = "trusted.overlay.metacopy";
 
-/// Runs `cmd` (a shell command) in `root`.
-fn sh(root: &Path, cmd: &str) {
-    let out = run(Command::new("sh").arg("-c").arg(cmd).current_dir(root));
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// True when `p` (in a layer) has xattr `name`.
 fn has_xattr(p: &Path, name: &str) -> bool {
     let mut buf = [0u8; 256];
     rustix::fs::lgetxattr(p, name, &mut buf).is_ok()
-}
-
-/// `st_blocks` of `p`.
-fn blocks(p: &Path) -> u64 {
-    fs::symlink_metadata(p).unwrap().blocks()
 }
 
 /// The lower layer: a big file, small files, a tree.
@@ -51,19 +35,13 @@ fn lower(f: &Fixture) -> PathBuf {
 /// An upper the kernel made with `metacopy=on`: chown, chmod, utimes, setxattr of lower
 /// files, a rename (an absolute redirect) and a hard link of one.
 fn kernel_upper(f: &Fixture, l: &Path) -> PathBuf {
-    let u = f.path("ku");
-    let k = f.path("k-session");
-    let w = f.path("kw");
-    let _m = KernelMount::new(
-        &format!("{},metacopy=on,redirect_dir=on,index=off", rw(&[l], &u, &w)),
-        &k,
-    );
-    sh(
-        &k,
+    kernel_metacopy_upper(
+        f,
+        l,
+        "ku",
         "chown 123:45 big && chmod 0600 a/f && touch -h -d 2001-02-03 a/g \
          && setfattr -n user.x -v y a/h && mv r a/r2 && ln a/f a/f-link",
-    );
-    u
+    )
 }
 
 const PATHS: &[&str] = &["big", "a/f", "a/g", "a/h", "a/r2", "a/f-link", "r"];

@@ -41,8 +41,23 @@ const fn opt(
 pub const MOUNT_OPTIONS: &[MountOption] = &[
     opt(
         &["lowerdir"],
-        Some("DIR[:DIR...]"),
-        "The lower layers, topmost first (required). \\: is a literal colon.",
+        Some("DIR[:DIR...][::DATADIR...]"),
+        "The lower layers, topmost first (required). \\: is a literal colon. Layers after \
+         a :: are data-only: never part of the tree, only the data of lower metacopy files \
+         that redirect there by absolute path (composefs images); no ordinary layer may \
+         follow one.",
+    ),
+    opt(
+        &["lowerdir+"],
+        Some("DIR"),
+        "Appends one lower layer, taken as written (the kernel's new mount API form; \
+         repeatable, not after lowerdir= nor after a datadir+).",
+    ),
+    opt(
+        &["datadir+"],
+        Some("DIR"),
+        "Appends one data-only lower layer (repeatable, not after lowerdir=; at least one \
+         ordinary lower layer is required).",
     ),
     opt(
         &["upperdir"],
