@@ -66,6 +66,7 @@ fn open(lowers: &[PathBuf], negative_cache: usize) -> Overlay {
             passthrough: stratafs::config::Passthrough::All,
             redirect_dir: stratafs::config::RedirectDir::Off,
             metacopy: false,
+            verity: stratafs::config::Verity::Off,
             udba_watches: None,
         },
     )

@@ -106,6 +106,21 @@ impl RedirectDir {
     }
 }
 
+/// `verity=` (the kernel's): whether the fs-verity digest a metacopy file records of its
+/// data is checked when the data is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verity {
+    /// Digests are not checked (nor recorded at copy-ups).
+    #[default]
+    Off,
+    /// A recorded digest must match the data's fs-verity digest; copy-ups record the
+    /// digest of data with fs-verity.
+    On,
+    /// As `On`, and a metacopy file without a digest is refused; a copy-up of data
+    /// without fs-verity copies the data.
+    Require,
+}
+
 /// `markers=` (stratafs): which opaque and copy-up markers are written in the upper layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Markers {
@@ -256,6 +271,8 @@ pub struct MountConfig {
     /// `metacopy=on|off`: as given (`None`: not given, which is off); see
     /// [`MountConfig::metacopy_on`].
     pub metacopy: Option<bool>,
+    /// `verity=off|on|require`.
+    pub verity: Verity,
     /// `userxattr`: the overlay's own xattrs are the `user.overlay.*` ones even as root, as
     /// with the kernel's option (an upper shared with rootless kernel mounts).
     pub userxattr: bool,
@@ -312,6 +329,7 @@ impl MountConfig {
             plugins: Vec::new(),
             redirect_dir: None,
             metacopy: None,
+            verity: Verity::Off,
             userxattr: false,
             context: None,
             kernel_flags: Vec::new(),

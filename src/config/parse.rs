@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::{
     ConfigError, IdMapping, Invocation, KernelFlag, Markers, MountConfig, Passthrough, RedirectDir,
-    Udba, Xino,
+    Udba, Verity, Xino,
 };
 
 /// Parses the command line (without argv\[0\]) into what it asks for.
@@ -256,6 +256,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "plugins",
     "redirect_dir",
     "metacopy",
+    "verity",
     "userxattr",
     "context",
     "fsname",
@@ -533,6 +534,14 @@ fn apply_option(
                 "off" => false,
                 _ => return Err(bad(key, "expected on or off")),
             })
+        }
+        "verity" => {
+            cfg.verity = match utf8_value(key, value)? {
+                "off" => Verity::Off,
+                "on" => Verity::On,
+                "require" => Verity::Require,
+                _ => return Err(bad(key, "expected off, on or require")),
+            }
         }
         "context" => cfg.context = Some(utf8_value(key, value)?.to_string()),
         "fsname" => {

@@ -211,6 +211,27 @@ pub fn metacopy_value_ok(v: &[u8]) -> bool {
     v.is_empty() || v.len() >= METACOPY_HEADER
 }
 
+/// The fs-verity digest an `overlay.metacopy` value records, as the kernel reads it: the
+/// hash algorithm (`FS_VERITY_HASH_ALG_*`, 0 for none) and the digest, whose size the
+/// header's length field gives. `None` for the empty form and a header without an
+/// algorithm.
+pub fn metacopy_digest(v: &[u8]) -> Option<(u8, &[u8])> {
+    let (&len, &algo) = (v.get(1)?, v.get(3)?);
+    if algo == 0 {
+        return None;
+    }
+    let end = usize::from(len).clamp(METACOPY_HEADER, v.len());
+    Some((algo, &v[METACOPY_HEADER..end]))
+}
+
+/// The `overlay.metacopy` value that records fs-verity digest `digest` of hash algorithm
+/// `algo`: the versioned header (version 0, length, no flags, algorithm), then the digest.
+pub fn metacopy_with_digest(algo: u8, digest: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, (METACOPY_HEADER + digest.len()) as u8, 0, algo];
+    v.extend_from_slice(digest);
+    v
+}
+
 /// True for an opaque-xattr value that marks a directory as holding xattr whiteouts (Linux
 /// 6.7+): not opaque, but its empty regular files with `overlay.whiteout` are whiteouts.
 pub fn is_xwhiteouts_value(v: &[u8]) -> bool {
@@ -225,6 +246,17 @@ pub fn is_opaque_value(v: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metacopy_digests() {
+        assert_eq!(metacopy_digest(b""), None);
+        assert_eq!(metacopy_digest(&[0, 4, 0, 0]), None);
+        let v = metacopy_with_digest(1, &[0xab; 32]);
+        assert_eq!(&v[..4], &[0, 36, 0, 1]);
+        assert_eq!(metacopy_digest(&v), Some((1, &[0xab; 32][..])));
+        // A length field past the value's end reads what is there.
+        assert_eq!(metacopy_digest(&[0, 40, 0, 2, 7]), Some((2, &[7][..])));
+    }
 
     #[test]
     fn whiteout_names() {

@@ -97,7 +97,18 @@ impl Overlay {
     /// Copies non-directory `node` up (its data too unless `with_data` is false, for an open
     /// with `O_TRUNC` or a truncate to zero). Concurrent callers produce one copy.
     pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Result<()> {
+        self.check_before_copy_up(node)?;
         self.copy_up_as(node, with_data, false)
+    }
+
+    /// With `verity=on|require`, the data of a metacopy file is checked before any copy-up
+    /// of it, as the kernel's copy-up checks it (`EIO`: see [`Overlay::check_verity`]).
+    fn check_before_copy_up(&self, node: &Node) -> Result<()> {
+        if self.opts.verity == crate::config::Verity::Off || !self.is_metacopy_node(node) {
+            return Ok(());
+        }
+        self.open_data(node, &node.location(), OFlags::RDONLY)
+            .map(drop)
     }
 
     /// Copies `node` up for a change of its metadata alone (chmod, chown, utimes, xattrs,
@@ -107,6 +118,7 @@ impl Overlay {
     /// writing or a truncate copies it. Anything else is copied up whole.
     pub(crate) fn copy_up_meta(&self, node: &Arc<Node>) -> Result<()> {
         let meta = self.opts.metacopy && node.kind == FileKind::Regular;
+        self.check_before_copy_up(node)?;
         if meta && Overlay::in_upper(node) {
             return Ok(());
         }
@@ -258,9 +270,10 @@ impl Overlay {
 
     /// Builds the metadata-only copy of regular file `name` (in `src_dir`) as `tmp` in the
     /// work directory: no data, the size of `st`, and an empty `overlay.metacopy` (the
-    /// kernel's form without an fs-verity digest). Where the upper filesystem takes no such
-    /// xattr the data is copied after all (as the kernel turns metacopy off there): false
-    /// then.
+    /// kernel's form without an fs-verity digest; with `verity=on|require` the data's
+    /// digest where it has one). Where the upper filesystem takes no such xattr, or
+    /// `verity=require` finds no digest, the data is copied after all (as the kernel's
+    /// copy-up does): false then.
     fn stage_meta_copy(
         &self,
         node: &Node,
@@ -272,27 +285,36 @@ impl Overlay {
         let (_, work) = self.writable()?;
         let src =
             sys::open_beneath(src_dir, name.as_bytes(), OFlags::PATH).ctx("copy up open", name)?;
+        let loc = node.location();
+        let open_data = || -> Result<OwnedFd> {
+            if Overlay::is_metacopy_loc(node.kind, &loc) {
+                self.open_data(node, &loc, OFlags::RDONLY)
+            } else {
+                Ok(sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)
+                    .ctx("copy up open", name)?)
+            }
+        };
+        let value = match self.opts.verity {
+            crate::config::Verity::Off => Some(Vec::new()),
+            _ => self.metacopy_value_for(open_data()?.as_fd())?,
+        };
         let dst =
             sys::create_file(work.fd(), tmp, OFlags::RDWR, 0o600).ctx("copy up create", name)?;
-        let meta = match sys::set_xattr(dst.as_fd(), self.layers.xattrs().metacopy(), b"", 0) {
-            Ok(()) => true,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+        let meta = match value
+            .map(|v| sys::set_xattr(dst.as_fd(), self.layers.xattrs().metacopy(), &v, 0))
+        {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
                 tracing::debug!(?name, error = %e, "no metacopy xattr: the data is copied");
                 false
             }
-            Err(e) => return Err(e).ctx("copy up metacopy", name),
+            Some(Err(e)) => return Err(e).ctx("copy up metacopy", name),
         };
         if meta {
             sys::truncate(dst.as_fd(), st.size).ctx("copy up size", name)?;
         } else if st.size > 0 {
-            let loc = node.location();
-            let data = if Overlay::is_metacopy_loc(node.kind, &loc) {
-                self.open_data(node, &loc, OFlags::RDONLY)?
-            } else {
-                sys::open_beneath(src_dir, name.as_bytes(), OFlags::RDONLY)
-                    .ctx("copy up open", name)?
-            };
-            copy_data(data.as_fd(), dst.as_fd(), st.size).ctx("copy up data", name)?;
+            copy_data(open_data()?.as_fd(), dst.as_fd(), st.size).ctx("copy up data", name)?;
         }
         self.copy_meta(src.as_fd(), dst.as_fd(), work.fd(), tmp, st)?;
         if self.opts.sync_writes {

@@ -99,6 +99,11 @@ pub enum Error {
     /// kernel's lookup answers).
     #[error("metacopy file has too small xattr")]
     BadMetacopy,
+    /// `verity=on|require`: the data of a metacopy file does not have the fs-verity digest
+    /// the file records (or has none), or `require` finds no digest recorded (`EIO`, as
+    /// the kernel's open answers).
+    #[error("fs-verity: {0}")]
+    Verity(&'static str),
 }
 
 /// Shows a [`Error::Syscall`]'s name after its operation, quoted and escaped, or nothing
@@ -141,7 +146,7 @@ impl Error {
             Error::NoXattr => libc::ENODATA,
             Error::XattrUnsupported => libc::ENOTSUP,
             Error::Raced => libc::EAGAIN,
-            Error::NoLowerData | Error::BadMetacopy => libc::EIO,
+            Error::NoLowerData | Error::BadMetacopy | Error::Verity(_) => libc::EIO,
         }
     }
 
@@ -154,7 +159,7 @@ impl Error {
             Error::Syscall { .. } | Error::Io(_) => errno_level(self.errno()),
             Error::NotFound | Error::NoXattr | Error::Raced => Level::TRACE,
             Error::NodeCycle => Level::ERROR,
-            Error::NoLowerData | Error::BadMetacopy => Level::WARN,
+            Error::NoLowerData | Error::BadMetacopy | Error::Verity(_) => Level::WARN,
             Error::StaleNode(_)
             | Error::ReadOnly
             | Error::ReservedName

@@ -19,6 +19,7 @@ use rustix::fs::OFlags;
 
 use super::redirect::Redirect;
 use super::{Context, Error, Overlay, Result};
+use crate::config::Verity;
 use crate::inode::{LayerPath, Location, Node};
 use crate::layer::{Layer, LayerIdx};
 use crate::sys::{self, FileKind, Stat};
@@ -133,7 +134,8 @@ impl Overlay {
         })
     }
 
-    /// Opens the data of metacopy node `node` (at `loc`) read-only.
+    /// Opens the data of metacopy node `node` (at `loc`) read-only, checking its fs-verity
+    /// digest with `verity=on|require` (see [`Overlay::check_verity`]).
     pub(crate) fn open_data(&self, node: &Node, loc: &Location, flags: OFlags) -> Result<OwnedFd> {
         let (dir, name) = self.data_place(node, loc)?;
         let fd = match sys::open_beneath(dir.as_fd(), name.as_bytes(), flags) {
@@ -142,7 +144,60 @@ impl Overlay {
             }
             r => r,
         };
-        fd.ctx("open metacopy data", &name)
+        let fd = fd.ctx("open metacopy data", &name)?;
+        self.check_verity(node, loc, fd.as_fd())?;
+        Ok(fd)
+    }
+
+    /// With `verity=on|require`, checks the data of metacopy node `node` (at `loc`, open as
+    /// `data`) against the fs-verity digest its topmost metacopy file records, as the
+    /// kernel does at every open and before a copy-up: `EIO` where the data has no
+    /// fs-verity or another digest, and with `require` where no digest is recorded.
+    pub(crate) fn check_verity(
+        &self,
+        node: &Node,
+        loc: &Location,
+        data: BorrowedFd<'_>,
+    ) -> Result<()> {
+        if self.opts.verity == Verity::Off {
+            return Ok(());
+        }
+        let top = loc.top().ok_or(Error::StaleNode(node.id))?;
+        let layer = self.layers.get(top).ok_or(Error::StaleNode(node.id))?;
+        let dir = self.dir_fd(&*self.node(loc.parent)?, top)?;
+        let value = crate::layer::metacopy_xattr(dir.as_fd(), &loc.name, layer.xattrs)?;
+        let Some((algo, digest)) = value
+            .as_deref()
+            .and_then(crate::layer::format::metacopy_digest)
+        else {
+            return match self.opts.verity {
+                Verity::Require => Err(Error::Verity("the metacopy file records no digest")),
+                _ => Ok(()),
+            };
+        };
+        match sys::measure_verity(data)? {
+            None => Err(Error::Verity("the data has no fs-verity digest")),
+            Some((a, d)) if a == u16::from(algo) && d == digest => Ok(()),
+            Some(_) => Err(Error::Verity("the data has another fs-verity digest")),
+        }
+    }
+
+    /// The `overlay.metacopy` value a metadata copy of a file whose data is `data` gets:
+    /// empty, or with `verity=on|require` the data's fs-verity digest where it has one.
+    /// `None` where `verity=require` finds none: the data is then copied, as the kernel's
+    /// copy-up does.
+    pub(crate) fn metacopy_value_for(&self, data: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+        if self.opts.verity == Verity::Off {
+            return Ok(Some(Vec::new()));
+        }
+        Ok(match sys::measure_verity(data)? {
+            Some((algo, digest)) => Some(crate::layer::format::metacopy_with_digest(
+                u8::try_from(algo).unwrap_or(0),
+                &digest,
+            )),
+            None if self.opts.verity == Verity::Require => None,
+            None => Some(Vec::new()),
+        })
     }
 
     /// `st_blocks` of the data of metacopy node `node` (at `loc`, its own attributes

@@ -135,6 +135,8 @@ pub struct Options {
     /// `metacopy=on`: metacopy files are followed to their data, and metadata changes of
     /// lower regular files copy up metadata alone.
     pub metacopy: bool,
+    /// `verity=`: whether metacopy files' fs-verity digests are checked and recorded.
+    pub verity: crate::config::Verity,
     /// `udba=notify`: watch at most this many layer directories (`udba_watches=`).
     pub udba_watches: Option<usize>,
 }
@@ -158,6 +160,7 @@ impl Options {
             passthrough: cfg.passthrough,
             redirect_dir: cfg.redirect_mode(),
             metacopy: cfg.metacopy_on(),
+            verity: cfg.verity,
             udba_watches: (cfg.udba == crate::config::Udba::Notify).then_some(cfg.udba_watches),
         }
     }

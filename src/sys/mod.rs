@@ -282,6 +282,54 @@ pub fn set_fs_xattr(fd: BorrowedFd<'_>, attr: [u8; FSXATTR_SIZE]) -> io::Result<
     .map_err(io::Error::from)
 }
 
+/// The largest fs-verity digest (SHA-512), in bytes.
+pub const VERITY_MAX_DIGEST: usize = 64;
+
+/// The fs-verity digest of the file `fd` is open on (`FS_IOC_MEASURE_VERITY`): its hash
+/// algorithm (`FS_VERITY_HASH_ALG_*`: 1 for SHA-256, 2 for SHA-512) and the digest. `None`
+/// when the file has no fs-verity, or its filesystem or the kernel has none.
+pub fn measure_verity(fd: BorrowedFd<'_>) -> io::Result<Option<(u16, Vec<u8>)>> {
+    // _IOWR('f', 134, struct fsverity_digest): the struct is a 4-byte header (algorithm,
+    // digest size) followed by as many digest bytes as its size field says there is room
+    // for, which the opcode's size cannot encode.
+    const FS_IOC_MEASURE_VERITY: u32 = 0xc004_6686;
+    let mut buf = [0u8; 4 + VERITY_MAX_DIGEST];
+    buf[2..4].copy_from_slice(&(VERITY_MAX_DIGEST as u16).to_ne_bytes());
+    // SAFETY: the kernel reads the 4-byte header at the pointer, whose digest size field
+    // says VERITY_MAX_DIGEST bytes follow (`buf` has them), and writes the header and at
+    // most that many digest bytes back; `buf` is alive and borrowed mutably for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_MEASURE_VERITY as _, buf.as_mut_ptr()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA | libc::EOPNOTSUPP | libc::ENOTTY) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let algo = u16::from_ne_bytes([buf[0], buf[1]]);
+    let size = usize::from(u16::from_ne_bytes([buf[2], buf[3]])).min(VERITY_MAX_DIGEST);
+    Ok(Some((algo, buf[4..4 + size].to_vec())))
+}
+
+/// Turns fs-verity on for the file `fd` is open on (read-only, no writer anywhere):
+/// SHA-256, 4096-byte blocks, no salt nor signature (`FS_IOC_ENABLE_VERITY`, as
+/// `fsverity enable` does by default). For tests and tools that build layers.
+pub fn enable_verity(fd: BorrowedFd<'_>) -> io::Result<()> {
+    const SIZE: usize = 128;
+    const ENABLE: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<[u8; SIZE]>(b'f', 133);
+    // struct fsverity_enable_arg: version 1, hash algorithm 1 (SHA-256), block size, then
+    // salt and signature sizes and pointers, all zero.
+    let mut arg = [0u8; SIZE];
+    arg[0..4].copy_from_slice(&1u32.to_ne_bytes());
+    arg[4..8].copy_from_slice(&1u32.to_ne_bytes());
+    arg[8..12].copy_from_slice(&4096u32.to_ne_bytes());
+    // SAFETY: the kernel reads one 128-byte struct fsverity_enable_arg from the value the
+    // Setter holds (its size is in the opcode); its pointer fields are null with zero
+    // sizes, so nothing else is read.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Setter::<ENABLE, [u8; SIZE]>::new(arg)) }
+        .map_err(io::Error::from)
+}
+
 /// Size of one message of stratafs's control channel (`crate::control`): what its ioctl
 /// command encodes, and so what the kernel copies in and out (14 bits of size at most).
 pub const CONTROL_SIZE: usize = 16320;
@@ -1328,6 +1376,16 @@ pub fn truncate_path(path: &std::path::Path, len: u64) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A file without fs-verity (or on a filesystem or kernel without it) measures as none.
+    #[test]
+    fn a_file_without_verity_has_no_digest() {
+        let f = tempfile::tempfile().expect("tempfile");
+        assert_eq!(
+            super::measure_verity(std::os::fd::AsFd::as_fd(&f)).expect("measure"),
+            None
+        );
+    }
+
     /// The test harness runs each test on a thread of its own, so this process has several:
     /// `fork` must refuse rather than leave the child a lock held by a thread it lacks.
     #[test]

@@ -11,6 +11,7 @@ mod dataonly;
 mod metacopy;
 mod redirect;
 mod userxattr;
+mod verity;
 mod xwhiteout;
 
 use std::fs;

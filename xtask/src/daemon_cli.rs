@@ -208,6 +208,17 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
          fails with EPERM, as the kernel's.",
     ),
     opt(
+        &["verity"],
+        Some("off|on|require"),
+        "on: the fs-verity digest a metacopy file records (overlay.metacopy) is checked \
+         against its data at every open and before a copy-up: EIO where the data has no \
+         fs-verity or another digest; a metadata copy-up records the digest of data with \
+         fs-verity. require: also EIO for a metacopy file that records no digest, and a \
+         copy-up of data without fs-verity copies the data. off (default): digests are \
+         neither checked nor recorded. Metacopy files are followed only with metacopy=on \
+         (or into data-only layers), as the kernel's.",
+    ),
+    opt(
         &["writeback"],
         Some("0|1"),
         "1 (default): where FUSE passthrough is not used, the kernel's writeback cache gathers \
