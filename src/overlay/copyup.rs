@@ -101,14 +101,17 @@ impl Overlay {
         self.copy_up_as(node, with_data, false)
     }
 
-    /// With `verity=on|require`, the data of a metacopy file is checked before any copy-up
-    /// of it, as the kernel's copy-up checks it (`EIO`: see [`Overlay::check_verity`]).
+    /// The data of a metacopy file is opened before any copy-up of it, as the kernel's
+    /// copy-up first looks up the data in a data-only layer (`ENOENT` where it is missing)
+    /// and, with `verity=on|require`, checks it (`EIO`: see [`Overlay::check_verity`]).
     fn check_before_copy_up(&self, node: &Node) -> Result<()> {
-        if self.opts.verity == crate::config::Verity::Off || !self.is_metacopy_node(node) {
+        let loc = node.location();
+        if !Overlay::is_metacopy_loc(node.kind, &loc)
+            || (self.opts.verity == crate::config::Verity::Off && !self.in_data_only(&loc))
+        {
             return Ok(());
         }
-        self.open_data(node, &node.location(), OFlags::RDONLY)
-            .map(drop)
+        self.open_data(node, &loc, OFlags::RDONLY).map(drop)
     }
 
     /// Copies `node` up for a change of its metadata alone (chmod, chown, utimes, xattrs,

@@ -217,7 +217,7 @@ impl Overlay {
     }
 
     /// True when the data of the metacopy file at `loc` is in a data-only layer.
-    fn in_data_only(&self, loc: &Location) -> bool {
+    pub(crate) fn in_data_only(&self, loc: &Location) -> bool {
         loc.layers
             .get(1)
             .is_some_and(|li| self.layers.data_only().contains(li))

@@ -295,3 +295,46 @@ fn sparse_data_shows_its_blocks_before_the_first_open() {
         "the kernel, once it opened the data"
     );
 }
+
+/// A copy-up of a metacopy file whose data a data-only layer was to have and has not fails
+/// with `ENOENT` (the kernel looks the data up before any copy-up), metadata copy-ups
+/// included; a found one copies up. (A metadata copy-up used to succeed here.)
+#[test]
+fn copy_up_of_a_file_whose_data_is_missing_fails_like_the_kernel() {
+    if !can_compare() {
+        return;
+    }
+    let (f, d, ok) = servable_stack();
+    fs::remove_file(d.join("t/x/1")).unwrap();
+    let (us, uk, ws, wk) = (f.path("us"), f.path("uk"), f.path("ws"), f.path("wk"));
+    let with = |u: &Path, w: &Path| {
+        format!(
+            "lowerdir={}::{},upperdir={},workdir={},metacopy=on",
+            ok.display(),
+            d.display(),
+            u.display(),
+            w.display()
+        )
+    };
+    let (m, k) = (f.path("m"), f.path("k"));
+    let _s = Mount::new(&with(&us, &ws), &m);
+    let _km = KernelMount::new(&format!("{},index=off", with(&uk, &wk)), &k);
+    for (what, p) in [("missing data", "one"), ("found data", "t3")] {
+        let chmod = |root: &Path| {
+            errno_of(fs::set_permissions(
+                root.join(p),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            ))
+        };
+        let link = |root: &Path| errno_of(fs::hard_link(root.join(p), root.join("l")));
+        let rename = |root: &Path| errno_of(fs::rename(root.join(p), root.join("b/r")));
+        let ours = (chmod(&m), link(&m), rename(&m));
+        assert_eq!(ours, (chmod(&k), link(&k), rename(&k)), "{what}");
+        if p == "one" {
+            assert_eq!(ours.0, Err(libc::ENOENT), "{what}");
+        }
+        let _ = fs::remove_file(m.join("l"));
+        let _ = fs::remove_file(k.join("l"));
+    }
+    assert_same_tree(&snapshot(&m), &snapshot(&k), "after the copy-ups");
+}
