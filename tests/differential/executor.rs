@@ -283,6 +283,12 @@ impl Side {
         for (l, entries) in lowers.iter().zip(&case.lowers) {
             materialize(entries, l);
         }
+        if let (true, Some(bottom)) = (data_only_bottom(&case.features), lowers.last()) {
+            // The bottom layer becomes a data-only layer under a metadata layer of it.
+            let data = dir.join("data");
+            std::fs::rename(bottom, &data).unwrap();
+            metadata_layer(&data, bottom);
+        }
         let s = Side {
             lowers,
             upper: dir.join("u"),
@@ -395,9 +401,12 @@ pub(crate) fn run_case(
         Duration::from_secs(120),
     );
     let feat = case.features.clone();
-    let ours_opts = |l: &[PathBuf], u: &Path, w: &Path| with_features(&rw_opts(l, u, w), &feat);
-    let kernel_opts =
-        |l: &[PathBuf], u: &Path, w: &Path| with_features(&kernel_rw_opts(l, u, w), &feat);
+    let ours_opts = |l: &[PathBuf], u: &Path, w: &Path| {
+        with_data_layer(&with_features(&rw_opts(l, u, w), &feat), l, &feat)
+    };
+    let kernel_opts = |l: &[PathBuf], u: &Path, w: &Path| {
+        with_data_layer(&with_features(&kernel_rw_opts(l, u, w), &feat), l, &feat)
+    };
     let ours = stratafs_mount(&ours_opts(&s.lowers, &s.upper, &s.work), &s.mnt)?;
     let kernel = kernel_mount(&kernel_opts(&k.lowers, &k.upper, &k.work), &k.mnt)?;
 
@@ -526,10 +535,83 @@ pub(crate) fn run_case(
     }
 }
 
+/// The feature (not a mount option) that makes the case's bottom lower layer a data-only
+/// layer under a metadata layer made of it, composefs style (see [`metadata_layer`]).
+pub(crate) const DATA_ONLY_BOTTOM: &str = "data-only-bottom";
+
+fn data_only_bottom(features: &str) -> bool {
+    features.split(',').any(|f| f == DATA_ONLY_BOTTOM)
+}
+
+/// `opts` with the data-only layer beside the bottom of `lowers` added (`lowerdir=...::D`)
+/// where `features` ask for one.
+fn with_data_layer(opts: &str, lowers: &[PathBuf], features: &str) -> String {
+    let data = lowers
+        .last()
+        .and_then(|l| l.parent())
+        .map(|d| d.join("data"));
+    match data {
+        Some(d) if data_only_bottom(features) => opts
+            .split(',')
+            .map(|p| match p.strip_prefix("lowerdir=") {
+                Some(_) => format!("{p}::{}", d.display()),
+                None => p.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => opts.to_string(),
+    }
+}
+
+/// Makes `meta` a metadata layer of layer `data`, as composefs images are made: a copy of
+/// its tree in which every regular file (but whiteouts) is a sparse metacopy file of the
+/// same size, metadata and times, with an absolute `overlay.redirect` to its own path, so
+/// that its data comes from `data` mounted as a data-only layer.
+fn metadata_layer(data: &Path, meta: &Path) {
+    copy_tree(data, meta);
+    let mut stack = vec![meta.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            if !md.is_file()
+                || name.starts_with(".wh.")
+                || xattr(&p, "trusted.overlay.whiteout").is_some()
+                || xattr(&p, "trusted.overlay.metacopy").is_some()
+            {
+                continue;
+            }
+            let rel = p.strip_prefix(meta).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(0).unwrap();
+            f.set_len(md.len()).unwrap();
+            let times = std::fs::FileTimes::new()
+                .set_accessed(md.accessed().unwrap())
+                .set_modified(md.modified().unwrap());
+            f.set_times(times).unwrap();
+            let redirect = format!("/{}", rel.display());
+            for (k, v) in [
+                ("trusted.overlay.metacopy", &b""[..]),
+                ("trusted.overlay.redirect", redirect.as_bytes()),
+            ] {
+                rustix::fs::lsetxattr(&p, k, v, rustix::fs::XattrFlags::empty()).unwrap();
+            }
+        }
+    }
+}
+
 /// `opts` with each `key=value` of `features` in place of the same key's value (or added).
 pub(crate) fn with_features(opts: &str, features: &str) -> String {
     let mut parts: Vec<String> = opts.split(',').map(str::to_string).collect();
-    for f in features.split(',').filter(|f| !f.is_empty()) {
+    for f in features
+        .split(',')
+        .filter(|f| !f.is_empty() && *f != DATA_ONLY_BOTTOM)
+    {
         let key = f.split('=').next().unwrap_or(f);
         match parts.iter_mut().find(|p| p.split('=').next() == Some(key)) {
             Some(p) => *p = f.to_string(),

@@ -7,7 +7,8 @@
 //! Knobs (environment):
 //! - `STRATAFS_DIFF_CASES=N`: how many seeds to run (default 300, about 30 s; 150 for
 //!   each run with a feature on, such as `differential_random_redirect_dir` and
-//!   `differential_random_metacopy`).
+//!   `differential_random_metacopy`; 100 for `differential_random_data_only`, whose bottom
+//!   lower layer is split into a metadata layer over a data-only layer).
 //! - `STRATAFS_DIFF_BASE=N`: the first seed (default 1); seeds `BASE..BASE+N` run.
 //! - `STRATAFS_DIFF_SEED=N`: replay exactly one seed.
 //! - `STRATAFS_DIFF_OPS=N`: operations per case (default 30).
@@ -74,6 +75,20 @@ fn differential_random_metacopy() {
         "metacopy=on,redirect_dir=on",
         150,
         "differential_random_metacopy",
+    );
+}
+
+/// The same random cases with the bottom lower layer split composefs style into a metadata
+/// layer (sparse metacopy files with absolute redirects) over a data-only layer
+/// (`lowerdir=...::DATA`), with `metacopy=on,redirect_dir=on` on both sides (issue 18 item
+/// 4): each side reads the data through the redirects, copies it up from the data-only
+/// layer, and reads the upper the other wrote.
+#[test]
+fn differential_random_data_only() {
+    differential(
+        "metacopy=on,redirect_dir=on,data-only-bottom",
+        100,
+        "differential_random_data_only",
     );
 }
 
