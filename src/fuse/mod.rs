@@ -700,10 +700,9 @@ impl StrataFs {
         let fh = self.add_handle(Handle::Dir(Arc::new(DirHandle::default())));
         // The kernel caches the entries per inode, filled by whichever handle reads;
         // offsets are name cookies served from the current listing, so every handle
-        // fills it alike. The kernel drops its cache by itself when a change goes
-        // through the mount; after a change it cannot see (a copy-up reorders the
-        // merge) the last listing handed out is no longer current, and the open then
-        // asks it to drop the cache.
+        // fills it alike. It is kept across opens only for a directory unchanged since
+        // it was first listed (see `Node::listed_is_current`): otherwise the open asks
+        // the kernel to drop it.
         let mut flags = fopen::CACHE_DIR;
         if self.overlay.listing_is_current(ino) {
             flags |= fopen::KEEP_CACHE;

@@ -177,7 +177,7 @@ pub struct Node {
     /// Changes whenever the entries of this directory change (unique across all nodes, so a
     /// listing tagged with it can never be taken for another node's).
     version: AtomicU64,
-    /// The version of the last listing of this directory handed out from offset 0.
+    /// The version of the first listing of this directory handed out from offset 0.
     listed: AtomicU64,
     /// The table's epoch when a request last used this node (see [`NodeTable::cold`]).
     touched: AtomicU32,
@@ -266,12 +266,20 @@ impl Node {
     }
 
     /// Records that a listing of `version` was handed to a reader starting at offset 0.
+    /// Only the first one is kept: see [`Node::listed_is_current`].
     pub fn set_listed(&self, version: u64) {
-        self.listed.store(version, Ordering::Release);
+        let _ = self
+            .listed
+            .compare_exchange(0, version, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// True when the last listing handed out is of the current version: whatever the kernel
-    /// cached from it is still right.
+    /// True when the directory has not changed since its first listing was handed out, so
+    /// every listing the kernel may have cached from is of the current version. (The last
+    /// one handed out being current is not enough: the kernel's readdir cache can be
+    /// filled by a reader whose listing was taken before a change and stamped with the
+    /// directory's state after it, when another reader starts at offset 0 while that
+    /// reply is in flight; a directory changed once it was listed never has its cache
+    /// kept across opens again.)
     pub fn listed_is_current(&self) -> bool {
         self.listed.load(Ordering::Acquire) == self.dir_version()
     }

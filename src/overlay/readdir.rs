@@ -195,10 +195,9 @@ impl Overlay {
             .unwrap_or(false)
     }
 
-    /// True when the directory has not changed since its last listing was handed out, so
-    /// the kernel may keep a directory cache it filled from an earlier open. (Changes made
-    /// through the mount also make the kernel drop its cache by itself; this catches the
-    /// ones it cannot see, such as a copy-up.)
+    /// True when the directory has not changed since its first listing was handed out, so
+    /// the kernel may keep a directory cache it filled from an earlier open (see
+    /// [`crate::inode::Node::listed_is_current`]).
     pub fn listing_is_current(&self, ino: NodeId) -> bool {
         self.nodes
             .get(ino)

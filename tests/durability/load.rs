@@ -59,6 +59,10 @@ pub(crate) struct Client {
     /// Owned lower files: relative path -> expected content (None once deleted).
     pub(crate) owned_lower: BTreeMap<PathBuf, Option<Vec<u8>>>,
     pub(crate) errors: Vec<String>,
+    /// How each name this client had left it (the operation, and how many steps ago), to
+    /// explain a listing that still shows it.
+    pub(crate) gone: BTreeMap<PathBuf, (String, u64)>,
+    pub(crate) steps: u64,
 }
 
 impl Client {
@@ -82,6 +86,8 @@ impl Client {
             links: BTreeMap::new(),
             owned_lower,
             errors: Vec::new(),
+            gone: BTreeMap::new(),
+            steps: 0,
         }
     }
 
@@ -109,6 +115,7 @@ impl Client {
 
     /// One random operation.
     pub(crate) fn step(&mut self) {
+        self.steps += 1;
         let m = self.mnt.clone();
         let own_file = self.pick(self.files.keys().cloned().collect());
         match self.rng.below_u64(20) {
@@ -162,6 +169,7 @@ impl Client {
                 let to = self.new_name("f");
                 let r = fs::rename(m.join(&rel), m.join(&to)).and_then(|()| left_behind(&m, &rel));
                 self.check(&format!("rename {} {}", rel.display(), to.display()), r);
+                self.left(&rel, format!("renamed to {}", to.display()));
                 let c = self.files.remove(&rel).unwrap();
                 self.files.insert(to, c);
             }
@@ -178,6 +186,7 @@ impl Client {
                     &format!("rename over {} {}", rel.display(), to.display()),
                     r,
                 );
+                self.left(&rel, format!("renamed over {}", to.display()));
                 let c = self.files.remove(&rel).unwrap();
                 self.files.insert(to, c);
             }
@@ -185,6 +194,7 @@ impl Client {
                 let Some(rel) = own_file else { return };
                 let r = fs::remove_file(m.join(&rel));
                 self.check(&format!("unlink {}", rel.display()), r);
+                self.left(&rel, "unlinked".into());
                 self.files.remove(&rel);
             }
             9 => {
@@ -336,6 +346,11 @@ impl Client {
 
     /// What the mount and the upper layer say of `names` of `dir` now, and whether a second
     /// listing agrees with the first: tells a stale listing from a wrong model.
+    /// Records that `rel` left this client's names by `how`.
+    pub(crate) fn left(&mut self, rel: &Path, how: String) {
+        self.gone.insert(rel.to_path_buf(), (how, self.steps));
+    }
+
     pub(crate) fn explain(&self, dir: &Path, names: &[&PathBuf]) -> String {
         let again: BTreeSet<PathBuf> = fs::read_dir(self.mnt.join(dir))
             .map(|rd| rd.flatten().map(|e| dir.join(e.file_name())).collect())
@@ -345,8 +360,12 @@ impl Client {
             .map(|n| {
                 let through = fs::symlink_metadata(self.mnt.join(n)).map(|m| m.ino());
                 let on_disk = fs::symlink_metadata(self.upper.join(n)).map(|m| m.ino());
+                let how = match self.gone.get(*n) {
+                    Some((how, at)) => format!(", {how} {} steps ago", self.steps - at),
+                    None => String::new(),
+                };
                 format!(
-                    "{}: lstat {:?}, upper {:?}, listed again {}",
+                    "{}: lstat {:?}, upper {:?}, listed again {}{how}",
                     n.display(),
                     through.map_err(|e| e.kind()),
                     on_disk.map_err(|e| e.kind()),
