@@ -122,7 +122,7 @@ impl Overlay {
                 // Failed where the node no longer is, or on what its name holds instead.
                 Err(e)
                     if e.os_error().is_some()
-                        && raced
+                        && (raced || opened_a_device(&e))
                         && (moved || !self.name_holds_it(&node, &now)) =>
                 {
                     Err(self.not_its_object(&node))
@@ -184,6 +184,8 @@ impl Overlay {
             // A metacopy file is read from its data.
             Ok(_) if checked.is_some() && metacopy => self.open_data(&node, &loc, oflags),
             Ok(_) if checked.is_some() => {
+                #[cfg(test)]
+                tests::BEFORE_OPEN.with(crate::test_hook::Hook::fire);
                 match sys::open_beneath(pfd.as_fd(), loc.name.as_bytes(), oflags) {
                     Err(e)
                         if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 =>
@@ -227,11 +229,15 @@ impl Overlay {
                     Err(self.not_its_object(&node))
                 }
             }
-            Err(e) if raced && e.os_error().is_some() => Err(if self.name_holds_it(&node, &loc) {
-                e
-            } else {
-                self.not_its_object(&node)
-            }),
+            // Something else put at the name behind the mount between the check and the
+            // open (a whiteout, a device: ENXIO, ENODEV) is another object too.
+            Err(e) if (raced || opened_a_device(&e)) && e.os_error().is_some() => {
+                Err(if self.name_holds_it(&node, &loc) {
+                    e
+                } else {
+                    self.not_its_object(&node)
+                })
+            }
             r => r,
         };
         match opened {
@@ -519,5 +525,58 @@ impl XattrHolder {
             XattrHolder::At(at) => at.object(),
             XattrHolder::Kept(fd) => sys::Object::Fd(fd.as_fd()),
         }
+    }
+}
+
+/// True when an open failed as the open of a device node does (`ENXIO`, `ENODEV`): for a
+/// node that is no device, the name then holds something else than was checked.
+fn opened_a_device(e: &Error) -> bool {
+    e.os_error()
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|c| c == libc::ENXIO || c == libc::ENODEV)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use crate::inode::ROOT;
+    use crate::test_hook::Hook;
+
+    thread_local! {
+        /// Run once by this thread's next open of a lower file, between the check of what
+        /// its name holds and the open.
+        pub(super) static BEFORE_OPEN: Hook = Hook::default();
+    }
+
+    /// A lower file replaced by a whiteout behind the mount between the check and the open
+    /// (a refresh race): the open used to open the whiteout and fail with ENXIO; the name
+    /// no longer holds the node's object, so it is ESTALE (or ENOENT), as any other object.
+    #[test]
+    fn a_whiteout_put_at_the_name_before_the_open_is_not_the_nodes() {
+        let (t, ov) = super::super::scratch_overlay(|l, _| {
+            std::fs::write(l.join("f"), "lower").unwrap();
+        });
+        let f = ov.lookup(ROOT, OsStr::new("f")).unwrap();
+        let path = t.path().join("l/f");
+        BEFORE_OPEN.with(|h| {
+            h.arm(move || {
+                std::fs::remove_file(&path).unwrap();
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            })
+        });
+        let r = ov.open(f.node, libc::O_RDONLY);
+        assert!(
+            matches!(&r, Err(e) if [libc::ESTALE, libc::ENOENT].contains(&e.errno())),
+            "{:?}",
+            r.map(|_| ())
+        );
     }
 }
