@@ -13,78 +13,14 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::behind::*;
 use common::*;
-
-/// Two lower layers, an upper and a work directory, the stratafs mount point and one for the
-/// kernel's overlayfs.
-struct Layers {
-    dir: tempfile::TempDir,
-    l1: PathBuf,
-    l2: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-    kmnt: PathBuf,
-}
-
-impl Layers {
-    fn new() -> Layers {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| {
-            let d = dir.path().join(n);
-            fs::create_dir(&d).unwrap();
-            d
-        };
-        Layers {
-            l1: p("l1"),
-            l2: p("l2"),
-            upper: p("upper"),
-            work: p("work"),
-            mnt: p("mnt"),
-            kmnt: p("kmnt"),
-            dir,
-        }
-    }
-
-    fn mount(&self) -> Mount {
-        Mount::new(
-            &rw_opts(&[self.l1.clone(), self.l2.clone()], &self.upper, &self.work),
-            &self.mnt,
-        )
-    }
-
-    /// The kernel's overlayfs on the same layers, read-only (the upper as the top lower
-    /// layer: its whiteouts and opaque directories count the same).
-    fn kernel(&self) -> KernelMount {
-        let opts = format!(
-            "lowerdir={}:{}:{}",
-            self.upper.display(),
-            self.l1.display(),
-            self.l2.display()
-        );
-        KernelMount::new(&opts, &self.kmnt)
-    }
-
-    /// The stratafs tree equals the kernel's freshly mounted on the same layers.
-    fn assert_as_the_kernel(&self, what: &str) {
-        let k = self.kernel();
-        assert_same_tree(&snapshot(&self.mnt), &snapshot(&self.kmnt), what);
-        drop(k);
-    }
-}
-
-fn write(p: &Path, s: &str) {
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(p, s).unwrap();
-}
 
 fn refresh(mnt: &Path, paths: &[&str]) {
     let out = run(Command::new(stratafs_bin())
@@ -96,23 +32,6 @@ fn refresh(mnt: &Path, paths: &[&str]) {
         "stratafs refresh {paths:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn errno(p: &Path) -> Option<i32> {
-    fs::symlink_metadata(p).err().and_then(|e| e.raw_os_error())
-}
-
-/// Reads every file and lists every directory: the kernel and the daemon cache it all.
-fn walk(p: &Path) {
-    for e in fs::read_dir(p).unwrap().flatten() {
-        let path = e.path();
-        let md = fs::symlink_metadata(&path).unwrap();
-        if md.is_dir() {
-            walk(&path);
-        } else if md.is_file() {
-            let _ = fs::read(&path);
-        }
-    }
 }
 
 #[test]
@@ -131,7 +50,7 @@ fn out_of_band_changes_show_after_a_refresh() {
     write(&s.l1.join("t"), "a file, a directory soon\n");
     write(&s.l1.join("open"), "the old object\n");
     write(&s.upper.join("u"), "u\n");
-    let m = s.mount();
+    let m = s.mount("");
     walk(&s.mnt);
     // Names looked up as missing: the kernel caches them so.
     for n in ["new", "d/new_upper", "newdir", "later"] {
@@ -217,7 +136,7 @@ fn a_node_whose_object_vanished_answers_enoent() {
     }
     let s = Layers::new();
     write(&s.l1.join("dir/f"), "f\n");
-    let m = s.mount();
+    let m = s.mount("");
     let dir = fs::File::open(s.mnt.join("dir")).unwrap();
     assert_eq!(fs::read_to_string(s.mnt.join("dir/f")).unwrap(), "f\n");
     fs::remove_dir_all(s.l1.join("dir")).unwrap();
@@ -263,7 +182,7 @@ fn refresh_is_for_the_owner_and_root() {
     };
     let s = Layers::new();
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let m = s.mount();
+    let m = s.mount("");
     let out = run(Command::new(stratafs_bin())
         .arg("refresh")
         .arg(&s.mnt)
@@ -291,144 +210,18 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
     })
 }
 
-/// What a file made by the race holds: its own path first, so that a read through a path
-/// shows whether it reached that path's object or another one.
-fn marker(rel: &str, gen: u64) -> String {
-    format!("{rel}#{gen}\n")
-}
-
-/// The names the race plays with, relative to the root.
-fn race_names() -> Vec<String> {
-    let mut v = Vec::new();
-    for d in ["", "d0/", "d1/", "d0/s/"] {
-        for f in 0..4 {
-            v.push(format!("{d}f{f}"));
-        }
-    }
-    v
-}
-
 #[test]
 fn a_race_of_changes_load_and_refreshes_ends_as_the_kernel_shows_the_layers() {
     if !can_compare() {
         return;
     }
     let s = Layers::new();
-    for (i, n) in race_names().iter().enumerate() {
-        let layer = if i % 2 == 0 { &s.l1 } else { &s.l2 };
-        write(&layer.join(n), &marker(n, 0));
-    }
-    let m = s.mount();
+    s.seed_race();
+    let m = s.mount("");
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(4);
-
-    // Changes behind the mount, in every layer.
-    let changer = {
-        let (l1, l2, upper) = (s.l1.clone(), s.l2.clone(), s.upper.clone());
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut rng = Rng::new(20);
-            let names = race_names();
-            let mut gen = 1;
-            while !stop.load(Ordering::Relaxed) {
-                let n = rng.pick(&names);
-                let layer = match rng.below(3) {
-                    0 => &l1,
-                    1 => &l2,
-                    _ => &upper,
-                };
-                let p = layer.join(&n);
-                match rng.below(6) {
-                    0 | 1 => {
-                        // A new object under the name (renamed over it).
-                        let _ = fs::remove_dir_all(&p);
-                        if let Some(d) = p.parent() {
-                            let _ = fs::create_dir_all(d);
-                        }
-                        let tmp = layer.join(format!(".tmp{gen}"));
-                        if fs::write(&tmp, marker(&n, gen)).is_ok() {
-                            let _ = fs::rename(&tmp, &p);
-                        }
-                    }
-                    2 => {
-                        let _ = fs::remove_file(&p);
-                    }
-                    3 if layer == &upper => {
-                        let _ = fs::remove_file(&p);
-                        if let Some(d) = p.parent() {
-                            let _ = fs::create_dir_all(d);
-                        }
-                        let _ = make_whiteout(&p);
-                    }
-                    4 => {
-                        // A whole directory goes, or comes back opaque in the upper layer.
-                        let d = layer.join(rng.pick(&["d0", "d1", "d0/s"]));
-                        if layer == &upper && rng.pct(50) {
-                            let _ = fs::create_dir_all(&d);
-                            let _ = make_opaque(&d);
-                        } else {
-                            let _ = fs::remove_dir_all(&d);
-                        }
-                    }
-                    _ => {
-                        if let Some(d) = p.parent() {
-                            let _ = fs::create_dir_all(d);
-                        }
-                        let _ = fs::write(&p, marker(&n, gen));
-                    }
-                }
-                gen += 1;
-                std::thread::sleep(Duration::from_micros(300));
-            }
-        })
-    };
-    // Load through the mount: every read reaches the object its path names, or fails
-    // with an error a vanished object gives.
-    let loaders: Vec<_> = (0..2)
-        .map(|t| {
-            let mnt = s.mnt.clone();
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(100 + t);
-                let names = race_names();
-                let mut reads = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let n = rng.pick(&names);
-                    let p = mnt.join(&n);
-                    let r = if rng.pct(30) {
-                        fs::read_dir(p.parent().unwrap()).map(|rd| {
-                            rd.count();
-                            Vec::new()
-                        })
-                    } else {
-                        fs::read(&p)
-                    };
-                    match r {
-                        Ok(content) => {
-                            let want = format!("{n}#");
-                            let text = String::from_utf8_lossy(&content);
-                            assert!(
-                                content.is_empty()
-                                    || text.starts_with(&want)
-                                    || want.starts_with(&*text),
-                                "{n} read another object's data: {text:?}"
-                            );
-                            reads += 1;
-                        }
-                        Err(e) => {
-                            let code = e.raw_os_error().unwrap_or(0);
-                            assert!(
-                                [libc::ENOENT, libc::ESTALE, libc::ENOTDIR, libc::EISDIR]
-                                    .contains(&code),
-                                "{n}: {e}"
-                            );
-                        }
-                    }
-                }
-                reads
-            })
-        })
-        .collect();
+    let changer = s.spawn_changer(&stop);
+    let loaders = s.spawn_loaders(&stop);
     let mut rng = Rng::new(7);
     let mut refreshes = 0;
     while Instant::now() < deadline {
@@ -454,43 +247,4 @@ fn a_race_of_changes_load_and_refreshes_ends_as_the_kernel_shows_the_layers() {
     refresh(&s.mnt, &[]);
     s.assert_as_the_kernel("after the race and a last refresh");
     m.unmount();
-}
-
-/// Removes the whiteouts under `upper` whose directory merges with no directory of `lowers`
-/// (topmost first): its merge chain, the layers holding a directory there down to an
-/// opaque one, is the upper alone.
-fn drop_idle_whiteouts(upper: &Path, lowers: &[&Path]) {
-    use std::os::unix::fs::FileTypeExt;
-    fn walk(rel: &Path, chain: &[PathBuf]) {
-        let dir = chain[0].join(rel);
-        let merged = chain.len() > 1;
-        for e in fs::read_dir(&dir).unwrap().flatten() {
-            let ft = e.file_type().unwrap();
-            let r = rel.join(e.file_name());
-            if ft.is_dir() {
-                // The child's chain: the layers of this one holding a directory there,
-                // until an opaque one or anything else under the name.
-                let mut sub = Vec::new();
-                for l in chain {
-                    let p = l.join(&r);
-                    match fs::symlink_metadata(&p) {
-                        Ok(m) if m.is_dir() => {
-                            sub.push(l.clone());
-                            if xattr(&p, "trusted.overlay.opaque").is_some() {
-                                break;
-                            }
-                        }
-                        Ok(_) => break,
-                        Err(_) => {}
-                    }
-                }
-                walk(&r, &sub);
-            } else if ft.is_char_device() && !merged {
-                fs::remove_file(e.path()).unwrap();
-            }
-        }
-    }
-    let mut chain = vec![upper.to_path_buf()];
-    chain.extend(lowers.iter().map(|l| l.to_path_buf()));
-    walk(Path::new(""), &chain);
 }

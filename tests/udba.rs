@@ -13,115 +13,21 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::behind::*;
 use common::*;
 
 /// How long a change may take to show (it takes milliseconds; the margin is for loaded
 /// machines).
 const SHOWS_WITHIN: Duration = Duration::from_secs(5);
 
-/// Two lower layers, an upper and a work directory, the stratafs mount point and one for the
-/// kernel's overlayfs.
-struct Layers {
-    dir: tempfile::TempDir,
-    l1: PathBuf,
-    l2: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-    kmnt: PathBuf,
-}
-
-impl Layers {
-    fn new() -> Layers {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| {
-            let d = dir.path().join(n);
-            fs::create_dir(&d).unwrap();
-            d
-        };
-        Layers {
-            l1: p("l1"),
-            l2: p("l2"),
-            upper: p("upper"),
-            work: p("work"),
-            mnt: p("mnt"),
-            kmnt: p("kmnt"),
-            dir,
-        }
-    }
-
-    fn opts(&self, extra: &str) -> String {
-        format!(
-            "{}{extra}",
-            rw_opts(&[self.l1.clone(), self.l2.clone()], &self.upper, &self.work)
-        )
-    }
-
-    fn mount(&self, extra: &str) -> Mount {
-        Mount::new(&self.opts(extra), &self.mnt)
-    }
-
-    /// The kernel's overlayfs on the same layers, read-only (the upper as the top lower
-    /// layer: its whiteouts and opaque directories count the same).
-    fn kernel(&self) -> KernelMount {
-        let opts = format!(
-            "lowerdir={}:{}:{}",
-            self.upper.display(),
-            self.l1.display(),
-            self.l2.display()
-        );
-        KernelMount::new(&opts, &self.kmnt)
-    }
-
-    /// The stratafs tree comes to equal the kernel's freshly mounted on the same layers,
-    /// without a refresh.
-    fn comes_to_equal_the_kernel(&self, what: &str) {
-        let k = self.kernel();
-        let theirs = snapshot(&self.kmnt);
-        // A walk may meet a name listed and gone before its lstat while the last changes
-        // are being refreshed: it is tried again.
-        let equal = wait_until(SHOWS_WITHIN, || {
-            try_snapshot(&self.mnt).is_ok_and(|ours| tree_diff(&ours, &theirs).is_none())
-        });
-        if !equal {
-            assert_same_tree(&snapshot(&self.mnt), &theirs, what);
-        }
-        drop(k);
-    }
-}
-
-fn write(p: &Path, s: &str) {
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(p, s).unwrap();
-}
-
-fn errno(p: &Path) -> Option<i32> {
-    fs::symlink_metadata(p).err().and_then(|e| e.raw_os_error())
-}
-
 fn read(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok()
-}
-
-/// Reads every file and lists every directory: the kernel and the daemon cache it all.
-fn walk(p: &Path) {
-    for e in fs::read_dir(p).unwrap().flatten() {
-        let path = e.path();
-        let md = fs::symlink_metadata(&path).unwrap();
-        if md.is_dir() {
-            walk(&path);
-        } else if md.is_file() {
-            let _ = fs::read(&path);
-        }
-    }
 }
 
 fn names(p: &Path) -> Vec<String> {
@@ -214,7 +120,10 @@ fn changes_behind_the_mount_show_with_udba_notify() {
         "not every change showed within {SHOWS_WITHIN:?}"
     );
     eprintln!("every change showed after {:?}", changed.elapsed());
-    s.comes_to_equal_the_kernel("with udba=notify, after changes behind the mount");
+    s.comes_to_equal_the_kernel(
+        SHOWS_WITHIN,
+        "with udba=notify, after changes behind the mount",
+    );
     let w = watch_stats(&s.mnt).expect("udba stats");
     // A root daemon may always have a fanotify group.
     assert_eq!(w["backend"], "fanotify", "{w}");
@@ -260,21 +169,6 @@ fn watch_stats(mnt: &Path) -> Option<serde_json::Value> {
     v["caches"].get("watches").cloned()
 }
 
-/// What a file made by the race holds: its own path first.
-fn marker(rel: &str, gen: u64) -> String {
-    format!("{rel}#{gen}\n")
-}
-
-fn race_names() -> Vec<String> {
-    let mut v = Vec::new();
-    for d in ["", "d0/", "d1/", "d0/s/"] {
-        for f in 0..4 {
-            v.push(format!("{d}f{f}"));
-        }
-    }
-    v
-}
-
 /// Changes in every layer behind the mount while two threads read and list through it, and
 /// no refresh: once the changes stop, the tree comes to equal the kernel's.
 #[test]
@@ -283,115 +177,11 @@ fn a_race_of_changes_under_load_ends_as_the_kernel_shows_the_layers() {
         return;
     }
     let s = Layers::new();
-    for (i, n) in race_names().iter().enumerate() {
-        let layer = if i % 2 == 0 { &s.l1 } else { &s.l2 };
-        write(&layer.join(n), &marker(n, 0));
-    }
+    s.seed_race();
     let m = s.mount(",udba=notify");
     let stop = Arc::new(AtomicBool::new(false));
-    let changer = {
-        let (l1, l2, upper) = (s.l1.clone(), s.l2.clone(), s.upper.clone());
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut rng = Rng::new(20);
-            let names = race_names();
-            let mut gen = 1;
-            while !stop.load(Ordering::Relaxed) {
-                let n = rng.pick(&names);
-                let layer = match rng.below(3) {
-                    0 => &l1,
-                    1 => &l2,
-                    _ => &upper,
-                };
-                let p = layer.join(&n);
-                match rng.below(6) {
-                    0 | 1 => {
-                        let _ = fs::remove_dir_all(&p);
-                        if let Some(d) = p.parent() {
-                            let _ = fs::create_dir_all(d);
-                        }
-                        let tmp = layer.join(format!(".tmp{gen}"));
-                        if fs::write(&tmp, marker(&n, gen)).is_ok() {
-                            let _ = fs::rename(&tmp, &p);
-                        }
-                    }
-                    2 => {
-                        let _ = fs::remove_file(&p);
-                    }
-                    3 if layer == &upper => {
-                        let _ = fs::remove_file(&p);
-                        if let Some(d) = p.parent() {
-                            let _ = fs::create_dir_all(d);
-                        }
-                        let _ = make_whiteout(&p);
-                    }
-                    4 => {
-                        let d = layer.join(rng.pick(&["d0", "d1", "d0/s"]));
-                        if layer == &upper && rng.pct(50) {
-                            let _ = fs::create_dir_all(&d);
-                            let _ = make_opaque(&d);
-                        } else {
-                            let _ = fs::remove_dir_all(&d);
-                        }
-                    }
-                    _ => {
-                        if let Some(d) = p.parent() {
-                            let _ = fs::create_dir_all(d);
-                        }
-                        let _ = fs::write(&p, marker(&n, gen));
-                    }
-                }
-                gen += 1;
-                std::thread::sleep(Duration::from_micros(300));
-            }
-            gen
-        })
-    };
-    let loaders: Vec<_> = (0..2)
-        .map(|t| {
-            let mnt = s.mnt.clone();
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(100 + t);
-                let names = race_names();
-                let mut reads = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let n = rng.pick(&names);
-                    let p = mnt.join(&n);
-                    let r = if rng.pct(30) {
-                        fs::read_dir(p.parent().unwrap()).map(|rd| {
-                            rd.count();
-                            Vec::new()
-                        })
-                    } else {
-                        fs::read(&p)
-                    };
-                    match r {
-                        Ok(content) => {
-                            let want = format!("{n}#");
-                            let text = String::from_utf8_lossy(&content);
-                            assert!(
-                                content.is_empty()
-                                    || text.starts_with(&want)
-                                    || want.starts_with(&*text),
-                                "{n} read another object's data: {text:?}"
-                            );
-                            reads += 1;
-                        }
-                        Err(e) => {
-                            let code = e.raw_os_error().unwrap_or(0);
-                            assert!(
-                                [libc::ENOENT, libc::ESTALE, libc::ENOTDIR, libc::EISDIR]
-                                    .contains(&code),
-                                "{n}: {e}"
-                            );
-                        }
-                    }
-                }
-                reads
-            })
-        })
-        .collect();
+    let changer = s.spawn_changer(&stop);
+    let loaders = s.spawn_loaders(&stop);
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
     let changes = changer.join().unwrap();
@@ -401,43 +191,8 @@ fn a_race_of_changes_under_load_ends_as_the_kernel_shows_the_layers() {
     // Whiteouts in upper directories that merge with no lower one hide nothing, and the
     // kernel lists them (see tests/refresh.rs): gone, and then the two must agree.
     drop_idle_whiteouts(&s.upper, &[&s.l1, &s.l2]);
-    s.comes_to_equal_the_kernel("after the race, without a refresh");
+    s.comes_to_equal_the_kernel(SHOWS_WITHIN, "after the race, without a refresh");
     m.unmount();
-}
-
-/// Removes the whiteouts under `upper` whose directory merges with no directory of `lowers`.
-fn drop_idle_whiteouts(upper: &Path, lowers: &[&Path]) {
-    use std::os::unix::fs::FileTypeExt;
-    fn walk(rel: &Path, chain: &[PathBuf]) {
-        let dir = chain[0].join(rel);
-        let merged = chain.len() > 1;
-        for e in fs::read_dir(&dir).unwrap().flatten() {
-            let ft = e.file_type().unwrap();
-            let r = rel.join(e.file_name());
-            if ft.is_dir() {
-                let mut sub = Vec::new();
-                for l in chain {
-                    let p = l.join(&r);
-                    match fs::symlink_metadata(&p) {
-                        Ok(m) if m.is_dir() => {
-                            sub.push(l.clone());
-                            if xattr(&p, "trusted.overlay.opaque").is_some() {
-                                break;
-                            }
-                        }
-                        Ok(_) => break,
-                        Err(_) => {}
-                    }
-                }
-                walk(&r, &sub);
-            } else if ft.is_char_device() && !merged {
-                fs::remove_file(e.path()).unwrap();
-            }
-        }
-    }
-    let mut chain = vec![upper.to_path_buf()];
-    chain.extend(lowers.iter().map(|l| l.to_path_buf()));
-    walk(Path::new(""), &chain);
 }
 
 /// A budget of 4 watches and 12 directories looked into: the 4 looked into last are watched
@@ -494,7 +249,7 @@ fn a_watch_budget_smaller_than_the_directories_looked_into() {
     }
     let out = run(Command::new(stratafs_bin()).arg("refresh").arg(&s.mnt));
     assert!(out.status.success(), "{out:?}");
-    s.comes_to_equal_the_kernel("after a refresh, with the watch budget full");
+    s.comes_to_equal_the_kernel(SHOWS_WITHIN, "after a refresh, with the watch budget full");
     // Still within the budget after the refresh looked everything up again.
     let w = watch_stats(&s.mnt).expect("udba stats");
     assert!(w["watches"].as_u64().unwrap() <= 4, "{w}");

@@ -7,6 +7,7 @@ pub use base::*;
 mod fuzz;
 #[allow(unused_imports)]
 pub use fuzz::{fuzz_cases, fuzz_config};
+pub mod behind;
 mod rng;
 #[allow(unused_imports)]
 pub use rng::Rng;
