@@ -50,7 +50,6 @@ pub fn write_layer_tar<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Re
     let mut w = Walker {
         builder,
         links: HashMap::new(),
-        view_links: HashMap::new(),
         upper: upper.to_path_buf(),
         lowers: lowers.to_vec(),
         view: None,
@@ -61,10 +60,8 @@ pub fn write_layer_tar<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Re
 
 struct Walker<W: Write> {
     builder: tar::Builder<W>,
-    /// (dev, ino) of files with several links -> the path first written.
-    links: HashMap<(u64, u64), PathBuf>,
-    /// The same for files written from the merged view, by the number it shows.
-    view_links: HashMap<stratafs::layer::Ino, PathBuf>,
+    /// Files with several links -> the path first written.
+    links: HashMap<LinkKey, PathBuf>,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
     /// The merged view of the upper over the lowers, opened at the first redirect or
@@ -99,6 +96,70 @@ fn header_of(
     h.set_mtime(secs);
     h.set_size(0);
     h
+}
+
+/// A file with several links: by (dev, ino) in the upper, by the number the merged view
+/// shows below a redirected directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LinkKey {
+    Upper(u64, u64),
+    View(stratafs::layer::Ino),
+}
+
+/// What a tar entry holds besides its header.
+enum Body {
+    /// Nothing (a directory, a fifo, a whiteout file).
+    Empty,
+    /// This many bytes of this reader (a regular file): exactly, or the tar fails.
+    Data(Box<dyn io::Read>, u64),
+    /// The target of a symlink or of a hard link (the header's type says which).
+    Link(PathBuf),
+    /// A device's major and minor numbers.
+    Device(u32, u32),
+}
+
+/// Reads exactly `left` bytes of `inner`: fewer (a file cut short while it is read) is an
+/// error, and more are not read, so the tar never holds data of another length than its
+/// header says.
+struct Exactly {
+    inner: Box<dyn io::Read>,
+    left: u64,
+}
+
+impl io::Read for Exactly {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "changed while it was being read",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The tar type of a file kind, with the body of a device (`None` for a fifo).
+fn device_entry(kind: FileKind, rdev: u64) -> Option<(tar::EntryType, Body)> {
+    match kind {
+        FileKind::CharDevice => Some((
+            tar::EntryType::Char,
+            Body::Device(sys::dev_major(rdev), sys::dev_minor(rdev)),
+        )),
+        FileKind::BlockDevice => Some((
+            tar::EntryType::Block,
+            Body::Device(sys::dev_major(rdev), sys::dev_minor(rdev)),
+        )),
+        FileKind::Fifo => Some((tar::EntryType::Fifo, Body::Empty)),
+        _ => None,
+    }
 }
 
 /// True when `name` under `dir` carries one of `xattrs`.
@@ -167,6 +228,37 @@ impl<W: Write> Walker<W> {
             .map_err(|e| self.fail(path, e))
     }
 
+    /// Appends one entry with header `h` (type, mode, owner and time set), its PAX
+    /// records `x` and what it holds.
+    fn append(
+        &mut self,
+        path: &Path,
+        x: &[(String, Vec<u8>)],
+        mut h: tar::Header,
+        body: Body,
+    ) -> Result<()> {
+        self.pax(x, path)?;
+        let r = match body {
+            Body::Empty => self.builder.append_data(&mut h, path, io::empty()),
+            Body::Data(data, size) => {
+                h.set_size(size);
+                let mut exact = Exactly {
+                    inner: data,
+                    left: size,
+                };
+                self.builder.append_data(&mut h, path, &mut exact)
+            }
+            Body::Link(target) => self.builder.append_link(&mut h, path, &target),
+            Body::Device(major, minor) => {
+                h.set_device_major(major)
+                    .and_then(|()| h.set_device_minor(minor))
+                    .map_err(|e| self.fail(path, e))?;
+                self.builder.append_data(&mut h, path, io::empty())
+            }
+        };
+        r.map_err(|e| self.fail(path, e))
+    }
+
     fn empty_file(&mut self, path: &Path, st: &Stat) -> Result<()> {
         let mut h = header(st, tar::EntryType::Regular);
         h.set_mode(0o644);
@@ -207,13 +299,10 @@ impl<W: Write> Walker<W> {
                 self.write_merged(&path)?;
                 continue;
             }
+            let h = |kind| header(&st, kind);
             match st.kind() {
                 Some(FileKind::Directory) => {
-                    self.pax(&x, &path)?;
-                    let mut h = header(&st, tar::EntryType::Directory);
-                    self.builder
-                        .append_data(&mut h, &path, io::empty())
-                        .map_err(|e| self.fail(&path, e))?;
+                    self.append(&path, &x, h(tar::EntryType::Directory), Body::Empty)?;
                     let sub = sys::open_dir_path(dir, name.as_bytes())
                         .map_err(|e| self.fail(&path, e))?;
                     let has_marker = sys::stat_at(sub.as_fd(), OsStr::new(OPAQUE_MARKER)).is_ok();
@@ -226,15 +315,12 @@ impl<W: Write> Walker<W> {
                 }
                 Some(FileKind::Regular) => {
                     if st.nlink > 1 {
-                        if let Some(first) = self.links.get(&(st.dev, st.ino)).cloned() {
-                            self.pax(&x, &path)?;
-                            let mut h = header(&st, tar::EntryType::Link);
-                            self.builder
-                                .append_link(&mut h, &path, &first)
-                                .map_err(|e| self.fail(&path, e))?;
+                        let key = LinkKey::Upper(st.dev, st.ino);
+                        if let Some(first) = self.links.get(&key).cloned() {
+                            self.append(&path, &x, h(tar::EntryType::Link), Body::Link(first))?;
                             continue;
                         }
-                        self.links.insert((st.dev, st.ino), path.clone());
+                        self.links.insert(key, path.clone());
                     }
                     let fd = sys::open_beneath(dir, name.as_bytes(), OFlags::RDONLY)
                         .map_err(|e| self.fail(&path, e))?;
@@ -243,44 +329,24 @@ impl<W: Write> Walker<W> {
                     if now.size != st.size {
                         return Err(self.fail(&path, "changed while it was being read"));
                     }
-                    self.pax(&x, &path)?;
-                    let mut h = header(&st, tar::EntryType::Regular);
-                    h.set_size(st.size);
-                    self.builder
-                        .append_data(&mut h, &path, file)
-                        .map_err(|e| self.fail(&path, e))?;
+                    let body = Body::Data(Box::new(file), st.size);
+                    self.append(&path, &x, h(tar::EntryType::Regular), body)?;
                 }
                 Some(FileKind::Symlink) => {
                     let fd = sys::open_beneath(dir, name.as_bytes(), OFlags::PATH)
                         .map_err(|e| self.fail(&path, e))?;
                     let target = sys::read_link_fd(fd.as_fd()).map_err(|e| self.fail(&path, e))?;
-                    self.pax(&x, &path)?;
-                    let mut h = header(&st, tar::EntryType::Symlink);
                     let target = PathBuf::from(OsString::from_vec(target));
-                    self.builder
-                        .append_link(&mut h, &path, &target)
-                        .map_err(|e| self.fail(&path, e))?;
+                    self.append(&path, &x, h(tar::EntryType::Symlink), Body::Link(target))?;
                 }
-                Some(k @ (FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo)) => {
-                    let kind = match k {
-                        FileKind::CharDevice => tar::EntryType::Char,
-                        FileKind::BlockDevice => tar::EntryType::Block,
-                        _ => tar::EntryType::Fifo,
-                    };
-                    self.pax(&x, &path)?;
-                    let mut h = header(&st, kind);
-                    if kind != tar::EntryType::Fifo {
-                        h.set_device_major(st.rdev_major())
-                            .map_err(|e| self.fail(&path, e))?;
-                        h.set_device_minor(st.rdev_minor())
-                            .map_err(|e| self.fail(&path, e))?;
+                // Devices and fifos; sockets have no place in a tar (docker leaves them
+                // out too).
+                Some(k) => {
+                    if let Some((kind, body)) = device_entry(k, st.rdev) {
+                        self.append(&path, &x, h(kind), body)?;
                     }
-                    self.builder
-                        .append_data(&mut h, &path, io::empty())
-                        .map_err(|e| self.fail(&path, e))?;
                 }
-                // Sockets have no place in a tar (docker leaves them out too).
-                _ => {}
+                None => {}
             }
         }
         Ok(())
@@ -320,19 +386,14 @@ impl<W: Write> Walker<W> {
             .into_iter()
             .map(|(k, v)| (format!("SCHILY.xattr.{}", k.to_string_lossy()), v))
             .collect();
+        let h = |kind| attr_header(a, kind);
         match a.kind {
             FileKind::Directory => {
-                self.pax(&x, path)?;
-                let mut h = attr_header(a, tar::EntryType::Directory);
-                self.builder
-                    .append_data(&mut h, path, io::empty())
-                    .map_err(|e| self.fail(path, e))?;
+                self.append(path, &x, h(tar::EntryType::Directory), Body::Empty)?;
                 if top {
-                    let mut m = attr_header(a, tar::EntryType::Regular);
+                    let mut m = h(tar::EntryType::Regular);
                     m.set_mode(0o644);
-                    self.builder
-                        .append_data(&mut m, path.join(OPAQUE_MARKER), io::empty())
-                        .map_err(|e| self.fail(path, e))?;
+                    self.append(&path.join(OPAQUE_MARKER), &[], m, Body::Empty)?;
                 }
                 let mut children = view.children(a.node)?;
                 children.sort_by(|p, q| p.0.as_bytes().cmp(q.0.as_bytes()));
@@ -346,54 +407,26 @@ impl<W: Write> Walker<W> {
             }
             FileKind::Regular => {
                 if a.nlink > 1 {
-                    if let Some(first) = self.view_links.get(&a.ino).cloned() {
-                        self.pax(&x, path)?;
-                        let mut h = attr_header(a, tar::EntryType::Link);
-                        self.builder
-                            .append_link(&mut h, path, &first)
-                            .map_err(|e| self.fail(path, e))?;
+                    let key = LinkKey::View(a.ino);
+                    if let Some(first) = self.links.get(&key).cloned() {
+                        self.append(path, &x, h(tar::EntryType::Link), Body::Link(first))?;
                         return Ok(());
                     }
-                    self.view_links.insert(a.ino, path.to_path_buf());
+                    self.links.insert(key, path.to_path_buf());
                 }
                 let file = std::fs::File::from(view.open_file(a.node)?);
-                self.pax(&x, path)?;
-                let mut h = attr_header(a, tar::EntryType::Regular);
-                h.set_size(a.size);
-                // Exactly the size announced: a file that changed underneath fails.
-                let mut data = io::Read::take(file, a.size);
-                self.builder
-                    .append_data(&mut h, path, &mut data)
-                    .map_err(|e| self.fail(path, e))?;
+                let body = Body::Data(Box::new(file), a.size);
+                self.append(path, &x, h(tar::EntryType::Regular), body)?;
             }
             FileKind::Symlink => {
                 let target = PathBuf::from(OsString::from_vec(view.readlink(a.node)?));
-                self.pax(&x, path)?;
-                let mut h = attr_header(a, tar::EntryType::Symlink);
-                self.builder
-                    .append_link(&mut h, path, &target)
-                    .map_err(|e| self.fail(path, e))?;
+                self.append(path, &x, h(tar::EntryType::Symlink), Body::Link(target))?;
             }
-            k @ (FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo) => {
-                let kind = match k {
-                    FileKind::CharDevice => tar::EntryType::Char,
-                    FileKind::BlockDevice => tar::EntryType::Block,
-                    _ => tar::EntryType::Fifo,
-                };
-                self.pax(&x, path)?;
-                let mut h = attr_header(a, kind);
-                if kind != tar::EntryType::Fifo {
-                    let rdev = u64::from(a.rdev);
-                    h.set_device_major(sys::dev_major(rdev))
-                        .map_err(|e| self.fail(path, e))?;
-                    h.set_device_minor(sys::dev_minor(rdev))
-                        .map_err(|e| self.fail(path, e))?;
+            k => {
+                if let Some((kind, body)) = device_entry(k, u64::from(a.rdev)) {
+                    self.append(path, &x, h(kind), body)?;
                 }
-                self.builder
-                    .append_data(&mut h, path, io::empty())
-                    .map_err(|e| self.fail(path, e))?;
             }
-            _ => {}
         }
         Ok(())
     }
