@@ -355,6 +355,29 @@ fn two_containers_share_layers_and_are_isolated() {
     assert!(!h.store.join("containers/a").exists());
 }
 
+/// Container `c1` of the sample image, mounted with the option `flag`.
+fn sample_container<'a>(h: &'a Helper, flag: &str) -> ContainerMount<'a> {
+    let archive = h.path("image.tar");
+    sample_image().write_docker_archive(&archive, "sample:1");
+    h.ok(&["import", archive.to_str().unwrap()]);
+    h.ok(&["create", "c1", "sample:1"]);
+    h.mount_with("c1", None, &[flag])
+}
+
+/// Commits `c1` (unmounted) as `sample:2`, exports it, and checks that the image under the
+/// kernel's overlayfs shows `live`, the container's tree.
+fn committed_is_the_container(h: &Helper, live: &TreeSnap) {
+    h.ok(&["commit", "c1", "--tag", "sample:2"]);
+    let export = h.path("export");
+    h.ok(&["export", "sample:2", "--oci", export.to_str().unwrap()]);
+    let (_h2, kernel) = export_under_kernel(&export, 4);
+    assert_same_tree(
+        live,
+        &kernel,
+        "committed image under kernel overlayfs vs the container",
+    );
+}
+
 /// `mount --redirect-dir`: directories of the image are renamed in place (the upper holds
 /// the renamed directory alone, with a redirect), and `diff` and `commit` show and write
 /// what the container shows: the committed image, under the kernel's overlayfs, is the
@@ -365,11 +388,7 @@ fn renamed_image_directories_are_committed_in_full() {
         return;
     }
     let h = Helper::new();
-    let archive = h.path("image.tar");
-    sample_image().write_docker_archive(&archive, "sample:1");
-    h.ok(&["import", archive.to_str().unwrap()]);
-    h.ok(&["create", "c1", "sample:1"]);
-    let m = h.mount_with("c1", None, &["--redirect-dir"]);
+    let m = sample_container(&h, "--redirect-dir");
     let root = m.target.clone();
     assert!(
         mount_options(&root).iter().any(|o| o == "nosuid"),
@@ -407,16 +426,7 @@ A /usr/lib2/libc.so
     assert_eq!(diff, want);
     let live = snapshot(&root);
     m.umount();
-
-    h.ok(&["commit", "c1", "--tag", "sample:2"]);
-    let export = h.path("export");
-    h.ok(&["export", "sample:2", "--oci", export.to_str().unwrap()]);
-    let (_h2, kernel) = export_under_kernel(&export, 4);
-    assert_same_tree(
-        &live,
-        &kernel,
-        "committed image under kernel overlayfs vs the container",
-    );
+    committed_is_the_container(&h, &live);
 }
 
 /// `mount --metacopy`: a chmod or chown of an image file copies up its metadata alone (a
@@ -428,11 +438,7 @@ fn metacopy_files_are_committed_with_their_data() {
         return;
     }
     let h = Helper::new();
-    let archive = h.path("image.tar");
-    sample_image().write_docker_archive(&archive, "sample:1");
-    h.ok(&["import", archive.to_str().unwrap()]);
-    h.ok(&["create", "c1", "sample:1"]);
-    let m = h.mount_with("c1", None, &["--metacopy"]);
+    let m = sample_container(&h, "--metacopy");
     let root = m.target.clone();
     std::fs::set_permissions(
         root.join("data/a.txt"),
@@ -464,14 +470,5 @@ A /motd
     assert_eq!(diff, want);
     let live = snapshot(&root);
     m.umount();
-
-    h.ok(&["commit", "c1", "--tag", "sample:2"]);
-    let export = h.path("export");
-    h.ok(&["export", "sample:2", "--oci", export.to_str().unwrap()]);
-    let (_h2, kernel) = export_under_kernel(&export, 4);
-    assert_same_tree(
-        &live,
-        &kernel,
-        "committed image under kernel overlayfs vs the container",
-    );
+    committed_is_the_container(&h, &live);
 }
