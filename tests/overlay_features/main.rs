@@ -123,6 +123,26 @@ pub fn same_as_kernel(
     a
 }
 
+/// Mounts with stratafs (`ours`) and the kernel (`kernel`) options on two mount points of
+/// `f`, makes the same changes through both with `change`, and asserts the same tree and
+/// the same lookups of `paths` afterwards.
+pub fn changed_as_kernel(
+    f: &Fixture,
+    ours: &str,
+    kernel: &str,
+    change: impl Fn(&Path),
+    paths: &[&str],
+    what: &str,
+) {
+    let (m, k) = (f.path("m"), f.path("k"));
+    let s = Mount::new(ours, &m);
+    let km = KernelMount::new(kernel, &k);
+    change(&m);
+    change(&k);
+    assert_same_tree(&snapshot(&s.mountpoint), &snapshot(&km.mountpoint), what);
+    assert_eq!(lookups(&m, paths), lookups(&k, paths), "{what}: lookups");
+}
+
 /// Runs shell command `cmd` in `root`.
 pub fn sh(root: &Path, cmd: &str) {
     let out = run(std::process::Command::new("sh")

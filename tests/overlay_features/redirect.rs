@@ -227,23 +227,14 @@ fn writes_in_redirected_directories_like_the_kernel() {
         fs::write(m.join("a/r2/f"), "q changed\n").unwrap();
         fs::create_dir(m.join("t/s3/sub")).unwrap();
     };
-    {
-        let (m, k) = (f.path("m"), f.path("k"));
-        let s = Mount::new(&rw(&ls, &us, &ws), &m);
-        let km = KernelMount::new(&kernel(&uk, &wk), &k);
-        change(&m);
-        change(&k);
-        assert_same_tree(
-            &snapshot(&s.mountpoint),
-            &snapshot(&km.mountpoint),
-            "after writes",
-        );
-        assert_eq!(
-            lookups(&m, PATHS),
-            lookups(&k, PATHS),
-            "lookups after writes"
-        );
-    }
+    changed_as_kernel(
+        &f,
+        &rw(&ls, &us, &ws),
+        &kernel(&uk, &wk),
+        change,
+        PATHS,
+        "after writes",
+    );
     let (ws2, wk2) = (f.path("ws2"), f.path("wk2"));
     same_as_kernel(
         &f,
@@ -364,26 +355,18 @@ fn redirect_dir_on_renames_directories_like_the_kernel() {
         "big2/f7",
         "big",
     ];
-    {
-        let (m, k) = (f.path("m"), f.path("k"));
-        let s = Mount::new(&ours(&us, &ws), &m);
-        let km = KernelMount::new(&kernel(&uk, &wk), &k);
-        // The target of a move must be empty for the rename to replace it.
-        fs::remove_file(m.join("x/e/lower-e")).unwrap();
-        fs::remove_file(k.join("x/e/lower-e")).unwrap();
-        change(&m);
-        change(&k);
-        assert_same_tree(
-            &snapshot(&s.mountpoint),
-            &snapshot(&km.mountpoint),
-            "after renames",
-        );
-        assert_eq!(
-            lookups(&m, paths),
-            lookups(&k, paths),
-            "lookups after renames"
-        );
-    }
+    changed_as_kernel(
+        &f,
+        &ours(&us, &ws),
+        &kernel(&uk, &wk),
+        |r: &Path| {
+            // The target of a move must be empty for the rename to replace it.
+            fs::remove_file(r.join("x/e/lower-e")).unwrap();
+            change(r);
+        },
+        paths,
+        "after renames",
+    );
     assert_eq!(redirects(&us), redirects(&uk), "the redirects written");
     let want: Vec<(String, String)> = [
         ("big2", "big"),

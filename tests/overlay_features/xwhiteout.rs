@@ -113,24 +113,14 @@ fn writes_over_xattr_whiteouts_like_the_kernel() {
         fs::remove_file(m.join("d/b")).unwrap();
         fs::remove_file(m.join("h/m")).unwrap();
     };
-    {
-        let m = f.path("m");
-        let k = f.path("k");
-        let s = Mount::new(&rw(&ls, &u, &w), &m);
-        let km = KernelMount::new(&kopts(&uk, &wk), &k);
-        change(&m);
-        change(&k);
-        assert_same_tree(
-            &snapshot(&s.mountpoint),
-            &snapshot(&km.mountpoint),
-            "after writes",
-        );
-        assert_eq!(
-            lookups(&m, PATHS),
-            lookups(&k, PATHS),
-            "lookups after writes"
-        );
-    }
+    changed_as_kernel(
+        &f,
+        &rw(&ls, &u, &w),
+        &kopts(&uk, &wk),
+        change,
+        PATHS,
+        "after writes",
+    );
     // Swapped uppers (fresh work directories).
     let (w2, wk2) = (f.path("w2"), f.path("wk2"));
     same_as_kernel(
