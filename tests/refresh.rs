@@ -200,16 +200,6 @@ fn refresh_is_for_the_owner_and_root() {
     m.unmount();
 }
 
-/// The uid and gid of user `name`.
-fn user_ids(name: &str) -> Option<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
-}
-
 #[test]
 fn a_race_of_changes_load_and_refreshes_ends_as_the_kernel_shows_the_layers() {
     if !can_compare() {

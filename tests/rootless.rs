@@ -16,20 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The unprivileged user the daemon runs as.
-const NOBODY: u32 = 65534;
-
-/// `cmd` run as nobody, with no supplementary groups.
-fn as_nobody(prog: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg("--")
-        .arg(prog);
-    c
-}
-
 /// A stack owned by nobody (`common::Stack`): `d/f` to append to, `d/sub/old` in a
 /// directory to replace, and `d/gone` to delete.
 fn stack() -> Stack {
@@ -39,11 +25,7 @@ fn stack() -> Stack {
     fs::write(s.lower.join("d/f"), "lower\n").unwrap();
     fs::write(s.lower.join("d/sub/old"), "old\n").unwrap();
     fs::write(s.lower.join("d/gone"), "gone\n").unwrap();
-    let out = run(Command::new("chown")
-        .arg("-R")
-        .arg(format!("{NOBODY}:{NOBODY}"))
-        .arg(s.dir.path()));
-    assert!(out.status.success(), "chown");
+    give_to_nobody(s.dir.path());
     s
 }
 
@@ -58,18 +40,7 @@ fn facilities() -> bool {
 /// (`$U` is the upper directory; root may not enter a user's FUSE mount), unmounts, and returns the script's output.
 fn run_as_nobody(s: &Stack, extra: &str, script: &str) -> String {
     let opts = format!("{}{extra}", s.rw_opts());
-    let out = run(as_nobody(&stable_stratafs_bin())
-        .arg("-o")
-        .arg(&opts)
-        .arg(&s.mnt));
-    assert!(
-        out.status.success(),
-        "stratafs as nobody: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mount {
-        mountpoint: s.mnt.clone(),
-    };
+    let m = mount_as_nobody(&opts, &s.mnt);
     let (status, output) = run_timeout(
         as_nobody(Path::new("/bin/sh"))
             .arg("-c")

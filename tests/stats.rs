@@ -190,16 +190,6 @@ fn other_users_are_refused() {
     m.unmount();
 }
 
-/// The uid and gid of user `name`.
-fn user_ids(name: &str) -> Option<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
-}
-
 #[test]
 fn sigusr1_writes_the_table_to_the_log() {
     if !can_mount() {

@@ -329,39 +329,14 @@ fn rootless_daemon_sees_changes_behind_the_mount() {
     {
         return;
     }
-    const NOBODY: u32 = 65534;
-    let as_nobody = |prog: &Path| {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={NOBODY}"))
-            .arg(format!("--regid={NOBODY}"))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(prog);
-        c
-    };
     let s = Layers::new();
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     write(&s.l1.join("d/c"), "c\n");
     write(&s.l2.join("d/b"), "b\n");
     write(&s.upper.join("d/up"), "up\n");
     write(&s.upper.join("u"), "u\n");
-    let out = run(Command::new("chown")
-        .arg("-R")
-        .arg(format!("{NOBODY}:{NOBODY}"))
-        .arg(s.dir.path()));
-    assert!(out.status.success(), "chown");
-    let out = run(as_nobody(&stable_stratafs_bin())
-        .arg("-o")
-        .arg(s.opts(",udba=notify"))
-        .arg(&s.mnt));
-    assert!(
-        out.status.success(),
-        "stratafs as nobody: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mount {
-        mountpoint: s.mnt.clone(),
-    };
+    give_to_nobody(s.dir.path());
+    let m = mount_as_nobody(&s.opts(",udba=notify"), &s.mnt);
     // What nobody sees: every path and its content, sorted (root may not enter the mount).
     let listing = |script: &str| {
         let (status, output) = run_timeout(

@@ -489,19 +489,6 @@ fn without_the_kernel_facility_one_line_says_why() {
     );
 }
 
-/// The unprivileged user the rootless daemon runs as.
-const NOBODY: u32 = 65534;
-
-fn as_nobody(prog: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg("--")
-        .arg(prog);
-    c
-}
-
 #[test]
 fn a_rootless_daemon_serves_through_rings() {
     let Some(_param) = UringParam::set(true) else {
@@ -517,23 +504,8 @@ fn a_rootless_daemon_serves_through_rings() {
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(s.lower.join("big"), pattern(4 << 20, 5)).unwrap();
     fs::write(s.lower.join("f"), "f\n").unwrap();
-    let out = run(Command::new("chown")
-        .arg("-R")
-        .arg(format!("{NOBODY}:{NOBODY}"))
-        .arg(s.dir.path()));
-    assert!(out.status.success());
-    let out = run(as_nobody(&stable_stratafs_bin())
-        .arg("-o")
-        .arg(s.rw_opts())
-        .arg(&s.mnt));
-    assert!(
-        out.status.success(),
-        "stratafs as nobody: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mount {
-        mountpoint: s.mnt.clone(),
-    };
+    give_to_nobody(s.dir.path());
+    let m = mount_as_nobody(&s.rw_opts(), &s.mnt);
     // Root may not enter a user's FUSE mount: the work runs as nobody.
     let script = "set -e\n\
         cmp big \"$L/big\"\n\

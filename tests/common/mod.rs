@@ -432,3 +432,55 @@ pub fn run_timeout(
     text.push_str(&String::from_utf8_lossy(&bytes));
     (status, text)
 }
+
+// ---- Rootless: work done as nobody (rootless.rs, uring.rs, udba.rs) ----
+
+/// The unprivileged user the rootless tests run daemons and commands as.
+pub const NOBODY: u32 = 65534;
+
+/// `prog` run as nobody, with no supplementary groups (`setpriv`).
+pub fn as_nobody(prog: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(prog);
+    c
+}
+
+/// Gives `dir` and everything below it to nobody.
+pub fn give_to_nobody(dir: &Path) {
+    let out = run(Command::new("chown")
+        .arg("-R")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(dir));
+    assert!(out.status.success(), "chown -R nobody {}", dir.display());
+}
+
+/// The stratafs daemon started by nobody with `opts` on `mnt` (through fusermount3); the
+/// guard unmounts it.
+pub fn mount_as_nobody(opts: &str, mnt: &Path) -> Mount {
+    let out = run(as_nobody(&stable_stratafs_bin())
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt));
+    assert!(
+        out.status.success(),
+        "stratafs as nobody: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mount {
+        mountpoint: mnt.to_path_buf(),
+    }
+}
+
+/// The uid and gid of user `name` (from /etc/passwd).
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
+}
