@@ -135,7 +135,7 @@ impl Overlay {
         let mut data_only_follow = false;
         let merged = self.layers.merged_len();
         let mut pos = 0;
-        while let Some(&li) = order.get(pos) {
+        'layers: while let Some(&li) = order.get(pos) {
             pos += 1;
             if target.is_some() && !follow && !data_only_follow {
                 return Err(Error::NotPermitted(
@@ -197,151 +197,129 @@ impl Overlay {
                 }
                 p => p,
             };
-            match probed {
-                Probe::Missing => {}
-                Probe::Whiteout => break,
-                Probe::Found(..) if data_only_follow => {
-                    return Err(Error::NotPermitted(
-                        "a metacopy file is followed only into a data-only layer",
-                    ));
-                }
-                Probe::Found(st, _) if metacopy => {
-                    // Only a regular file below a metacopy file can hold its data; another
-                    // metacopy file on the way is passed (its redirect followed).
-                    if st.kind() != Some(FileKind::Regular) {
-                        break;
+            // The redirect of the object found here (a metacopy file's or a directory's).
+            let redirect = 'probed: {
+                match probed {
+                    Probe::Missing => None,
+                    Probe::Whiteout => break 'layers,
+                    Probe::Found(..) if data_only_follow => {
+                        return Err(Error::NotPermitted(
+                            "a metacopy file is followed only into a data-only layer",
+                        ));
                     }
-                    if self.is_metacopy(dfd.as_fd(), pname, &st, layer, || Ok(true))? {
-                        let redirect = self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
-                        data_path = absolute_path(redirect.as_ref());
-                        let below = li + 1..merged as LayerIdx;
-                        let mut at = Redirected {
-                            target: &mut target,
-                            order: &mut order,
-                            pos: &mut pos,
-                            stop_after: &mut stop_after,
-                        };
-                        at.follow(walked.take(), redirect, below);
-                        if stop_after {
-                            break;
+                    Probe::Found(st, _) if metacopy => {
+                        // Only a regular file below a metacopy file can hold its data; another
+                        // metacopy file on the way is passed (its redirect followed).
+                        if st.kind() != Some(FileKind::Regular) {
+                            break 'layers;
                         }
-                        continue;
-                    }
-                    metacopy = false;
-                    if let Some(r) = &mut found {
-                        r.layers.push(li);
-                        r.top.blocks = st.blocks;
-                        if let Some(t) = &target {
-                            redirects.push((li, t.clone()));
+                        if self.is_metacopy(dfd.as_fd(), pname, &st, layer, || Ok(true))? {
+                            let redirect = self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
+                            data_path = absolute_path(redirect.as_ref());
+                            break 'probed redirect;
                         }
-                        if layer.upper || self.layers.get(r.layers[0]).is_some_and(|l| l.upper) {
-                            bottom = Some(LayerIno::new(li, st.ino));
-                        }
-                    }
-                    break;
-                }
-                Probe::Found(st, born) => {
-                    let is_dir = st.is_dir();
-                    let obj = LayerIno::new(li, st.ino);
-                    match &mut found {
-                        None => {
-                            found = Some(Resolved {
-                                layers: vec![li],
-                                top: self.overridden(st, Object::At(dfd.as_fd(), pname)),
-                                ino: Ino::ROOT,
-                                object: ObjectId::new(obj, born),
-                                redirects: None,
-                            });
-                            if !is_dir {
-                                bottom = Some(obj);
-                                if layer.upper {
-                                    origin = self.origin_ino(dfd.as_fd(), pname);
-                                }
-                                let impure = || match target {
-                                    Some(LayerPath::FromRoot(_)) => {
-                                        Ok(crate::layer::is_impure_dir(dfd.as_fd(), layer.xattrs)?)
-                                    }
-                                    _ => self.impure_dir(dir, li, &dfd),
-                                };
-                                if self.is_metacopy(dfd.as_fd(), pname, &st, layer, impure)? {
-                                    metacopy = true;
-                                    let redirect =
-                                        self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
-                                    if !layer.upper {
-                                        data_path = absolute_path(redirect.as_ref());
-                                    }
-                                    // Its data is below (the kernel refuses to follow it
-                                    // without metacopy=on, but for a lower file's redirect
-                                    // into a data-only layer).
-                                    if !self.opts.metacopy {
-                                        if data_path.is_none() || self.layers.data_only().is_empty()
-                                        {
-                                            return Err(Error::NotPermitted(
-                                                "a metacopy file is not followed (metacopy=off)",
-                                            ));
-                                        }
-                                        data_only_follow = true;
-                                    }
-                                    let below = li + 1..merged as LayerIdx;
-                                    let mut at = Redirected {
-                                        target: &mut target,
-                                        order: &mut order,
-                                        pos: &mut pos,
-                                        stop_after: &mut stop_after,
-                                    };
-                                    at.follow(walked.take(), redirect, below);
-                                    if stop_after {
-                                        break;
-                                    }
-                                    continue;
-                                }
-                                break;
-                            }
-                        }
-                        Some(r) => {
-                            if !is_dir {
-                                // A non-directory below a directory is hidden by it.
-                                break;
-                            }
+                        metacopy = false;
+                        if let Some(r) = &mut found {
                             r.layers.push(li);
+                            r.top.blocks = st.blocks;
                             if let Some(t) = &target {
                                 redirects.push((li, t.clone()));
                             }
-                            // A directory is the object of its bottom copy (its number).
-                            r.object = ObjectId::new(obj, born);
+                            if layer.upper || self.layers.get(r.layers[0]).is_some_and(|l| l.upper)
+                            {
+                                bottom = Some(LayerIno::new(li, st.ino));
+                            }
+                        }
+                        break 'layers;
+                    }
+                    Probe::Found(st, born) => {
+                        let is_dir = st.is_dir();
+                        let obj = LayerIno::new(li, st.ino);
+                        match &mut found {
+                            None => {
+                                found = Some(Resolved {
+                                    layers: vec![li],
+                                    top: self.overridden(st, Object::At(dfd.as_fd(), pname)),
+                                    ino: Ino::ROOT,
+                                    object: ObjectId::new(obj, born),
+                                    redirects: None,
+                                });
+                                if !is_dir {
+                                    bottom = Some(obj);
+                                    if layer.upper {
+                                        origin = self.origin_ino(dfd.as_fd(), pname);
+                                    }
+                                    let impure = || match target {
+                                        Some(LayerPath::FromRoot(_)) => Ok(
+                                            crate::layer::is_impure_dir(dfd.as_fd(), layer.xattrs)?,
+                                        ),
+                                        _ => self.impure_dir(dir, li, &dfd),
+                                    };
+                                    if self.is_metacopy(dfd.as_fd(), pname, &st, layer, impure)? {
+                                        metacopy = true;
+                                        let redirect =
+                                            self.metacopy_redirect(dfd.as_fd(), pname, layer)?;
+                                        if !layer.upper {
+                                            data_path = absolute_path(redirect.as_ref());
+                                        }
+                                        // Its data is below (the kernel refuses to follow it
+                                        // without metacopy=on, but for a lower file's redirect
+                                        // into a data-only layer).
+                                        if !self.opts.metacopy {
+                                            if data_path.is_none()
+                                                || self.layers.data_only().is_empty()
+                                            {
+                                                return Err(Error::NotPermitted(
+                                                "a metacopy file is not followed (metacopy=off)",
+                                            ));
+                                            }
+                                            data_only_follow = true;
+                                        }
+                                        break 'probed redirect;
+                                    }
+                                    break 'layers;
+                                }
+                            }
+                            Some(r) => {
+                                if !is_dir {
+                                    // A non-directory below a directory is hidden by it.
+                                    break 'layers;
+                                }
+                                r.layers.push(li);
+                                if let Some(t) = &target {
+                                    redirects.push((li, t.clone()));
+                                }
+                                // A directory is the object of its bottom copy (its number).
+                                r.object = ObjectId::new(obj, born);
+                            }
+                        }
+                        bottom = Some(obj);
+                        if last {
+                            break 'layers;
+                        }
+                        let more = pos < order.len();
+                        let (opaque, redirect) = layer.dir_markers(dfd.as_fd(), pname, more)?;
+                        if opaque
+                            || (more && crate::layer::dot_whiteout_exists(dfd.as_fd(), pname)?)
+                        {
+                            break 'layers;
+                        }
+                        match redirect {
+                            Some(v) => Some(super::redirect::parse(&v)?),
+                            None => None,
                         }
                     }
-                    bottom = Some(obj);
-                    if last {
-                        break;
-                    }
-                    let more = pos < order.len();
-                    let (opaque, redirect) = layer.dir_markers(dfd.as_fd(), pname, more)?;
-                    if opaque || (more && crate::layer::dot_whiteout_exists(dfd.as_fd(), pname)?) {
-                        break;
-                    }
-                    if let Some(w) = walked.take() {
-                        target = Some(LayerPath::FromRoot(w));
-                    }
-                    if let Some(v) = redirect {
-                        let r = super::redirect::parse(&v)?;
-                        if matches!(r, super::redirect::Redirect::Absolute(_)) {
-                            // Every layer below this one, from its root.
-                            stop_after = false;
-                            order = std::borrow::Cow::Owned((li + 1..merged as LayerIdx).collect());
-                            pos = 0;
-                        }
-                        target = Some(super::redirect::redirected(target.as_ref(), r));
-                    }
-                    if stop_after {
-                        break;
-                    }
-                    continue;
                 }
-            }
-            if let Some(w) = walked {
-                target = Some(LayerPath::FromRoot(w));
-            }
+            };
+            // Where the next layer is looked in: at the walked path, then where a redirect
+            // of the object found here says.
+            let mut at = Redirected {
+                target: &mut target,
+                order: &mut order,
+                pos: &mut pos,
+                stop_after: &mut stop_after,
+            };
+            at.follow(walked, redirect, li + 1..merged as LayerIdx);
             if stop_after {
                 break;
             }
