@@ -52,10 +52,18 @@ pub(crate) fn shard_stats<K: std::hash::Hash + Eq, V>(
 /// A cached directory fd, and what is known of the directory.
 struct Cached {
     fd: Arc<OwnedFd>,
-    /// It is marked `overlay.opaque=x` (holds xattr whiteouts), once read.
-    xwhiteouts: Option<bool>,
-    /// It is marked `overlay.impure` (holds copied-up entries), once read.
-    impure: Option<bool>,
+    facts: Facts,
+}
+
+/// What is read of a cached directory once (`None` until then) and forgotten with its fd.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Facts {
+    /// It is marked `overlay.opaque=x` (holds xattr whiteouts).
+    pub(crate) xwhiteouts: Option<bool>,
+    /// It is marked `overlay.impure` (holds copied-up entries).
+    pub(crate) impure: Option<bool>,
+    /// Its default ACL (`system.posix_acl_default`), if it has one.
+    pub(crate) default_acl: Option<Option<Arc<[u8]>>>,
 }
 
 type Shard = Mutex<LruCache<(NodeId, LayerIdx), Cached>>;
@@ -108,60 +116,57 @@ impl DirFdCache {
         shard_stats(&self.shards, &self.lookups)
     }
 
-    pub(crate) fn put(&self, ino: NodeId, layer: LayerIdx, fd: Arc<OwnedFd>) {
-        self.shard(ino).lock().put(
-            (ino, layer),
-            Cached {
-                fd,
-                xwhiteouts: None,
-                impure: None,
-            },
-        );
+    /// Caches `fd` as node `ino`'s directory in layer `layer` if `still()`, which is asked
+    /// under the lock [`DirFdCache::drop_node`] takes: a caller that changes what `still`
+    /// reads before it drops the node's fds never finds this fd cached after.
+    pub(crate) fn put_if(
+        &self,
+        ino: NodeId,
+        layer: LayerIdx,
+        fd: Arc<OwnedFd>,
+        still: impl FnOnce() -> bool,
+    ) {
+        let mut shard = self.shard(ino).lock();
+        if still() {
+            shard.put(
+                (ino, layer),
+                Cached {
+                    fd,
+                    facts: Facts::default(),
+                },
+            );
+        }
     }
 
-    /// Whether the directory cached as `fd` is marked to hold xattr whiteouts, once known
-    /// (forgotten with the fd).
-    pub(crate) fn xwhiteouts(
+    /// What `get` reads of the facts known of the directory cached as `fd` (none once
+    /// another fd took its place).
+    pub(crate) fn fact<T>(
         &self,
         ino: NodeId,
         layer: LayerIdx,
         fd: &Arc<OwnedFd>,
-    ) -> Option<bool> {
+        get: impl FnOnce(&Facts) -> Option<T>,
+    ) -> Option<T> {
         let shard = self.shard(ino).lock();
         let c = shard.peek(&(ino, layer))?;
         if Arc::ptr_eq(&c.fd, fd) {
-            c.xwhiteouts
+            get(&c.facts)
         } else {
             None
         }
     }
 
-    /// Records [`DirFdCache::xwhiteouts`] for the directory cached as `fd`.
-    pub(crate) fn set_xwhiteouts(&self, ino: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>, v: bool) {
+    /// Records a fact (`set`) of the directory cached as `fd`.
+    pub(crate) fn set_fact(
+        &self,
+        ino: NodeId,
+        layer: LayerIdx,
+        fd: &Arc<OwnedFd>,
+        set: impl FnOnce(&mut Facts),
+    ) {
         if let Some(c) = self.shard(ino).lock().peek_mut(&(ino, layer)) {
             if Arc::ptr_eq(&c.fd, fd) {
-                c.xwhiteouts = Some(v);
-            }
-        }
-    }
-
-    /// Whether the directory cached as `fd` is marked impure, once known (forgotten with
-    /// the fd).
-    pub(crate) fn impure(&self, ino: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Option<bool> {
-        let shard = self.shard(ino).lock();
-        let c = shard.peek(&(ino, layer))?;
-        if Arc::ptr_eq(&c.fd, fd) {
-            c.impure
-        } else {
-            None
-        }
-    }
-
-    /// Records [`DirFdCache::impure`] for the directory cached as `fd`.
-    pub(crate) fn set_impure(&self, ino: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>, v: bool) {
-        if let Some(c) = self.shard(ino).lock().peek_mut(&(ino, layer)) {
-            if Arc::ptr_eq(&c.fd, fd) {
-                c.impure = Some(v);
+                set(&mut c.facts);
             }
         }
     }
@@ -205,7 +210,7 @@ mod tests {
     fn reclaim_drops_the_older_half() {
         let c = DirFdCache::new(SHARDS * 64);
         for ino in 0..64 {
-            c.put(NodeId::from_wire(ino), 0, fd());
+            c.put_if(NodeId::from_wire(ino), 0, fd(), || true);
         }
         let freed = c.reclaim();
         assert!(freed >= 32, "freed {freed}");

@@ -548,10 +548,20 @@ impl Overlay {
     }
 
     /// Caches `fd`, directory `node`'s copy in layer `layer` just opened (and watches it
-    /// with `udba=notify`).
-    fn cache_dir_fd(&self, node: NodeId, layer: LayerIdx, fd: &Arc<OwnedFd>) {
+    /// with `udba=notify`), unless the node moved on from `version`, its version read
+    /// before the open: a refresh or a forget that ran meanwhile dropped the fds it knew
+    /// of, and must not find one it dropped put back after it (a directory replaced behind
+    /// the mount would be read from its old copy for good, unwatched).
+    fn cache_dir_fd(&self, node: NodeId, version: u64, layer: LayerIdx, fd: &Arc<OwnedFd>) {
+        #[cfg(test)]
+        tests::BEFORE_DIR_FD_CACHED.with(crate::test_hook::Hook::fire);
         self.watch_dir(node, layer, fd);
-        self.dirfds.put(node, layer, Arc::clone(fd));
+        // Versions are unique across nodes: a node that took the id since has another.
+        self.dirfds.put_if(node, layer, Arc::clone(fd), || {
+            self.nodes
+                .get(node)
+                .is_some_and(|n| !n.is_dead() && n.dir_version() == version)
+        });
     }
 
     /// An `O_PATH` fd on directory `node` in layer `layer`, from the cache when possible.
@@ -572,11 +582,12 @@ impl Overlay {
             return Err(self.gone(node));
         }
         let l = self.layers.get(layer).ok_or(Error::StaleNode(node.id))?;
-        // (node id, name) from `node` up to the child of the nearest cached ancestor, or of
-        // the nearest one a redirect put elsewhere in this layer.
-        let mut chain: Vec<(NodeId, std::ffi::OsString)> = Vec::new();
+        // (node id, its version, name) from `node` up to the child of the nearest cached
+        // ancestor, or of the nearest one a redirect put elsewhere in this layer.
+        let mut chain: Vec<(NodeId, u64, std::ffi::OsString)> = Vec::new();
         let mut start = None;
         let mut cur = node.id;
+        let mut version = node.dir_version();
         let (mut parent, mut name, mut redirect) =
             node.with_location(|l| (l.parent, l.name.clone(), l.redirect_in(layer).cloned()));
         while cur != ROOT {
@@ -591,11 +602,11 @@ impl Overlay {
                         crate::sys::open_dir_path(l.root(), path.as_os_str().as_bytes())?
                     }
                 });
-                self.cache_dir_fd(cur, layer, &fd);
+                self.cache_dir_fd(cur, version, layer, &fd);
                 start = Some(fd);
                 break;
             }
-            chain.push((cur, name));
+            chain.push((cur, version, name));
             if let Some(fd) = self.dirfds.get(parent, layer) {
                 start = Some(fd);
                 break;
@@ -609,20 +620,22 @@ impl Overlay {
                 return Err(self.gone(&p));
             }
             cur = parent;
+            version = p.dir_version();
             (parent, name, redirect) =
                 p.with_location(|l| (l.parent, l.name.clone(), l.redirect_in(layer).cloned()));
         }
         let mut fd = match start {
             Some(fd) => fd,
             None => {
+                let version = self.node(ROOT)?.dir_version();
                 let root = Arc::new(crate::sys::open_dir_path(l.root(), b"")?);
-                self.cache_dir_fd(ROOT, layer, &root);
+                self.cache_dir_fd(ROOT, version, layer, &root);
                 root
             }
         };
-        for (id, name) in chain.iter().rev() {
+        for (id, version, name) in chain.iter().rev() {
             let next = Arc::new(crate::sys::open_dir_path(fd.as_fd(), name.as_bytes())?);
-            self.cache_dir_fd(*id, layer, &next);
+            self.cache_dir_fd(*id, *version, layer, &next);
             fd = next;
         }
         Ok(fd)
@@ -633,23 +646,25 @@ impl Overlay {
     /// may be xattr whiteouts: read once per cached directory fd, as lookups of empty files
     /// would otherwise read it each time.
     fn xwhiteouts_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
-        if let Some(v) = self.dirfds.xwhiteouts(dir.id, layer, fd) {
+        if let Some(v) = self.dirfds.fact(dir.id, layer, fd, |f| f.xwhiteouts) {
             return Ok(v);
         }
         let v = crate::layer::is_xwhiteouts_dir(fd.as_fd(), self.layers.xattrs())?;
-        self.dirfds.set_xwhiteouts(dir.id, layer, fd, v);
+        self.dirfds
+            .set_fact(dir.id, layer, fd, |f| f.xwhiteouts = Some(v));
         Ok(v)
     }
 
     /// True when directory `dir`'s copy in layer `layer` (open as `fd`) is marked
     /// `overlay.impure`, read once per cached directory fd.
     fn impure_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
-        if let Some(v) = self.dirfds.impure(dir.id, layer, fd) {
+        if let Some(v) = self.dirfds.fact(dir.id, layer, fd, |f| f.impure) {
             return Ok(v);
         }
         let ns = self.layers.get(layer).map(|l| l.xattrs);
         let v = crate::layer::is_impure_dir(fd.as_fd(), ns.unwrap_or(self.layers.xattrs()))?;
-        self.dirfds.set_impure(dir.id, layer, fd, v);
+        self.dirfds
+            .set_fact(dir.id, layer, fd, |f| f.impure = Some(v));
         Ok(v)
     }
 
@@ -751,4 +766,49 @@ pub(crate) fn scratch_overlay(
     cfg.workdir = Some(w);
     let ov = Overlay::new(stack, Options::from_config(&cfg));
     (t, ov)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::sync::Arc;
+
+    use crate::inode::ROOT;
+    use crate::test_hook::Hook;
+
+    thread_local! {
+        /// Run once by this thread's next caching of a directory fd, between its open and
+        /// the cache.
+        pub(super) static BEFORE_DIR_FD_CACHED: Hook = Hook::default();
+    }
+
+    /// The upper copy of a merged directory replaced behind the mount, and refreshed, while
+    /// a lookup in it had opened the old copy but not cached it yet: the old fd used to be
+    /// cached after the refresh had dropped what it knew, so the new copy's names never
+    /// showed (the race `tests/udba.rs` met under load).
+    #[test]
+    fn a_directory_fd_opened_before_a_refresh_is_not_cached_after_it() {
+        let (t, ov) = super::scratch_overlay(|l, u| {
+            std::fs::create_dir(l.join("d")).unwrap();
+            std::fs::write(l.join("d/a"), "a").unwrap();
+            std::fs::create_dir(u.join("d")).unwrap();
+        });
+        let ov = Arc::new(ov);
+        let d = ov.lookup(ROOT, OsStr::new("d")).unwrap().node;
+        let upper_d = t.path().join("u/d");
+        let (ov2, upper_d2) = (Arc::clone(&ov), upper_d.clone());
+        BEFORE_DIR_FD_CACHED.with(|h| {
+            h.arm(move || {
+                std::fs::remove_dir(&upper_d2).unwrap();
+                std::fs::create_dir(&upper_d2).unwrap();
+                std::fs::write(upper_d2.join("b"), "b").unwrap();
+                ov2.refresh(&super::refresh::Scope::Paths(vec!["d".into()]));
+            })
+        });
+        // Opens d's copies (the hook fires at the first) and finds a in the lower one.
+        assert!(ov.lookup(d, OsStr::new("a")).is_ok());
+        let b = ov.lookup(d, OsStr::new("b"));
+        assert!(b.is_ok(), "b, in the new upper copy: {:?}", b.map(|_| ()));
+        drop(t);
+    }
 }

@@ -173,12 +173,16 @@ impl Overlay {
 
     /// Drops node `n`'s directory fds and shared listing, and moves a directory's version
     /// on (names cached as missing from it, and listings handles hold, are out of date).
+    ///
+    /// The version moves first: a directory fd opened before the drop is then not cached
+    /// after it (see `Overlay::cache_dir_fd`).
     fn forget_cached(&self, n: &Node) {
+        let moved = (n.kind == crate::sys::FileKind::Directory).then(|| n.lock_dir());
         self.dirfds.drop_node(n.id, self.layers.len());
-        if n.kind == crate::sys::FileKind::Directory {
+        if moved.is_some() {
             self.listings.remove(n.id);
-            drop(n.lock_dir());
         }
+        drop(moved);
     }
 
     /// Resolves node `n` at its name again (its parent is current); false when its object

@@ -85,9 +85,50 @@ impl Layers {
             try_snapshot(&self.mnt).is_ok_and(|ours| tree_diff(&ours, &theirs).is_none())
         });
         if !equal {
-            assert_same_tree(&snapshot(&self.mnt), &theirs, what);
+            let ours = snapshot(&self.mnt);
+            if let Some(d) = tree_diff(&ours, &theirs) {
+                panic!(
+                    "{what}: trees differ:\n{d}\n{}",
+                    self.diagnose(&ours, &theirs)
+                );
+            }
         }
         drop(k);
+    }
+
+    /// What the mount shows of the paths two trees disagree on (a name looked up and
+    /// listed directly, and after a `stratafs refresh`): tells a change the daemon missed
+    /// from one the kernel still caches.
+    fn diagnose(&self, ours: &TreeSnap, theirs: &TreeSnap) -> String {
+        let mut paths: Vec<&PathBuf> = theirs
+            .keys()
+            .filter(|p| ours.get(*p) != theirs.get(*p))
+            .chain(ours.keys().filter(|p| !theirs.contains_key(*p)))
+            .collect();
+        paths.truncate(5);
+        let mut out = String::new();
+        for p in paths {
+            let full = self.mnt.join(p);
+            let listed = full.parent().and_then(|d| fs::read_dir(d).ok()).map(|rd| {
+                rd.flatten()
+                    .any(|e| Some(e.file_name().as_os_str()) == p.file_name())
+            });
+            out += &format!(
+                "{}: lstat {:?}, listed {:?}\n",
+                p.display(),
+                fs::symlink_metadata(&full)
+                    .map(|m| m.len())
+                    .map_err(|e| e.kind()),
+                listed
+            );
+        }
+        let refreshed = std::process::Command::new(stratafs_bin())
+            .arg("refresh")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        let after = try_snapshot(&self.mnt).map(|t| tree_diff(&t, theirs));
+        out + &format!("after `stratafs refresh` (ran: {refreshed}): {after:?}")
     }
 
     /// The race's files, each in one of the lower layers, holding their marker.
