@@ -103,6 +103,26 @@ fn changes(m: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     set(&m.join("plain/h"), ACCESS, &reader_acl());
+    // A default ACL given to a directory that creations have been made in, then taken
+    // away: the creations after each see it (the daemon reads it once per cached
+    // directory, so a change through the mount must make it read again).
+    set(&m.join("plain"), DEFAULT, &reader_acl());
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"set -e; umask 077; : > "$1/plain/after-default"; mkdir "$1/plain/d""#)
+        .arg("sh")
+        .arg(m));
+    assert!(out.status.success(), "{out:?}");
+    let rm = run(Command::new("setfattr")
+        .args(["-x", DEFAULT])
+        .arg(m.join("plain")));
+    assert!(rm.status.success(), "{rm:?}");
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"set -e; umask 077; : > "$1/plain/after-removal""#)
+        .arg("sh")
+        .arg(m));
+    assert!(out.status.success(), "{out:?}");
     let hex: String = reader_acl().iter().map(|b| format!("{b:02x}")).collect();
     let out = run(Command::new("setpriv")
         .args([
@@ -149,6 +169,10 @@ fn observe(m: &Path) -> Vec<String> {
         "plain/new",
         "plain/newdir",
         "plain/h",
+        "plain",
+        "plain/after-default",
+        "plain/d",
+        "plain/after-removal",
         "acl/f",
         "acl/g",
         "sgid/f",

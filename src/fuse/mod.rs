@@ -199,27 +199,30 @@ impl StrataFs {
     /// Registers an open file of node `ino` (`lower`: opened on a lower layer) and returns
     /// its handle and, for a passthrough open, the backing file to reply with. `None` when
     /// the open cannot share the node's passthrough backing file: that is a lower copy, and
-    /// the node has been copied up since (see [`NodeIo`]); `fd` is then closed.
+    /// the node has been copied up since (see [`NodeIo`]); `fd` is then closed. `known`:
+    /// whether the file has privileges a write drops, where the caller knows (a file it
+    /// has just created has no capabilities, and the mode it was given).
     fn add_file(
         &self,
         ino: NodeId,
         fd: OwnedFd,
-        lower: bool,
-        exec: bool,
-        writable: bool,
+        (lower, exec, writable): (bool, bool, bool),
+        known: Option<bool>,
     ) -> Option<(Fh, Arc<OpenFile>, Option<Arc<Backing>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
         // are never in passthrough (root's writes through the backing file would drop them).
         // Only an open that may write, or may get passthrough, needs to look (two system
         // calls less for every read-only open of a daemon without passthrough).
-        let setid = (writable || self.backing_dev.is_some())
-            && (sys::stat_fd(fd.as_fd())
-                .map(|st| st.mode & SETID != 0)
-                .unwrap_or(false)
-                || matches!(
-                    sys::get_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)),
-                    Ok(Some(_))
-                ));
+        let setid = known.unwrap_or_else(|| {
+            (writable || self.backing_dev.is_some())
+                && (sys::stat_fd(fd.as_fd())
+                    .map(|st| st.mode & SETID != 0)
+                    .unwrap_or(false)
+                    || matches!(
+                        sys::get_xattr(fd.as_fd(), OsStr::new(CAPS_XATTR)),
+                        Ok(Some(_))
+                    ))
+        });
         let fd = Arc::new(fd);
         let opts = self.overlay.options();
         let eligible = self.backing_dev.is_some()
@@ -649,7 +652,8 @@ impl StrataFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let f = self.overlay.open(ino, flags)?;
         let keep = if f.immutable { fopen::KEEP_CACHE } else { 0 };
-        let Some((fh, of, backing)) = self.add_file(ino, f.fd, f.immutable, exec, writable) else {
+        let Some((fh, of, backing)) = self.add_file(ino, f.fd, (f.immutable, exec, writable), None)
+        else {
             debug!(
                 ino = ino.get(),
                 "open after a copy-up under passthrough: node retired"
@@ -934,9 +938,11 @@ impl StrataFs {
             mode,
             caller_with_umask(req, umask),
         )?;
-        // A new object's node has no earlier opens, so it shares no backing file.
+        // A new object's node has no earlier opens, so it shares no backing file; and it
+        // has no capabilities yet.
+        let setid = u32::from(a.perm) & SETID != 0;
         let Some((fh, _, backing)) =
-            fd.and_then(|fd| self.add_file(node_id(&a), fd, false, false, true))
+            fd.and_then(|fd| self.add_file(node_id(&a), fd, (false, false, true), Some(setid)))
         else {
             self.overlay.forget(node_id(&a), 1);
             return Err(os(libc::EIO));

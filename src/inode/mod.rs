@@ -151,6 +151,15 @@ fn next_version() -> u64 {
 pub struct DirGuard<'a> {
     node: &'a Node,
     _lock: parking_lot::MutexGuard<'a, ()>,
+    before: u64,
+}
+
+impl DirGuard<'_> {
+    /// The directory's version when the lock was taken: what was found of it at that
+    /// version (a name missing) holds until the change the guard is for.
+    pub fn before(&self) -> u64 {
+        self.before
+    }
 }
 
 impl Drop for DirGuard<'_> {
@@ -222,10 +231,11 @@ impl Node {
     pub fn lock_dir(&self) -> DirGuard<'_> {
         let lock = self.dir_lock.lock();
         // Before any change is made: a resolution running now sees the version move.
-        self.version.store(next_version() | 1, Ordering::SeqCst);
+        let before = self.version.swap(next_version() | 1, Ordering::SeqCst);
         DirGuard {
             node: self,
             _lock: lock,
+            before,
         }
     }
 

@@ -236,6 +236,7 @@ impl Overlay {
         };
         let at = self.upper_object(id)?;
         at.object().set_xattr(&stored, value, flags)?;
+        self.default_acl_changed(id, name);
         if name == crate::layer::idmap::ACCESS_ACL && self.keeps_perms_in_xattrs() {
             // Setting an access ACL sets the permission bits it stands for; here they
             // live in the override.
@@ -270,7 +271,17 @@ impl Overlay {
         self.writable()?;
         // Removing what is not there must not copy anything up.
         self.getxattr(id, name)?;
-        Ok(self.upper_object(id)?.object().remove_xattr(&stored)?)
+        self.upper_object(id)?.object().remove_xattr(&stored)?;
+        self.default_acl_changed(id, name);
+        Ok(())
+    }
+
+    /// After xattr `name` of node `id` was set or removed: a directory's default ACL, which
+    /// creations in it read from its cached fd ([`Overlay::default_acl`]), is read again.
+    fn default_acl_changed(&self, id: NodeId, name: &OsStr) {
+        if name == crate::layer::idmap::DEFAULT_ACL {
+            self.dirfds.drop_node(id, self.layers.len());
+        }
     }
 
     /// `fsync` of an open file, unless the mount skips syncs (`fsync=0`, `volatile`).

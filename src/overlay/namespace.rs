@@ -113,6 +113,26 @@ impl Overlay {
         }
     }
 
+    /// The default ACL of directory `dir`'s upper copy, open as `fd` (from
+    /// [`Overlay::upper_dir`]): read once per cached directory fd, as every creation in the
+    /// directory needs it (a setxattr or removexattr of it through the mount drops the fd).
+    fn default_acl(&self, dir: &Node, fd: &Arc<OwnedFd>) -> Option<Arc<[u8]>> {
+        if let Some(v) = self
+            .dirfds
+            .fact(dir.id, UPPER, fd, |f| f.default_acl.clone())
+        {
+            return v;
+        }
+        let v: Option<Arc<[u8]>> = Object::named(fd.as_fd(), OsStr::new(""))
+            .get_xattr(OsStr::new(DEFAULT_ACL))
+            .unwrap_or(None)
+            .map(Into::into);
+        let known = v.clone();
+        self.dirfds
+            .set_fact(dir.id, UPPER, fd, |f| f.default_acl = Some(known));
+        v
+    }
+
     /// True when a layer below the upper one still shows `name` in `dir`.
     fn lower_has(&self, dir: &Node, name: &OsStr) -> Result<bool> {
         let chain = dir.with_location(|l| l.layers.clone());
@@ -247,10 +267,15 @@ impl Overlay {
             return Err(Error::NotDir);
         }
         let pfd = self.upper_dir(&dir)?;
-        let _guard = dir.lock_dir();
-        let chain = dir.with_location(|l| l.layers.clone());
-        if self.resolve_in(&dir, &chain, name, 0)?.is_some() {
-            return Err(Error::Exists);
+        let guard = dir.lock_dir();
+        // A name found missing at the version the directory had until now (the lookup
+        // the kernel makes before a creation) is missing still: the layers below need not
+        // be probed again.
+        if !self.negative.is_missing(dir.id, guard.before(), name) {
+            let chain = dir.with_location(|l| l.layers.clone());
+            if self.resolve_in(&dir, &chain, name, 0)?.is_some() {
+                return Err(Error::Exists);
+            }
         }
         let slot = self.upper_slot(pfd.as_fd(), name)?;
         let pst = sys::stat_fd(pfd.as_fd())?;
@@ -264,9 +289,7 @@ impl Overlay {
         // object's ACL and mode from it (posix_acl_create), as it does for the daemon's own
         // creation in that directory.
         let default_acl = if self.opts.acl {
-            Object::named(pfd.as_fd(), OsStr::new(""))
-                .get_xattr(OsStr::new(DEFAULT_ACL))
-                .unwrap_or(None)
+            self.default_acl(&dir, &pfd)
         } else {
             None
         };
