@@ -243,9 +243,156 @@ pub fn is_opaque_value(v: &[u8]) -> bool {
     v == b"y"
 }
 
+/// The kernel's `struct ovl_fb` (the on-disk file handle of `overlay.origin`, of
+/// `overlay.upper` on the index directory, and, in hex, the names in it): version 0, magic
+/// 0xfb, the total length, flags, the filesystem's handle type, the filesystem's 16-byte
+/// uuid, then the handle's bytes.
+pub const ORIGIN_HEADER: usize = 21;
+
+/// `OVL_FH_FLAG_PATH_UPPER`: the handle is of an upper-layer object.
+const ORIGIN_FLAG_UPPER: u8 = 1 << 2;
+
+/// `OVL_FH_FLAG_BIG_ENDIAN`: set on big-endian machines (the kernel's "CPU endian" flag).
+const ORIGIN_FLAG_BIG_ENDIAN: u8 = 1 << 0;
+
+/// The `struct ovl_fb` the kernel records for an object whose filesystem has uuid `uuid`
+/// and whose handle (`name_to_handle_at`, non-connectable) is `kind`/`fid`; `upper` for an
+/// upper-layer object (the index directory's `overlay.upper`). `None` for a handle too
+/// long for the format's one-byte length.
+pub fn origin_handle(uuid: &[u8; 16], kind: i32, fid: &[u8], upper: bool) -> Option<Vec<u8>> {
+    let len = u8::try_from(ORIGIN_HEADER + fid.len()).ok()?;
+    let kind = u8::try_from(kind).ok()?;
+    let mut flags = if cfg!(target_endian = "big") {
+        ORIGIN_FLAG_BIG_ENDIAN
+    } else {
+        0
+    };
+    if upper {
+        flags |= ORIGIN_FLAG_UPPER;
+    }
+    let mut v = Vec::with_capacity(usize::from(len));
+    v.extend_from_slice(&[0, 0xfb, len, flags, kind]);
+    v.extend_from_slice(uuid);
+    v.extend_from_slice(fid);
+    Some(v)
+}
+
+/// True when `v` is a `struct ovl_fb` as the kernel checks one (`ovl_check_fb_len`):
+/// version 0, the magic, a length that is the value's, no unknown flags.
+pub fn origin_handle_ok(v: &[u8]) -> bool {
+    v.len() >= ORIGIN_HEADER
+        && v[0] == 0
+        && v[1] == 0xfb
+        && usize::from(v[2]) == v.len()
+        && v[3] & !0x7 == 0
+}
+
+/// The filesystem uuid, handle type and handle bytes an `overlay.origin` records, if it is
+/// one (see [`origin_handle_ok`]).
+pub fn parse_origin_handle(v: &[u8]) -> Option<([u8; 16], i32, &[u8])> {
+    if !origin_handle_ok(v) {
+        return None;
+    }
+    let uuid: [u8; 16] = v[5..ORIGIN_HEADER].try_into().ok()?;
+    Some((uuid, i32::from(v[4]), &v[ORIGIN_HEADER..]))
+}
+
+/// The name of the index entry of a lower object whose `overlay.origin` is `fh`: its bytes
+/// in lowercase hex, as the kernel names them (`ovl_get_index_name`).
+pub fn index_name(fh: &[u8]) -> std::ffi::OsString {
+    let mut s = String::with_capacity(fh.len() * 2);
+    for b in fh {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.into()
+}
+
+/// The kernel's `overlay.nlink` on an indexed upper file: the link count shown through
+/// the overlay, relative to the upper inode's (`U+N`, `U-N`) or the lower one's (`L+N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexNlink {
+    /// Relative to the upper inode's link count.
+    Upper(i32),
+    /// Relative to the lower (origin) inode's link count.
+    Lower(i32),
+}
+
+impl IndexNlink {
+    /// Parses a value as the kernel reads it (`ovl_get_nlink`); `None` for a bad one.
+    pub fn parse(v: &[u8]) -> Option<IndexNlink> {
+        let s = std::str::from_utf8(v).ok()?;
+        let (base, rest) = s.split_at_checked(1)?;
+        if !rest.starts_with(['+', '-']) {
+            return None;
+        }
+        let n: i32 = rest.parse().ok()?;
+        match base {
+            "U" => Some(IndexNlink::Upper(n)),
+            "L" => Some(IndexNlink::Lower(n)),
+            _ => None,
+        }
+    }
+
+    /// The value as the kernel writes it (`"U%+i"`).
+    pub fn encode(self) -> Vec<u8> {
+        match self {
+            IndexNlink::Upper(n) => format!("U{n:+}"),
+            IndexNlink::Lower(n) => format!("L{n:+}"),
+        }
+        .into_bytes()
+    }
+
+    /// The link count shown, given the upper and lower inodes' counts; `None` when it is
+    /// not positive (the kernel then shows the upper count).
+    pub fn shown(self, upper: u32, lower: Option<u32>) -> Option<u32> {
+        let (base, diff) = match self {
+            IndexNlink::Upper(n) => (i64::from(upper), n),
+            IndexNlink::Lower(n) => (i64::from(lower?), n),
+        };
+        u32::try_from(base + i64::from(diff))
+            .ok()
+            .filter(|n| *n > 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_handles_as_the_kernel_writes_them() {
+        // What the kernel wrote here for an ext4 file (null uuid, FILEID_INO32_GEN).
+        let fid = [0x02, 0x4c, 0x9a, 0x00, 0x3b, 0xec, 0xfb, 0x21];
+        let v = origin_handle(&[0; 16], 1, &fid, false).unwrap();
+        assert_eq!(
+            index_name(&v),
+            OsStr::new("00fb1d000100000000000000000000000000000000024c9a003becfb21")
+        );
+        assert!(origin_handle_ok(&v));
+        let up = origin_handle(&[7; 16], 1, &fid, true).unwrap();
+        assert_eq!(&up[..5], &[0, 0xfb, 29, 4, 1]);
+        assert_eq!(&up[5..21], &[7; 16]);
+        assert!(origin_handle_ok(&up));
+        assert!(!origin_handle_ok(&up[..28]));
+        assert_eq!(parse_origin_handle(&up), Some(([7; 16], 1, &fid[..])));
+        assert_eq!(parse_origin_handle(&up[..28]), None);
+        assert!(origin_handle(&[0; 16], 1, &[0; 240], false).is_none());
+    }
+
+    #[test]
+    fn index_nlink_values() {
+        assert_eq!(IndexNlink::parse(b"U+0"), Some(IndexNlink::Upper(0)));
+        assert_eq!(IndexNlink::parse(b"L-2"), Some(IndexNlink::Lower(-2)));
+        for bad in [&b"U0"[..], b"X+1", b"U+", b"", b"U+1x"] {
+            assert_eq!(IndexNlink::parse(bad), None);
+        }
+        assert_eq!(IndexNlink::Upper(0).encode(), b"U+0");
+        assert_eq!(IndexNlink::Upper(-1).encode(), b"U-1");
+        assert_eq!(IndexNlink::Upper(1).shown(2, None), Some(3));
+        assert_eq!(IndexNlink::Upper(-2).shown(2, None), None);
+        assert_eq!(IndexNlink::Lower(-1).shown(2, Some(3)), Some(2));
+        assert_eq!(IndexNlink::Lower(-1).shown(2, None), None);
+    }
 
     #[test]
     fn metacopy_digests() {

@@ -634,6 +634,125 @@ pub fn admin_in_initial_userns() -> bool {
     identity && cap
 }
 
+/// The most bytes a file handle takes (the kernel's `MAX_HANDLE_SZ`).
+pub const MAX_HANDLE_SZ: usize = 128;
+
+/// A file handle as `name_to_handle_at` gives it: the filesystem's handle type and its
+/// bytes (what the kernel's overlayfs records of a lower object in `overlay.origin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    /// The handle type (`FILEID_*`, the filesystem's own).
+    pub kind: i32,
+    /// The handle's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawFileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// The file handle of entry `name` directly under `dir` (the directory itself when `name`
+/// is empty), never following a symlink; the handle is the non-connectable kind (no
+/// parent), as the kernel's overlayfs encodes its origins. `name` is one component.
+pub fn file_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<FileHandle> {
+    if name.as_bytes().contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let c_name = CString::new(name.as_bytes())?;
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
+    let mut raw = RawFileHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `c_name` is a NUL-terminated string alive for the call; `raw` is a `struct
+    // file_handle` whose `handle_bytes` says MAX_HANDLE_SZ bytes follow (they do), which
+    // the kernel fills and updates; `mount_id` is a writable int. No pointer is kept.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            c_name.as_ptr(),
+            &mut raw as *mut RawFileHandle,
+            &mut mount_id as *mut libc::c_int,
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(FileHandle {
+        kind: raw.handle_type,
+        bytes: raw.f_handle[..len].to_vec(),
+    })
+}
+
+/// Opens the object file handle `h` names on the filesystem `mount` (any fd on it) is on,
+/// as an `O_PATH` fd (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH). The object
+/// may be anywhere on that filesystem: callers only stat it.
+pub fn open_by_handle(mount: BorrowedFd<'_>, h: &FileHandle) -> io::Result<OwnedFd> {
+    if h.bytes.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut raw = RawFileHandle {
+        handle_bytes: h.bytes.len() as u32,
+        handle_type: h.kind,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    // SAFETY: `raw` is a `struct file_handle` whose `handle_bytes` bytes follow it, alive
+    // for the call; the kernel only reads it. The fd returned is new and owned here.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut raw as *mut RawFileHandle,
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `fd` was just returned by the kernel, open, and owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The 16-byte uuid of the filesystem `fd` (any fd, `O_PATH` included) is on, as the
+/// kernel keeps it (`s_uuid`, `FS_IOC_GETFSUUID`, Linux 6.5+); all zeros for a filesystem
+/// that has none.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
+    // _IOR(0x15, 0, struct fsuuid2): a length byte, then 16 bytes.
+    const FS_IOC_GETFSUUID: u32 = 0x8011_1500;
+    let file = reopen(fd, OFlags::RDONLY)?;
+    let mut buf = [0u8; 17];
+    // SAFETY: FS_IOC_GETFSUUID writes one `struct fsuuid2` (17 bytes, no pointers) into
+    // `buf`, which is alive and borrowed mutably for the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETFSUUID as _, buf.as_mut_ptr()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // ENOTTY: the filesystem has no uuid (the kernel's s_uuid is null).
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY) => Ok([0; 16]),
+            _ => Err(e),
+        };
+    }
+    let len = usize::from(buf[0]).min(16);
+    let mut uuid = [0u8; 16];
+    uuid[..len].copy_from_slice(&buf[1..1 + len]);
+    Ok(uuid)
+}
+
 /// Lazily detaches the mount at `path` (`umount2(MNT_DETACH)`).
 pub fn unmount_lazy(path: &std::path::Path) -> io::Result<()> {
     rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(io::Error::from)
