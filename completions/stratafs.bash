@@ -48,7 +48,7 @@ _stratafs() {
             fi
             case "${prev}" in
                 -o)
-                    COMPREPLY=($(compgen -W "lowerdir lowerdir+ datadir+ upperdir workdir fsync volatile timeout node_limit udba udba_watches xino ino32_t static_nlink noxattrs fsname debug log allow_other allow_root default_permissions ro rw dev nodev suid nosuid exec noexec atime noatime dirsync sync async uidmapping gidmapping squash_to_root squash_to_uid squash_to_gid xattr_permissions redirect_dir metacopy verity writeback passthrough io_uring markers userxattr noacl threaded fast_ino plugins context" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "lowerdir lowerdir+ datadir+ upperdir workdir fsync volatile timeout node_limit udba udba_watches xino ino32_t static_nlink noxattrs fsname debug log allow_other allow_root default_permissions ro rw dev nodev suid nosuid exec noexec atime noatime dirsync sync async uidmapping gidmapping squash_to_root squash_to_uid squash_to_gid xattr_permissions redirect_dir metacopy index verity writeback passthrough io_uring markers userxattr noacl threaded fast_ino plugins context" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -31,8 +31,12 @@ pub fn open_overlay(cfg: &MountConfig) -> Result<Overlay, MountError> {
         cfg.userxattr,
     )
     .map_err(|e| MountError(strip_os_error_codes(&e.to_string())))?;
-    Ok(Overlay::new(layers, Options::from_config(cfg))
-        .with_idmap(crate::layer::IdMap::from_config(cfg)))
+    let mut overlay = Overlay::new(layers, Options::from_config(cfg))
+        .with_idmap(crate::layer::IdMap::from_config(cfg));
+    if cfg.index_on() {
+        overlay.enable_index().map_err(MountError)?;
+    }
+    Ok(overlay)
 }
 
 /// How the mount is made: the kernel flags and the FUSE options of `cfg`.

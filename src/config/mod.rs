@@ -271,6 +271,9 @@ pub struct MountConfig {
     /// `metacopy=on|off`: as given (`None`: not given, which is off); see
     /// [`MountConfig::metacopy_on`].
     pub metacopy: Option<bool>,
+    /// `index=on|off` (default off): lower hard links stay one file across copy-ups,
+    /// through the kernel's inodes index in the work directory.
+    pub index: bool,
     /// `verity=off|on|require`.
     pub verity: Verity,
     /// `userxattr`: the overlay's own xattrs are the `user.overlay.*` ones even as root, as
@@ -329,6 +332,7 @@ impl MountConfig {
             plugins: Vec::new(),
             redirect_dir: None,
             metacopy: None,
+            index: false,
             verity: Verity::Off,
             userxattr: false,
             context: None,
@@ -356,6 +360,12 @@ impl MountConfig {
     /// a lower file's metadata copy up its metadata alone.
     pub fn metacopy_on(&self) -> bool {
         self.metacopy == Some(true)
+    }
+
+    /// True when the inodes index is used: `index=on` on a writable union (the kernel
+    /// ignores it without an upper layer, and a `ro` mount sets no index up).
+    pub fn index_on(&self) -> bool {
+        self.index && !self.read_only()
     }
 
     /// True when there is no upper layer: every write gets EROFS.

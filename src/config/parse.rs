@@ -256,6 +256,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "plugins",
     "redirect_dir",
     "metacopy",
+    "index",
     "verity",
     "userxattr",
     "context",
@@ -534,6 +535,13 @@ fn apply_option(
                 "off" => false,
                 _ => return Err(bad(key, "expected on or off")),
             })
+        }
+        "index" => {
+            cfg.index = match utf8_value(key, value)? {
+                "on" => true,
+                "off" => false,
+                _ => return Err(bad(key, "expected on or off")),
+            }
         }
         "verity" => {
             cfg.verity = match utf8_value(key, value)? {
@@ -1128,6 +1136,17 @@ mod tests {
                 .map(|e| e.to_string()),
             Some("conflicting options: metacopy=on,redirect_dir=nofollow".to_string())
         );
+        // index=: off by default; used only on a writable union (the kernel ignores it
+        // without an upper layer, and sets no index up for a `ro` mount).
+        assert!(!mount(&["/m"]).index);
+        let rw = "lowerdir=/l,upperdir=/u,workdir=/w";
+        assert!(mount(&["-o", &format!("{rw},index=on"), "/m"]).index_on());
+        assert!(!mount(&["-o", &format!("{rw},index=off"), "/m"]).index_on());
+        assert!(!mount(&["-o", &format!("{rw},index=on,ro"), "/m"]).index_on());
+        assert!(mount(&["-o", "lowerdir=/l,index=on", "/m"]).index);
+        assert!(!mount(&["-o", "lowerdir=/l,index=on", "/m"]).index_on());
+        assert!(mount(&["-o", &format!("{rw},index=on,userxattr"), "/m"]).index_on());
+        assert_eq!(bad_key(&["-o", "index=yes", "/m"]), "index");
         assert_eq!(mount(&["/m"]).markers, Markers::Auto);
         assert_eq!(mount(&["/m"]).passthrough, Passthrough::All);
         for (v, want) in [

@@ -33,6 +33,15 @@ pub fn validate(cfg: &MountConfig) -> Result<(), ConfigError> {
         _ => {}
     }
 
+    // The kernel's overlayfs falls back to index=off in a user namespace (it cannot
+    // decode file handles there), so an index written unprivileged would not be one it
+    // reads: refused rather than written for nobody.
+    if cfg.index_on() && !crate::sys::admin_in_initial_userns() {
+        return Err(layout(
+            "index=on needs a daemon running as root (the kernel's overlayfs uses no index in a user namespace)"
+                .to_string(),
+        ));
+    }
     let mut layers = Vec::with_capacity(cfg.lowerdirs.len() + cfg.datadirs.len() + 2);
     for dir in &cfg.lowerdirs {
         layers.push(Dir::inspect("lowerdir", dir)?);

@@ -15,7 +15,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
-use crate::layer::{Ino, LayerIdx, LayerIno};
+use crate::layer::{Ino, LayerIdx, LayerIno, INDEX_LAYER};
 use crate::sys::FileKind;
 
 pub use crate::layer::InoScheme;
@@ -67,6 +67,9 @@ impl std::fmt::Display for NodeId {
 /// The root's node id, fixed by FUSE.
 pub const ROOT: NodeId = NodeId::ROOT;
 
+/// The upper layer's index (layer 0 of a writable union).
+pub const UPPER_LAYER: LayerIdx = 0;
+
 /// Where a node is found: its parent, its name there, and the layers that hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -89,6 +92,21 @@ impl Location {
     /// The topmost layer holding the object.
     pub fn top(&self) -> Option<LayerIdx> {
         self.layers.first().copied()
+    }
+
+    /// The name the object has in the directory its top copy is in: its name, but for a
+    /// file found only in the inodes index, its name there (see [`INDEX_LAYER`]).
+    pub fn top_name(&self) -> &std::ffi::OsStr {
+        match (self.top(), self.redirect_in(INDEX_LAYER)) {
+            (Some(INDEX_LAYER), Some(LayerPath::InParent(n))) => n,
+            _ => &self.name,
+        }
+    }
+
+    /// True when the top copy is in the upper layer, or in the inodes index (on the upper
+    /// layer's filesystem too: the same object once a name of it is linked up).
+    pub fn upper_side(&self) -> bool {
+        matches!(self.top(), Some(0) | Some(INDEX_LAYER))
     }
 
     /// Where a redirect put the directory's copy in layer `layer`, if one did.
@@ -430,7 +448,7 @@ impl NodeTable {
                 Entry::Occupied(o) => {
                     let node = o.get();
                     let mut cur = node.loc.write();
-                    let was_upper = cur.top() == Some(0);
+                    let was_upper = cur.upper_side();
                     let same_name = cur.parent == loc.parent && cur.name == loc.name;
                     // A non-directory copied up is a different object from a lower file that
                     // shared its inode through a hard link the copy-up broke; under the same
@@ -438,7 +456,7 @@ impl NodeTable {
                     // copy-up.
                     let same_side = kind == FileKind::Directory
                         || same_name
-                        || was_upper == (loc.top() == Some(0))
+                        || was_upper == loc.upper_side()
                         || !self.upper;
                     // Another object under the number the node's object had in the same
                     // layer: the node's object is gone (removed behind the mount, its
@@ -466,7 +484,7 @@ impl NodeTable {
                         let stale = kind != FileKind::Directory
                             && self.upper
                             && was_upper
-                            && loc.top() != Some(0)
+                            && !loc.upper_side()
                             && same_name;
                         let mut loc = loc;
                         if loc.object.is_none() && cur.layers == loc.layers {
@@ -656,6 +674,35 @@ impl NodeTable {
         }
     }
 
+    /// Records where node `id` is found now, at the name it is at (resolved again).
+    pub fn set_location(&self, id: NodeId, found: Location) {
+        if let Some(node) = self.get(id) {
+            let mut loc = node.loc.write();
+            if loc.parent == found.parent && loc.name == found.name && *loc != found {
+                if loc.layers != found.layers {
+                    node.layers_changed();
+                }
+                *loc = found;
+            }
+        }
+    }
+
+    /// [`NodeTable::set_layers`], if node `id` is still at `name` in `parent` (another name
+    /// of the same file was linked up).
+    pub fn set_layers_at(
+        &self,
+        id: NodeId,
+        (parent, name): (NodeId, &std::ffi::OsStr),
+        layers: Vec<LayerIdx>,
+    ) {
+        let here = self
+            .get(id)
+            .is_some_and(|n| n.with_location(|l| l.parent == parent && l.name == name));
+        if here {
+            self.set_layers(id, layers);
+        }
+    }
+
     /// Replaces the layers of a node (after a copy-up or a change of merge). Which object
     /// the new topmost copy is becomes known at the next lookup.
     pub fn set_layers(&self, id: NodeId, layers: Vec<LayerIdx>) {
@@ -665,6 +712,10 @@ impl NodeTable {
                 node.layers_changed();
                 if loc.top() != layers.first().copied() {
                     loc.object = None;
+                }
+                if loc.top() == Some(INDEX_LAYER) {
+                    // Where the index put it: no longer where it is.
+                    loc.redirects = None;
                 }
             }
             loc.layers = layers;
@@ -727,7 +778,7 @@ impl NodeTable {
         let (Some(was), Some(now)) = (cur.object, loc.object) else {
             return false;
         };
-        let stale_view = self.upper && cur.top() == Some(0) && loc.top() != Some(0);
+        let stale_view = self.upper && cur.upper_side() && !loc.upper_side();
         was != now && (cur.top() == loc.top() || kind == FileKind::Directory || !stale_view)
     }
 

@@ -21,6 +21,12 @@ use crate::sys::{self, RenameMode, Stat};
 /// Index of a layer in the stack: 0 is the topmost (the upper layer when there is one).
 pub type LayerIdx = u16;
 
+/// Where a non-directory is when it is found only in the inodes index (`index=on`): a
+/// lower hard link none of whose names in the upper layer holds this name, but another
+/// of whose names was copied up into the index (`WORKDIR/index`). Never a real layer's
+/// index: a stack has fewer layers.
+pub const INDEX_LAYER: LayerIdx = LayerIdx::MAX;
+
 /// One layer directory, opened once at mount time and afterwards reached only through its fd.
 #[derive(Debug)]
 pub struct Layer {
@@ -296,6 +302,8 @@ pub enum WhiteoutFormat {
 #[derive(Debug)]
 pub struct WorkDir {
     fd: OwnedFd,
+    /// The work directory given (`WORKDIR`, whose `work` is `fd`).
+    base: OwnedFd,
     /// Whiteout format written on delete.
     pub whiteout: WhiteoutFormat,
     /// `trusted.overlay.` as root, `user.overlay.` otherwise (the kernel's `userxattr`).
@@ -384,6 +392,7 @@ impl WorkDir {
         };
         Ok(WorkDir {
             fd,
+            base,
             whiteout,
             xattr_prefix: xattrs.prefix(),
             xattrs,
@@ -437,6 +446,11 @@ impl WorkDir {
     /// The work directory's fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The fd of the directory given as `workdir` (`work` and `index` are in it).
+    pub fn base(&self) -> BorrowedFd<'_> {
+        self.base.as_fd()
     }
 
     /// The full name of overlay xattr `key` (`opaque`, `impure`, ...) for this mount.
@@ -549,8 +563,12 @@ impl LayerStack {
         &self.layers
     }
 
-    /// Layer `idx`.
+    /// Layer `idx`. [`INDEX_LAYER`] (a file found only in the inodes index, which is on
+    /// the upper layer's filesystem) is the upper layer.
     pub fn get(&self, idx: LayerIdx) -> Option<&Layer> {
+        if idx == INDEX_LAYER {
+            return self.upper();
+        }
         self.layers.get(usize::from(idx))
     }
 

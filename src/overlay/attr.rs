@@ -146,7 +146,8 @@ impl Overlay {
                     set.mtime.unwrap_or(SetTime::Omit),
                 )?;
             }
-            let st = self.overridden(sys::stat_fd(fd)?, Object::Fd(fd));
+            let mut st = self.overridden(sys::stat_fd(fd)?, Object::Fd(fd));
+            st.nlink = self.indexed_nlink(Object::Fd(fd), &st);
             return Ok(self.attr_from(node.id, node.id.shown(), &st, false));
         }
         if node.is_dead() {

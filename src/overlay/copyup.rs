@@ -18,7 +18,7 @@ use rustix::fs::OFlags;
 
 use super::{Context, Error, Overlay, Result};
 use crate::inode::{Node, ROOT};
-use crate::layer::{format, Ino, Layer, WorkDir};
+use crate::layer::{format, Ino, Layer, WorkDir, INDEX_LAYER};
 use crate::sys::Object;
 use crate::sys::{self, FileKind, SetTime, Stat};
 
@@ -151,11 +151,33 @@ impl Overlay {
         }
         let parent = self.node(node.parent())?;
         let pfd = self.upper_dir(&parent)?;
-        let (name, top, below) =
-            node.with_location(|l| (l.name.clone(), l.top(), l.layers.clone()));
+        let (name, top, below, top_name) = node.with_location(|l| {
+            (
+                l.name.clone(),
+                l.top(),
+                l.layers.clone(),
+                l.top_name().to_os_string(),
+            )
+        });
         let top = top.ok_or(Error::StaleNode(node.id))?;
+        if top == INDEX_LAYER {
+            // Another name of it was copied up: this one is linked to the same file (whose
+            // data may still be below, a metacopy file).
+            self.link_up(&parent, &name, &top_name)?;
+            let mut layers = vec![UPPER];
+            layers.extend_from_slice(below.get(1..).unwrap_or_default());
+            self.nodes.set_layers(node.id, layers);
+            self.attrs_changed(node.id);
+            self.attrs_changed(parent.id);
+            if meta {
+                return Ok(());
+            }
+            return self.copy_up_data(node, with_data);
+        }
         let src_dir = self.dir_fd(&parent, top)?;
         let st = sys::stat_at(src_dir.as_fd(), &name)?;
+        let indexed =
+            self.needs_index(&st) && !Overlay::is_metacopy_loc(node.kind, &node.location());
         let _dir_guard = parent.lock_dir();
         // Removed while this waited for the lock: a copy would bring it back.
         if node.is_dead() {
@@ -163,14 +185,20 @@ impl Overlay {
         }
         let started = std::time::Instant::now();
         let tmp = self.temp_name();
-        let mut meta = meta && st.kind() == Some(FileKind::Regular);
+        // A file copied up into the index is copied whole (its other names read it).
+        let mut meta = meta && !indexed && st.kind() == Some(FileKind::Regular);
+        let with_data = with_data || indexed;
         let staged = if meta {
             self.stage_meta_copy(node, src_dir.as_fd(), &name, &st, &tmp)
                 .map(|m| meta = m)
         } else {
             self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data)
         };
-        let placed = staged.and_then(|()| place_copy(work, &tmp, pfd.as_fd(), &name));
+        let staged = staged.and_then(|()| self.record_origin(src_dir.as_fd(), &name, top, &tmp));
+        let placed = staged.and_then(|()| match indexed {
+            true => self.place_indexed(&tmp, &st, pfd.as_fd(), &name, src_dir.as_fd(), top),
+            false => place_copy(work, &tmp, pfd.as_fd(), &name),
+        });
         if let Err(e) = placed {
             let _ = sys::remove_tree(work.fd(), &tmp);
             return Err(e);
@@ -396,6 +424,96 @@ impl Overlay {
         }
     }
 
+    /// With the index, records the kernel's `overlay.origin` (the handle of the lower
+    /// object `name` in `src_dir` of layer `layer`) on copy `tmp` in the work directory,
+    /// as the kernel's copy-up records it.
+    fn record_origin(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        layer: crate::layer::LayerIdx,
+        tmp: &OsStr,
+    ) -> Result<()> {
+        let (_, work) = self.writable()?;
+        if !self.indexes() || self.layers.get(layer).is_none_or(|l| l.upper) {
+            return Ok(());
+        }
+        let fh = self.origin_of(src_dir, name, layer)?;
+        sys::set_xattr_at(work.fd(), tmp, &work.xattr("origin"), &fh, 0)
+            .ctx("copy up origin", name)?;
+        Ok(())
+    }
+
+    /// Places copy `tmp` of lower hard link `name` (with attributes `st`, in `src_dir`)
+    /// (of layer `layer`) into the index, under the hex of its origin, and links it up as
+    /// `name` in upper directory `pfd`. If another name of it got there first (a copy-up
+    /// through another node), the copy is dropped and that entry is linked up instead.
+    fn place_indexed(
+        &self,
+        tmp: &OsStr,
+        st: &Stat,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+        src_dir: BorrowedFd<'_>,
+        layer: crate::layer::LayerIdx,
+    ) -> Result<()> {
+        let (_, work) = self.writable()?;
+        let index = self.index_dir()?;
+        let iname = format::index_name(&self.origin_of(src_dir, name, layer)?);
+        match sys::rename_at(
+            work.fd(),
+            tmp,
+            index.as_fd(),
+            &iname,
+            sys::RenameMode::NoReplace,
+        ) {
+            Ok(()) => {
+                // The names shown are the lower file's (the copy has one link, the entry).
+                self.set_indexed_nlink(Object::At(index.as_fd(), &iname), 1, st.nlink)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                sys::remove_tree(work.fd(), tmp)?;
+            }
+            Err(e) => return Err(e).ctx("copy up index", name),
+        }
+        self.link_entry(&iname, pfd, name)
+    }
+
+    /// Links index entry `iname` as `name` in upper directory `pfd`, keeping the link count
+    /// shown (a lower name becomes an upper one: the kernel's `ovl_link_up`). The
+    /// directory's times are put back, as after a copy-up.
+    fn link_entry(&self, iname: &OsStr, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let index = self.index_dir()?;
+        let entry = Object::At(index.as_fd(), iname);
+        let st = sys::stat_at(index.as_fd(), iname)?;
+        let shown = self.indexed_nlink(entry, &st);
+        let before = sys::stat_fd(pfd)?;
+        match sys::link_at(index.as_fd(), iname, pfd, name) {
+            Ok(()) => {}
+            // Linked up already (through another node of the name): nothing changes.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && sys::stat_at(pfd, name)
+                        .is_ok_and(|u| (u.dev, u.ino) == (st.dev, st.ino)) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e).ctx("link up", name),
+        }
+        put_times_back(pfd, &before)?;
+        self.set_indexed_nlink(entry, st.nlink + 1, shown)
+    }
+
+    /// Links up `name` in `parent`, a name of a file in the index (entry `iname`) with no
+    /// upper name there yet.
+    pub(crate) fn link_up(&self, parent: &Arc<Node>, name: &OsStr, iname: &OsStr) -> Result<()> {
+        let pfd = self.upper_dir(parent)?;
+        let _dir_guard = parent.lock_dir();
+        self.link_entry(iname, pfd.as_fd(), name)?;
+        self.mark_impure(pfd.as_fd());
+        Ok(())
+    }
+
     /// The root is always merged with the upper layer: nothing to copy.
     pub(crate) fn is_root(n: &Node) -> bool {
         n.id == ROOT
@@ -409,8 +527,13 @@ fn place_copy(work: &WorkDir, tmp: &OsStr, pfd: BorrowedFd<'_>, name: &OsStr) ->
     let before = sys::stat_fd(pfd)?;
     sys::rename_at(work.fd(), tmp, pfd, name, sys::RenameMode::NoReplace)
         .ctx("copy up rename", name)?;
+    put_times_back(pfd, &before)
+}
+
+/// Gives directory `dir` the times of `before` again (after a copy-up placed an entry).
+fn put_times_back(dir: BorrowedFd<'_>, before: &Stat) -> Result<()> {
     sys::set_times_at(
-        pfd,
+        dir,
         OsStr::new(""),
         SetTime::At(before.atime),
         SetTime::At(before.mtime),

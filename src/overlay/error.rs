@@ -104,6 +104,10 @@ pub enum Error {
     /// the kernel's open answers).
     #[error("fs-verity: {0}")]
     Verity(&'static str),
+    /// `index=on`: the index entry of a lower hard link is not a file of its type (a
+    /// whiteout, another type) (`EIO`, as the kernel's lookup answers).
+    #[error("bad index found")]
+    BadIndex,
 }
 
 /// Shows a [`Error::Syscall`]'s name after its operation, quoted and escaped, or nothing
@@ -146,7 +150,9 @@ impl Error {
             Error::NoXattr => libc::ENODATA,
             Error::XattrUnsupported => libc::ENOTSUP,
             Error::Raced => libc::EAGAIN,
-            Error::NoLowerData | Error::BadMetacopy | Error::Verity(_) => libc::EIO,
+            Error::NoLowerData | Error::BadMetacopy | Error::Verity(_) | Error::BadIndex => {
+                libc::EIO
+            }
         }
     }
 
@@ -159,7 +165,9 @@ impl Error {
             Error::Syscall { .. } | Error::Io(_) => errno_level(self.errno()),
             Error::NotFound | Error::NoXattr | Error::Raced => Level::TRACE,
             Error::NodeCycle => Level::ERROR,
-            Error::NoLowerData | Error::BadMetacopy | Error::Verity(_) => Level::WARN,
+            Error::NoLowerData | Error::BadMetacopy | Error::Verity(_) | Error::BadIndex => {
+                Level::WARN
+            }
             Error::StaleNode(_)
             | Error::ReadOnly
             | Error::ReservedName

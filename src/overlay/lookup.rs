@@ -248,6 +248,17 @@ impl Overlay {
                                     bottom = Some(obj);
                                     if layer.upper {
                                         origin = self.origin_ino(dfd.as_fd(), pname);
+                                        if self.indexes() && st.nlink > 1 {
+                                            if origin.is_none() {
+                                                origin = self.kernel_origin_ino(dfd.as_fd(), pname);
+                                            }
+                                            if let Some(r) = found.as_mut() {
+                                                r.top.nlink = self.indexed_nlink(
+                                                    Object::At(dfd.as_fd(), pname),
+                                                    &r.top,
+                                                );
+                                            }
+                                        }
                                     }
                                     let impure = || match target {
                                         Some(LayerPath::FromRoot(_)) => Ok(
@@ -276,6 +287,25 @@ impl Overlay {
                                             data_only_follow = true;
                                         }
                                         break 'probed redirect;
+                                    }
+                                    if !layer.upper && self.needs_index(&st) {
+                                        // Another name of it may have been copied up.
+                                        if let Some(e) =
+                                            self.index_entry(dfd.as_fd(), pname, li, st.kind())?
+                                        {
+                                            // A metacopy entry's data is this lower file.
+                                            let mut layers = vec![crate::layer::INDEX_LAYER];
+                                            if e.metacopy {
+                                                layers.push(li);
+                                            }
+                                            found = Some(Resolved {
+                                                layers,
+                                                object: Overlay::index_object(&e),
+                                                redirects: Some(Overlay::index_placement(&e)),
+                                                top: e.st,
+                                                ino: Ino::ROOT,
+                                            });
+                                        }
                                     }
                                     break 'layers;
                                 }
@@ -365,7 +395,7 @@ impl Overlay {
         let Some(layer) = self.layers.get(obj.layer) else {
             return self.layers.shown_ino(obj);
         };
-        if nlink > 1 && !layer.upper && !self.opts.read_only && self.layers.upper().is_some() {
+        if nlink > 1 && !layer.upper && self.splits_lower_links() {
             let mut h: u64 = 0xcbf2_9ce4_8422_2325;
             let bytes = obj
                 .ino
@@ -521,13 +551,16 @@ impl Overlay {
             let parent = self.node(loc.parent)?;
             let pfd = self.dir_fd(&parent, top)?;
             let seen = parent.quiet_version();
-            let found = crate::sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+            let found = crate::sys::stat_at_born(pfd.as_fd(), loc.top_name()).map_err(Error::from);
             // Removed meanwhile: the name may hold a whiteout or another object by now.
             if let Some(fd) = self.nodes.kept(&node) {
                 return self.kept_attr(&node, &fd);
             }
             let (raw, born) = self.still_named(&node, found)?;
-            let mut st = self.overridden(raw, Object::At(pfd.as_fd(), &loc.name));
+            let mut st = self.overridden(raw, Object::At(pfd.as_fd(), loc.top_name()));
+            if loc.upper_side() {
+                st.nlink = self.indexed_nlink(Object::At(pfd.as_fd(), loc.top_name()), &st);
+            }
             if !self.is_its_object(&node, &loc, &raw, born, st.kind()) {
                 return match self.nodes.kept(&node) {
                     Some(fd) => self.kept_attr(&node, &fd),
@@ -610,8 +643,12 @@ impl Overlay {
                 return Ok(a);
             }
         }
-        let st = self.overridden(crate::sys::stat_fd(fd)?, Object::Fd(fd));
-        let (merged, top) = node.with_location(|l| (l.layers.len() > 1, l.top()));
+        let mut st = self.overridden(crate::sys::stat_fd(fd)?, Object::Fd(fd));
+        let (merged, top, upper) =
+            node.with_location(|l| (l.layers.len() > 1, l.top(), l.upper_side()));
+        if upper {
+            st.nlink = self.indexed_nlink(Object::Fd(fd), &st);
+        }
         let ino = self.shown_ino(node.id, top, &st);
         Ok(self.attr_from(node.id, ino, &st, merged))
     }

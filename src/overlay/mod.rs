@@ -6,6 +6,7 @@ mod attr;
 mod copyup;
 mod dirfd;
 mod error;
+mod index;
 mod lookup;
 mod metacopy;
 mod namespace;
@@ -199,6 +200,8 @@ pub struct Overlay {
     root_ino: Ino,
     /// `udba=notify`: the layer directories watched.
     watches: Option<watch::Watches>,
+    /// `index=on`: the inodes index (see [`Overlay::enable_index`]).
+    index: Option<index::Index>,
 }
 
 impl Overlay {
@@ -257,6 +260,7 @@ impl Overlay {
                         None
                     }
                 }),
+            index: None,
         }
     }
 
@@ -573,6 +577,10 @@ impl Overlay {
     /// with `ENAMETOOLONG` from PATH_MAX bytes on, where the kernel's overlayfs, walking
     /// one name at a time, goes on). Every directory opened on the way is cached.
     fn dir_fd(&self, node: &Node, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
+        if layer == crate::layer::INDEX_LAYER {
+            // Every file found only in the index is in its one directory.
+            return self.index_dir();
+        }
         if let Some(fd) = self.dirfds.get(node.id, layer) {
             return Ok(fd);
         }
@@ -677,7 +685,14 @@ impl Overlay {
         }
         let parent = self.node(node.parent())?;
         let dir = self.dir_fd(&parent, layer)?;
-        Ok((dir, node.with_location(|l| l.name.as_bytes().to_vec())))
+        let name = node.with_location(|l| {
+            if l.top() == Some(layer) {
+                l.top_name().as_bytes().to_vec()
+            } else {
+                l.name.as_bytes().to_vec()
+            }
+        });
+        Ok((dir, name))
     }
 
     /// The topmost copy of `node` as (directory fd in its layer, name): xattr and link calls
@@ -696,7 +711,7 @@ impl Overlay {
         let parent = self.node(node.parent())?;
         Ok(ObjectAt {
             dir: self.dir_fd(&parent, top)?,
-            name: node.with_location(|l| l.name.clone()),
+            name: node.with_location(|l| l.top_name().to_os_string()),
         })
     }
 

@@ -501,7 +501,7 @@ impl Overlay {
         Overlay::check_name(name)?;
         self.writable()?;
         let dir = self.node(parent)?;
-        let chain = dir.with_location(|l| l.layers.clone());
+        let mut chain = dir.with_location(|l| l.layers.clone());
         if want_dir {
             // Only an empty directory goes; its listing is taken before the lock (a listing
             // takes locks of its own), and the name is checked again under it.
@@ -517,6 +517,10 @@ impl Overlay {
             if !empty? {
                 return Err(Error::NotEmpty);
             }
+        }
+        // (It may copy the directory up: its chain is read again after.)
+        if !want_dir && self.link_up_before_removal(&dir, name)? {
+            chain = dir.with_location(|l| l.layers.clone());
         }
         let pfd = self.upper_dir(&dir)?;
         let _guard = dir.lock_dir();
@@ -543,7 +547,9 @@ impl Overlay {
         // hand the number to an object created concurrently in another directory, which
         // must not be taken for this one; and before copy-ups and opens by name can see
         // the whiteout.
-        let last = is_dir || r.top.nlink <= 1 || r.layers.first() != Some(&UPPER);
+        // (With the index, every name of a file is its node: it dies with its last link.)
+        let last =
+            is_dir || r.top.nlink <= 1 || (r.layers.first() != Some(&UPPER) && !self.indexes());
         let dying = node.as_ref().filter(|_| last);
         if let Some(n) = dying {
             // A non-directory's object is kept for the requests that raced with its removal
@@ -569,6 +575,10 @@ impl Overlay {
         } else {
             Ok(UpperSlot::Empty)
         };
+        // An indexed file's entry goes with its last name.
+        let entry = (!is_dir && on_upper)
+            .then(|| self.entry_of_upper(pfd.as_fd(), name))
+            .flatten();
         let removed = match slot {
             Ok(UpperSlot::Object(d)) => self.remove_upper(pfd.as_fd(), name, d, whiteout),
             Ok(_) if whiteout => self.write_whiteout(pfd.as_fd(), name),
@@ -581,12 +591,16 @@ impl Overlay {
             }
             return Err(e);
         }
+        if let Some(iname) = entry {
+            self.drop_entry_if_orphan(&iname);
+        }
         if let Some(n) = node {
             if is_dir {
                 self.dirfds.drop_node(n.id, self.layers.len());
                 self.unwatch_dir(n.id);
             } else {
                 self.nodes.drop_name(n.id, parent, name);
+                self.locate_other_name(n.id);
             }
         }
         Ok(())
@@ -640,10 +654,11 @@ impl Overlay {
         // A copied-up file's `st_ino` is its origin's, which listings look for only in a
         // directory marked impure (as the kernel's `ovl_create_or_link` marks it).
         self.mark_impure(npfd.as_fd());
-        let st = self.overridden(
+        let mut st = self.overridden(
             sys::stat_at(npfd.as_fd(), newname)?,
             Object::At(npfd.as_fd(), newname),
         );
+        st.nlink = self.indexed_nlink(Object::At(npfd.as_fd(), newname), &st);
         let n = self.nodes.remember(
             node.id.shown(),
             node.kind,
@@ -775,9 +790,20 @@ impl Overlay {
                 p = self.parent_of(p);
             }
         }
+        // A name of an indexed lower file that is replaced is linked up first, so that
+        // the file's link count drops with it.
+        if dst.as_ref().is_some_and(|d| d.kind != FileKind::Directory)
+            && flag != RenameFlag::Exchange
+        {
+            self.link_up_before_removal(ddir, newname)?;
+        }
         // A regular file moves with its metadata alone with metacopy=on (a redirect then
-        // leads to its data).
-        self.copy_up_meta(&src)?;
+        // leads to its data). A name of an indexed lower file is linked up (its node may
+        // be at another of its names).
+        let linked = src.kind != FileKind::Directory && self.link_up_before_removal(sdir, name)?;
+        if !linked {
+            self.copy_up_meta(&src)?;
+        }
         if let (Some(d), RenameFlag::Exchange) = (&dst, flag) {
             self.copy_up_meta(d)?;
         }
@@ -863,7 +889,7 @@ impl Overlay {
         let dst_dies = match &dst {
             Some(d) => {
                 d.kind == FileKind::Directory
-                    || !Overlay::in_upper(d)
+                    || (!Overlay::in_upper(d) && !self.indexes())
                     || dst_attr.map(|a| a.nlink <= 1).unwrap_or(true)
             }
             None => false,
@@ -874,6 +900,10 @@ impl Overlay {
         // A directory moved onto a name a lower layer holds must hide it, whatever hid it
         // before: the object replaced may be an opaque upper directory, whose marker goes.
         let dst_lower = self.lower_has(ddir, newname)?;
+        let dst_entry = dst
+            .as_ref()
+            .filter(|d| d.kind != FileKind::Directory)
+            .and_then(|_| self.entry_of_upper(dpfd.as_fd(), newname));
         let moved = self.rename_into_place(
             // A redirected directory finds its lower copies by its redirect, never by its
             // new name: it is not made opaque (which would stop it following the redirect).
@@ -893,8 +923,12 @@ impl Overlay {
             }
             return Err(e);
         }
+        if let Some(iname) = dst_entry {
+            self.drop_entry_if_orphan(&iname);
+        }
         if let Some(d) = &dst {
             self.nodes.drop_name(d.id, ddir.id, newname);
+            self.locate_other_name(d.id);
         }
         self.nodes
             .relocate(src.id, (sdir.id, name), ddir.id, newname.to_os_string());

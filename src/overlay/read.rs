@@ -80,7 +80,7 @@ impl Overlay {
             let parent = self.node(loc.parent)?;
             let pfd = self.dir_fd(&parent, top)?;
             let seen = parent.quiet_version();
-            let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+            let found = sys::stat_at_born(pfd.as_fd(), loc.top_name()).map_err(Error::from);
             let object = match self.still_named(&node, found) {
                 Ok((st, born)) if self.is_its_object(&node, &loc, &st, born, st.kind()) => {
                     ObjectId::new(LayerIno::new(top, st.ino), born)
@@ -169,7 +169,7 @@ impl Overlay {
         let parent = self.node(loc.parent)?;
         let pfd = self.dir_fd(&parent, top)?;
         let seen = parent.quiet_version();
-        let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+        let found = sys::stat_at_born(pfd.as_fd(), loc.top_name()).map_err(Error::from);
         let is_its =
             |st: &crate::sys::Stat, born: u64| self.is_its_object(&node, &loc, st, born, st.kind());
         let found = self.still_named(&node, found);
@@ -186,13 +186,13 @@ impl Overlay {
             Ok(_) if checked.is_some() => {
                 #[cfg(test)]
                 tests::BEFORE_OPEN.with(crate::test_hook::Hook::fire);
-                match sys::open_beneath(pfd.as_fd(), loc.name.as_bytes(), oflags) {
+                match sys::open_beneath(pfd.as_fd(), loc.top_name().as_bytes(), oflags) {
                     Err(e)
                         if e.raw_os_error() == Some(libc::EPERM) && pass & libc::O_NOATIME != 0 =>
                     {
                         sys::open_beneath(
                             pfd.as_fd(),
-                            loc.name.as_bytes(),
+                            loc.top_name().as_bytes(),
                             oflags - OFlags::NOATIME,
                         )
                     }
@@ -258,7 +258,7 @@ impl Overlay {
         let top = loc.top()?;
         let parent = self.nodes.get(loc.parent)?;
         let pfd = self.dir_fd(&parent, top).ok()?;
-        let (st, born) = sys::stat_at_born(pfd.as_fd(), &loc.name).ok()?;
+        let (st, born) = sys::stat_at_born(pfd.as_fd(), loc.top_name()).ok()?;
         Some(ObjectId::new(LayerIno::new(top, st.ino), born))
     }
 
@@ -271,7 +271,7 @@ impl Overlay {
         let Ok(pfd) = self.dir_fd(&parent, top) else {
             return false;
         };
-        match sys::stat_at_born(pfd.as_fd(), &loc.name) {
+        match sys::stat_at_born(pfd.as_fd(), loc.top_name()) {
             Ok((st, born)) => self.is_its_object(node, loc, &st, born, st.kind()),
             Err(_) => false,
         }
@@ -334,7 +334,7 @@ impl Overlay {
         let parent = self.node(loc.parent)?;
         let dir = self.dir_fd(&parent, top)?;
         let seen = parent.quiet_version();
-        let found = sys::stat_at_born(dir.as_fd(), &loc.name).map_err(Error::from);
+        let found = sys::stat_at_born(dir.as_fd(), loc.top_name()).map_err(Error::from);
         let (st, born) = self.still_named(&node, found)?;
         if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
             return Err(self.not_its_object(&node));
@@ -350,7 +350,7 @@ impl Overlay {
         };
         let fd = self.still_named(
             &node,
-            sys::open_beneath(dir.as_fd(), loc.name.as_bytes(), flags).map_err(Error::from),
+            sys::open_beneath(dir.as_fd(), loc.top_name().as_bytes(), flags).map_err(Error::from),
         )?;
         if seen.is_none_or(|v| parent.dir_version() != v) {
             let (st, born) = sys::stat_at_born(fd.as_fd(), OsStr::new(""))?;
@@ -423,12 +423,12 @@ impl Overlay {
         let top = loc.top().ok_or(Error::StaleNode(id))?;
         let parent = self.node(loc.parent)?;
         let pfd = self.dir_fd(&parent, top)?;
-        let found = sys::stat_at_born(pfd.as_fd(), &loc.name).map_err(Error::from);
+        let found = sys::stat_at_born(pfd.as_fd(), loc.top_name()).map_err(Error::from);
         let (st, born) = self.still_named(&node, found)?;
         if !self.is_its_object(&node, &loc, &st, born, st.kind()) {
             return Err(self.not_its_object(&node));
         }
-        rustix::fs::readlinkat(pfd.as_fd(), loc.name.as_os_str(), Vec::new())
+        rustix::fs::readlinkat(pfd.as_fd(), loc.top_name(), Vec::new())
             .map(|c| c.into_bytes())
             .ctx("readlink", &loc.name)
     }

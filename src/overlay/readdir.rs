@@ -205,9 +205,11 @@ impl Overlay {
             .unwrap_or(false)
     }
 
-    /// True when lower hard links get one identity per name (a writable union).
+    /// True when lower hard links get one identity per name (a writable union without
+    /// the index: with it, all names of a lower file are one file before and after a
+    /// copy-up).
     pub(crate) fn splits_lower_links(&self) -> bool {
-        !self.opts.read_only && self.layers.upper().is_some()
+        !self.opts.read_only && self.layers.upper().is_some() && !self.indexes()
     }
 
     /// Checks that `ino` is a directory that can be listed.
@@ -237,7 +239,9 @@ impl Overlay {
             .layers
             .get(e.object.layer)
             .ok_or(Error::StaleNode(dir))?;
-        if e.kind == FileKind::Directory {
+        // With the index a file's number may come from a lower name's index entry, or a
+        // kernel copy's origin: what a lookup finds.
+        if e.kind == FileKind::Directory || self.indexes() {
             return self
                 .resolve_in(&node, &chain, &e.name, e.from)?
                 .map(|r| Shown::Node(r.ino))

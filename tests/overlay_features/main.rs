@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod dataonly;
+mod index;
 mod metacopy;
 mod redirect;
 mod userxattr;

@@ -208,6 +208,17 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
          fails with EPERM, as the kernel's.",
     ),
     opt(
+        &["index"],
+        Some("on|off"),
+        "on: the names of a lower hard link stay one file (one st_ino, the true st_nlink) \
+         after any of them is copied up, linked, unlinked or renamed over, through the \
+         kernel's inodes index in WORKDIR/index (overlay.origin file handles, overlay.nlink), \
+         which the kernel's index=on reads as it is. The upper root must belong to the first \
+         lower layer and the index to the upper, else the mount is refused. Refused for an \
+         unprivileged daemon (the kernel uses no index in a user namespace); ignored without \
+         an upper layer. off (default): a copy-up of one name breaks the link.",
+    ),
+    opt(
         &["verity"],
         Some("off|on|require"),
         "on: the fs-verity digest a metacopy file records (overlay.metacopy) is checked \

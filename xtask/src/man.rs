@@ -128,7 +128,8 @@ const DAEMON_SECTIONS: &[Section] = &[
                was deleted is opaque."),
             P("stratafs behaves as the kernel's overlayfs with redirect_dir=off, index=off, \
                metacopy=off and xino=auto: renaming a directory that has parts in a lower \
-               layer fails with EXDEV, and redirects the kernel wrote in layers are followed. \
+               layer fails with EXDEV, a copy-up of one name of a lower hard link breaks the \
+               link, and redirects the kernel wrote in layers are followed. \
                Where it deliberately differs (names starting with \
                .wh. are reserved, the overlay's private xattrs are hidden, the root's inode \
                number is 1, lower hard links, files open on a lower copy in FUSE passthrough, \

@@ -1,0 +1,437 @@
+//! The inodes index (`index=on`), in the kernel's overlayfs format.
+//!
+//! A lower non-directory with several links is copied up into `WORKDIR/index`, under the
+//! hex of its `overlay.origin` file handle (`struct ovl_fb`), and its upper name is a hard
+//! link to that entry. Every other name of the lower file then finds the entry by the
+//! lower object's handle, so all names stay one file. The link count shown is kept in
+//! `overlay.nlink` on the upper inode, relative to its own (`U+N`): the upper inode's
+//! count counts the index entry and the names linked up, the lower names not yet linked
+//! up are the `N`. An upper link or unlink changes both counts alike, so only a copy-up
+//! into the index and a link-up of another name write it.
+//!
+//! At mount, the upper root's `overlay.origin` must be the first lower root's handle, and
+//! the index directory's `overlay.upper` the upper root's: an upper used with other lower
+//! layers is refused, in the kernel's words.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use super::{Error, Overlay, Result};
+use crate::inode::LayerPath;
+use crate::layer::format::{self, IndexNlink};
+use crate::layer::{LayerIdx, LayerIno, INDEX_LAYER};
+use crate::sys::{self, FileKind, Object, Stat};
+
+/// The index directory's name in the work directory given.
+const INDEX_DIR: &str = "index";
+
+/// The kernel's advice when the index does not belong with the layers.
+const ADVICE: &str =
+    "try deleting index dir or mounting with '-o index=off' to disable inodes index";
+
+/// The open inodes index of a mount.
+#[derive(Debug)]
+pub(crate) struct Index {
+    /// `WORKDIR/index`.
+    dir: Arc<OwnedFd>,
+    /// The uuid of each layer's filesystem, by layer index (recorded in handles).
+    uuids: Vec<[u8; 16]>,
+    /// Each layer's root opened for reading (`open_by_handle_at` takes no `O_PATH` fd for
+    /// the filesystem), by layer index.
+    roots: Vec<OwnedFd>,
+}
+
+/// How the upper file of an indexed lower hard link is found.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexEntry {
+    /// Its name in the index directory.
+    pub(crate) name: OsString,
+    /// Its attributes, the link count as shown.
+    pub(crate) st: Stat,
+    /// Its birth time.
+    pub(crate) born: u64,
+    /// It is a metacopy file (a kernel copy-up with `metacopy=on`): its data is the lower
+    /// file's.
+    pub(crate) metacopy: bool,
+}
+
+impl Overlay {
+    /// Turns the inodes index on, as the kernel's `index=on` mounts it: checks (or records,
+    /// on a first mount) that the upper root's origin is the first lower root and that the
+    /// index directory belongs to this upper root, then clears what a crash or the last
+    /// unlinks left in the index. Without an upper layer (or mounted `ro`) the option does
+    /// nothing, as the kernel ignores it. The error is one line for the mount's refusal.
+    pub fn enable_index(&mut self) -> std::result::Result<(), String> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        let (Some(upper), Some(work), Some(lower)) =
+            (self.layers.upper(), self.layers.work(), self.layers.get(1))
+        else {
+            return Ok(());
+        };
+        let io = |what: &str, e: std::io::Error| {
+            format!("index: {what}: {}", crate::config::os_error_text(&e))
+        };
+        let mut uuids = Vec::with_capacity(self.layers.len());
+        let mut roots = Vec::with_capacity(self.layers.len());
+        for l in self.layers.all() {
+            uuids.push(sys::fs_uuid(l.root()).map_err(|e| io("filesystem uuid", e))?);
+            roots.push(
+                sys::reopen(
+                    l.root(),
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                )
+                .map_err(|e| io("layer root", e))?,
+            );
+        }
+        let handle = |fd: BorrowedFd<'_>, li: usize, upper: bool| {
+            let h = sys::file_handle_at(fd, OsStr::new(""))
+                .map_err(|e| io("file handle of a layer root", e))?;
+            format::origin_handle(&uuids[li], h.kind, &h.bytes, upper)
+                .ok_or_else(|| "index: a layer root's file handle is too long".to_string())
+        };
+        let origin_key = work.xattr("origin");
+        let lower_root = handle(lower.root(), 1, false)?;
+        let verify = |fd: BorrowedFd<'_>, key: &OsStr, want: &[u8], set: bool, what: &str| {
+            match sys::get_xattr(fd, key).map_err(|e| io(what, e))? {
+                Some(v) if v == want => Ok(()),
+                Some(_) => Err(format!("failed to verify {what}: {ADVICE}")),
+                None if set => sys::set_xattr(fd, key, want, 0).map_err(|e| io(what, e)),
+                None => Ok(()),
+            }
+        };
+        verify(
+            upper.root(),
+            &origin_key,
+            &lower_root,
+            true,
+            "upper root origin",
+        )?;
+        let base = work.base();
+        let name = OsStr::new(INDEX_DIR);
+        if let Ok(st) = sys::stat_at(base, name) {
+            if !st.is_dir() {
+                sys::unlink_at(base, name, false).map_err(|e| io("index dir", e))?;
+            }
+        }
+        match sys::mkdir_at(base, name, if sys::euid() == 0 { 0 } else { 0o700 }) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(io("index dir", e)),
+        }
+        let dir = sys::open_dir_path(base, INDEX_DIR.as_bytes()).map_err(|e| io("index dir", e))?;
+        let upper_root = handle(upper.root(), 0, true)?;
+        // Older kernels recorded the upper root as the index directory's origin.
+        verify(
+            dir.as_fd(),
+            &origin_key,
+            &upper_root,
+            false,
+            "index dir 'upper' xattr",
+        )?;
+        verify(
+            dir.as_fd(),
+            &work.xattr("upper"),
+            &upper_root,
+            true,
+            "index dir 'upper' xattr",
+        )?;
+        self.index = Some(Index {
+            dir: Arc::new(dir),
+            uuids,
+            roots,
+        });
+        self.clean_index().map_err(|e| io("index dir", e))
+    }
+
+    /// Removes what a crash left in the index (staging names, which start with `#`) and
+    /// orphans: entries of files no name of which is left (only the index links the inode,
+    /// and its `overlay.nlink` counts no lower name), as the kernel does at mount.
+    /// Whiteouts, directories and entries this cannot judge are left as they are.
+    fn clean_index(&self) -> std::io::Result<()> {
+        let (Some(index), Some(work)) = (&self.index, self.layers.work()) else {
+            return Ok(());
+        };
+        let dir = index.dir.as_fd();
+        let key = work.xattr("nlink");
+        for e in sys::list_dir(dir)? {
+            if e.name.as_encoded_bytes().starts_with(b"#") {
+                sys::remove_tree(dir, &e.name)?;
+                continue;
+            }
+            let Ok(st) = sys::stat_at(dir, &e.name) else {
+                continue;
+            };
+            if st.is_dir() || format::is_whiteout_stat(&st) || st.nlink != 1 {
+                continue;
+            }
+            if is_orphan(dir, &e.name, &st, &key) {
+                tracing::debug!(name = ?e.name, "orphan index entry removed");
+                sys::unlink_at(dir, &e.name, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index entry of upper non-directory `name` in `dir`, if it is an indexed file:
+    /// the entry named after its `overlay.origin` is the same inode.
+    pub(crate) fn entry_of_upper(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<OsString> {
+        let (index, work) = (self.index.as_ref()?, self.layers.work()?);
+        let origin = sys::get_xattr_at(dir, name, &work.xattr("origin")).ok()??;
+        let iname = format::index_name(&origin);
+        let (a, b) = (
+            sys::stat_at(dir, name).ok()?,
+            sys::stat_at(index.dir.as_fd(), &iname).ok()?,
+        );
+        (a.dev == b.dev && a.ino == b.ino).then_some(iname)
+    }
+
+    /// Removes index entry `iname` when no name of its file is left, as the kernel's last
+    /// unlink does (`ovl_cleanup_index`).
+    pub(crate) fn drop_entry_if_orphan(&self, iname: &OsStr) {
+        let (Some(index), Some(work)) = (&self.index, self.layers.work()) else {
+            return;
+        };
+        let dir = index.dir.as_fd();
+        let Ok(st) = sys::stat_at(dir, iname) else {
+            return;
+        };
+        if st.nlink == 1 && is_orphan(dir, iname, &st, &work.xattr("nlink")) {
+            if let Err(e) = sys::unlink_at(dir, iname, false) {
+                tracing::warn!(name = ?iname, error = %e, "orphan index entry not removed");
+            }
+        }
+    }
+
+    /// True when lower hard links are copied up through the index.
+    pub(crate) fn indexes(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// The index directory's fd.
+    pub(crate) fn index_dir(&self) -> Result<Arc<OwnedFd>> {
+        self.index
+            .as_ref()
+            .map(|i| Arc::clone(&i.dir))
+            .ok_or(Error::StaleNode(crate::inode::ROOT))
+    }
+
+    /// The `overlay.origin` (`struct ovl_fb`) of object `name` in `dir` of layer `layer`.
+    pub(crate) fn origin_of(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        layer: LayerIdx,
+    ) -> Result<Vec<u8>> {
+        let index = self.index.as_ref().ok_or(Error::Invalid("no index"))?;
+        let uuid = index
+            .uuids
+            .get(usize::from(layer))
+            .ok_or(Error::StaleNode(crate::inode::ROOT))?;
+        let h = sys::file_handle_at(dir, name)?;
+        format::origin_handle(uuid, h.kind, &h.bytes, false)
+            .ok_or(Error::Invalid("a file handle too long for overlay.origin"))
+    }
+
+    /// True when lower non-directory `st` is copied up through the index (the kernel's
+    /// `ovl_need_index`: a lower file with other links).
+    pub(crate) fn needs_index(&self, st: &Stat) -> bool {
+        self.indexes() && st.nlink > 1 && st.kind() != Some(FileKind::Directory)
+    }
+
+    /// The index entry of lower object `name` in `dir` (of layer `layer`), with `kind`, if
+    /// one of its names was copied up. An entry of another type, or a whiteout, is a bad
+    /// index (`EIO`), as the kernel finds it.
+    pub(crate) fn index_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        layer: LayerIdx,
+        kind: Option<FileKind>,
+    ) -> Result<Option<IndexEntry>> {
+        let fh = self.origin_of(dir, name, layer)?;
+        let index = self.index_dir()?;
+        let iname = format::index_name(&fh);
+        let (st, born) = match sys::stat_at_born(index.as_fd(), &iname) {
+            Ok(found) => found,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if st.kind() != kind || format::is_whiteout_stat(&st) {
+            tracing::warn!(index = ?iname, "bad index found");
+            return Err(Error::BadIndex);
+        }
+        let metacopy = self.opts.metacopy
+            && kind == Some(FileKind::Regular)
+            && crate::layer::metacopy_xattr(index.as_fd(), &iname, self.layers.xattrs())?.is_some();
+        let mut st = self.overridden(st, Object::At(index.as_fd(), &iname));
+        st.nlink = self.indexed_nlink(Object::At(index.as_fd(), &iname), &st);
+        Ok(Some(IndexEntry {
+            name: iname,
+            st,
+            born,
+            metacopy,
+        }))
+    }
+
+    /// Where a lower name whose file is in the index is found: layer [`INDEX_LAYER`], under
+    /// its entry's name.
+    pub(crate) fn index_placement(entry: &IndexEntry) -> Arc<[(LayerIdx, LayerPath)]> {
+        Arc::from(vec![(INDEX_LAYER, LayerPath::InParent(entry.name.clone()))])
+    }
+
+    /// The object of an index entry, as the node table records it.
+    pub(crate) fn index_object(entry: &IndexEntry) -> crate::inode::ObjectId {
+        crate::inode::ObjectId::new(LayerIno::new(INDEX_LAYER, entry.st.ino), entry.born)
+    }
+
+    /// The link count shown for upper non-directory `obj` with attributes `st`: with the
+    /// index, its `overlay.nlink` applied (the names of the lower file not linked up
+    /// count); else, or without a usable value, its own.
+    pub(crate) fn indexed_nlink(&self, obj: Object<'_>, st: &Stat) -> u32 {
+        let Some(work) = self.layers.work().filter(|_| self.indexes()) else {
+            return st.nlink;
+        };
+        if st.nlink < 1 || st.kind() == Some(FileKind::Directory) {
+            return st.nlink;
+        }
+        obj.get_xattr(&work.xattr("nlink"))
+            .ok()
+            .flatten()
+            .and_then(|v| IndexNlink::parse(&v))
+            .and_then(|n| n.shown(st.nlink, None))
+            .unwrap_or(st.nlink)
+    }
+
+    /// Records the link count shown for indexed upper file `obj`, whose upper inode has
+    /// `upper_nlink` links, as `shown` (the kernel's `ovl_set_nlink_upper`).
+    pub(crate) fn set_indexed_nlink(
+        &self,
+        obj: Object<'_>,
+        upper_nlink: u32,
+        shown: u32,
+    ) -> Result<()> {
+        let (_, work) = self.writable()?;
+        let diff = i64::from(shown) - i64::from(upper_nlink);
+        let diff = i32::try_from(diff).map_err(|_| Error::Invalid("link count"))?;
+        obj.set_xattr(&work.xattr("nlink"), &IndexNlink::Upper(diff).encode(), 0)?;
+        Ok(())
+    }
+
+    /// Before a lower name of an indexed (or to be indexed) file is removed or renamed
+    /// over, it is copied up, or linked up to its index entry, so that the link count the
+    /// index records drops with it (the kernel's `ovl_nlink_start`). Nothing for other
+    /// names. True when the name was linked up or copied up here.
+    pub(crate) fn link_up_before_removal(
+        &self,
+        dir: &Arc<crate::inode::Node>,
+        name: &OsStr,
+    ) -> Result<bool> {
+        if !self.indexes() {
+            return Ok(false);
+        }
+        let chain = dir.with_location(|l| l.layers.clone());
+        let Some(r) = self.resolve_in(dir, &chain, name, 0)? else {
+            return Ok(false);
+        };
+        let top = r.layers.first().copied();
+        let lower_link = top
+            .is_some_and(|li| li != INDEX_LAYER && self.layers.get(li).is_some_and(|l| !l.upper))
+            && self.needs_index(&r.top);
+        if top == Some(INDEX_LAYER) {
+            if let Some((_, LayerPath::InParent(iname))) =
+                r.redirects.as_deref().and_then(|p| p.first())
+            {
+                self.link_up(dir, name, iname)?;
+                // A node at this name now finds it in the upper layer.
+                let id = self.nodes.visible_id(r.ino);
+                self.nodes
+                    .set_layers_at(id, (dir.id, name), vec![crate::inode::UPPER_LAYER]);
+                return Ok(true);
+            }
+        } else if lower_link {
+            let attr = self.lookup(dir.id, name)?;
+            let copied = self.node(attr.node).and_then(|n| self.copy_up(&n, true));
+            self.forget(attr.node, 1);
+            copied?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// With the index, after a name of file node `id` was removed: the node moved to
+    /// another name of it, which may be a lower name found in the index rather than an
+    /// upper one, so it is resolved again there.
+    pub(crate) fn locate_other_name(&self, id: crate::inode::NodeId) {
+        if !self.indexes() {
+            return;
+        }
+        let Some(node) = self.nodes.get(id) else {
+            return;
+        };
+        let (p, name) = node.with_location(|l| (l.parent, l.name.clone()));
+        let Ok(parent) = self.node(p) else {
+            return;
+        };
+        let chain = parent.with_location(|l| l.layers.clone());
+        if let Ok(Some(r)) = self.resolve_in(&parent, &chain, &name, 0) {
+            if self.nodes.visible_id(r.ino) == id {
+                self.nodes.set_location(id, r.location(p, &name));
+            }
+        }
+    }
+
+    /// The lower file's `st_ino` for an upper file the kernel copied up through the index
+    /// (it records no stratafs origin): the lower object its `overlay.origin` names, found
+    /// by its handle (only stat'ed) on the filesystem of a lower layer with that uuid.
+    /// `None` for a file that is not indexed, or whose origin is gone: it shows its upper
+    /// number.
+    pub(crate) fn kernel_origin_ino(
+        &self,
+        upper_dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<crate::layer::Ino> {
+        let (index, work) = (self.index.as_ref()?, self.layers.work()?);
+        self.entry_of_upper(upper_dir, name)?;
+        let origin = sys::get_xattr_at(upper_dir, name, &work.xattr("origin")).ok()??;
+        let (uuid, kind, fid) = format::parse_origin_handle(&origin)?;
+        let handle = sys::FileHandle {
+            kind,
+            bytes: fid.to_vec(),
+        };
+        for (li, root) in index.roots.iter().enumerate().skip(1) {
+            if index.uuids.get(li) != Some(&uuid) {
+                continue;
+            }
+            let Ok(fd) = sys::open_by_handle(root.as_fd(), &handle) else {
+                continue;
+            };
+            let st = sys::stat_fd(fd.as_fd()).ok()?;
+            if st.is_dir() {
+                return None;
+            }
+            // The layer of that filesystem (its objects' numbers are composed with it).
+            let layer = self
+                .layers
+                .all()
+                .iter()
+                .position(|x| !x.upper && x.dev == st.dev)?;
+            let layer = LayerIdx::try_from(layer).ok()?;
+            return Some(self.layers.shown_ino(LayerIno::new(layer, st.ino)));
+        }
+        None
+    }
+}
+
+/// True when index entry `name` in `dir` (attributes `st`) is an orphan: its `overlay.nlink`
+/// (`key`), relative to the upper inode, counts no name. One relative to the lower inode is
+/// not judged here (the kernel writes it only for the instant of a link-up).
+fn is_orphan(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, key: &OsStr) -> bool {
+    let nlink = sys::get_xattr_at(dir, name, key)
+        .ok()
+        .flatten()
+        .and_then(|v| IndexNlink::parse(&v));
+    matches!(nlink, Some(n @ IndexNlink::Upper(_)) if n.shown(st.nlink, None).is_none())
+}

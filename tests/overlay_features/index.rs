@@ -1,0 +1,364 @@
+//! `-o index=on` (issue 18 item 3): hard links to a lower file stay one file after any of
+//! its names is copied up, through the index directory and `overlay.origin` file handles
+//! in the kernel's format, so that the kernel's `index=on` reads our upper and we read its.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use crate::*;
+
+/// A lower layer with a file of three names in two directories, a file of two names, one
+/// of two names to be replaced by a rename, and an ordinary file.
+fn lower(f: &Fixture) -> PathBuf {
+    let l = f.path("l");
+    file(&l, "a/f", "shared\n");
+    dir(&l, "b");
+    fs::hard_link(l.join("a/f"), l.join("a/g")).unwrap();
+    fs::hard_link(l.join("a/f"), l.join("b/h")).unwrap();
+    file(&l, "b/two", "two\n");
+    fs::hard_link(l.join("b/two"), l.join("b/deux")).unwrap();
+    file(&l, "c/over", "over\n");
+    fs::hard_link(l.join("c/over"), l.join("c/under")).unwrap();
+    file(&l, "c/plain", "plain\n");
+    file(&l, "d/x", "x\n");
+    fs::hard_link(l.join("d/x"), l.join("d/y")).unwrap();
+    l
+}
+
+/// Paths whose link counts and identities are compared.
+const PATHS: &[&str] = &[
+    "a/f", "a/g", "b/h", "b/two", "b/deux", "b/link", "c/over", "c/under", "c/plain", "c/new",
+    "d/x", "d/y",
+];
+
+/// Changes through a mount: writes and links of several names of a lower file, an unlink of
+/// a name never copied up, a chmod of another file, a rename over a lower hard link, and
+/// every name of a file removed (its index entry goes with the last).
+fn change(m: &Path) {
+    sh(
+        m,
+        "echo more >> a/f && cat a/g b/h >/dev/null && ln a/g b/link && rm b/h \
+         && chmod 600 b/deux && echo new > c/new && mv c/new c/under \
+         && echo z >> d/x && rm d/x d/y",
+    );
+}
+
+/// Each path's link count, and which of them are one file (the first path of the same
+/// `st_ino`), or its errno.
+type Identity = BTreeMap<String, Result<(u64, String), i32>>;
+
+fn identity(root: &Path) -> Identity {
+    let mut first: BTreeMap<u64, String> = BTreeMap::new();
+    PATHS
+        .iter()
+        .map(|p| {
+            let r = fs::symlink_metadata(root.join(p))
+                .map(|md| {
+                    let same = first.entry(md.ino()).or_insert_with(|| p.to_string());
+                    (md.nlink(), same.clone())
+                })
+                .map_err(|e| e.raw_os_error().unwrap_or(-1));
+            (p.to_string(), r)
+        })
+        .collect()
+}
+
+/// The entries of the index directory of work directory `w` (but the kernel's own
+/// temporary `#` names: it stages in the index directory, and clears them at mount).
+fn index_entries(w: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(w.join("index"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('#'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `index=on` and `userxattr`, or not.
+fn opts(l: &Path, u: &Path, w: &Path, extra: &str) -> String {
+    format!("{},index=on{extra}", rw(&[l], u, w))
+}
+
+/// The same changes through stratafs and the kernel, both `index=on`: the same tree, link
+/// counts and identities; then each upper is read by the other implementation.
+fn both_ways(extra: &str) {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u1, w1, u2, w2) = (f.path("u1"), f.path("w1"), f.path("u2"), f.path("w2"));
+    let (m, k) = (f.path("m"), f.path("k"));
+    let (ours, theirs);
+    {
+        let s = Mount::new(&opts(&l, &u1, &w1, extra), &m);
+        let km = KernelMount::new(&opts(&l, &u2, &w2, extra), &k);
+        change(&s.mountpoint);
+        change(&km.mountpoint);
+        ours = (snapshot(&m), identity(&m));
+        theirs = (snapshot(&k), identity(&k));
+        assert_same_tree(&ours.0, &theirs.0, "after the changes");
+        assert_eq!(ours.1, theirs.1, "link counts and identities");
+    }
+    // Every name of the file is one file with its true count.
+    assert_eq!(ours.1["a/f"], Ok((3, "a/f".to_string())));
+    assert_eq!(ours.1["b/link"], Ok((3, "a/f".to_string())));
+    assert_eq!(ours.1["b/deux"], Ok((2, "b/two".to_string())));
+    assert_eq!(ours.1["c/over"], Ok((1, "c/over".to_string())));
+    // The same index entries (the names are the lower files' handles).
+    assert_eq!(index_entries(&w1), index_entries(&w2));
+    assert_eq!(index_entries(&w1).len(), 3, "{:?}", index_entries(&w1));
+    // Swapped: the kernel reads our upper, we read the kernel's.
+    kernel_reads(&opts(&l, &u1, &w1, extra), &k, &ours);
+    {
+        let _s = Mount::new(&opts(&l, &u2, &w2, extra), &m);
+        assert_same_tree(&snapshot(&m), &theirs.0, "the kernel's upper, stratafs");
+        assert_eq!(
+            identity(&m),
+            theirs.1,
+            "the kernel's upper, stratafs: identities"
+        );
+    }
+}
+
+#[test]
+fn hard_links_stay_one_file_as_the_kernels_index_keeps_them() {
+    both_ways("");
+}
+
+#[test]
+fn index_with_userxattr_as_root_is_the_kernels() {
+    both_ways(",userxattr");
+}
+
+/// The `overlay.origin` and index entry a copy-up writes are byte for byte the kernel's
+/// (the `struct ovl_fb` of the lower file's handle).
+#[test]
+fn origin_and_index_entry_are_the_kernels_bytes() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u1, w1, u2, w2) = (f.path("u1"), f.path("w1"), f.path("u2"), f.path("w2"));
+    let (m, k) = (f.path("m"), f.path("k"));
+    {
+        let _s = Mount::new(&opts(&l, &u1, &w1, ""), &m);
+        sh(&m, "echo more >> a/f");
+    }
+    {
+        let _k = KernelMount::new(&opts(&l, &u2, &w2, ""), &k);
+        sh(&k, "echo more >> a/f");
+    }
+    for key in ["trusted.overlay.origin", "trusted.overlay.nlink"] {
+        let ours = xattr(&u1.join("a/f"), key);
+        assert!(ours.is_some(), "{key} written");
+        assert_eq!(ours, xattr(&u2.join("a/f"), key), "{key}");
+    }
+    assert_eq!(
+        xattr(&u1, "trusted.overlay.origin"),
+        xattr(&u2, "trusted.overlay.origin"),
+        "upper root origin"
+    );
+    let entries = index_entries(&w1);
+    assert_eq!(entries, index_entries(&w2));
+    let entry = w1.join("index").join(&entries[0]);
+    assert_eq!(
+        fs::metadata(&entry).unwrap().ino(),
+        fs::metadata(u1.join("a/f")).unwrap().ino()
+    );
+}
+
+/// An upper whose root's origin is another lower root is refused by both, and so is an
+/// index directory of another upper.
+#[test]
+fn an_index_of_other_layers_is_refused_like_the_kernel() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let other = f.path("other");
+    file(&other, "x", "x\n");
+    let (u, w, u2) = (f.path("u"), f.path("w"), f.path("u2"));
+    let (m, k) = (f.path("m"), f.path("k"));
+    drop(Mount::new(&opts(&l, &u, &w, ""), &m));
+    let refused = |o: &str, want: &str| {
+        let e = Mount::try_new(o, &m).err().expect("refused");
+        let msg = String::from_utf8_lossy(&e.stderr).into_owned();
+        assert!(msg.contains(want), "{msg}");
+        assert_eq!(msg.trim().lines().count(), 1, "{msg}");
+        let out = run(std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", o])
+            .arg(&k));
+        assert!(!out.status.success(), "the kernel mounted {o}");
+    };
+    refused(
+        &opts(&other, &u, &w, ""),
+        "failed to verify upper root origin: try deleting index dir or mounting with '-o index=off'",
+    );
+    // Another upper (its root's origin is recorded at its first mount) with this work dir.
+    refused(
+        &opts(&l, &u2, &w, ""),
+        "failed to verify index dir 'upper' xattr",
+    );
+    // With index=off both mount it.
+    drop(Mount::new(&rw(&[&other], &u, &w), &m));
+}
+
+/// What a crash leaves in the index (a staging name) goes at mount, and so does the entry
+/// of a file no name of which is left (an orphan, made here as a crash between the unlink
+/// of the last name and the entry's removal would leave it); a whiteout entry stays, as the
+/// kernel keeps them.
+#[test]
+fn the_index_is_cleaned_at_mount() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u, w, m) = (f.path("u"), f.path("w"), f.path("m"));
+    {
+        let _s = Mount::new(&opts(&l, &u, &w, ""), &m);
+        sh(
+            &m,
+            "echo x >> d/x && rm d/x d/y && echo y >> a/f && ln b/two b/link",
+        );
+    }
+    // The last unlink took its file's entry.
+    assert_eq!(index_entries(&w).len(), 2, "{:?}", index_entries(&w));
+    let two = index_entries(&w)
+        .into_iter()
+        .find(|e| {
+            fs::metadata(w.join("index").join(e)).unwrap().ino()
+                == fs::metadata(u.join("b/two")).unwrap().ino()
+        })
+        .unwrap();
+    // An orphan: no upper name, and no lower name counted.
+    fs::remove_file(u.join("b/two")).unwrap();
+    fs::remove_file(u.join("b/link")).unwrap();
+    setx(&w.join("index"), &two, "trusted.overlay.nlink", b"U-1");
+    fs::write(w.join("index/#123.4"), "crash").unwrap();
+    let white = "00fb1d0001000000000000000000000000000000000000000000000000";
+    make_whiteout(&w.join("index").join(white)).unwrap();
+    let before = index_entries(&w);
+    {
+        let _s = Mount::new(&opts(&l, &u, &w, ""), &m);
+        assert_eq!(identity(&m)["a/g"], Ok((3, "a/f".to_string())));
+    }
+    assert!(!w.join("index/#123.4").exists());
+    let after = index_entries(&w);
+    assert!(after.contains(&white.to_string()), "{after:?}");
+    assert!(!after.contains(&two), "{after:?}");
+    assert_eq!(after.len(), before.len() - 1, "{before:?} -> {after:?}");
+    // The kernel mounts what is left, and shows the same.
+    let k = f.path("k");
+    let km = KernelMount::new(&opts(&l, &u, &w, ""), &k);
+    assert_eq!(identity(&km.mountpoint)["a/g"], Ok((3, "a/f".to_string())));
+    assert_eq!(
+        identity(&km.mountpoint)["b/two"],
+        Ok((2, "b/two".to_string()))
+    );
+}
+
+/// Unprivileged, `index=on` is refused in one line: the kernel's overlayfs uses no index in
+/// a user namespace, so there is nobody to share such an index with.
+#[test]
+fn unprivileged_index_is_refused() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u, w, m) = (f.path("u"), f.path("w"), f.path("m"));
+    give_to_nobody(f.dir.path());
+    let out = run(as_nobody(&stable_stratafs_bin())
+        .arg("-o")
+        .arg(opts(&l, &u, &w, ""))
+        .arg(&m));
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        msg.trim(),
+        "stratafs: index=on needs a daemon running as root (the kernel's overlayfs uses no index in a user namespace)"
+    );
+}
+
+/// With `metacopy=on` the kernel's copy-up of a lower hard link for a chmod puts a
+/// metacopy file in the index: every name of it reads the lower data, and writes through
+/// a name not linked up reach all of them.
+#[test]
+fn metacopy_index_entries_read_their_lower_data() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u, w, m, k) = (f.path("u"), f.path("w"), f.path("m"), f.path("k"));
+    let o = format!("{},metacopy=on,redirect_dir=on", opts(&l, &u, &w, ""));
+    {
+        let _k = KernelMount::new(&o, &k);
+        sh(&k, "chmod 600 a/f");
+    }
+    assert!(xattr(&u.join("a/f"), "trusted.overlay.metacopy").is_some());
+    let before;
+    {
+        let _s = Mount::new(&o, &m);
+        for p in ["a/f", "a/g", "b/h"] {
+            assert_eq!(fs::read_to_string(m.join(p)).unwrap(), "shared\n", "{p}");
+        }
+        sh(&m, "echo more >> b/h");
+        assert_eq!(fs::read_to_string(m.join("a/g")).unwrap(), "shared\nmore\n");
+        before = (snapshot(&m), identity(&m));
+    }
+    kernel_reads(&o, &k, &before);
+}
+
+/// The kernel mounted with `o` on `k` shows `want` (a tree, and its names' identities).
+fn kernel_reads(o: &str, k: &Path, want: &(TreeSnap, Identity)) {
+    let _k = KernelMount::new(o, k);
+    assert_same_tree(&snapshot(k), &want.0, "the kernel over stratafs's upper");
+    assert_eq!(
+        identity(k),
+        want.1,
+        "the kernel over stratafs's upper: identities"
+    );
+}
+
+/// Deliberate differences (docs/SEMANTICS.md row 21). A change through one name of a lower
+/// hard link links up the name its node was last looked up by (the kernel: the name used);
+/// with `metacopy=on` the copy into the index is whole (the kernel's is metadata only). The
+/// trees shown are the same, and each reads the other's upper.
+#[test]
+fn which_name_is_linked_up_and_metacopy_differ() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u1, w1, u2, w2) = (f.path("u1"), f.path("w1"), f.path("u2"), f.path("w2"));
+    let (m, k) = (f.path("m"), f.path("k"));
+    let mc = ",metacopy=on,redirect_dir=on";
+    let script = "stat a/g >/dev/null && stat a/f >/dev/null && echo x >> a/g && chmod 600 b/two";
+    {
+        let _s = Mount::new(&opts(&l, &u1, &w1, mc), &m);
+        let _k = KernelMount::new(&opts(&l, &u2, &w2, mc), &k);
+        sh(&m, script);
+        sh(&k, script);
+        assert_same_tree(&snapshot(&m), &snapshot(&k), "after the changes");
+        assert_eq!(identity(&m), identity(&k));
+    }
+    let names = |u: &Path| (u.join("a/f").exists(), u.join("a/g").exists());
+    assert_eq!(names(&u1), (true, false), "stratafs links up a/f");
+    assert_eq!(names(&u2), (false, true), "the kernel links up a/g");
+    assert_eq!(xattr(&u1.join("b/two"), "trusted.overlay.metacopy"), None);
+    assert!(xattr(&u2.join("b/two"), "trusted.overlay.metacopy").is_some());
+    let want = {
+        let _s = Mount::new(&opts(&l, &u1, &w1, mc), &m);
+        (snapshot(&m), identity(&m))
+    };
+    kernel_reads(&opts(&l, &u1, &w1, mc), &k, &want);
+}
+
+/// An index entry whose name is no file handle: the kernel refuses the mount (it cannot
+/// verify the index), stratafs leaves it alone (docs/SEMANTICS.md row 21).
+#[test]
+fn an_index_entry_that_is_no_handle_is_left_alone() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u, w, m, k) = (f.path("u"), f.path("w"), f.path("m"), f.path("k"));
+    drop(Mount::new(&opts(&l, &u, &w, ""), &m));
+    fs::write(w.join("index/stray"), "x").unwrap();
+    drop(Mount::new(&opts(&l, &u, &w, ""), &m));
+    assert!(w.join("index/stray").exists());
+    let out = run(std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts(&l, &u, &w, "")])
+        .arg(&k));
+    assert!(!out.status.success(), "the kernel mounted it");
+}
