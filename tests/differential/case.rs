@@ -29,6 +29,11 @@ pub(crate) enum Entry {
     Whiteout {
         path: String,
     },
+    /// Another name of regular file `target` of the same layer (a hard link).
+    HardLink {
+        path: String,
+        target: String,
+    },
 }
 
 impl Entry {
@@ -37,7 +42,8 @@ impl Entry {
             Entry::Dir { path, .. }
             | Entry::File { path, .. }
             | Entry::Symlink { path, .. }
-            | Entry::Whiteout { path } => path,
+            | Entry::Whiteout { path }
+            | Entry::HardLink { path, .. } => path,
         }
     }
 }
@@ -93,6 +99,7 @@ impl fmt::Display for Entry {
             ),
             Entry::Symlink { path, target } => write!(f, "symlink {path} {target}"),
             Entry::Whiteout { path } => write!(f, "whiteout {path}"),
+            Entry::HardLink { path, target } => write!(f, "link {path} {target}"),
         }
     }
 }
@@ -411,6 +418,10 @@ impl Case {
                             target: t[2].into(),
                         },
                         "whiteout" => Entry::Whiteout { path: t[1].into() },
+                        "link" => Entry::HardLink {
+                            path: t[1].into(),
+                            target: t[2].into(),
+                        },
                         _ => panic!("bad entry: {line}"),
                     };
                     match sec {

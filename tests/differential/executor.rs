@@ -65,6 +65,12 @@ pub(crate) fn materialize(entries: &[Entry], dir: &Path) {
             }
             Entry::Symlink { target, .. } => std::os::unix::fs::symlink(target, &p).unwrap(),
             Entry::Whiteout { .. } => make_whiteout(&p).unwrap(),
+            // Minimizing may have dropped the file (or its directory): no link then.
+            Entry::HardLink { target, .. } => {
+                if dir.join(target).is_file() && p.parent().is_some_and(Path::is_dir) {
+                    std::fs::hard_link(dir.join(target), &p).unwrap();
+                }
+            }
         }
     }
     // Fixed times, deepest first, so both copies look alike to anything that reads them.
@@ -476,6 +482,17 @@ pub(crate) fn run_case(
     if let Some(d) = tree_diff(&final_s, &final_k) {
         return Err(fail("final-tree", format!("after the operations:\n{d}")));
     }
+    let index = index_on(&feat);
+    let final_links = same_files(&k.mnt);
+    if index {
+        let ours = same_files(&s.mnt);
+        if ours != final_links {
+            return Err(fail(
+                "final-links",
+                format!("names of one file: stratafs {ours:?}, kernel {final_links:?}"),
+            ));
+        }
+    }
     // Checked now, reported last: a disagreement on times should not hide one on names.
     let mut mtime_failure = None;
     for (path, mtime) in &explicit {
@@ -495,6 +512,12 @@ pub(crate) fn run_case(
 
     drop(ours);
     drop(kernel);
+    // With the index, the upper is read with its work directory (the index is there).
+    let (s_work2, k_work2) = if index {
+        (&s.work, &k.work)
+    } else {
+        (&s.work2, &k.work2)
+    };
     let left = dir_names(&s.work.join("work"));
     if !left.is_empty() {
         return Err(fail(
@@ -505,9 +528,16 @@ pub(crate) fn run_case(
 
     // Swap the uppers: each implementation reads what the other wrote.
     {
-        let kk = kernel_mount(&kernel_opts(&s.lowers, &s.upper, &s.work2), &s.mnt2)?;
+        let kk = kernel_mount(&kernel_opts(&s.lowers, &s.upper, s_work2), &s.mnt2)?;
         let snap = try_snapshot(&s.mnt2, "kernel-over-stratafs-upper")?;
+        let links = same_files(&s.mnt2);
         drop(kk);
+        if index && links != final_links {
+            return Err(fail(
+                "swap-kernel-reads-stratafs-links",
+                format!("names of one file: kernel over stratafs's upper {links:?}, expected {final_links:?}"),
+            ));
+        }
         if let Some(d) = tree_diff(&final_k, &snap) {
             return Err(fail(
                 "swap-kernel-reads-stratafs",
@@ -519,9 +549,16 @@ pub(crate) fn run_case(
         }
     }
     {
-        let ss = stratafs_mount(&ours_opts(&k.lowers, &k.upper, &k.work2), &k.mnt2)?;
+        let ss = stratafs_mount(&ours_opts(&k.lowers, &k.upper, k_work2), &k.mnt2)?;
         let snap = try_snapshot(&k.mnt2, "stratafs-over-kernel-upper")?;
+        let links = same_files(&k.mnt2);
         drop(ss);
+        if index && links != final_links {
+            return Err(fail(
+                "swap-stratafs-reads-kernel-links",
+                format!("names of one file: stratafs over the kernel's upper {links:?}, expected {final_links:?}"),
+            ));
+        }
         if let Some(d) = tree_diff(&snap, &final_k) {
             return Err(fail(
                 "swap-stratafs-reads-kernel",
@@ -533,6 +570,42 @@ pub(crate) fn run_case(
         Some(f) => Err(f),
         None => Ok(succeeded),
     }
+}
+
+/// The names of one file (non-directories of one `st_ino`), for each file of several names
+/// in the tree under `root`, sorted.
+pub(crate) fn same_files(root: &Path) -> Vec<Vec<String>> {
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = rel.join(e.file_name());
+            let Ok(md) = std::fs::symlink_metadata(root.join(&path)) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(path);
+            } else {
+                by_ino
+                    .entry(md.ino())
+                    .or_default()
+                    .push(path.display().to_string());
+            }
+        }
+    }
+    let mut out: Vec<Vec<String>> = by_ino
+        .into_values()
+        .filter(|v| v.len() > 1)
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The feature (not a mount option) that makes the case's bottom lower layer a data-only
@@ -627,11 +700,19 @@ pub(crate) fn run_fresh(case: &Case) -> Result<usize, Failure> {
     run_case(&mut case.clone(), None, t.path())
 }
 
+/// True when `features` turn the inodes index on (`index=on`).
+pub(crate) fn index_on(features: &str) -> bool {
+    features.split(',').any(|f| f == "index=on")
+}
+
 /// Runs the case of `seed` in a fresh temporary directory; returns it with the operations
-/// it ran.
+/// it ran. With `index=on` the lower layers also get hard links.
 pub(crate) fn run_seed(seed: u64, n_ops: usize, features: &str) -> (Case, Result<usize, Failure>) {
     let (mut case, gen) = gen_case(seed, n_ops);
     case.features = features.to_string();
+    if index_on(features) {
+        add_lower_links(&mut case, seed);
+    }
     let t = tempfile::tempdir().expect("tempdir");
     let r = run_case(&mut case, Some(gen), t.path());
     (case, r)

@@ -393,6 +393,41 @@ pub(crate) fn gen_case(seed: u64, n_ops: usize) -> (Case, OpGen) {
     (case, OpGen { rng, n: n_ops })
 }
 
+/// Adds hard links to the files of the lower layers of `case` (for `index=on`): up to three
+/// per layer, each a new name (in the root or a directory of the same layer) of one of its
+/// regular files. They are drawn from a random stream of their own, so that the rest of
+/// the case is what `seed` gives without them.
+pub(crate) fn add_lower_links(case: &mut Case, seed: u64) {
+    let mut rng = Rng::new(seed ^ 0x6c69_6e6b_7321);
+    for layer in case.lowers.iter_mut() {
+        let files: Vec<String> = layer
+            .iter()
+            .filter_map(|e| match e {
+                Entry::File { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        let dirs: Vec<String> = std::iter::once(String::new())
+            .chain(layer.iter().filter_map(|e| match e {
+                Entry::Dir { path, .. } => Some(path.clone()),
+                _ => None,
+            }))
+            .collect();
+        for _ in 0..rng.below(4) {
+            let target = rng.pick(&files);
+            let path = join(&rng.pick(&dirs), rng.pick(&LAYER_NAMES));
+            if !layer.iter().any(|e| e.path() == path) {
+                layer.push(Entry::HardLink { path, target });
+            }
+        }
+    }
+    // A link may stop a directory above from merging with one below.
+    drop_stray_whiteouts(&mut case.upper, &mut case.lowers);
+}
+
 /// Generates a case's operations while it runs, from the oracle's current tree.
 pub(crate) struct OpGen {
     pub(crate) rng: Rng,

@@ -8,7 +8,8 @@
 //! - `STRATAFS_DIFF_CASES=N`: how many seeds to run (default 300, about 30 s; 150 for
 //!   each run with a feature on, such as `differential_random_redirect_dir` and
 //!   `differential_random_metacopy`; 100 for `differential_random_data_only`, whose bottom
-//!   lower layer is split into a metadata layer over a data-only layer).
+//!   lower layer is split into a metadata layer over a data-only layer; 150 for
+//!   `differential_random_index`, whose lower layers also hold hard links).
 //! - `STRATAFS_DIFF_BASE=N`: the first seed (default 1); seeds `BASE..BASE+N` run.
 //! - `STRATAFS_DIFF_SEED=N`: replay exactly one seed.
 //! - `STRATAFS_DIFF_OPS=N`: operations per case (default 30).
@@ -90,6 +91,16 @@ fn differential_random_data_only() {
         100,
         "differential_random_data_only",
     );
+}
+
+/// The same random cases with `index=on` on both sides (issue 18 item 3), their lower
+/// layers holding hard links: every name of a lower file stays one file, with its true link
+/// count, after any of them is copied up, linked, unlinked or renamed over; the names of
+/// one file are compared too (after the operations and across the swap), and each side
+/// reads the index and upper the other wrote.
+#[test]
+fn differential_random_index() {
+    differential("index=on", 150, "differential_random_index");
 }
 
 /// Runs the random cases with `features` (`-o` options for both implementations),
@@ -445,6 +456,83 @@ fn regression_metacopy_data_copy_up_takes_the_time_of_the_copy() {
         ops
           utimes d/d 1500000000 1000000000 nofollow
           create d/d 4755
+        ",
+    );
+}
+
+/// With `index=on`, an open for writing of a name the kernel held since before another name
+/// of its file was linked up and renamed away: the node, left at the lower name found in the
+/// index, was linked up again under the renamed name (EEXIST; seed 8 of
+/// `differential_random_index`, before the first landing).
+#[test]
+fn regression_index_open_after_a_linked_up_name_moved() {
+    check_script(
+        "
+        features index=on
+        upper
+        lower
+          file b 2755 0:1000 sj
+          link d b
+        ops
+          chmod d 0444
+          chmod e 0444
+          rename b f
+          create d 0644
+        ",
+    );
+}
+
+/// With `index=on`, the unlink of a lower hard link whose directory had no upper copy:
+/// the copy-up before the unlink copies the directory too, and the name was then resolved
+/// in the directory's layers as they were before it (EEXIST; seed 72).
+#[test]
+fn regression_index_unlink_in_a_lower_directory() {
+    check_script(
+        "
+        features index=on
+        upper
+        lower
+          dir d 0755 0:0
+          file d/a 0644 0:0 i5
+          dir d/d 0755 0:0
+          link d/d/d d/a
+        ops
+          unlink d/d/d
+        ",
+    );
+}
+
+/// With `index=on`, a name of a file removed (renamed over, unlinked) while the kernel
+/// knew another name of it: the node moved to that name, which is found in the index, not
+/// in the upper layer (ENOENT; seeds 97, 89 and 142).
+#[test]
+fn regression_index_other_name_after_a_removal() {
+    check_script(
+        "
+        features index=on
+        upper
+          file d 2755 0:0 84k99a39z
+        lower
+          file a 0644 1001:0 6mqywz3
+          link e a
+        ops
+          setxattr a user.x 7nq9m
+          rename d a
+          read e
+        ",
+    );
+    check_script(
+        "
+        features index=on
+        upper
+        lower
+          dir d 0755 0:0
+          file d/e 0644 0:0 79gvshquig
+          link d/d d/e
+        ops
+          rename d/e f
+          unlink f
+          utimes d/d 1500000000 2000000000 nofollow
         ",
     );
 }
