@@ -77,31 +77,36 @@ impl Overlay {
                             _ => None,
                         })
                         .collect();
-                    let mut cur = ROOT;
-                    let mut missing = None;
+                    // Every live node under each name: one replaced behind the mount and
+                    // looked up again lives on beside the new one until the kernel forgets
+                    // it, and the kernel may hold names under either.
+                    let mut at = vec![ROOT];
                     for c in comps {
-                        let child = children.get(&cur).and_then(|kids| {
-                            kids.iter().find(|k| k.with_location(|l| l.name == c))
-                        });
-                        match child {
-                            Some(k) => cur = k.id,
-                            None => {
-                                missing = Some(c);
-                                break;
+                        let mut next = Vec::new();
+                        for cur in at {
+                            let kids = children.get(&cur).into_iter().flatten();
+                            let mut found = kids
+                                .filter(|k| k.with_location(|l| l.name == c))
+                                .map(|k| k.id)
+                                .peekable();
+                            if found.peek().is_none() {
+                                // Not held by the kernel (a name it caches as missing, or
+                                // one it never looked up): that name in its directory.
+                                dirs.push(cur);
+                                out.missing.push((cur, c.to_os_string()));
                             }
+                            next.extend(found);
                         }
+                        at = next;
                     }
-                    if let Some(name) = missing {
-                        // Not held by the kernel (a name it caches as missing, or one it
-                        // never looked up): that name in its directory.
-                        dirs.push(cur);
-                        out.missing.push((cur, name.to_os_string()));
-                    } else if cur == ROOT {
-                        out.all = true;
-                        subtrees.push(ROOT);
-                    } else {
-                        subtrees.push(cur);
-                        dirs.push(self.nodes.get(cur).map_or(ROOT, |n| n.parent()));
+                    for cur in at {
+                        if cur == ROOT {
+                            out.all = true;
+                            subtrees.push(ROOT);
+                        } else {
+                            subtrees.push(cur);
+                            dirs.push(self.nodes.get(cur).map_or(ROOT, |n| n.parent()));
+                        }
                     }
                 }
             }
@@ -221,6 +226,37 @@ mod tests {
     use std::ffi::OsStr;
 
     use super::*;
+
+    /// A directory replaced behind the mount and looked up again without a refresh (the
+    /// kernel's entry expired): the node of its old object lives on under the same name
+    /// until the kernel forgets it. A refresh of a path through that name covers every
+    /// node under it, the current one included: it used to take the first one it met,
+    /// often a stale one, and the current one kept a name cached as missing
+    /// (`tests/udba.rs`'s race: a file that showed only after a refresh of the whole mount).
+    #[test]
+    fn a_refresh_covers_every_node_under_a_name() {
+        let (t, ov) = crate::overlay::scratch_overlay(|l, _| {
+            std::fs::create_dir(l.join("d")).unwrap();
+        });
+        let l = t.path().join("l");
+        let mut stale = Vec::new();
+        for _ in 0..8 {
+            stale.push(ov.lookup(ROOT, OsStr::new("d")).unwrap().node);
+            // A new directory (a new inode number) renamed over the old one.
+            std::fs::create_dir(l.join("d.new")).unwrap();
+            std::fs::rename(l.join("d.new"), l.join("d")).unwrap();
+        }
+        let d = ov.lookup(ROOT, OsStr::new("d")).unwrap().node;
+        assert!(!stale.contains(&d));
+        assert!(ov.lookup(d, OsStr::new("f")).is_err());
+        std::fs::write(l.join("d/f"), "f").unwrap();
+        let r = ov.refresh(&Scope::Paths(vec!["d/f".into()]));
+        assert!(r.missing.contains(&(d, "f".into())), "{r:?}");
+        assert!(
+            ov.lookup(d, OsStr::new("f")).is_ok(),
+            "f, created in the current d, after a refresh of d/f"
+        );
+    }
 
     /// A name cached as missing shows after a refresh; a node whose object went dies and
     /// answers ENOENT; a node whose object stayed keeps its id.
