@@ -487,21 +487,29 @@ impl Overlay {
         let entry = Object::At(index.as_fd(), iname);
         let st = sys::stat_at(index.as_fd(), iname)?;
         let shown = self.indexed_nlink(entry, &st);
+        // As the kernel's link-up: the count relative to the lower file while the upper
+        // one changes, so that a crash in between leaves it right.
+        self.set_lower_relative_nlink(entry, shown)?;
         let before = sys::stat_fd(pfd)?;
-        match sys::link_at(index.as_fd(), iname, pfd, name) {
-            Ok(()) => {}
+        let linked = match sys::link_at(index.as_fd(), iname, pfd, name) {
+            Ok(()) => 1,
             // Linked up already (through another node of the name): nothing changes.
             Err(e)
                 if e.raw_os_error() == Some(libc::EEXIST)
                     && sys::stat_at(pfd, name)
                         .is_ok_and(|u| (u.dev, u.ino) == (st.dev, st.ino)) =>
             {
-                return Ok(());
+                0
             }
-            Err(e) => return Err(e).ctx("link up", name),
+            Err(e) => {
+                self.set_indexed_nlink(entry, st.nlink, shown)?;
+                return Err(e).ctx("link up", name);
+            }
+        };
+        if linked == 1 {
+            put_times_back(pfd, &before)?;
         }
-        put_times_back(pfd, &before)?;
-        self.set_indexed_nlink(entry, st.nlink + 1, shown)
+        self.set_indexed_nlink(entry, st.nlink + linked, shown)
     }
 
     /// Links up `name` in `parent`, a name of a file in the index (entry `iname`) with no

@@ -167,7 +167,7 @@ impl Overlay {
             if st.is_dir() || format::is_whiteout_stat(&st) || st.nlink != 1 {
                 continue;
             }
-            if is_orphan(dir, &e.name, &st, &key) {
+            if self.is_orphan(Object::At(dir, &e.name), &st, &key) {
                 tracing::debug!(name = ?e.name, "orphan index entry removed");
                 sys::unlink_at(dir, &e.name, false)?;
             }
@@ -198,11 +198,32 @@ impl Overlay {
         let Ok(st) = sys::stat_at(dir, iname) else {
             return;
         };
-        if st.nlink == 1 && is_orphan(dir, iname, &st, &work.xattr("nlink")) {
+        if st.nlink == 1 && self.is_orphan(Object::At(dir, iname), &st, &work.xattr("nlink")) {
             if let Err(e) = sys::unlink_at(dir, iname, false) {
                 tracing::warn!(name = ?iname, error = %e, "orphan index entry not removed");
             }
         }
+    }
+
+    /// True when index entry `entry` (attributes `st`) is an orphan: its `overlay.nlink`
+    /// (`key`) counts no name (the kernel's `ovl_get_nlink` giving 0).
+    fn is_orphan(&self, entry: Object<'_>, st: &Stat, key: &OsStr) -> bool {
+        let Some(n) = entry
+            .get_xattr(key)
+            .ok()
+            .flatten()
+            .and_then(|v| IndexNlink::parse(&v))
+        else {
+            return false;
+        };
+        let lower = match n {
+            IndexNlink::Lower(_) => match self.origin_object(entry) {
+                Some((_, o)) => Some(o.nlink),
+                None => return false,
+            },
+            IndexNlink::Upper(_) => None,
+        };
+        n.shown(st.nlink, lower).is_none()
     }
 
     /// True when lower hard links are copied up through the index.
@@ -297,12 +318,20 @@ impl Overlay {
         if st.nlink < 1 || st.kind() == Some(FileKind::Directory) {
             return st.nlink;
         }
-        obj.get_xattr(&work.xattr("nlink"))
+        let Some(n) = obj
+            .get_xattr(&work.xattr("nlink"))
             .ok()
             .flatten()
             .and_then(|v| IndexNlink::parse(&v))
-            .and_then(|n| n.shown(st.nlink, None))
-            .unwrap_or(st.nlink)
+        else {
+            return st.nlink;
+        };
+        // Relative to the lower file (left by a link-up cut short): its count is read.
+        let lower = match n {
+            IndexNlink::Lower(_) => self.origin_object(obj).map(|(_, o)| o.nlink),
+            IndexNlink::Upper(_) => None,
+        };
+        n.shown(st.nlink, lower).unwrap_or(st.nlink)
     }
 
     /// Records the link count shown for indexed upper file `obj`, whose upper inode has
@@ -383,19 +412,58 @@ impl Overlay {
         }
     }
 
+    /// Records the link count shown for indexed file `obj` as `shown`, relative to its lower
+    /// file's count (the kernel's `ovl_set_nlink_lower`), where that file is found.
+    pub(crate) fn set_lower_relative_nlink(&self, obj: Object<'_>, shown: u32) -> Result<()> {
+        let (Some((_, lower)), Some(work)) = (self.origin_object(obj), self.layers.work()) else {
+            return Ok(());
+        };
+        let diff = i32::try_from(i64::from(shown) - i64::from(lower.nlink))
+            .map_err(|_| Error::Invalid("link count"))?;
+        obj.set_xattr(&work.xattr("nlink"), &IndexNlink::Lower(diff).encode(), 0)?;
+        Ok(())
+    }
+
+    /// Before an upper name of indexed file `iname` is linked, unlinked or replaced: a count
+    /// left relative to the lower file (by a link-up a crash cut short) is recorded
+    /// relative to the upper inode again, so that the change moves both counts alike (the
+    /// kernel's `ovl_nlink_start`).
+    pub(crate) fn settle_nlink(&self, iname: &OsStr) -> Result<()> {
+        let (Ok(index), Some(work)) = (self.index_dir(), self.layers.work()) else {
+            return Ok(());
+        };
+        let entry = Object::At(index.as_fd(), iname);
+        let value = entry.get_xattr(&work.xattr("nlink")).ok().flatten();
+        if !matches!(
+            value.as_deref().and_then(IndexNlink::parse),
+            Some(IndexNlink::Lower(_))
+        ) {
+            return Ok(());
+        }
+        let st = sys::stat_at(index.as_fd(), iname)?;
+        let shown = self.indexed_nlink(entry, &st);
+        self.set_indexed_nlink(entry, st.nlink, shown)
+    }
+
     /// The lower file's `st_ino` for an upper file the kernel copied up through the index
-    /// (it records no stratafs origin): the lower object its `overlay.origin` names, found
-    /// by its handle (only stat'ed) on the filesystem of a lower layer with that uuid.
-    /// `None` for a file that is not indexed, or whose origin is gone: it shows its upper
-    /// number.
+    /// (it records no stratafs origin): the lower object its `overlay.origin` names. `None`
+    /// for a file that is not indexed, or whose origin is gone: it shows its upper number.
     pub(crate) fn kernel_origin_ino(
         &self,
         upper_dir: BorrowedFd<'_>,
         name: &OsStr,
     ) -> Option<crate::layer::Ino> {
-        let (index, work) = (self.index.as_ref()?, self.layers.work()?);
         self.entry_of_upper(upper_dir, name)?;
-        let origin = sys::get_xattr_at(upper_dir, name, &work.xattr("origin")).ok()??;
+        let (layer, st) = self.origin_object(Object::At(upper_dir, name))?;
+        Some(self.layers.shown_ino(LayerIno::new(layer, st.ino)))
+    }
+
+    /// The lower non-directory upper object `obj`'s `overlay.origin` names, and its layer:
+    /// found by its handle (and only stat'ed) on the filesystem of a lower layer with the
+    /// handle's uuid.
+    fn origin_object(&self, obj: Object<'_>) -> Option<(LayerIdx, Stat)> {
+        let (index, work) = (self.index.as_ref()?, self.layers.work()?);
+        let origin = obj.get_xattr(&work.xattr("origin")).ok()??;
         let (uuid, kind, fid) = format::parse_origin_handle(&origin)?;
         let handle = sys::FileHandle {
             kind,
@@ -418,20 +486,8 @@ impl Overlay {
                 .all()
                 .iter()
                 .position(|x| !x.upper && x.dev == st.dev)?;
-            let layer = LayerIdx::try_from(layer).ok()?;
-            return Some(self.layers.shown_ino(LayerIno::new(layer, st.ino)));
+            return Some((LayerIdx::try_from(layer).ok()?, st));
         }
         None
     }
-}
-
-/// True when index entry `name` in `dir` (attributes `st`) is an orphan: its `overlay.nlink`
-/// (`key`), relative to the upper inode, counts no name. One relative to the lower inode is
-/// not judged here (the kernel writes it only for the instant of a link-up).
-fn is_orphan(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, key: &OsStr) -> bool {
-    let nlink = sys::get_xattr_at(dir, name, key)
-        .ok()
-        .flatten()
-        .and_then(|v| IndexNlink::parse(&v));
-    matches!(nlink, Some(n @ IndexNlink::Upper(_)) if n.shown(st.nlink, None).is_none())
 }

@@ -579,6 +579,9 @@ impl Overlay {
         let entry = (!is_dir && on_upper)
             .then(|| self.entry_of_upper(pfd.as_fd(), name))
             .flatten();
+        if let Some(iname) = &entry {
+            self.settle_nlink(iname)?;
+        }
         let removed = match slot {
             Ok(UpperSlot::Object(d)) => self.remove_upper(pfd.as_fd(), name, d, whiteout),
             Ok(_) if whiteout => self.write_whiteout(pfd.as_fd(), name),
@@ -632,6 +635,9 @@ impl Overlay {
             return Err(Error::Exists);
         }
         let sname = node.with_location(|l| l.name.clone());
+        if let Some(iname) = self.entry_of_upper(spfd.as_fd(), &sname) {
+            self.settle_nlink(&iname)?;
+        }
         match self.upper_slot(npfd.as_fd(), newname)? {
             UpperSlot::CharWhiteout => {
                 let tmp = self.temp_name();
@@ -904,6 +910,9 @@ impl Overlay {
             .as_ref()
             .filter(|d| d.kind != FileKind::Directory)
             .and_then(|_| self.entry_of_upper(dpfd.as_fd(), newname));
+        if let Some(iname) = &dst_entry {
+            self.settle_nlink(iname)?;
+        }
         let moved = self.rename_into_place(
             // A redirected directory finds its lower copies by its redirect, never by its
             // new name: it is not made opaque (which would stop it following the redirect).

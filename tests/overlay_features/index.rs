@@ -13,7 +13,12 @@ use crate::*;
 /// A lower layer with a file of three names in two directories, a file of two names, one
 /// of two names to be replaced by a rename, and an ordinary file.
 fn lower(f: &Fixture) -> PathBuf {
-    let l = f.path("l");
+    fill_lower(&f.path("l"))
+}
+
+/// [`lower`]'s tree in directory `l`.
+fn fill_lower(l: &Path) -> PathBuf {
+    let l = l.to_path_buf();
     file(&l, "a/f", "shared\n");
     dir(&l, "b");
     fs::hard_link(l.join("a/f"), l.join("a/g")).unwrap();
@@ -91,6 +96,12 @@ fn opts(l: &Path, u: &Path, w: &Path, extra: &str) -> String {
 fn both_ways(extra: &str) {
     let f = Fixture::new();
     let l = lower(&f);
+    both_ways_over(&f, &l, extra);
+}
+
+/// [`both_ways`] over lower layer `l`; returns the upper directories (ours, the kernel's).
+fn both_ways_over(f: &Fixture, l: &Path, extra: &str) -> (PathBuf, PathBuf) {
+    let l = l.to_path_buf();
     let (u1, w1, u2, w2) = (f.path("u1"), f.path("w1"), f.path("u2"), f.path("w2"));
     let (m, k) = (f.path("m"), f.path("k"));
     let (ours, theirs);
@@ -123,6 +134,7 @@ fn both_ways(extra: &str) {
             "the kernel's upper, stratafs: identities"
         );
     }
+    (u1, u2)
 }
 
 #[test]
@@ -168,6 +180,24 @@ fn origin_and_index_entry_are_the_kernels_bytes() {
         fs::metadata(&entry).unwrap().ino(),
         fs::metadata(u1.join("a/f")).unwrap().ino()
     );
+}
+
+/// A lower layer on a filesystem of its own uuid (an ext4 image), the upper on another:
+/// the handles record the lower filesystem's uuid, byte for byte as the kernel's.
+#[test]
+fn handles_record_the_lower_filesystems_uuid() {
+    let f = Fixture::new();
+    let image = crate::verity::VerityImage::new(f.dir.path());
+    let l = fill_lower(&image.dir("l"));
+    let (u1, u2) = both_ways_over(&f, &l, "");
+    let key = "trusted.overlay.origin";
+    let origin = xattr(&u1.join("a/f"), key).expect("origin");
+    assert_eq!(Some(&origin), xattr(&u2.join("a/f"), key).as_ref());
+    assert_eq!(xattr(&u1, key), xattr(&u2, key), "upper root origin");
+    let dir = fs::File::open(&l).unwrap();
+    let uuid = stratafs::sys::fs_uuid(std::os::fd::AsFd::as_fd(&dir)).unwrap();
+    assert_ne!(uuid, [0; 16]);
+    assert_eq!(&origin[5..21], &uuid[..]);
 }
 
 /// An upper whose root's origin is another lower root is refused by both, and so is an
@@ -361,4 +391,38 @@ fn an_index_entry_that_is_no_handle_is_left_alone() {
         .args(["-t", "overlay", "overlay", "-o", &opts(&l, &u, &w, "")])
         .arg(&k));
     assert!(!out.status.success(), "the kernel mounted it");
+}
+
+/// A count left relative to the lower file (`L+N`, as a crash in the middle of the kernel's
+/// link-up leaves it) is read as the kernel reads it, and the next unlink and link through
+/// the mount count from it, as the kernel's.
+#[test]
+fn a_count_relative_to_the_lower_file_is_the_kernels() {
+    let after = |ours: bool| {
+        let f = Fixture::new();
+        let l = lower(&f);
+        let (u, w, m) = (f.path("u"), f.path("w"), f.path("m"));
+        let o = opts(&l, &u, &w, "");
+        let session = |script: &str| {
+            if ours {
+                let _s = Mount::new(&o, &m);
+                sh(&m, script);
+                identity(&m)
+            } else {
+                let _k = KernelMount::new(&o, &m);
+                sh(&m, script);
+                identity(&m)
+            }
+        };
+        session("echo x >> a/f");
+        // Three names in the lower layer, none of them removed: L+0.
+        setx(&u, "a/f", "trusted.overlay.nlink", b"L+0");
+        let read = session("true");
+        let changed = session("rm a/g && ln a/f c/more && rm b/h");
+        (read, changed)
+    };
+    let (ours, theirs) = (after(true), after(false));
+    assert_eq!(ours.0["a/g"], Ok((3, "a/f".to_string())));
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.1["a/f"], Ok((2, "a/f".to_string())));
 }

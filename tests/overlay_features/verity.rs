@@ -26,14 +26,15 @@ impl Drop for LoopDevice {
 }
 
 /// An ext4 filesystem with the verity feature in a file, on a loop device, mounted; all
-/// undone when dropped (the mount first), also when the test fails.
-struct VerityImage {
+/// undone when dropped (the mount first), also when the test fails. (Also the filesystem
+/// of its own uuid that `index.rs` puts a lower layer on.)
+pub(crate) struct VerityImage {
     mount: KernelMount,
     _device: LoopDevice,
 }
 
 impl VerityImage {
-    fn new(dir: &Path) -> VerityImage {
+    pub(crate) fn new(dir: &Path) -> VerityImage {
         let image = dir.join("verity.img");
         fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
         let mkfs = run(Command::new("mkfs.ext4")
@@ -67,7 +68,7 @@ impl VerityImage {
     }
 
     /// Directory `name` on the image.
-    fn dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
         let p = self.mount.mountpoint.join(name);
         fs::create_dir_all(&p).unwrap();
         p
