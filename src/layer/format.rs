@@ -307,6 +307,19 @@ pub fn index_name(fh: &[u8]) -> std::ffi::OsString {
     s.into()
 }
 
+/// The handle an index entry's name stands for, if it is the hex of a well-formed one.
+pub fn index_name_handle(name: &OsStr) -> Option<Vec<u8>> {
+    let b = name.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    let fh = b
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    origin_handle_ok(&fh).then_some(fh)
+}
+
 /// The kernel's `overlay.nlink` on an indexed upper file: the link count shown through
 /// the overlay, relative to the upper inode's (`U+N`, `U-N`) or the lower one's (`L+N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,6 +390,10 @@ mod tests {
         assert_eq!(parse_origin_handle(&up), Some(([7; 16], 1, &fid[..])));
         assert_eq!(parse_origin_handle(&up[..28]), None);
         assert!(origin_handle(&[0; 16], 1, &[0; 240], false).is_none());
+        assert_eq!(index_name_handle(&index_name(&v)), Some(v.clone()));
+        for bad in ["stray", "00fb1d0", "00fb1d00010000", "zz"] {
+            assert_eq!(index_name_handle(OsStr::new(bad)), None, "{bad}");
+        }
     }
 
     #[test]

@@ -148,14 +148,17 @@ impl Overlay {
 
     /// Removes what a crash left in the index (staging names, which start with `#`) and
     /// orphans: entries of files no name of which is left (only the index links the inode,
-    /// and its `overlay.nlink` counts no lower name), as the kernel does at mount.
-    /// Whiteouts, directories and entries this cannot judge are left as they are.
+    /// and its `overlay.nlink` counts no lower name), as the kernel does at mount; and
+    /// stale entries, as it does too: one whose `overlay.origin` is not its name, or, with
+    /// no upper name, whose lower file is gone. Whiteouts, directories and entries the
+    /// kernel cannot verify (a name of no handle, no origin: it refuses the mount) are left
+    /// as they are.
     fn clean_index(&self) -> std::io::Result<()> {
         let (Some(index), Some(work)) = (&self.index, self.layers.work()) else {
             return Ok(());
         };
         let dir = index.dir.as_fd();
-        let key = work.xattr("nlink");
+        let (key, origin_key) = (work.xattr("nlink"), work.xattr("origin"));
         for e in sys::list_dir(dir)? {
             if e.name.as_encoded_bytes().starts_with(b"#") {
                 sys::remove_tree(dir, &e.name)?;
@@ -164,11 +167,19 @@ impl Overlay {
             let Ok(st) = sys::stat_at(dir, &e.name) else {
                 continue;
             };
-            if st.is_dir() || format::is_whiteout_stat(&st) || st.nlink != 1 {
+            if st.is_dir() || format::is_whiteout_stat(&st) {
                 continue;
             }
-            if self.is_orphan(Object::At(dir, &e.name), &st, &key) {
-                tracing::debug!(name = ?e.name, "orphan index entry removed");
+            let entry = Object::At(dir, &e.name);
+            let (Some(fh), Some(origin)) = (
+                format::index_name_handle(&e.name),
+                entry.get_xattr(&origin_key).ok().flatten(),
+            ) else {
+                continue;
+            };
+            let stale = origin != fh || (st.nlink == 1 && self.origin_object(entry).is_none());
+            if stale || (st.nlink == 1 && self.is_orphan(entry, &st, &key)) {
+                tracing::debug!(name = ?e.name, stale, "index entry removed");
                 sys::unlink_at(dir, &e.name, false)?;
             }
         }

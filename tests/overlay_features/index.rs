@@ -393,30 +393,50 @@ fn an_index_entry_that_is_no_handle_is_left_alone() {
     assert!(!out.status.success(), "the kernel mounted it");
 }
 
+/// A fixture with [`lower`], an upper, a work directory, a mount point and the options.
+struct Side {
+    f: Fixture,
+    l: PathBuf,
+    u: PathBuf,
+    w: PathBuf,
+    m: PathBuf,
+    o: String,
+}
+
+impl Side {
+    fn new() -> Side {
+        let f = Fixture::new();
+        let l = lower(&f);
+        let (u, w, m) = (f.path("u"), f.path("w"), f.path("m"));
+        let o = opts(&l, &u, &w, "");
+        Side { f, l, u, w, m, o }
+    }
+}
+
+/// Runs `script` in a mount with `o` on `m`, stratafs's (`ours`) or the kernel's; the
+/// identities it leaves.
+fn session(ours: bool, o: &str, m: &Path, script: &str) -> Identity {
+    let _mounted: Box<dyn std::any::Any> = if ours {
+        Box::new(Mount::new(o, m))
+    } else {
+        Box::new(KernelMount::new(o, m))
+    };
+    sh(m, script);
+    identity(m)
+}
+
 /// A count left relative to the lower file (`L+N`, as a crash in the middle of the kernel's
 /// link-up leaves it) is read as the kernel reads it, and the next unlink and link through
 /// the mount count from it, as the kernel's.
 #[test]
 fn a_count_relative_to_the_lower_file_is_the_kernels() {
     let after = |ours: bool| {
-        let f = Fixture::new();
-        let l = lower(&f);
-        let (u, w, m) = (f.path("u"), f.path("w"), f.path("m"));
-        let o = opts(&l, &u, &w, "");
-        let session = |script: &str| {
-            if ours {
-                let _s = Mount::new(&o, &m);
-                sh(&m, script);
-                identity(&m)
-            } else {
-                let _k = KernelMount::new(&o, &m);
-                sh(&m, script);
-                identity(&m)
-            }
-        };
+        let side = Side::new();
+        let (u, m, o) = (&side.u, &side.m, &side.o);
+        let session = |script: &str| session(ours, o, m, script);
         session("echo x >> a/f");
         // Three names in the lower layer, none of them removed: L+0.
-        setx(&u, "a/f", "trusted.overlay.nlink", b"L+0");
+        setx(u, "a/f", "trusted.overlay.nlink", b"L+0");
         let read = session("true");
         let changed = session("rm a/g && ln a/f c/more && rm b/h");
         (read, changed)
@@ -425,4 +445,38 @@ fn a_count_relative_to_the_lower_file_is_the_kernels() {
     assert_eq!(ours.0["a/g"], Ok((3, "a/f".to_string())));
     assert_eq!(ours, theirs);
     assert_eq!(ours.1["a/f"], Ok((2, "a/f".to_string())));
+}
+
+/// Stale index entries go at mount, as the kernel clears them: one whose lower file is
+/// gone (no upper name left to keep it), and one whose `overlay.origin` is not its name.
+#[test]
+fn stale_entries_are_cleared_like_the_kernel() {
+    let after = |ours: bool| {
+        let Side {
+            f: _f,
+            l,
+            u,
+            w,
+            m,
+            o,
+        } = Side::new();
+        let session = |script: &str| session(ours, &o, &m, script);
+        session("echo x >> b/two && echo y >> a/f");
+        let two = xattr(&u.join("b/two"), "trusted.overlay.origin").unwrap();
+        let kept = index_entries(&w);
+        // The lower file of b/two gone, and its only upper name.
+        for p in [u.join("b/two"), l.join("b/two"), l.join("b/deux")] {
+            fs::remove_file(p).unwrap();
+        }
+        // An entry whose origin is not its name.
+        let mut other = two.clone();
+        *other.last_mut().unwrap() ^= 0xff;
+        let name: String = other.iter().map(|b| format!("{b:02x}")).collect();
+        fs::write(w.join("index").join(&name), "x").unwrap();
+        setx(&w.join("index"), &name, "trusted.overlay.origin", &two);
+        session("true");
+        (kept.len(), index_entries(&w).len())
+    };
+    assert_eq!(after(true), (2, 1));
+    assert_eq!(after(false), (2, 1));
 }
