@@ -9,7 +9,8 @@
 //!   each run with a feature on, such as `differential_random_redirect_dir` and
 //!   `differential_random_metacopy`; 100 for `differential_random_data_only`, whose bottom
 //!   lower layer is split into a metadata layer over a data-only layer; 150 for
-//!   `differential_random_index`, whose lower layers also hold hard links).
+//!   `differential_random_index`, whose lower layers also hold hard links, and 100 for
+//!   `differential_random_index_metacopy`).
 //! - `STRATAFS_DIFF_BASE=N`: the first seed (default 1); seeds `BASE..BASE+N` run.
 //! - `STRATAFS_DIFF_SEED=N`: replay exactly one seed.
 //! - `STRATAFS_DIFF_OPS=N`: operations per case (default 30).
@@ -101,6 +102,18 @@ fn differential_random_data_only() {
 #[test]
 fn differential_random_index() {
     differential("index=on", 150, "differential_random_index");
+}
+
+/// `index=on` with `metacopy=on,redirect_dir=on` on both sides: the kernel copies a lower
+/// hard link's metadata alone into the index (stratafs copies it whole, docs/SEMANTICS.md
+/// row 21), and each side reads the other's index entries, metacopy ones included.
+#[test]
+fn differential_random_index_metacopy() {
+    differential(
+        "metacopy=on,redirect_dir=on,index=on",
+        100,
+        "differential_random_index_metacopy",
+    );
 }
 
 /// Runs the random cases with `features` (`-o` options for both implementations),
