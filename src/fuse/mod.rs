@@ -201,12 +201,14 @@ impl StrataFs {
     /// the open cannot share the node's passthrough backing file: that is a lower copy, and
     /// the node has been copied up since (see [`NodeIo`]); `fd` is then closed. `known`:
     /// whether the file has privileges a write drops, where the caller knows (a file it
-    /// has just created has no capabilities, and the mode it was given).
+    /// has just created has no capabilities, and the mode it was given). `direct`: it was
+    /// opened with `O_DIRECT`, which a file the daemon reads and writes itself (not in
+    /// passthrough) loses.
     fn add_file(
         &self,
         ino: NodeId,
         fd: OwnedFd,
-        (lower, exec, writable): (bool, bool, bool),
+        (lower, exec, writable, direct): (bool, bool, bool, bool),
         known: Option<bool>,
     ) -> Option<(Fh, Arc<OpenFile>, Option<Arc<Backing>>)> {
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
@@ -272,6 +274,12 @@ impl StrataFs {
         if backing.is_some() {
             io.passthrough += 1;
             io.backing = backing.clone();
+        } else if direct {
+            // The kernel still does direct I/O for the caller (no page cache of ours); the
+            // daemon's own reads and writes of the layer file go through its page cache.
+            if let Err(e) = sys::clear_direct(fd.as_fd()) {
+                debug!(ino = ino.get(), error = %e, "O_DIRECT kept");
+            }
         }
         drop(io);
         let of = Arc::new(OpenFile {
@@ -652,8 +660,12 @@ impl StrataFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let f = self.overlay.open(ino, flags)?;
         let keep = if f.immutable { fopen::KEEP_CACHE } else { 0 };
-        let Some((fh, of, backing)) = self.add_file(ino, f.fd, (f.immutable, exec, writable), None)
-        else {
+        let Some((fh, of, backing)) = self.add_file(
+            ino,
+            f.fd,
+            (f.immutable, exec, writable, flags & libc::O_DIRECT != 0),
+            None,
+        ) else {
             debug!(
                 ino = ino.get(),
                 "open after a copy-up under passthrough: node retired"
@@ -941,9 +953,10 @@ impl StrataFs {
         // A new object's node has no earlier opens, so it shares no backing file; and it
         // has no capabilities yet.
         let setid = u32::from(a.perm) & SETID != 0;
-        let Some((fh, _, backing)) =
-            fd.and_then(|fd| self.add_file(node_id(&a), fd, (false, false, true), Some(setid)))
-        else {
+        let direct = flags & libc::O_DIRECT != 0;
+        let Some((fh, _, backing)) = fd.and_then(|fd| {
+            self.add_file(node_id(&a), fd, (false, false, true, direct), Some(setid))
+        }) else {
             self.overlay.forget(node_id(&a), 1);
             return Err(os(libc::EIO));
         };

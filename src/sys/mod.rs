@@ -1468,6 +1468,17 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result
     Ok(done)
 }
 
+/// Clears `O_DIRECT` on an open file: the daemon reads and writes it through buffers of its
+/// own, which direct I/O would refuse (`EINVAL`) for not being aligned.
+pub fn clear_direct(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl};
+    let fl = fcntl_getfl(fd)?;
+    if fl.contains(OFlags::DIRECT) {
+        fcntl_setfl(fd, fl - OFlags::DIRECT)?;
+    }
+    Ok(())
+}
+
 /// Reads one request from the FUSE connection `dev` into `buf`.
 pub fn fuse_read_request(dev: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     rustix::io::read(dev, buf).map_err(io::Error::from)
