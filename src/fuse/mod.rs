@@ -195,6 +195,21 @@ struct NodeIo {
     setid: bool,
 }
 
+/// How a file handed to [`StrataFs::add_file`] was opened.
+#[derive(Debug, Clone, Copy)]
+struct HowOpened {
+    /// On a lower copy (read-only).
+    lower: bool,
+    /// For execution.
+    exec: bool,
+    /// For writing.
+    writable: bool,
+    /// With `O_DIRECT`.
+    direct: bool,
+    /// Whether it has privileges a write drops, where the caller knows.
+    setid: Option<bool>,
+}
+
 impl StrataFs {
     /// Registers an open file of node `ino` (`lower`: opened on a lower layer) and returns
     /// its handle and, for a passthrough open, the backing file to reply with. `None` when
@@ -208,9 +223,15 @@ impl StrataFs {
         &self,
         ino: NodeId,
         fd: OwnedFd,
-        (lower, exec, writable, direct): (bool, bool, bool, bool),
-        known: Option<bool>,
+        how: HowOpened,
     ) -> Option<(Fh, Arc<OpenFile>, Option<Arc<Backing>>)> {
+        let HowOpened {
+            lower,
+            exec,
+            writable,
+            direct,
+            setid: known,
+        } = how;
         // Privileges a write must drop: setuid/setgid bits or file capabilities. Such files
         // are never in passthrough (root's writes through the backing file would drop them).
         // Only an open that may write, or may get passthrough, needs to look (two system
@@ -663,8 +684,13 @@ impl StrataFs {
         let Some((fh, of, backing)) = self.add_file(
             ino,
             f.fd,
-            (f.immutable, exec, writable, flags & libc::O_DIRECT != 0),
-            None,
+            HowOpened {
+                lower: f.immutable,
+                exec,
+                writable,
+                direct: flags & libc::O_DIRECT != 0,
+                setid: None,
+            },
         ) else {
             debug!(
                 ino = ino.get(),
@@ -953,10 +979,14 @@ impl StrataFs {
         // A new object's node has no earlier opens, so it shares no backing file; and it
         // has no capabilities yet.
         let setid = u32::from(a.perm) & SETID != 0;
-        let direct = flags & libc::O_DIRECT != 0;
-        let Some((fh, _, backing)) = fd.and_then(|fd| {
-            self.add_file(node_id(&a), fd, (false, false, true, direct), Some(setid))
-        }) else {
+        let how = HowOpened {
+            lower: false,
+            exec: false,
+            writable: true,
+            direct: flags & libc::O_DIRECT != 0,
+            setid: Some(setid),
+        };
+        let Some((fh, _, backing)) = fd.and_then(|fd| self.add_file(node_id(&a), fd, how)) else {
             self.overlay.forget(node_id(&a), 1);
             return Err(os(libc::EIO));
         };
