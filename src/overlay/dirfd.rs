@@ -116,7 +116,7 @@ impl DirFdCache {
         shard_stats(&self.shards, &self.lookups)
     }
 
-    /// Caches `fd` as node `ino`'s directory in layer `layer` if `still()`, which is asked
+    /// Caches `fd` as node `ino`'s directory in layer `layer` if `still()` (returned), which is asked
     /// under the lock [`DirFdCache::drop_node`] takes: a caller that changes what `still`
     /// reads before it drops the node's fds never finds this fd cached after.
     pub(crate) fn put_if(
@@ -125,9 +125,10 @@ impl DirFdCache {
         layer: LayerIdx,
         fd: Arc<OwnedFd>,
         still: impl FnOnce() -> bool,
-    ) {
+    ) -> bool {
         let mut shard = self.shard(ino).lock();
-        if still() {
+        let still = still();
+        if still {
             shard.put(
                 (ino, layer),
                 Cached {
@@ -136,6 +137,7 @@ impl DirFdCache {
                 },
             );
         }
+        still
     }
 
     /// What `get` reads of the facts known of the directory cached as `fd` (none once

@@ -561,11 +561,15 @@ impl Overlay {
         tests::BEFORE_DIR_FD_CACHED.with(crate::test_hook::Hook::fire);
         self.watch_dir(node, layer, fd);
         // Versions are unique across nodes: a node that took the id since has another.
-        self.dirfds.put_if(node, layer, Arc::clone(fd), || {
-            self.nodes
-                .get(node)
-                .is_some_and(|n| !n.is_dead() && n.dir_version() == version)
+        let current = |n: &Node| !n.is_dead() && n.dir_version() == version;
+        let cached = self.dirfds.put_if(node, layer, Arc::clone(fd), || {
+            self.nodes.get(node).is_some_and(|n| current(&n))
         });
+        // A node forgotten or dead meanwhile had its watches dropped before this one was
+        // placed: it goes too (a live node's next open places its own).
+        if !cached && self.nodes.get(node).is_none_or(|n| n.is_dead()) {
+            self.unwatch_dir(node);
+        }
     }
 
     /// An `O_PATH` fd on directory `node` in layer `layer`, from the cache when possible.
