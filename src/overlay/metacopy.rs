@@ -165,7 +165,7 @@ impl Overlay {
         let top = loc.top().ok_or(Error::StaleNode(node.id))?;
         let layer = self.layers.get(top).ok_or(Error::StaleNode(node.id))?;
         let dir = self.dir_fd(&*self.node(loc.parent)?, top)?;
-        let value = crate::layer::metacopy_xattr(dir.as_fd(), &loc.name, layer.xattrs)?;
+        let value = crate::layer::metacopy_xattr(dir.as_fd(), loc.top_name(), layer.xattrs)?;
         let Some((algo, digest)) = value
             .as_deref()
             .and_then(crate::layer::format::metacopy_digest)

@@ -333,6 +333,27 @@ fn metacopy_index_entries_read_their_lower_data() {
     kernel_reads(&o, &k, &before);
 }
 
+/// The same kernel-made metacopy index entry under `verity=on`: the names not linked up,
+/// whose top copy is the index entry, read the lower data (no digest is recorded, which
+/// `on` allows). The check used to read `overlay.metacopy` at the merged name in the index
+/// directory, and every open of those names failed.
+#[test]
+fn metacopy_index_entries_are_checked_at_their_entry_with_verity_on() {
+    let f = Fixture::new();
+    let l = lower(&f);
+    let (u, w, m, k) = (f.path("u"), f.path("w"), f.path("m"), f.path("k"));
+    let o = format!("{},metacopy=on,redirect_dir=on", opts(&l, &u, &w, ""));
+    {
+        let _k = KernelMount::new(&o, &k);
+        sh(&k, "chmod 600 a/f");
+    }
+    let _s = Mount::new(&format!("{o},verity=on"), &m);
+    for p in ["a/f", "a/g", "b/h"] {
+        let got = fs::read_to_string(m.join(p));
+        assert_eq!(got.ok().as_deref(), Some("shared\n"), "{p}");
+    }
+}
+
 /// The kernel mounted with `o` on `k` shows `want` (a tree, and its names' identities).
 fn kernel_reads(o: &str, k: &Path, want: &(TreeSnap, Identity)) {
     let _k = KernelMount::new(o, k);
