@@ -86,6 +86,26 @@ impl Overlay {
                 .map_err(|e| io("layer root", e))?,
             );
         }
+        // As the kernel's `ovl_get_fsid`: lower filesystems whose handles could be taken
+        // for each other's turn the index off.
+        let lowers = (1..self.layers.merged_len()).filter_map(|li| {
+            let l = self.layers.get(LayerIdx::try_from(li).ok()?)?;
+            Some((l.dev, uuids[li]))
+        });
+        if let Some(l) =
+            bad_uuid_layer(upper.dev, lowers).and_then(|i| self.layers.all().get(i + 1))
+        {
+            tracing::warn!(
+                "{} uuid detected in lower fs '{}', falling back to index=off",
+                if sys::fs_uuid(l.root()).is_ok_and(|u| u == [0; 16]) {
+                    "null"
+                } else {
+                    "conflicting"
+                },
+                crate::config::one_line(&l.path.display().to_string())
+            );
+            return Ok(());
+        }
         let handle = |fd: BorrowedFd<'_>, li: usize, upper: bool| {
             let h = sys::file_handle_at(fd, OsStr::new(""))
                 .map_err(|e| io("file handle of a layer root", e))?;
@@ -150,9 +170,10 @@ impl Overlay {
     /// orphans: entries of files no name of which is left (only the index links the inode,
     /// and its `overlay.nlink` counts no lower name), as the kernel does at mount; and
     /// stale entries, as it does too: one whose `overlay.origin` is not its name, or, with
-    /// no upper name, whose lower file is gone. Whiteouts, directories and entries the
-    /// kernel cannot verify (a name of no handle, no origin: it refuses the mount) are left
-    /// as they are.
+    /// no upper name, whose lower file is gone ([`Origin::Gone`]; not one that could not be
+    /// opened for another reason, whose data the lower names may still read). Whiteouts,
+    /// directories and entries the kernel cannot verify (a name of no handle, no origin: it
+    /// refuses the mount) are left as they are.
     fn clean_index(&self) -> std::io::Result<()> {
         let (Some(index), Some(work)) = (&self.index, self.layers.work()) else {
             return Ok(());
@@ -177,7 +198,15 @@ impl Overlay {
             ) else {
                 continue;
             };
-            let stale = origin != fh || (st.nlink == 1 && self.origin_object(entry).is_none());
+            // Gone, or of another type than the entry (the kernel's "invalid origin"); an
+            // origin not found for another reason (`open_by_handle_at` refused) is no sign.
+            let stale = origin != fh
+                || (st.nlink == 1
+                    && match self.origin_object(entry) {
+                        Origin::Gone => true,
+                        Origin::Found(_, o) => o.kind() != st.kind(),
+                        Origin::Unknown => false,
+                    });
             if stale || (st.nlink == 1 && self.is_orphan(entry, &st, &key)) {
                 tracing::debug!(name = ?e.name, stale, "index entry removed");
                 sys::unlink_at(dir, &e.name, false)?;
@@ -228,7 +257,7 @@ impl Overlay {
             return false;
         };
         let lower = match n {
-            IndexNlink::Lower(_) => match self.origin_object(entry) {
+            IndexNlink::Lower(_) => match self.origin_object(entry).found() {
                 Some((_, o)) => Some(o.nlink),
                 None => return false,
             },
@@ -339,7 +368,7 @@ impl Overlay {
         };
         // Relative to the lower file (left by a link-up cut short): its count is read.
         let lower = match n {
-            IndexNlink::Lower(_) => self.origin_object(obj).map(|(_, o)| o.nlink),
+            IndexNlink::Lower(_) => self.origin_object(obj).found().map(|(_, o)| o.nlink),
             IndexNlink::Upper(_) => None,
         };
         n.shown(st.nlink, lower).unwrap_or(st.nlink)
@@ -426,7 +455,8 @@ impl Overlay {
     /// Records the link count shown for indexed file `obj` as `shown`, relative to its lower
     /// file's count (the kernel's `ovl_set_nlink_lower`), where that file is found.
     pub(crate) fn set_lower_relative_nlink(&self, obj: Object<'_>, shown: u32) -> Result<()> {
-        let (Some((_, lower)), Some(work)) = (self.origin_object(obj), self.layers.work()) else {
+        let (Some((_, lower)), Some(work)) = (self.origin_object(obj).found(), self.layers.work())
+        else {
             return Ok(());
         };
         let diff = i32::try_from(i64::from(shown) - i64::from(lower.nlink))
@@ -465,40 +495,130 @@ impl Overlay {
         name: &OsStr,
     ) -> Option<crate::layer::Ino> {
         self.entry_of_upper(upper_dir, name)?;
-        let (layer, st) = self.origin_object(Object::At(upper_dir, name))?;
+        let (layer, st) = self.origin_object(Object::At(upper_dir, name)).found()?;
         Some(self.layers.shown_ino(LayerIno::new(layer, st.ino)))
     }
 
     /// The lower non-directory upper object `obj`'s `overlay.origin` names, and its layer:
     /// found by its handle (and only stat'ed) on the filesystem of a lower layer with the
-    /// handle's uuid.
-    fn origin_object(&self, obj: Object<'_>) -> Option<(LayerIdx, Stat)> {
-        let (index, work) = (self.index.as_ref()?, self.layers.work()?);
-        let origin = obj.get_xattr(&work.xattr("origin")).ok()??;
-        let (uuid, kind, fid) = format::parse_origin_handle(&origin)?;
+    /// handle's uuid. [`Origin::Gone`] only when it is truly gone, as the kernel's
+    /// `ovl_check_origin_fh` finds it (`ESTALE`): no lower layer has the handle's uuid, or
+    /// on each that has, the handle is stale. Any other failure is [`Origin::Unknown`].
+    fn origin_object(&self, obj: Object<'_>) -> Origin {
+        let (Some(index), Some(work)) = (self.index.as_ref(), self.layers.work()) else {
+            return Origin::Unknown;
+        };
+        let Ok(Some(origin)) = obj.get_xattr(&work.xattr("origin")) else {
+            return Origin::Unknown;
+        };
+        let Some((uuid, kind, fid)) = format::parse_origin_handle(&origin) else {
+            return Origin::Unknown;
+        };
         let handle = sys::FileHandle {
             kind,
             bytes: fid.to_vec(),
         };
+        let mut found = Origin::Gone;
         for (li, root) in index.roots.iter().enumerate().skip(1) {
             if index.uuids.get(li) != Some(&uuid) {
                 continue;
             }
-            let Ok(fd) = sys::open_by_handle(root.as_fd(), &handle) else {
-                continue;
+            let fd = match sys::open_by_handle(root.as_fd(), &handle) {
+                Ok(fd) => fd,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => {
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "origin file handle not opened");
+                    found = Origin::Unknown;
+                    continue;
+                }
             };
-            let st = sys::stat_fd(fd.as_fd()).ok()?;
+            let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+                return Origin::Unknown;
+            };
             if st.is_dir() {
-                return None;
+                // No non-directory stands for one: the kernel's "invalid origin", `ESTALE`.
+                return Origin::Gone;
             }
             // The layer of that filesystem (its objects' numbers are composed with it).
             let layer = self
                 .layers
                 .all()
                 .iter()
-                .position(|x| !x.upper && x.dev == st.dev)?;
-            return Some((LayerIdx::try_from(layer).ok()?, st));
+                .position(|x| !x.upper && x.dev == st.dev)
+                .and_then(|l| LayerIdx::try_from(l).ok());
+            return match layer {
+                Some(layer) => Origin::Found(layer, st),
+                None => Origin::Unknown,
+            };
         }
-        None
+        found
+    }
+}
+
+/// What became of the lower file an `overlay.origin` names (see
+/// [`Overlay::origin_object`]).
+enum Origin {
+    /// Found in lower layer `.0`, with attributes `.1`.
+    Found(LayerIdx, Stat),
+    /// Gone: a stale handle, a filesystem of no lower layer, or a directory.
+    Gone,
+    /// Not known: no usable origin, or a failure other than a stale handle.
+    Unknown,
+}
+
+impl Origin {
+    /// The lower file's layer and attributes, where it was found.
+    fn found(self) -> Option<(LayerIdx, Stat)> {
+        match self {
+            Origin::Found(layer, st) => Some((layer, st)),
+            Origin::Gone | Origin::Unknown => None,
+        }
+    }
+}
+
+/// Which of the lower layers `lowers` (filesystem and its uuid, topmost first) makes the
+/// kernel's overlayfs fall back to `index=off` (`ovl_lower_uuid_ok`), by its place in
+/// `lowers`: the first on a filesystem other than the upper's (`upper_dev`) and the lower
+/// layers' before it whose uuid is that of a filesystem a lower layer before it is on
+/// (two filesystems of no uuid among them): a handle's uuid would not tell which
+/// filesystem it is of. One lower filesystem of no uuid is no matter.
+fn bad_uuid_layer(upper_dev: u64, lowers: impl Iterator<Item = (u64, [u8; 16])>) -> Option<usize> {
+    // The filesystems met, with their uuids, and whether a lower layer is on them.
+    let mut seen: Vec<(u64, [u8; 16], bool)> = Vec::new();
+    for (i, (dev, uuid)) in lowers.enumerate() {
+        if let Some(fs) = seen.iter_mut().find(|fs| fs.0 == dev) {
+            fs.2 = true;
+            continue;
+        }
+        if dev == upper_dev {
+            seen.push((dev, uuid, true));
+            continue;
+        }
+        if seen.iter().any(|fs| fs.2 && fs.1 == uuid) {
+            return Some(i);
+        }
+        seen.push((dev, uuid, true));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bad_uuid_layer;
+
+    #[test]
+    fn lower_filesystems_of_one_uuid_turn_the_index_off() {
+        let (a, b) = ([1; 16], [2; 16]);
+        let bad = |l: &[(u64, [u8; 16])]| bad_uuid_layer(9, l.iter().copied());
+        assert_eq!(bad(&[(1, a), (2, b), (1, a)]), None);
+        assert_eq!(bad(&[(1, a), (2, a)]), Some(1));
+        assert_eq!(bad(&[(1, [0; 16]), (2, b), (3, [0; 16])]), Some(2));
+        assert_eq!(bad(&[(1, [0; 16])]), None);
+        // The upper filesystem counts once a lower layer is on it.
+        assert_eq!(bad(&[(1, a), (9, b)]), None);
+        assert_eq!(bad(&[(9, a), (1, a)]), Some(1));
+        assert_eq!(bad_uuid_layer(9, [(1, a)].into_iter()), None);
     }
 }

@@ -501,3 +501,128 @@ fn stale_entries_are_cleared_like_the_kernel() {
     assert_eq!(after(true), (2, 1));
     assert_eq!(after(false), (2, 1));
 }
+
+/// The `struct ovl_fb` of `p` (any object) as a layer's copy-up records it.
+fn handle_of(p: &Path) -> Vec<u8> {
+    let f = fs::File::open(p).unwrap();
+    let fd = std::os::fd::AsFd::as_fd(&f);
+    let uuid = stratafs::sys::fs_uuid(fd).unwrap();
+    let h = stratafs::sys::file_handle_at(fd, std::ffi::OsStr::new("")).unwrap();
+    stratafs::layer::format::origin_handle(&uuid, h.kind, &h.bytes, false).unwrap()
+}
+
+/// Puts a regular file in index directory `index` named after handle `fh`, with `fh` as
+/// its `overlay.origin` and no other link (as an entry whose upper names are all gone).
+fn plant_entry(index: &Path, fh: &[u8], name: &str) {
+    fs::write(index.join(name), "kept\n").unwrap();
+    setx(index, name, "trusted.overlay.origin", fh);
+}
+
+/// Whether an entry planted in the index, with the `overlay.origin` (and name) `origin`
+/// makes of lower layer `l`, survives a mount, stratafs's (`ours`) or the kernel's.
+fn planted_entry_survives(ours: bool, origin: impl Fn(&Path) -> Vec<u8>) -> bool {
+    let Side {
+        f: _f, l, w, m, o, ..
+    } = Side::new();
+    session(ours, &o, &m, "true");
+    let fh = origin(&l);
+    let name: String = fh.iter().map(|b| format!("{b:02x}")).collect();
+    plant_entry(&w.join("index"), &fh, &name);
+    session(ours, &o, &m, "true");
+    index_entries(&w).contains(&name)
+}
+
+/// An index entry whose origin is a lower directory (no entry of a non-directory can
+/// stand for one): stale, as the kernel's `ovl_check_origin_fh` finds it ("invalid
+/// origin", `ESTALE`), and removed by both at mount.
+#[test]
+fn an_index_entry_of_a_lower_directory_is_stale_like_the_kernels() {
+    let origin = |l: &Path| handle_of(&l.join("b"));
+    assert!(!planted_entry_survives(false, origin), "the kernel kept it");
+    assert!(!planted_entry_survives(true, origin), "stratafs kept it");
+}
+
+/// An index entry no upper name of which is left, while lower names are (and read the
+/// data written through them, which only the entry holds), when the daemon cannot open its
+/// lower file by handle for a reason other than its being gone: here a root daemon
+/// without `CAP_DAC_READ_SEARCH` (as a container's default capabilities leave it), whose
+/// `open_by_handle_at` fails with `EPERM`. The entry is left alone (docs/SEMANTICS.md row
+/// 21). It used to be taken for a stale entry and deleted at mount, and the data written
+/// through the lower names with it: every failure to find the lower file counted as the
+/// file being gone.
+#[test]
+fn an_index_entry_whose_origin_cannot_be_opened_is_kept() {
+    let Side { f, w, m, o, .. } = Side::new();
+    {
+        let _s = Mount::new(&o, &m);
+        sh(&m, "echo more >> a/f && rm a/f");
+        assert_eq!(fs::read_to_string(m.join("a/g")).unwrap(), "shared\nmore\n");
+    }
+    let entries = index_entries(&w);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let wrapper = f.path("bin").join("stratafs");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --inh-caps=-dac_read_search --bounding-set=-dac_read_search -- {} \"$@\"\n",
+            stratafs_bin().display()
+        ),
+    )
+    .unwrap();
+    run(std::process::Command::new("chmod").arg("755").arg(&wrapper));
+    match Mount::with_binary(&wrapper, &o, &m) {
+        Ok(s) => s.unmount(),
+        Err(e) => panic!("{}", String::from_utf8_lossy(&e.stderr)),
+    }
+    assert_eq!(index_entries(&w), entries);
+    let _s = Mount::new(&o, &m);
+    assert_eq!(fs::read_to_string(m.join("a/g")).unwrap(), "shared\nmore\n");
+    assert_eq!(identity(&m)["a/g"], Ok((2, "a/g".to_string())));
+}
+
+/// An index entry with no upper name whose origin names a filesystem of no lower layer
+/// (its lower file cannot be found, as when it is gone): stale, as the kernel's
+/// `ovl_check_origin_fh` finds it (`ESTALE`), and removed by both at mount.
+#[test]
+fn an_index_entry_of_another_filesystem_is_stale_like_the_kernels() {
+    let origin = |l: &Path| {
+        let mut fh = handle_of(&l.join("c/plain"));
+        fh[5] ^= 0xff;
+        fh
+    };
+    assert!(!planted_entry_survives(false, origin), "the kernel kept it");
+    assert!(!planted_entry_survives(true, origin), "stratafs kept it");
+}
+
+/// Two lower layers on two filesystems of one uuid (ext4 images made with the same `-U`,
+/// and then with none): a handle's uuid would not tell which of them it is of, so the
+/// kernel's overlayfs falls back to `index=off` with a warning (`ovl_lower_uuid_ok`), and
+/// so does stratafs: a change through one name of a lower hard link copies that name up
+/// alone, and no index is written. stratafs used to turn the index on all the same.
+#[test]
+fn lower_filesystems_of_one_uuid_turn_the_index_off_like_the_kernels() {
+    for uuid in ["6a1f3c2e-9d4b-4e8a-b1c7-0f2d3e4a5b6c", "clear"] {
+        let f = Fixture::new();
+        let (i1, i2) = (f.path("i1"), f.path("i2"));
+        let one = crate::verity::VerityImage::with_uuid(&i1, uuid);
+        let two = crate::verity::VerityImage::with_uuid(&i2, uuid);
+        let l1 = fill_lower(&one.dir("l"));
+        let l2 = two.dir("l");
+        file(&l2, "only-here", "2\n");
+        let run_in = |ours: bool, name: &str| {
+            let (u, w, m) = (
+                f.path(&format!("u{name}")),
+                f.path(&format!("w{name}")),
+                f.path(&format!("m{name}")),
+            );
+            let o = format!("{},index=on", rw(&[&l1, &l2], &u, &w));
+            let ids = session(ours, &o, &m, "echo more >> a/f && ln b/two b/link");
+            (ids, w.join("index").exists())
+        };
+        let (ours, theirs) = (run_in(true, "1"), run_in(false, "2"));
+        assert_eq!(ours, theirs, "uuid {uuid}");
+        assert_eq!(ours.0["a/g"], Ok((3, "a/g".to_string())), "uuid {uuid}");
+        assert!(!ours.1, "an index directory, uuid {uuid}");
+        drop((one, two));
+    }
+}

@@ -35,10 +35,16 @@ pub(crate) struct VerityImage {
 
 impl VerityImage {
     pub(crate) fn new(dir: &Path) -> VerityImage {
+        VerityImage::with_uuid(dir, "random")
+    }
+
+    /// [`VerityImage::new`] with filesystem uuid `uuid` (`mkfs.ext4 -U`: a uuid, `random`,
+    /// or `clear` for none).
+    pub(crate) fn with_uuid(dir: &Path, uuid: &str) -> VerityImage {
         let image = dir.join("verity.img");
         fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
         let mkfs = run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-O", "verity", "-b", "4096"])
+            .args(["-q", "-F", "-O", "verity", "-b", "4096", "-U", uuid])
             .arg(&image));
         assert!(
             mkfs.status.success(),
