@@ -163,10 +163,17 @@ impl Overlay {
         if top == INDEX_LAYER {
             // Another name of it was copied up: this one is linked to the same file (whose
             // data may still be below, a metacopy file).
-            self.link_up(&parent, &name, &top_name)?;
-            let mut layers = vec![UPPER];
-            layers.extend_from_slice(below.get(1..).unwrap_or_default());
-            self.nodes.set_layers(node.id, layers);
+            {
+                let _dir_guard = parent.lock_dir();
+                // Removed while this waited for the lock: a link would bring it back.
+                if node.is_dead() {
+                    return Err(Error::NotFound);
+                }
+                self.link_up_locked(pfd.as_fd(), &name, &top_name)?;
+                let mut layers = vec![UPPER];
+                layers.extend_from_slice(below.get(1..).unwrap_or_default());
+                self.nodes.set_layers(node.id, layers);
+            }
             self.attrs_changed(node.id);
             self.attrs_changed(parent.id);
             if meta {
@@ -517,8 +524,13 @@ impl Overlay {
     pub(crate) fn link_up(&self, parent: &Arc<Node>, name: &OsStr, iname: &OsStr) -> Result<()> {
         let pfd = self.upper_dir(parent)?;
         let _dir_guard = parent.lock_dir();
-        self.link_entry(iname, pfd.as_fd(), name)?;
-        self.mark_impure(pfd.as_fd());
+        self.link_up_locked(pfd.as_fd(), name, iname)
+    }
+
+    /// [`Overlay::link_up`] into upper directory `pfd`, its node's lock held.
+    fn link_up_locked(&self, pfd: BorrowedFd<'_>, name: &OsStr, iname: &OsStr) -> Result<()> {
+        self.link_entry(iname, pfd, name)?;
+        self.mark_impure(pfd);
         Ok(())
     }
 
@@ -650,4 +662,35 @@ fn rw_copy(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u64)
         len -= n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use crate::inode::ROOT;
+    use crate::layer::INDEX_LAYER;
+    use crate::overlay::Error;
+
+    /// A name of a lower hard link whose file is in the index (another name was copied
+    /// up), removed while its copy-up waited for the directory lock: the copy-up must not
+    /// link it up again. It used to link it up without looking, so the unlink was undone.
+    #[test]
+    fn a_name_removed_before_its_link_up_is_not_brought_back() {
+        let (t, mut ov) = crate::overlay::scratch_overlay(|l, _| {
+            std::fs::write(l.join("a"), "a").unwrap();
+            std::fs::hard_link(l.join("a"), l.join("b")).unwrap();
+        });
+        ov.enable_index().unwrap();
+        let a = ov.lookup(ROOT, OsStr::new("a")).unwrap().node;
+        ov.copy_up(&ov.node(a).unwrap(), true).unwrap();
+        let b = ov.lookup(ROOT, OsStr::new("b")).unwrap().node;
+        let node = ov.node(b).unwrap();
+        assert_eq!(node.location().top(), Some(INDEX_LAYER));
+        // As an unlink that took the lock first leaves it.
+        ov.nodes.mark_dead(b);
+        let copied = ov.copy_up(&node, true);
+        assert!(matches!(copied, Err(Error::NotFound)), "{copied:?}");
+        assert!(!t.path().join("u/b").exists());
+    }
 }
