@@ -313,9 +313,14 @@ pub fn index_name_handle(name: &OsStr) -> Option<Vec<u8>> {
     if b.len() % 2 != 0 {
         return None;
     }
+    // Digits only (`u8::from_str_radix` would take a sign too), as the kernel's hex2bin.
+    let digit = |c: u8| char::from(c).to_digit(16);
     let fh = b
         .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .map(|p| match p {
+            [hi, lo] => u8::try_from(digit(*hi)? * 16 + digit(*lo)?).ok(),
+            _ => None,
+        })
         .collect::<Option<Vec<u8>>>()?;
     origin_handle_ok(&fh).then_some(fh)
 }
@@ -394,6 +399,12 @@ mod tests {
         for bad in ["stray", "00fb1d0", "00fb1d00010000", "zz"] {
             assert_eq!(index_name_handle(OsStr::new(bad)), None, "{bad}");
         }
+        // A sign is no hex digit (the kernel's hex2bin refuses it), though
+        // `u8::from_str_radix` takes one: "+0" is no byte 0.
+        let signed = index_name(&v).to_string_lossy().replacen("00", "+0", 1);
+        assert_eq!(index_name_handle(OsStr::new(&signed)), None, "{signed}");
+        let upper = index_name(&v).to_string_lossy().to_uppercase();
+        assert_eq!(index_name_handle(OsStr::new(&upper)), Some(v.clone()));
     }
 
     #[test]
