@@ -191,6 +191,32 @@ impl OverlayXattrs {
         })
     }
 
+    /// `overlay.origin`: the file handle (`struct ovl_fb`) of the lower object an upper
+    /// one was copied up from (with `index=on`), or of the upper root on the index
+    /// directory in older kernels' indexes.
+    pub fn origin(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.origin",
+            OverlayXattrs::User => "user.overlay.origin",
+        })
+    }
+
+    /// `overlay.nlink`: the link count shown for an indexed file (see [`IndexNlink`]).
+    pub fn nlink(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.nlink",
+            OverlayXattrs::User => "user.overlay.nlink",
+        })
+    }
+
+    /// `overlay.upper`: the upper root's file handle, on the index directory.
+    pub fn upper(self) -> &'static OsStr {
+        OsStr::new(match self {
+            OverlayXattrs::Trusted => "trusted.overlay.upper",
+            OverlayXattrs::User => "user.overlay.upper",
+        })
+    }
+
     /// `overlay.redirect`: where the lower layers of a renamed directory are.
     pub fn redirect(self) -> &'static OsStr {
         OsStr::new(match self {

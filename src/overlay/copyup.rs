@@ -202,9 +202,13 @@ impl Overlay {
             self.stage_copy(node, src_dir.as_fd(), &name, &st, &tmp, with_data)
         };
         let staged = staged.and_then(|()| self.record_origin(src_dir.as_fd(), &name, top, &tmp));
-        let placed = staged.and_then(|()| match indexed {
-            true => self.place_indexed(&tmp, &st, pfd.as_fd(), &name, src_dir.as_fd(), top),
-            false => place_copy(work, &tmp, pfd.as_fd(), &name),
+        let placed = staged.and_then(|origin| match (indexed, origin) {
+            (true, Some(fh)) => self.place_indexed(&tmp, &st, pfd.as_fd(), &name, &fh),
+            (true, None) => {
+                let fh = self.origin_of(src_dir.as_fd(), &name, top)?;
+                self.place_indexed(&tmp, &st, pfd.as_fd(), &name, &fh)
+            }
+            (false, _) => place_copy(work, &tmp, pfd.as_fd(), &name),
         });
         if let Err(e) = placed {
             let _ = sys::remove_tree(work.fd(), &tmp);
@@ -408,10 +412,10 @@ impl Overlay {
     /// Marks an upper directory as holding copied-up entries (the kernel's `impure`), so
     /// listings know to look for their original inode numbers.
     pub(crate) fn mark_impure(&self, dir: BorrowedFd<'_>) {
-        if let Some(work) = self.layers.work() {
-            let key = work.xattr("impure");
-            if !matches!(sys::get_xattr(dir, &key), Ok(Some(_))) {
-                let _ = sys::set_xattr(dir, &key, b"y", 0);
+        if self.layers.work().is_some() {
+            let key = self.layers.xattrs().impure();
+            if !matches!(sys::get_xattr(dir, key), Ok(Some(_))) {
+                let _ = sys::set_xattr(dir, key, b"y", 0);
             }
         }
     }
@@ -425,35 +429,36 @@ impl Overlay {
 
     /// True when the upper copy of a directory is marked impure.
     pub(crate) fn is_impure(&self, dir: BorrowedFd<'_>) -> bool {
-        match self.layers.work() {
-            Some(work) => matches!(sys::get_xattr(dir, &work.xattr("impure")), Ok(Some(_))),
-            None => false,
-        }
+        self.layers.work().is_some()
+            && matches!(
+                sys::get_xattr(dir, self.layers.xattrs().impure()),
+                Ok(Some(_))
+            )
     }
 
     /// With the index, records the kernel's `overlay.origin` (the handle of the lower
     /// object `name` in `src_dir` of layer `layer`) on copy `tmp` in the work directory,
-    /// as the kernel's copy-up records it.
+    /// as the kernel's copy-up records it; returns the handle recorded.
     fn record_origin(
         &self,
         src_dir: BorrowedFd<'_>,
         name: &OsStr,
         layer: crate::layer::LayerIdx,
         tmp: &OsStr,
-    ) -> Result<()> {
+    ) -> Result<Option<Vec<u8>>> {
         let (_, work) = self.writable()?;
         if !self.indexes() || self.layers.get(layer).is_none_or(|l| l.upper) {
-            return Ok(());
+            return Ok(None);
         }
         let fh = self.origin_of(src_dir, name, layer)?;
-        sys::set_xattr_at(work.fd(), tmp, &work.xattr("origin"), &fh, 0)
+        sys::set_xattr_at(work.fd(), tmp, self.layers.xattrs().origin(), &fh, 0)
             .ctx("copy up origin", name)?;
-        Ok(())
+        Ok(Some(fh))
     }
 
-    /// Places copy `tmp` of lower hard link `name` (with attributes `st`, in `src_dir`)
-    /// (of layer `layer`) into the index, under the hex of its origin, and links it up as
-    /// `name` in upper directory `pfd`. If another name of it got there first (a copy-up
+    /// Places copy `tmp` of lower hard link `name` (with attributes `st`, whose origin is
+    /// `fh`) into the index, under the hex of its origin, and links it up as `name` in
+    /// upper directory `pfd`. If another name of it got there first (a copy-up
     /// through another node), the copy is dropped and that entry is linked up instead.
     fn place_indexed(
         &self,
@@ -461,12 +466,11 @@ impl Overlay {
         st: &Stat,
         pfd: BorrowedFd<'_>,
         name: &OsStr,
-        src_dir: BorrowedFd<'_>,
-        layer: crate::layer::LayerIdx,
+        fh: &[u8],
     ) -> Result<()> {
         let (_, work) = self.writable()?;
         let index = self.index_dir()?;
-        let iname = format::index_name(&self.origin_of(src_dir, name, layer)?);
+        let iname = format::index_name(fh);
         match sys::rename_at(
             work.fd(),
             tmp,

@@ -112,7 +112,7 @@ impl Overlay {
             format::origin_handle(&uuids[li], h.kind, &h.bytes, upper)
                 .ok_or_else(|| "index: a layer root's file handle is too long".to_string())
         };
-        let origin_key = work.xattr("origin");
+        let xattrs = self.layers.xattrs();
         let lower_root = handle(lower.root(), 1, false)?;
         let verify = |fd: BorrowedFd<'_>, key: &OsStr, want: &[u8], set: bool, what: &str| {
             match sys::get_xattr(fd, key).map_err(|e| io(what, e))? {
@@ -124,7 +124,7 @@ impl Overlay {
         };
         verify(
             upper.root(),
-            &origin_key,
+            xattrs.origin(),
             &lower_root,
             true,
             "upper root origin",
@@ -146,14 +146,14 @@ impl Overlay {
         // Older kernels recorded the upper root as the index directory's origin.
         verify(
             dir.as_fd(),
-            &origin_key,
+            xattrs.origin(),
             &upper_root,
             false,
             "index dir 'upper' xattr",
         )?;
         verify(
             dir.as_fd(),
-            &work.xattr("upper"),
+            xattrs.upper(),
             &upper_root,
             true,
             "index dir 'upper' xattr",
@@ -175,11 +175,11 @@ impl Overlay {
     /// directories and entries the kernel cannot verify (a name of no handle, no origin: it
     /// refuses the mount) are left as they are.
     fn clean_index(&self) -> std::io::Result<()> {
-        let (Some(index), Some(work)) = (&self.index, self.layers.work()) else {
+        let Some(index) = &self.index else {
             return Ok(());
         };
         let dir = index.dir.as_fd();
-        let (key, origin_key) = (work.xattr("nlink"), work.xattr("origin"));
+        let origin_key = self.layers.xattrs().origin();
         for e in sys::list_dir(dir)? {
             if e.name.as_encoded_bytes().starts_with(b"#") {
                 sys::remove_tree(dir, &e.name)?;
@@ -194,7 +194,7 @@ impl Overlay {
             let entry = Object::At(dir, &e.name);
             let (Some(fh), Some(origin)) = (
                 format::index_name_handle(&e.name),
-                entry.get_xattr(&origin_key).ok().flatten(),
+                entry.get_xattr(origin_key).ok().flatten(),
             ) else {
                 continue;
             };
@@ -207,7 +207,7 @@ impl Overlay {
                         Origin::Found(_, o) => o.kind() != st.kind(),
                         Origin::Unknown => false,
                     });
-            if stale || (st.nlink == 1 && self.is_orphan(entry, &st, &key)) {
+            if stale || (st.nlink == 1 && self.is_orphan(entry, &st)) {
                 tracing::debug!(name = ?e.name, stale, "index entry removed");
                 sys::unlink_at(dir, &e.name, false)?;
             }
@@ -218,8 +218,8 @@ impl Overlay {
     /// The index entry of upper non-directory `name` in `dir`, if it is an indexed file:
     /// the entry named after its `overlay.origin` is the same inode.
     pub(crate) fn entry_of_upper(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<OsString> {
-        let (index, work) = (self.index.as_ref()?, self.layers.work()?);
-        let origin = sys::get_xattr_at(dir, name, &work.xattr("origin")).ok()??;
+        let index = self.index.as_ref()?;
+        let origin = sys::get_xattr_at(dir, name, self.layers.xattrs().origin()).ok()??;
         let iname = format::index_name(&origin);
         let (a, b) = (
             sys::stat_at(dir, name).ok()?,
@@ -231,14 +231,14 @@ impl Overlay {
     /// Removes index entry `iname` when no name of its file is left, as the kernel's last
     /// unlink does (`ovl_cleanup_index`).
     pub(crate) fn drop_entry_if_orphan(&self, iname: &OsStr) {
-        let (Some(index), Some(work)) = (&self.index, self.layers.work()) else {
+        let Some(index) = &self.index else {
             return;
         };
         let dir = index.dir.as_fd();
         let Ok(st) = sys::stat_at(dir, iname) else {
             return;
         };
-        if st.nlink == 1 && self.is_orphan(Object::At(dir, iname), &st, &work.xattr("nlink")) {
+        if st.nlink == 1 && self.is_orphan(Object::At(dir, iname), &st) {
             if let Err(e) = sys::unlink_at(dir, iname, false) {
                 tracing::warn!(name = ?iname, error = %e, "orphan index entry not removed");
             }
@@ -246,24 +246,23 @@ impl Overlay {
     }
 
     /// True when index entry `entry` (attributes `st`) is an orphan: its `overlay.nlink`
-    /// (`key`) counts no name (the kernel's `ovl_get_nlink` giving 0).
-    fn is_orphan(&self, entry: Object<'_>, st: &Stat, key: &OsStr) -> bool {
-        let Some(n) = entry
-            .get_xattr(key)
-            .ok()
-            .flatten()
-            .and_then(|v| IndexNlink::parse(&v))
-        else {
-            return false;
-        };
+    /// counts no name (the kernel's `ovl_get_nlink` giving 0).
+    fn is_orphan(&self, entry: Object<'_>, st: &Stat) -> bool {
+        matches!(self.recorded_nlink(entry, st), Some(None))
+    }
+
+    /// The link count the `overlay.nlink` of indexed file `obj` (attributes `st`) gives,
+    /// `None` inside when it counts no name; `None` without a usable value (none, or one
+    /// relative to a lower file that is not found).
+    fn recorded_nlink(&self, obj: Object<'_>, st: &Stat) -> Option<Option<u32>> {
+        let v = obj.get_xattr(self.layers.xattrs().nlink()).ok().flatten()?;
+        let n = IndexNlink::parse(&v)?;
+        // Relative to the lower file (left by a link-up cut short): its count is read.
         let lower = match n {
-            IndexNlink::Lower(_) => match self.origin_object(entry).found() {
-                Some((_, o)) => Some(o.nlink),
-                None => return false,
-            },
+            IndexNlink::Lower(_) => Some(self.origin_object(obj).found()?.1.nlink),
             IndexNlink::Upper(_) => None,
         };
-        n.shown(st.nlink, lower).is_none()
+        Some(n.shown(st.nlink, lower))
     }
 
     /// True when lower hard links are copied up through the index.
@@ -352,26 +351,10 @@ impl Overlay {
     /// index, its `overlay.nlink` applied (the names of the lower file not linked up
     /// count); else, or without a usable value, its own.
     pub(crate) fn indexed_nlink(&self, obj: Object<'_>, st: &Stat) -> u32 {
-        let Some(work) = self.layers.work().filter(|_| self.indexes()) else {
-            return st.nlink;
-        };
-        if st.nlink < 1 || st.kind() == Some(FileKind::Directory) {
+        if !self.indexes() || st.nlink < 1 || st.kind() == Some(FileKind::Directory) {
             return st.nlink;
         }
-        let Some(n) = obj
-            .get_xattr(&work.xattr("nlink"))
-            .ok()
-            .flatten()
-            .and_then(|v| IndexNlink::parse(&v))
-        else {
-            return st.nlink;
-        };
-        // Relative to the lower file (left by a link-up cut short): its count is read.
-        let lower = match n {
-            IndexNlink::Lower(_) => self.origin_object(obj).found().map(|(_, o)| o.nlink),
-            IndexNlink::Upper(_) => None,
-        };
-        n.shown(st.nlink, lower).unwrap_or(st.nlink)
+        self.recorded_nlink(obj, st).flatten().unwrap_or(st.nlink)
     }
 
     /// Records the link count shown for indexed upper file `obj`, whose upper inode has
@@ -382,10 +365,22 @@ impl Overlay {
         upper_nlink: u32,
         shown: u32,
     ) -> Result<()> {
-        let (_, work) = self.writable()?;
-        let diff = i64::from(shown) - i64::from(upper_nlink);
-        let diff = i32::try_from(diff).map_err(|_| Error::Invalid("link count"))?;
-        obj.set_xattr(&work.xattr("nlink"), &IndexNlink::Upper(diff).encode(), 0)?;
+        self.writable()?;
+        self.record_nlink(obj, IndexNlink::Upper, shown, upper_nlink)
+    }
+
+    /// Records `shown` as the link count of indexed file `obj`, relative to `base` (made
+    /// an `overlay.nlink` value by `relative`).
+    fn record_nlink(
+        &self,
+        obj: Object<'_>,
+        relative: fn(i32) -> IndexNlink,
+        shown: u32,
+        base: u32,
+    ) -> Result<()> {
+        let diff = i32::try_from(i64::from(shown) - i64::from(base))
+            .map_err(|_| Error::Invalid("link count"))?;
+        obj.set_xattr(self.layers.xattrs().nlink(), &relative(diff).encode(), 0)?;
         Ok(())
     }
 
@@ -455,14 +450,10 @@ impl Overlay {
     /// Records the link count shown for indexed file `obj` as `shown`, relative to its lower
     /// file's count (the kernel's `ovl_set_nlink_lower`), where that file is found.
     pub(crate) fn set_lower_relative_nlink(&self, obj: Object<'_>, shown: u32) -> Result<()> {
-        let (Some((_, lower)), Some(work)) = (self.origin_object(obj).found(), self.layers.work())
-        else {
+        let Some((_, lower)) = self.origin_object(obj).found() else {
             return Ok(());
         };
-        let diff = i32::try_from(i64::from(shown) - i64::from(lower.nlink))
-            .map_err(|_| Error::Invalid("link count"))?;
-        obj.set_xattr(&work.xattr("nlink"), &IndexNlink::Lower(diff).encode(), 0)?;
-        Ok(())
+        self.record_nlink(obj, IndexNlink::Lower, shown, lower.nlink)
     }
 
     /// Before an upper name of indexed file `iname` is linked, unlinked or replaced: a count
@@ -470,11 +461,11 @@ impl Overlay {
     /// relative to the upper inode again, so that the change moves both counts alike (the
     /// kernel's `ovl_nlink_start`).
     pub(crate) fn settle_nlink(&self, iname: &OsStr) -> Result<()> {
-        let (Ok(index), Some(work)) = (self.index_dir(), self.layers.work()) else {
+        let Ok(index) = self.index_dir() else {
             return Ok(());
         };
         let entry = Object::At(index.as_fd(), iname);
-        let value = entry.get_xattr(&work.xattr("nlink")).ok().flatten();
+        let value = entry.get_xattr(self.layers.xattrs().nlink()).ok().flatten();
         if !matches!(
             value.as_deref().and_then(IndexNlink::parse),
             Some(IndexNlink::Lower(_))
@@ -505,10 +496,10 @@ impl Overlay {
     /// `ovl_check_origin_fh` finds it (`ESTALE`): no lower layer has the handle's uuid, or
     /// on each that has, the handle is stale. Any other failure is [`Origin::Unknown`].
     fn origin_object(&self, obj: Object<'_>) -> Origin {
-        let (Some(index), Some(work)) = (self.index.as_ref(), self.layers.work()) else {
+        let Some(index) = self.index.as_ref() else {
             return Origin::Unknown;
         };
-        let Ok(Some(origin)) = obj.get_xattr(&work.xattr("origin")) else {
+        let Ok(Some(origin)) = obj.get_xattr(self.layers.xattrs().origin()) else {
             return Origin::Unknown;
         };
         let Some((uuid, kind, fid)) = format::parse_origin_handle(&origin) else {

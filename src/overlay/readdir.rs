@@ -239,15 +239,27 @@ impl Overlay {
             .layers
             .get(e.object.layer)
             .ok_or(Error::StaleNode(dir))?;
-        // With the index a file's number may come from a lower name's index entry, or a
-        // kernel copy's origin: what a lookup finds.
-        if e.kind == FileKind::Directory || self.indexes() {
-            return self
-                .resolve_in(&node, &chain, &e.name, e.from)?
+        let resolved = || {
+            self.resolve_in(&node, &chain, &e.name, e.from)?
                 .map(|r| Shown::Node(r.ino))
-                .ok_or(Error::NotFound);
+                .ok_or(Error::NotFound)
+        };
+        if e.kind == FileKind::Directory {
+            return resolved();
         }
         let dfd = self.dir_fd(&node, e.object.layer)?;
+        // With the index a file of several links may take its number from a lower name's
+        // index entry, or a kernel copy's origin: what a lookup finds. One of a single link
+        // is neither (an index entry is a second link of its upper file, and only a lower
+        // file of several links is looked for in the index): it is numbered as without the
+        // index, but where a metacopy file may lead a lookup elsewhere.
+        if self.indexes()
+            && (self.opts.metacopy
+                || !self.layers.data_only().is_empty()
+                || sys::stat_at(dfd.as_fd(), &e.name)?.nlink > 1)
+        {
+            return resolved();
+        }
         if e.impure {
             if let Some(o) = self.origin_ino(dfd.as_fd(), &e.name) {
                 return Ok(Shown::Node(o));
@@ -370,6 +382,36 @@ mod tests {
             .iter()
             .map(|e| e.name.to_string_lossy().into_owned())
             .collect()
+    }
+
+    /// With the index, a plain listing numbers every entry as a lookup does: lower hard
+    /// links before and after one of their names is copied up (the others then in the
+    /// index), a file of one link, an upper file, a copied-up one.
+    #[test]
+    fn listed_numbers_with_the_index_are_the_lookups() {
+        let (_t, mut ov) = super::super::scratch_overlay(|l, u| {
+            std::fs::write(l.join("a"), "a").unwrap();
+            std::fs::hard_link(l.join("a"), l.join("b")).unwrap();
+            std::fs::write(l.join("one"), "1").unwrap();
+            std::fs::write(l.join("two"), "2").unwrap();
+            std::fs::write(u.join("up"), "u").unwrap();
+        });
+        ov.enable_index().unwrap();
+        let check = |ov: &super::super::Overlay| {
+            let listing = ov.listing(ROOT).unwrap();
+            for e in &listing.entries {
+                let looked_up = ov.lookup(ROOT, &e.name).unwrap();
+                let listed = ov.entry_ino(ROOT, e).unwrap();
+                assert_eq!(listed, looked_up.ino, "{:?}", e.name);
+                ov.forget(looked_up.node, 1);
+            }
+        };
+        check(&ov);
+        for name in ["a", "two"] {
+            let n = ov.lookup(ROOT, OsStr::new(name)).unwrap().node;
+            ov.copy_up(&ov.node(n).unwrap(), true).unwrap();
+        }
+        check(&ov);
     }
 
     /// An offset taken from one version of a directory still means "after this entry" in
