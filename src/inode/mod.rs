@@ -70,16 +70,116 @@ pub const ROOT: NodeId = NodeId::ROOT;
 /// The upper layer's index (layer 0 of a writable union).
 pub const UPPER_LAYER: LayerIdx = 0;
 
+/// A name in a directory, held in the node itself up to 16 bytes (most names are shorter),
+/// without an allocation of its own. Reads as an `OsStr`.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Name(smallvec::SmallVec<[u8; 16]>);
+
+impl Name {
+    /// The name as an `OsString`.
+    pub fn to_os_string(&self) -> OsString {
+        self.as_os_str().to_os_string()
+    }
+
+    /// The name as an `OsStr`.
+    pub fn as_os_str(&self) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(&self.0[..])
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = std::ffi::OsStr;
+    fn deref(&self) -> &std::ffi::OsStr {
+        self.as_os_str()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Name {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.as_os_str()
+    }
+}
+
+impl AsRef<std::path::Path> for Name {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(self.as_os_str())
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_os_str().fmt(f)
+    }
+}
+
+impl From<&std::ffi::OsStr> for Name {
+    fn from(s: &std::ffi::OsStr) -> Name {
+        Name(smallvec::SmallVec::from_slice(s.as_encoded_bytes()))
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name::from(std::ffi::OsStr::new(s))
+    }
+}
+
+impl From<OsString> for Name {
+    fn from(s: OsString) -> Name {
+        Name::from(s.as_os_str())
+    }
+}
+
+impl From<&OsString> for Name {
+    fn from(s: &OsString) -> Name {
+        Name::from(s.as_os_str())
+    }
+}
+
+impl From<Name> for OsString {
+    fn from(n: Name) -> OsString {
+        n.to_os_string()
+    }
+}
+
+impl PartialEq<std::ffi::OsStr> for Name {
+    fn eq(&self, other: &std::ffi::OsStr) -> bool {
+        self.as_os_str() == other
+    }
+}
+
+impl PartialEq<&std::ffi::OsStr> for Name {
+    fn eq(&self, other: &&std::ffi::OsStr) -> bool {
+        self.as_os_str() == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_os_str() == *other
+    }
+}
+
+impl PartialEq<OsString> for Name {
+    fn eq(&self, other: &OsString) -> bool {
+        self.as_os_str() == other.as_os_str()
+    }
+}
+
+/// A node's layers, topmost first: held in the node itself up to eight of them (most
+/// nodes have one), without an allocation of their own.
+pub type Layers = smallvec::SmallVec<[LayerIdx; 8]>;
+
 /// Where a node is found: its parent, its name there, and the layers that hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     /// The parent directory's node id (the root is its own parent).
     pub parent: NodeId,
     /// The name in the parent (empty for the root).
-    pub name: OsString,
+    pub name: Name,
     /// For a directory, the layers merged into it, topmost first, stopping at an opaque one;
     /// for anything else, the one layer it comes from.
-    pub layers: Vec<LayerIdx>,
+    pub layers: Layers,
     /// Which object the topmost copy (in `layers[0]`) is, when known (see [`ObjectId`]);
     /// for a directory, its bottom copy, whose number the directory shows.
     pub object: Option<ObjectId>,
@@ -208,9 +308,6 @@ pub struct Node {
     listed: AtomicU64,
     /// The table's epoch when a request last used this node (see [`NodeTable::cold`]).
     touched: AtomicU32,
-    /// Other names a non-directory was seen under (hard links): when the name in `loc` goes
-    /// away, the node is still reachable through one of these.
-    aliases: Mutex<Vec<(NodeId, OsString)>>,
     /// The number this node's object was looked up by (its id, unless that had to differ).
     looked_up: Ino,
     /// The object is gone from every layer (its last name removed through the mount) while
@@ -232,15 +329,6 @@ impl Node {
             version: AtomicU64::new(next_version()),
             listed: AtomicU64::new(0),
             touched: AtomicU32::new(0),
-            aliases: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Keeps `old` as another name of this node (bounded: hard links seen through the mount).
-    fn add_alias(&self, old: (NodeId, OsString)) {
-        let mut al = self.aliases.lock();
-        if !al.contains(&old) && al.len() < 64 {
-            al.push(old);
         }
     }
 
@@ -336,7 +424,8 @@ impl Node {
 /// All nodes the kernel holds, sharded (no global lock).
 #[derive(Debug)]
 pub struct NodeTable {
-    map: DashMap<NodeId, Arc<Node>>,
+    /// The nodes, each its own key (found by id): one pointer per node in the table.
+    map: DashMap<Held, ()>,
     /// Numbers shown whose node had to take another id (see [`NodeTable::remember`]).
     remap: DashMap<Ino, NodeId>,
     /// Dead nodes' objects as they were when their last name was removed (`O_PATH` fds),
@@ -345,6 +434,11 @@ pub struct NodeTable {
     /// the kernel's overlayfs inode, which lives on while it is referenced. (Beside the
     /// nodes, not in them: few nodes are dead at a time.)
     kept: DashMap<NodeId, Arc<OwnedFd>>,
+    /// Other names a non-directory node was seen under (hard links): when the name in its
+    /// location goes away, the node is still reachable through one of these. (Beside the
+    /// nodes, not in them: few nodes have other names, and every node would pay for the
+    /// room. Locked after the node's location, never before.)
+    aliases: DashMap<NodeId, Vec<(NodeId, Name)>>,
     next_synthetic: AtomicU64,
     /// Advanced by each [`NodeTable::cold`]; nodes record it when used.
     epoch: AtomicU32,
@@ -352,33 +446,63 @@ pub struct NodeTable {
     upper: bool,
 }
 
+/// A node as the key of the table's entry for it: hashed and compared by its id, so an
+/// entry is one pointer (the id is read from the node, not stored beside it).
+#[derive(Debug)]
+struct Held(Arc<Node>);
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Held) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Held {}
+
+impl std::hash::Hash for Held {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `NodeId` hashes: the table is searched by id (`Borrow`).
+        self.0.id.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<NodeId> for Held {
+    fn borrow(&self) -> &NodeId {
+        &self.0.id
+    }
+}
+
 /// Node ids handed out when two distinct objects would share an inode number (possible only
 /// when one layer directory is nested inside another on the same filesystem).
 const SYNTHETIC_BASE: u64 = 0xfff0_0000_0000_0000;
 
+/// How many other names a node keeps (hard links seen through the mount).
+const MAX_ALIASES: usize = 64;
+
 impl NodeTable {
     /// A table holding only the root, whose merged layers are `root_layers`.
-    pub fn new(root_layers: Vec<LayerIdx>, upper: bool) -> NodeTable {
+    pub fn new(root_layers: Layers, upper: bool) -> NodeTable {
         let map = DashMap::new();
         map.insert(
-            ROOT,
-            Arc::new(Node::new(
+            Held(Arc::new(Node::new(
                 ROOT,
                 ROOT.shown(),
                 FileKind::Directory,
                 Location {
                     parent: ROOT,
-                    name: OsString::new(),
+                    name: Name::default(),
                     layers: root_layers,
                     object: None,
                     redirects: None,
                 },
-            )),
+            ))),
+            (),
         );
         NodeTable {
             map,
             remap: DashMap::new(),
             kept: DashMap::new(),
+            aliases: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             epoch: AtomicU32::new(1),
             upper,
@@ -387,7 +511,7 @@ impl NodeTable {
 
     /// The node with id `id`, if the kernel holds it.
     pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
-        let node = self.map.get(&id).map(|n| Arc::clone(n.value()))?;
+        let node = self.map.get(&id).map(|n| Arc::clone(&n.key().0))?;
         node.touch(self.epoch.load(Ordering::Relaxed));
         Some(node)
     }
@@ -402,7 +526,7 @@ impl NodeTable {
             return out;
         }
         for e in self.map.iter() {
-            let n = e.value();
+            let n = &e.key().0;
             if n.id != ROOT && n.touched.load(Ordering::Relaxed) < epoch {
                 out.push(n.id);
                 if out.len() >= want {
@@ -443,10 +567,12 @@ impl NodeTable {
         let own = NodeId::of_shown(ino);
         let first = self.remap.get(&ino).map(|v| *v).unwrap_or(own);
         let mut id = first;
+        let mut loc = loc;
         loop {
-            match self.map.entry(id) {
-                Entry::Occupied(o) => {
-                    let node = o.get();
+            // Held for writing while the node is updated, as `forget` holds it to drop one.
+            if let Some(o) = self.map.get_mut(&id) {
+                {
+                    let node = &o.key().0;
                     let mut cur = node.loc.write();
                     let was_upper = cur.upper_side();
                     let same_name = cur.parent == loc.parent && cur.name == loc.name;
@@ -497,10 +623,12 @@ impl NodeTable {
                                 node.layers_changed();
                             }
                             if kind != FileKind::Directory && !same_name {
-                                node.add_alias((cur.parent, cur.name.clone()));
-                                node.aliases
-                                    .lock()
-                                    .retain(|(p, n)| !(*p == loc.parent && *n == loc.name));
+                                let mut al = self.aliases.entry(id).or_default();
+                                let old = (cur.parent, cur.name.clone());
+                                if !al.contains(&old) && al.len() < MAX_ALIASES {
+                                    al.push(old);
+                                }
+                                al.retain(|(p, n)| !(*p == loc.parent && *n == loc.name));
                             }
                             *cur = loc;
                         }
@@ -508,22 +636,36 @@ impl NodeTable {
                         return Ok(Arc::clone(node));
                     }
                 }
-                Entry::Vacant(v) => {
-                    if !valid() {
-                        return Err(loc);
+            } else {
+                if !valid() {
+                    return Err(loc);
+                }
+                let node = Arc::new(Node::new(id, ino, kind, loc));
+                match self.map.entry(Held(Arc::clone(&node))) {
+                    Entry::Vacant(v) => {
+                        self.aliases.remove(&id);
+                        node.touch(self.epoch.load(Ordering::Relaxed));
+                        // The number is mapped while the new entry is held (lock order:
+                        // node entry, then mapping), as `forget` unmaps it.
+                        let _held = v.insert(());
+                        if id != own {
+                            self.remap.insert(ino, id);
+                        } else {
+                            // The number is the object's own again: an older mapping is
+                            // stale.
+                            self.remap.remove(&ino);
+                        }
+                        return Ok(node);
                     }
-                    let node = Arc::new(Node::new(id, ino, kind, loc));
-                    node.touch(self.epoch.load(Ordering::Relaxed));
-                    // The number is mapped while the new entry is held (lock order: node
-                    // entry, then mapping), as `forget` unmaps it.
-                    let _held = v.insert(Arc::clone(&node));
-                    if id != own {
-                        self.remap.insert(ino, id);
-                    } else {
-                        // The number is the object's own again: an older mapping is stale.
-                        self.remap.remove(&ino);
+                    Entry::Occupied(o) => {
+                        // Another lookup made a node of this id meanwhile: look again.
+                        drop(o);
+                        loc = match Arc::try_unwrap(node) {
+                            Ok(n) => n.loc.into_inner(),
+                            Err(n) => n.location(),
+                        };
+                        continue;
                     }
-                    return Ok(node);
                 }
             }
             id = if id == first && first != own {
@@ -550,7 +692,7 @@ impl NodeTable {
     pub fn revive(&self, id: NodeId) {
         if let Some(n) = self.map.get(&id) {
             self.kept.remove(&id);
-            n.dead.store(false, Ordering::Release);
+            n.key().0.dead.store(false, Ordering::Release);
         }
     }
 
@@ -564,7 +706,7 @@ impl NodeTable {
                 Some(fd) => self.kept.insert(id, Arc::new(fd)),
                 None => self.kept.remove(&id).map(|(_, fd)| fd),
             };
-            n.dead.store(true, Ordering::Release);
+            n.key().0.dead.store(true, Ordering::Release);
         }
     }
 
@@ -590,34 +732,34 @@ impl NodeTable {
         if id == ROOT {
             return false;
         }
-        match self.map.entry(id) {
-            Entry::Occupied(o) => {
-                let left = o
-                    .get()
-                    .lookups
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                        Some(c.saturating_sub(n))
-                    })
-                    .map(|prev| prev.saturating_sub(n))
-                    .unwrap_or(0);
-                if left == 0 {
-                    // The number's mapping goes while the entry is still held: a lookup that
-                    // makes the node again (it waits for the entry) maps the number anew.
-                    let node = o.get();
-                    if NodeId::of_shown(node.looked_up) != node.id {
-                        self.remap.remove_if(&node.looked_up, |_, v| *v == node.id);
-                    }
-                    self.kept.remove(&id);
-                    o.remove();
-                    #[cfg(test)]
-                    tests::AFTER_FORGET.with(crate::test_hook::Hook::fire);
-                    true
-                } else {
-                    false
-                }
+        // Decided while the node's entry is held for writing: a lookup of it either came
+        // before (and its reference is counted) or waits and makes the node anew.
+        let removed = self.map.remove_if(&id, |held, ()| {
+            let node = &held.0;
+            let left = node
+                .lookups
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some(c.saturating_sub(n))
+                })
+                .map(|prev| prev.saturating_sub(n))
+                .unwrap_or(0);
+            if left != 0 {
+                return false;
             }
-            Entry::Vacant(_) => false,
+            // The number's mapping goes while the entry is still held: a lookup that makes
+            // the node again (it waits for the entry) maps the number anew.
+            if NodeId::of_shown(node.looked_up) != node.id {
+                self.remap.remove_if(&node.looked_up, |_, v| *v == node.id);
+            }
+            self.kept.remove(&id);
+            self.aliases.remove(&id);
+            true
+        });
+        #[cfg(test)]
+        if removed.is_some() {
+            tests::AFTER_FORGET.with(crate::test_hook::Hook::fire);
         }
+        removed.is_some()
     }
 
     /// Moves name `from` of a node to `(parent, name)` (after a rename through the mount).
@@ -630,16 +772,18 @@ impl NodeTable {
     ) {
         if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
-            let mut al = node.aliases.lock();
-            al.retain(|(p, n)| !(*p == from.0 && n == from.1));
             if !(loc.parent == from.0 && loc.name == from.1) {
+                let mut al = self.aliases.entry(id).or_default();
+                al.retain(|(p, n)| !(*p == from.0 && n == from.1));
                 let cur = (loc.parent, loc.name.clone());
-                if !al.contains(&cur) {
+                if !al.contains(&cur) && al.len() < MAX_ALIASES {
                     al.push(cur);
                 }
+            } else if let Some(mut al) = self.aliases.get_mut(&id) {
+                al.retain(|(p, n)| !(*p == from.0 && n == from.1));
             }
             loc.parent = parent;
-            loc.name = name;
+            loc.name = Name::from(name);
         }
     }
 
@@ -648,13 +792,19 @@ impl NodeTable {
     pub fn drop_name(&self, id: NodeId, parent: NodeId, name: &std::ffi::OsStr) {
         if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
-            let mut al = node.aliases.lock();
+            let Some(mut al) = self.aliases.get_mut(&id) else {
+                return;
+            };
             al.retain(|(p, n)| !(*p == parent && n == name));
             if loc.parent == parent && loc.name == name {
                 if let Some((p, n)) = al.pop() {
                     loc.parent = p;
                     loc.name = n;
                 }
+            }
+            if al.is_empty() {
+                drop(al);
+                self.aliases.remove_if(&id, |_, al| al.is_empty());
             }
         }
     }
@@ -693,7 +843,7 @@ impl NodeTable {
         &self,
         id: NodeId,
         (parent, name): (NodeId, &std::ffi::OsStr),
-        layers: Vec<LayerIdx>,
+        layers: Layers,
     ) {
         let here = self
             .get(id)
@@ -705,7 +855,7 @@ impl NodeTable {
 
     /// Replaces the layers of a node (after a copy-up or a change of merge). Which object
     /// the new topmost copy is becomes known at the next lookup.
-    pub fn set_layers(&self, id: NodeId, layers: Vec<LayerIdx>) {
+    pub fn set_layers(&self, id: NodeId, layers: Layers) {
         if let Some(node) = self.get(id) {
             let mut loc = node.loc.write();
             if loc.layers != layers {
@@ -727,7 +877,7 @@ impl NodeTable {
     pub fn set_merge(
         &self,
         id: NodeId,
-        layers: Vec<LayerIdx>,
+        layers: Layers,
         redirects: Option<Arc<[(LayerIdx, LayerPath)]>>,
     ) {
         self.set_layers(id, layers);
@@ -738,7 +888,7 @@ impl NodeTable {
 
     /// Every node the table holds now.
     pub fn all(&self) -> Vec<Arc<Node>> {
-        self.map.iter().map(|e| Arc::clone(e.value())).collect()
+        self.map.iter().map(|e| Arc::clone(&e.key().0)).collect()
     }
 
     /// A refresh found `node`'s name holding an object shown as `ino` of kind `kind`, at
@@ -810,7 +960,7 @@ mod tests {
     /// this one kept a name the object no longer had.)
     #[test]
     fn forget_racing_a_lookup_keeps_the_number_mapped() {
-        let t = std::sync::Arc::new(NodeTable::new(vec![0], true));
+        let t = std::sync::Arc::new(NodeTable::new(smallvec::smallvec![0], true));
         // A dead node holds number 50, so the object now numbered 50 gets a synthetic id.
         t.remember(ino(50), FileKind::Regular, loc(ROOT, "old"));
         t.mark_dead(id(50));
@@ -836,6 +986,71 @@ mod tests {
         );
     }
 
+    /// The table keeps `node_limit` nodes (160,000 by default): each byte of a node is
+    /// 160 KB of the daemon's memory on a big walk. A node's name and layers live in it
+    /// (no allocation of their own while short), its other names beside it.
+    #[test]
+    fn a_node_stays_small() {
+        assert!(
+            std::mem::size_of::<Node>() <= 136,
+            "Node is {} bytes",
+            std::mem::size_of::<Node>()
+        );
+        let l = loc(ROOT, "libc.so.6");
+        assert!(!l.name.0.spilled() && !l.layers.spilled());
+    }
+
+    #[test]
+    fn names_of_any_length_and_bytes_are_kept_whole() {
+        use std::os::unix::ffi::OsStrExt;
+        for raw in [
+            &b""[..],
+            b"a",
+            b"exactly-16-bytes",
+            b"seventeen-bytes.x",
+            b"\xff\xfe not utf-8 \x80",
+            &[b'n'; 255],
+        ] {
+            let os = std::ffi::OsStr::from_bytes(raw);
+            let n = Name::from(os);
+            assert_eq!(n.as_os_str().as_bytes(), raw);
+            assert_eq!(n, os);
+            assert_eq!(n.to_os_string(), os.to_os_string());
+        }
+    }
+
+    /// A hard link's other names are kept beside the node: when the name it is at goes, it
+    /// moves to another; a forgotten node takes none of them to a node made later with its id.
+    #[test]
+    fn a_hard_links_other_names_follow_it_and_go_with_it() {
+        let t = NodeTable::new(smallvec::smallvec![0], true);
+        let lower = |name: &str| Location {
+            layers: smallvec::smallvec![1],
+            ..loc(ROOT, name)
+        };
+        t.remember(ino(60), FileKind::Regular, lower("a"));
+        let n = t.remember(ino(60), FileKind::Regular, lower("b"));
+        assert_eq!(n.location().name, "b");
+        t.drop_name(n.id, ROOT, std::ffi::OsStr::new("b"));
+        assert_eq!(n.location().name, "a", "the other name takes its place");
+        t.relocate(n.id, (ROOT, std::ffi::OsStr::new("a")), ROOT, "c".into());
+        assert_eq!(n.location().name, "c");
+        t.drop_name(n.id, ROOT, std::ffi::OsStr::new("c"));
+        assert_eq!(n.location().name, "c", "no other name is left");
+        // Seen under two names again, then forgotten with a name still kept beside it.
+        t.remember(ino(60), FileKind::Regular, lower("g"));
+        assert_eq!(n.location().name, "g");
+        assert!(t.forget(n.id, 3));
+        let fresh = t.remember(ino(60), FileKind::Regular, lower("f"));
+        assert_eq!(fresh.id, n.id, "the object's own number again");
+        t.drop_name(fresh.id, ROOT, std::ffi::OsStr::new("f"));
+        assert_eq!(
+            fresh.location().name,
+            "f",
+            "the forgotten node's names are gone"
+        );
+    }
+
     fn ino(n: u64) -> Ino {
         Ino::from_node_number(n)
     }
@@ -848,7 +1063,7 @@ mod tests {
         Location {
             parent,
             name: name.into(),
-            layers: vec![0],
+            layers: smallvec::smallvec![0],
             object: None,
             redirects: None,
         }
@@ -860,20 +1075,20 @@ mod tests {
     /// copied it up again: EEXIST under load.)
     #[test]
     fn stale_lower_resolution_keeps_the_copied_up_node() {
-        let t = NodeTable::new(vec![0, 1], true);
+        let t = NodeTable::new(smallvec::smallvec![0, 1], true);
         let mut lower = loc(ROOT, "f");
-        lower.layers = vec![1];
+        lower.layers = smallvec::smallvec![1];
         let n = t.remember(ino(77), FileKind::Regular, lower.clone());
         assert_eq!(n.id, id(77));
         // The copy-up moves it up.
-        t.set_layers(id(77), vec![0]);
+        t.set_layers(id(77), smallvec::smallvec![0]);
         let again = t.remember(ino(77), FileKind::Regular, lower);
         assert_eq!(again.id, id(77));
-        assert_eq!(again.location().layers, vec![0]);
+        assert_eq!(again.location().layers.to_vec(), vec![0]);
         // Under another name, a lower object with that number is another object (a lower
         // hard link the copy-up broke).
         let mut other = loc(ROOT, "g");
-        other.layers = vec![1];
+        other.layers = smallvec::smallvec![1];
         assert_ne!(t.remember(ino(77), FileKind::Regular, other).id, id(77));
     }
 
@@ -883,11 +1098,11 @@ mod tests {
     /// same object under another name (a hard link) is still the same node.
     #[test]
     fn reused_number_with_another_birth_is_another_object() {
-        let t = NodeTable::new(vec![0, 1], true);
+        let t = NodeTable::new(smallvec::smallvec![0, 1], true);
         let at = |name: &str, layer: LayerIdx, born: u64| Location {
             parent: ROOT,
             name: name.into(),
-            layers: vec![layer],
+            layers: smallvec::smallvec![layer],
             object: Some(ObjectId::new(LayerIno::new(layer, 50), born)),
             redirects: None,
         };
@@ -901,19 +1116,23 @@ mod tests {
         assert_eq!(t.visible_id(ino(50)), intruder.id);
         // In another layer it is another copy of the same object (a copy-up, or a lower
         // copy seen by a resolution that raced it).
-        t.set_layers(intruder.id, vec![0]);
+        t.set_layers(intruder.id, smallvec::smallvec![0]);
         let up = t.remember(ino(50), FileKind::Regular, at("intruder", 0, 300));
         assert_eq!(up.id, intruder.id);
         assert!(!up.is_dead());
         let lower = t.remember(ino(50), FileKind::Regular, at("intruder", 1, 200));
         assert_eq!(lower.id, intruder.id);
         assert!(!lower.is_dead());
-        assert_eq!(lower.location().layers, vec![0], "never moved back down");
+        assert_eq!(
+            lower.location().layers.to_vec(),
+            vec![0],
+            "never moved back down"
+        );
     }
 
     #[test]
     fn lookups_and_forgets_balance() {
-        let t = NodeTable::new(vec![0], false);
+        let t = NodeTable::new(smallvec::smallvec![0], false);
         let a = t.remember(ino(10), FileKind::Regular, loc(ROOT, "a"));
         assert_eq!(a.id, id(10));
         t.remember(ino(10), FileKind::Regular, loc(ROOT, "b"));
@@ -927,7 +1146,7 @@ mod tests {
 
     #[test]
     fn type_clash_gets_its_own_id() {
-        let t = NodeTable::new(vec![0], false);
+        let t = NodeTable::new(smallvec::smallvec![0], false);
         let f = t.remember(ino(7), FileKind::Regular, loc(ROOT, "f"));
         let d = t.remember(ino(7), FileKind::Directory, loc(ROOT, "d"));
         assert_eq!(f.id, id(7));
@@ -939,11 +1158,11 @@ mod tests {
 
     #[test]
     fn reused_numbers_get_new_nodes_and_mappings_stay_current() {
-        let t = NodeTable::new(vec![0], true);
+        let t = NodeTable::new(smallvec::smallvec![0], true);
         let up = |name: &str| Location {
             parent: ROOT,
             name: name.into(),
-            layers: vec![0],
+            layers: smallvec::smallvec![0],
             object: None,
             redirects: None,
         };

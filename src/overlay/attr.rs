@@ -111,7 +111,7 @@ impl Overlay {
         }
         let parent = self.node(node.parent())?;
         let pfd = self.dir_fd(&parent, UPPER)?;
-        Ok((pfd, node.with_location(|l| l.name.clone())))
+        Ok((pfd, node.with_location(|l| l.name.to_os_string())))
     }
 
     /// Changes attributes of `id`. `fd` is an open handle on the file, used when given (the

@@ -84,7 +84,7 @@ impl Overlay {
             let _ = sys::remove_tree(work.fd(), &tmp);
             return Err(e);
         }
-        let mut layers = vec![UPPER];
+        let mut layers: crate::inode::Layers = smallvec::smallvec![UPPER];
         layers.extend(chain);
         self.nodes.set_layers(dir.id, layers);
         self.copy_ups.record(0, started.elapsed());
@@ -170,7 +170,7 @@ impl Overlay {
                     return Err(Error::NotFound);
                 }
                 self.link_up_locked(pfd.as_fd(), &name, &top_name)?;
-                let mut layers = vec![UPPER];
+                let mut layers: crate::inode::Layers = smallvec::smallvec![UPPER];
                 layers.extend_from_slice(below.get(1..).unwrap_or_default());
                 self.nodes.set_layers(node.id, layers);
             }
@@ -223,11 +223,11 @@ impl Overlay {
             } else {
                 &below[..]
             };
-            let mut layers = vec![UPPER];
+            let mut layers: crate::inode::Layers = smallvec::smallvec![UPPER];
             layers.extend_from_slice(data);
             self.nodes.set_layers(node.id, layers);
         } else {
-            self.nodes.set_layers(node.id, vec![UPPER]);
+            self.nodes.set_layers(node.id, smallvec::smallvec![UPPER]);
         }
         let copied = if with_data && !meta && st.kind() == Some(FileKind::Regular) {
             st.size

@@ -411,8 +411,11 @@ impl Overlay {
                 self.link_up(dir, name, iname)?;
                 // A node at this name now finds it in the upper layer.
                 let id = self.nodes.visible_id(r.ino);
-                self.nodes
-                    .set_layers_at(id, (dir.id, name), vec![crate::inode::UPPER_LAYER]);
+                self.nodes.set_layers_at(
+                    id,
+                    (dir.id, name),
+                    smallvec::smallvec![crate::inode::UPPER_LAYER],
+                );
                 return Ok(true);
             }
         } else if lower_link {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::redirect::Walk;
 use super::{Attr, Error, Overlay, Result};
-use crate::inode::{LayerPath, Location, Node, NodeId, ObjectId, ROOT};
+use crate::inode::{LayerPath, Layers, Location, Node, NodeId, ObjectId, ROOT};
 use crate::layer::{Ino, LayerIdx, LayerIno, Probe};
 use crate::sys::Object;
 use crate::sys::{FileKind, Stat};
@@ -20,7 +20,7 @@ use crate::sys::{FileKind, Stat};
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
     /// The object's layers: for a directory its merge chain, else the one layer.
-    pub(crate) layers: Vec<LayerIdx>,
+    pub(crate) layers: Layers,
     /// Attributes of the topmost copy.
     pub(crate) top: Stat,
     /// `st_ino` as shown (for a directory, from the bottom of its merge chain, so it stays
@@ -41,7 +41,7 @@ impl Resolved {
     pub(crate) fn location(&self, parent: NodeId, name: &OsStr) -> Location {
         Location {
             parent,
-            name: name.to_os_string(),
+            name: name.into(),
             layers: self.layers.clone(),
             object: Some(self.object),
             redirects: self.redirects.clone(),
@@ -238,7 +238,7 @@ impl Overlay {
                         match &mut found {
                             None => {
                                 found = Some(Resolved {
-                                    layers: vec![li],
+                                    layers: smallvec::smallvec![li],
                                     top: self.overridden(st, Object::At(dfd.as_fd(), pname)),
                                     ino: Ino::ROOT,
                                     object: ObjectId::new(obj, born),
@@ -294,7 +294,8 @@ impl Overlay {
                                             self.index_entry(dfd.as_fd(), pname, li, st.kind())?
                                         {
                                             // A metacopy entry's data is this lower file.
-                                            let mut layers = vec![crate::layer::INDEX_LAYER];
+                                            let mut layers: Layers =
+                                                smallvec::smallvec![crate::layer::INDEX_LAYER];
                                             if e.metacopy {
                                                 layers.push(li);
                                             }
@@ -620,7 +621,7 @@ impl Overlay {
         };
         Ok(Provenance {
             kind: node.kind,
-            layers,
+            layers: layers.to_vec(),
             opaque,
         })
     }

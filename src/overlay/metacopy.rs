@@ -122,7 +122,7 @@ impl Overlay {
         let li = *loc.layers.get(1).ok_or(Error::StaleNode(node.id))?;
         let parent = || self.node(loc.parent);
         Ok(match loc.redirect_in(li) {
-            None => (self.dir_fd(&*parent()?, li)?, loc.name.clone()),
+            None => (self.dir_fd(&*parent()?, li)?, loc.name.to_os_string()),
             Some(LayerPath::InParent(n)) => (self.dir_fd(&*parent()?, li)?, n.clone()),
             Some(LayerPath::FromRoot(p)) => {
                 let layer = self.layers.get(li).ok_or(Error::StaleNode(node.id))?;
@@ -285,7 +285,8 @@ impl Overlay {
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(e).ctx("remove metacopy", name),
         }
-        self.nodes.set_layers(node.id, vec![super::copyup::UPPER]);
+        self.nodes
+            .set_layers(node.id, smallvec::smallvec![super::copyup::UPPER]);
         self.copy_ups.record(copied, started.elapsed());
         self.attrs_changed(node.id);
         Ok(())

@@ -524,7 +524,7 @@ impl Overlay {
 
     /// The node's path relative to every layer root (`a/b/c`; empty for the root).
     fn rel_path(&self, node: &Node) -> Result<Vec<u8>> {
-        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        let mut names: Vec<crate::inode::Name> = Vec::new();
         let (mut parent, name) = node.with_location(|l| (l.parent, l.name.clone()));
         if node.id != ROOT {
             names.push(name);
@@ -596,7 +596,7 @@ impl Overlay {
         let l = self.layers.get(layer).ok_or(Error::StaleNode(node.id))?;
         // (node id, its version, name) from `node` up to the child of the nearest cached
         // ancestor, or of the nearest one a redirect put elsewhere in this layer.
-        let mut chain: Vec<(NodeId, u64, std::ffi::OsString)> = Vec::new();
+        let mut chain: Vec<(NodeId, u64, crate::inode::Name)> = Vec::new();
         let mut start = None;
         let mut cur = node.id;
         let mut version = node.dir_version();

@@ -379,8 +379,8 @@ impl Overlay {
             kind,
             Location {
                 parent,
-                name: name.to_os_string(),
-                layers: vec![UPPER],
+                name: name.into(),
+                layers: smallvec::smallvec![UPPER],
                 object: Some(ObjectId::new(obj, born)),
                 redirects: None,
             },
@@ -670,7 +670,7 @@ impl Overlay {
             node.kind,
             Location {
                 parent: newparent,
-                name: newname.to_os_string(),
+                name: newname.into(),
                 // A metacopy file's data is where its (absolute) redirect says.
                 layers: node.with_location(|l| l.layers.clone()),
                 object: None,
@@ -946,7 +946,7 @@ impl Overlay {
             // Its copies below have their own origin: as the kernel marks the parent.
             self.mark_impure(dpfd.as_fd());
         } else if src.kind == FileKind::Directory {
-            self.nodes.set_layers(src.id, vec![UPPER]);
+            self.nodes.set_layers(src.id, smallvec::smallvec![UPPER]);
         } else if src_meta {
             self.locate_data_again(&src, ddir, newname)?;
         }
@@ -1053,7 +1053,7 @@ impl Overlay {
         let chain = dir.with_location(|l| l.layers.clone());
         match self.resolve_in(dir, &chain, name, 0)? {
             Some(r) => self.nodes.set_merge(node.id, r.layers, r.redirects),
-            None => self.nodes.set_layers(node.id, vec![UPPER]),
+            None => self.nodes.set_layers(node.id, smallvec::smallvec![UPPER]),
         }
         Ok(())
     }

@@ -156,7 +156,7 @@ impl Overlay {
         for n in &order {
             if n.id != ROOT {
                 out.names
-                    .push(n.with_location(|l| (l.parent, l.name.clone())));
+                    .push(n.with_location(|l| (l.parent, l.name.to_os_string())));
             }
             if n.kind == crate::sys::FileKind::Directory {
                 out.dirs.push(n.id);
@@ -172,7 +172,7 @@ impl Overlay {
             .all()
             .iter()
             .filter(|n| n.id != ROOT && !n.is_dead())
-            .map(|n| n.with_location(|l| (l.parent, l.name.clone())))
+            .map(|n| n.with_location(|l| (l.parent, l.name.to_os_string())))
             .collect()
     }
 
