@@ -447,13 +447,7 @@ fn apply_option(
                 _ => return Err(bad(key, "expected all, upper or off")),
             }
         }
-        "io_uring" => {
-            cfg.io_uring = match value {
-                None | Some(b"on") => true,
-                Some(b"off") => false,
-                _ => return Err(bad(key, "expected on or off")),
-            }
-        }
+        "io_uring" => cfg.io_uring = value.is_none() || on_off(key, value)?,
         "markers" => {
             cfg.markers = match utf8_value(key, value)? {
                 "auto" => Markers::Auto,
@@ -464,18 +458,7 @@ fn apply_option(
         }
         "noxattrs" => cfg.noxattrs = value.is_none() || parse_bool(key, value)?,
         "timeout" => cfg.timeout = parse_timeout(key, utf8_value(key, value)?)?,
-        "node_limit" => {
-            let v = utf8_value(key, value)?;
-            cfg.node_limit = match v.parse::<usize>() {
-                Ok(n) if n >= 16 => n,
-                _ => {
-                    return Err(bad(
-                        key,
-                        &format!("'{v}' is not a whole number of at least 16"),
-                    ))
-                }
-            }
-        }
+        "node_limit" => cfg.node_limit = at_least(key, value, 16)?,
         "udba" => {
             cfg.udba = match utf8_value(key, value)? {
                 "none" => Udba::None,
@@ -483,18 +466,7 @@ fn apply_option(
                 _ => return Err(bad(key, "expected none or notify")),
             }
         }
-        "udba_watches" => {
-            let v = utf8_value(key, value)?;
-            cfg.udba_watches = match v.parse::<usize>() {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    return Err(bad(
-                        key,
-                        &format!("'{v}' is not a whole number of at least 1"),
-                    ))
-                }
-            }
-        }
+        "udba_watches" => cfg.udba_watches = at_least(key, value, 1)?,
         "xattr_permissions" => {
             cfg.xattr_permissions = match utf8_value(key, value)? {
                 "0" => 0,
@@ -529,20 +501,8 @@ fn apply_option(
                 _ => return Err(bad(key, "expected on, off, follow or nofollow")),
             })
         }
-        "metacopy" => {
-            cfg.metacopy = Some(match utf8_value(key, value)? {
-                "on" => true,
-                "off" => false,
-                _ => return Err(bad(key, "expected on or off")),
-            })
-        }
-        "index" => {
-            cfg.index = match utf8_value(key, value)? {
-                "on" => true,
-                "off" => false,
-                _ => return Err(bad(key, "expected on or off")),
-            }
-        }
+        "metacopy" => cfg.metacopy = Some(on_off(key, value)?),
+        "index" => cfg.index = on_off(key, value)?,
         "verity" => {
             cfg.verity = match utf8_value(key, value)? {
                 "off" => Verity::Off,
@@ -585,6 +545,27 @@ fn require<'a>(key: &str, value: Option<&'a [u8]>) -> Result<&'a [u8], ConfigErr
 
 fn utf8_value<'a>(key: &str, value: Option<&'a [u8]>) -> Result<&'a str, ConfigError> {
     std::str::from_utf8(require(key, value)?).map_err(|_| bad(key, "not valid UTF-8"))
+}
+
+/// `on` or `off`, as the kernel's overlayfs spells its switches.
+fn on_off(key: &str, value: Option<&[u8]>) -> Result<bool, ConfigError> {
+    match utf8_value(key, value)? {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(bad(key, "expected on or off")),
+    }
+}
+
+/// A whole number of at least `min`.
+fn at_least(key: &str, value: Option<&[u8]>, min: usize) -> Result<usize, ConfigError> {
+    let v = utf8_value(key, value)?;
+    match v.parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(bad(
+            key,
+            &format!("'{v}' is not a whole number of at least {min}"),
+        )),
+    }
 }
 
 fn parse_bool(key: &str, value: Option<&[u8]>) -> Result<bool, ConfigError> {
