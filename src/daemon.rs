@@ -294,8 +294,8 @@ fn serving_threads() -> usize {
 /// connection after.
 struct Handshake {
     overlay: Arc<Overlay>,
-    /// Whether to ask for FUSE over io_uring.
-    io_uring: bool,
+    /// When to ask for FUSE over io_uring (`Off` where this process cannot set up rings).
+    io_uring: crate::config::Uring,
     /// What the kernel granted.
     granted: Arc<std::sync::Mutex<crate::fuse::Granted>>,
 }
@@ -532,14 +532,16 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     // The rings need io_uring with 128-byte SQEs, which this process may be refused
     // (`kernel.io_uring_disabled`, the locked-memory limit): asked of the kernel only if so.
     let mut uring_refused = None;
-    let want_uring = cfg.io_uring
-        && match sys::uring::probe() {
-            Ok(()) => true,
+    let want_uring = match cfg.io_uring {
+        crate::config::Uring::Off => crate::config::Uring::Off,
+        wanted => match sys::uring::probe() {
+            Ok(()) => wanted,
             Err(e) => {
                 uring_refused = Some(e);
-                false
+                crate::config::Uring::Off
             }
-        };
+        },
+    };
     let granted = Arc::new(std::sync::Mutex::new(crate::fuse::Granted::default()));
     let hs = Handshake {
         overlay: Arc::clone(&overlay),
@@ -642,7 +644,7 @@ fn serve(cfg: &MountConfig, overlay: Overlay, notify: Option<OwnedFd>) -> Result
     }
     raise_readahead(&cfg.mountpoint);
     tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
-    let r = serve_transport(cfg, dispatcher, dev, granted.io_uring, uring_refused);
+    let r = serve_transport(cfg, dispatcher, dev, &granted, uring_refused);
     drop(session);
     overlay.unmounted();
     tracing::info!(nodes = overlay.node_count(), "unmounted");
@@ -668,22 +670,30 @@ fn log_stats(d: &Dispatcher) {
 /// Serves the connection `dev` until it is unmounted: through the io_uring rings when the
 /// kernel granted them (with one `/dev/fuse` reader beside them, for what the kernel still
 /// sends there: interrupts and forgets), else through `/dev/fuse` alone. Where `-o io_uring`
-/// is on but the rings are not used, one line in the log says why.
+/// is not off but the rings are not used, one line in the log says why.
 fn serve_transport(
     cfg: &MountConfig,
     dispatcher: Arc<Dispatcher>,
     dev: OwnedFd,
-    granted: bool,
+    granted: &crate::fuse::Granted,
     refused: Option<std::io::Error>,
 ) -> std::io::Result<()> {
-    if !cfg.io_uring {
+    if cfg.io_uring == crate::config::Uring::Off {
         return devfuse::serve(dispatcher, dev, serving_threads());
     }
     if let Some(e) = refused {
         tracing::info!(error = %e, "no FUSE over io_uring: this process cannot set up rings; serving /dev/fuse");
         return devfuse::serve(dispatcher, dev, serving_threads());
     }
-    if !granted {
+    if cfg.io_uring == crate::config::Uring::Auto && !granted.passthrough {
+        tracing::info!(
+            "serving /dev/fuse: without passthrough every byte goes through the daemon, and \
+             /dev/fuse serves reads faster than FUSE over io_uring (-o io_uring takes the \
+             rings anyway)"
+        );
+        return devfuse::serve(dispatcher, dev, serving_threads());
+    }
+    if !granted.io_uring {
         tracing::info!(
             "no FUSE over io_uring: the kernel does not offer it (Linux 6.14+ with \
              /sys/module/fuse/parameters/enable_uring set to Y); serving /dev/fuse"

@@ -1,12 +1,13 @@
 //! Integration tests may panic: a failed assertion is how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-//! FUSE over io_uring (`-o io_uring`, the default where the kernel offers it): the same
-//! operations through a ring-served mount and through the kernel's overlayfs on the same
-//! layers give the same results and the same tree, the rings are really used (their
-//! completion counts in `/proc/PID/fdinfo`), `-o io_uring=off` and a kernel that does not
-//! offer it serve through `/dev/fuse` with one log line saying why, and an unprivileged
-//! daemon gets rings too.
+//! FUSE over io_uring (`-o io_uring`; by default, `io_uring=auto`, where the kernel offers
+//! it and passthrough is granted): the same operations through a ring-served mount and
+//! through the kernel's overlayfs on the same layers give the same results and the same
+//! tree, the rings are really used (their completion counts in `/proc/PID/fdinfo`),
+//! `-o io_uring=off`, the default without passthrough and a kernel that does not offer it
+//! serve through `/dev/fuse` with one log line saying why (none for `off`), and an
+//! unprivileged daemon gets rings when it asks.
 //!
 //! The kernel offers io_uring only while `/sys/module/fuse/parameters/enable_uring` is Y;
 //! these tests turn it on (or off) for their duration and put the previous value back, even
@@ -361,8 +362,9 @@ fn operations_through_the_rings_match_the_kernel_overlay() {
     if !can_compare() {
         return;
     }
-    // passthrough=off: reads and writes go through the daemon, so through the rings.
-    let (rings, completions) = compare_with_kernel(",passthrough=off");
+    // passthrough=off: reads and writes go through the daemon, so through the rings (taken
+    // by asking: by default a mount without passthrough serves /dev/fuse).
+    let (rings, completions) = compare_with_kernel(",passthrough=off,io_uring");
     assert_eq!(rings, possible_cpus(), "one ring per possible CPU");
     // Well over a hundred requests: lookups, creates, 1 MiB reads and writes, listings.
     assert!(
@@ -460,6 +462,21 @@ fn the_transport_is_logged_and_io_uring_off_keeps_dev_fuse() {
         lines[0].contains("serving through FUSE over io_uring"),
         "{text}"
     );
+    // The default without passthrough: /dev/fuse, and one line says why.
+    let fg = Foreground::start(&format!("{},passthrough=off", s.rw_opts()), &s.mnt, &log);
+    assert_eq!(fs::read_to_string(s.mnt.join("f")).unwrap(), "f\n");
+    assert_eq!(
+        rings_of(&s.mnt).0,
+        0,
+        "rings without passthrough by default"
+    );
+    let text = fg.finish();
+    let lines = transport_lines(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("serving /dev/fuse: without passthrough"),
+        "{text}"
+    );
     // io_uring=off: no rings, no line about them.
     let fg = Foreground::start(&format!("{},io_uring=off", s.rw_opts()), &s.mnt, &log);
     assert_eq!(fs::read_to_string(s.mnt.join("f")).unwrap(), "f\n");
@@ -490,7 +507,7 @@ fn without_the_kernel_facility_one_line_says_why() {
 }
 
 #[test]
-fn a_rootless_daemon_serves_through_rings() {
+fn a_rootless_daemon_serves_through_rings_when_it_asks() {
     let Some(_param) = UringParam::set(true) else {
         return;
     };
@@ -505,7 +522,20 @@ fn a_rootless_daemon_serves_through_rings() {
     fs::write(s.lower.join("big"), pattern(4 << 20, 5)).unwrap();
     fs::write(s.lower.join("f"), "f\n").unwrap();
     give_to_nobody(s.dir.path());
+    // By default an unprivileged daemon (no passthrough) serves /dev/fuse.
     let m = mount_as_nobody(&s.rw_opts(), &s.mnt);
+    let (status, output) = run_timeout(
+        as_nobody(Path::new("/bin/cat")).arg(s.mnt.join("f")),
+        Duration::from_secs(30),
+    );
+    assert!(status.is_some_and(|s| s.success()), "{output}");
+    assert_eq!(
+        rings_of(&s.mnt).0,
+        0,
+        "rings for a rootless daemon by default"
+    );
+    m.unmount();
+    let m = mount_as_nobody(&format!("{},io_uring", s.rw_opts()), &s.mnt);
     // Root may not enter a user's FUSE mount: the work runs as nobody.
     let script = "set -e\n\
         cmp big \"$L/big\"\n\
@@ -548,7 +578,7 @@ fn stats_count_requests_served_through_the_rings() {
         return;
     };
     let s = Stack::new();
-    let m = Mount::new(&format!("{},passthrough=off", s.rw_opts()), &s.mnt);
+    let m = Mount::new(&format!("{},passthrough=off,io_uring", s.rw_opts()), &s.mnt);
     const N: usize = 20;
     for i in 0..N {
         fs::write(s.mnt.join(format!("f{i}")), "x").unwrap();

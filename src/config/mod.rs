@@ -149,6 +149,22 @@ pub enum Passthrough {
     Off,
 }
 
+/// `io_uring=` (stratafs): which transport serves the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uring {
+    /// FUSE over io_uring where the kernel offers it and passthrough is granted (the data
+    /// of open files then bypasses the daemon, and the rings serve the metadata requests
+    /// faster); `/dev/fuse` otherwise, where every byte goes through the daemon and the
+    /// rings' extra copy and single queue per CPU make big reads slower
+    /// (docs/PERFORMANCE.md, "FUSE over io_uring against /dev/fuse").
+    #[default]
+    Auto,
+    /// FUSE over io_uring wherever the kernel offers it.
+    On,
+    /// `/dev/fuse` only.
+    Off,
+}
+
 /// A kernel mount flag given as an `-o` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFlag {
@@ -243,7 +259,7 @@ pub struct MountConfig {
     /// `timeout=SECONDS`: entry and attribute cache time given to the kernel.
     pub timeout: Duration,
     /// `node_limit=N` (stratafs): how many nodes the daemon keeps before it asks the kernel
-    /// to forget unused ones (default 160000, about 60 MiB of daemon memory).
+    /// to forget unused ones (default 160000, about 40 MiB of daemon memory).
     pub node_limit: usize,
     /// `udba=none|notify` (stratafs): see [`Udba`].
     pub udba: Udba,
@@ -257,9 +273,9 @@ pub struct MountConfig {
     pub markers: Markers,
     /// `passthrough=all|upper|off` (stratafs).
     pub passthrough: Passthrough,
-    /// `io_uring[=on|off]` (stratafs): serve requests through FUSE over io_uring where the
-    /// kernel offers it (`/dev/fuse` otherwise).
-    pub io_uring: bool,
+    /// `io_uring[=auto|on|off]` (stratafs): when to serve requests through FUSE over
+    /// io_uring (see [`Uring`]).
+    pub io_uring: Uring,
     /// `noxattrs`: xattr requests get ENOTSUP.
     pub noxattrs: bool,
     /// `xattr_permissions=0|1|2`: keep owner and mode in an xattr (1: security., 2: user.).
@@ -326,7 +342,7 @@ impl MountConfig {
             fast_ino: false,
             markers: Markers::Auto,
             passthrough: Passthrough::All,
-            io_uring: true,
+            io_uring: Uring::Auto,
             noxattrs: false,
             xattr_permissions: 0,
             plugins: Vec::new(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::{
     ConfigError, IdMapping, Invocation, KernelFlag, Markers, MountConfig, Passthrough, RedirectDir,
-    Udba, Verity, Xino,
+    Udba, Uring, Verity, Xino,
 };
 
 /// Parses the command line (without argv\[0\]) into what it asks for.
@@ -447,7 +447,17 @@ fn apply_option(
                 _ => return Err(bad(key, "expected all, upper or off")),
             }
         }
-        "io_uring" => cfg.io_uring = value.is_none() || on_off(key, value)?,
+        "io_uring" => {
+            cfg.io_uring = match value {
+                None => Uring::On,
+                Some(_) => match utf8_value(key, value)? {
+                    "auto" => Uring::Auto,
+                    "on" => Uring::On,
+                    "off" => Uring::Off,
+                    _ => return Err(bad(key, "expected auto, on or off")),
+                },
+            }
+        }
         "markers" => {
             cfg.markers = match utf8_value(key, value)? {
                 "auto" => Markers::Auto,
@@ -1138,10 +1148,11 @@ mod tests {
             let opt = format!("passthrough={v}");
             assert_eq!(mount(&["-o", &opt, "/m"]).passthrough, want);
         }
-        assert!(mount(&["/m"]).io_uring);
-        assert!(mount(&["-o", "io_uring", "/m"]).io_uring);
-        assert!(mount(&["-o", "io_uring=on", "/m"]).io_uring);
-        assert!(!mount(&["-o", "io_uring=off", "/m"]).io_uring);
+        assert_eq!(mount(&["/m"]).io_uring, Uring::Auto);
+        assert_eq!(mount(&["-o", "io_uring", "/m"]).io_uring, Uring::On);
+        assert_eq!(mount(&["-o", "io_uring=on", "/m"]).io_uring, Uring::On);
+        assert_eq!(mount(&["-o", "io_uring=auto", "/m"]).io_uring, Uring::Auto);
+        assert_eq!(mount(&["-o", "io_uring=off", "/m"]).io_uring, Uring::Off);
         for (v, want) in [
             ("auto", Markers::Auto),
             ("kernel", Markers::Kernel),

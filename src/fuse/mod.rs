@@ -522,7 +522,11 @@ pub struct Granted {
 
 /// The capabilities asked of the kernel in its INIT request (FUSE over io_uring only with
 /// `io_uring`); returns what it granted of passthrough and io_uring.
-pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig, io_uring: bool) -> Granted {
+pub fn negotiate(
+    overlay: &Overlay,
+    config: &mut KernelConfig,
+    io_uring: crate::config::Uring,
+) -> Granted {
     for cap in [
         // Always readdirplus (no _AUTO): a listing is nearly always followed by stats of
         // its entries, and each separate LOOKUP is a round trip.
@@ -574,10 +578,15 @@ pub fn negotiate(overlay: &Overlay, config: &mut KernelConfig, io_uring: bool) -
             .is_ok();
     // The transport: the kernel offers io_uring only where `enable_uring` is on (and the
     // kernel has it); requests go on through /dev/fuse until every ring queue is ready.
-    let io_uring = io_uring
-        && config
-            .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-            .is_ok();
+    // By default only with passthrough: without it every byte goes through the daemon,
+    // and /dev/fuse serves reads faster (see `config::Uring::Auto`).
+    let io_uring = match io_uring {
+        crate::config::Uring::On => true,
+        crate::config::Uring::Auto => passthrough,
+        crate::config::Uring::Off => false,
+    } && config
+        .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+        .is_ok();
     debug!(passthrough, writeback, io_uring, "init");
     Granted {
         passthrough,

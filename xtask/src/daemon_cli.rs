@@ -89,7 +89,7 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
         &["node_limit"],
         Some("N"),
         "How many inodes the daemon keeps before it asks the kernel (Linux 6.16 or later) to \
-         forget unused ones (default 160000, about 60 MiB of daemon memory; at least 16). \
+         forget unused ones (default 160000, about 40 MiB of daemon memory; at least 16). \
          stratafs only.",
     ),
     opt(
@@ -245,12 +245,14 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     ),
     opt(
         &["io_uring"],
-        Some("on|off"),
-        "How requests reach the daemon. on (default, also io_uring alone): FUSE over io_uring \
+        Some("auto|on|off"),
+        "How requests reach the daemon. on (also io_uring alone): FUSE over io_uring \
          (Linux 6.14+, once root has written Y to \
          /sys/module/fuse/parameters/enable_uring), one ring per CPU; where the \
-         kernel does not offer it, /dev/fuse, with one line in the log saying why. off: \
-         /dev/fuse only. stratafs only.",
+         kernel does not offer it, /dev/fuse, with one line in the log saying why. auto \
+         (default): the same, but only where passthrough is granted (a daemon run by \
+         root); without it every byte goes through the daemon, and /dev/fuse serves \
+         reads faster. off: /dev/fuse only. stratafs only.",
     ),
     opt(
         &["markers"],
