@@ -649,12 +649,22 @@ rm -f /run/containerd
 mkdir -p /run/containerd
 echo "uid_map: $(cat /proc/self/uid_map | tr -s ' ' | tr '\n' ';')"
 start() {
+    # The snapshotter first, serving before containerd dials it: a proxy snapshotter
+    # containerd found refusing waits out a gRPC backoff, and an import meanwhile fails
+    # with "connection refused".
+    served() { cat "$D/snap.log" 2>/dev/null | grep -c "serving containerd's snapshots API" || true; }
+    before=$(served)
     stratafs-snapshotter --root "$D/sroot" --address "$D/snap.sock" >>"$D/snap.log" 2>&1 &
     snap=$!
+    i=0
+    until [ "$(served)" -gt "$before" ]; do
+        i=$((i + 1)); [ "$i" -lt 300 ] || { echo "the snapshotter did not come up"; exit 1; }
+        sleep 0.1
+    done
     containerd --config "$D/config.toml" >>"$D/containerd.log" 2>&1 &
     ctrd=$!
     i=0
-    until ctr version >/dev/null 2>&1; do
+    until ctr version >/dev/null 2>&1 && snapshots ls >/dev/null 2>&1; do
         i=$((i + 1)); [ "$i" -lt 300 ] || { echo "containerd did not come up"; exit 1; }
         sleep 0.1
     done
