@@ -203,9 +203,11 @@ impl Overlay {
         };
         let staged = staged.and_then(|()| self.record_origin(src_dir.as_fd(), &name, top, &tmp));
         let placed = staged.and_then(|origin| match (indexed, origin) {
-            (true, Some(fh)) => self.place_indexed(&tmp, &st, pfd.as_fd(), &name, &fh),
-            (true, None) => {
-                let fh = self.origin_of(src_dir.as_fd(), &name, top)?;
+            (true, origin) => {
+                let fh = match origin {
+                    Some(fh) => fh,
+                    None => self.origin_of(src_dir.as_fd(), &name, top)?,
+                };
                 self.place_indexed(&tmp, &st, pfd.as_fd(), &name, &fh)
             }
             (false, _) => place_copy(work, &tmp, pfd.as_fd(), &name),

@@ -92,12 +92,12 @@ impl Overlay {
             let l = self.layers.get(LayerIdx::try_from(li).ok()?)?;
             Some((l.dev, uuids[li]))
         });
-        if let Some(l) =
-            bad_uuid_layer(upper.dev, lowers).and_then(|i| self.layers.all().get(i + 1))
+        if let Some((l, uuid)) = bad_uuid_layer(upper.dev, lowers)
+            .and_then(|i| Some((self.layers.all().get(i + 1)?, uuids.get(i + 1)?)))
         {
             tracing::warn!(
                 "{} uuid detected in lower fs '{}', falling back to index=off",
-                if sys::fs_uuid(l.root()).is_ok_and(|u| u == [0; 16]) {
+                if *uuid == [0; 16] {
                     "null"
                 } else {
                     "conflicting"
