@@ -47,8 +47,9 @@ use std::time::Instant;
 
 use dataset::{ensure_owner, generate, million_layer, DATA_VERSION, FULL, LAYERS, QUICK};
 use mounts::{
-    bench_user, clear_leftovers, guarded, proc_hwm_kib, requests_between, served_requests,
-    stats_table, Config, Contender, Ctx, Mount, CONTENDERS,
+    bench_user, clear_leftovers, empty_trash, guarded, note_freed_inodes, proc_hwm_kib,
+    requests_between, served_requests, stats_table, trash_dir, wait_for_freed_inodes, Config,
+    Contender, Ctx, Mount, CONTENDERS,
 };
 use report::{fmt_opt, machine, sh, AllResults, Meta, Sample};
 use workloads::{loadavg, prepare_host, prepare_mount, settle, timed, verify, Job, Wl, WORKLOADS};
@@ -292,6 +293,8 @@ fn main() {
         );
         fs::create_dir_all(data.parent().unwrap()).unwrap();
         generate(&data, &size).expect("generating the data set");
+        // (It deleted the tarball's source: see `wait_for_freed_inodes` below.)
+        note_freed_inodes(&trash_dir(&target.join("bench-run"))).expect("sync");
     }
     if let Some((uid, gid)) = user {
         // The rootless contenders read every layer file, mode 0600 ones included.
@@ -303,6 +306,9 @@ fn main() {
     let run = target.join("bench-run");
     // Leftovers of an interrupted run.
     clear_leftovers(&run);
+    let trash = trash_dir(&run);
+    empty_trash(&trash).expect("empty the trash of an interrupted run");
+    wait_for_freed_inodes(&trash);
     fs::create_dir_all(run.join("bin")).unwrap();
     // The rootless worker is this binary, copied for the same reason as stratafs below.
     let worker = run.join("bin/compare-worker");
@@ -401,6 +407,9 @@ fn main() {
             cmd.push(' ');
             cmd.push_str(a);
         }
+    }
+    if let Err(e) = empty_trash(&trash) {
+        eprintln!("compare: emptying {}: {e}", trash.display());
     }
     let meta = Meta {
         nice: nice_now,

@@ -9,10 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -285,6 +287,8 @@ pub struct Mount {
     pub mnt: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// Where `upper` and `work` go when the mount is done (see `retire`).
+    trash: PathBuf,
     /// The `-o` options every contender is given (rootless kernel: `userxattr` added).
     pub opts: String,
     pub pid: Option<u32>,
@@ -306,6 +310,7 @@ impl Mount {
             mnt: base.join("mnt"),
             upper: base.join("upper"),
             work: base.join("work"),
+            trash: trash_dir(&ctx.run),
             opts: String::new(),
             pid: None,
             live: false,
@@ -315,7 +320,7 @@ impl Mount {
         }
         for d in [&m.upper, &m.work] {
             if d.exists() {
-                fs::remove_dir_all(d).map_err(|e| format!("rm {}: {e}", d.display()))?;
+                retire(d, &m.trash).map_err(|e| format!("set aside {}: {e}", d.display()))?;
             }
         }
         for d in [&m.mnt, &m.upper, &m.work] {
@@ -463,8 +468,117 @@ impl Drop for Mount {
             lazy_unmount(&self.mnt);
         }
         for d in [&self.upper, &self.work] {
-            let _ = fs::remove_dir_all(d);
+            if let Err(e) = retire(d, &self.trash) {
+                eprintln!("compare: set aside {}: {e}", d.display());
+            }
         }
+    }
+}
+
+/// Where the finished samples' upper and work directories wait until the end of the run.
+pub fn trash_dir(run: &Path) -> PathBuf {
+    run.join("trash")
+}
+
+/// Regular files this big are deleted at once rather than kept in the trash: each frees one
+/// inode but much space (write-big and the copy-ups of big.bin leave 1 GiB files).
+const BIG_FILE: u64 = 1 << 20;
+
+/// Sets a finished sample's directory `dir` aside in `trash` (deleting only its big regular
+/// files), to be deleted by `empty_trash` at the end of the run.
+///
+/// Deleting it at once would slow the samples after it: on ext4 without a journal (this
+/// machine's root filesystem) a freed inode is not handed out again for 60 s, or 360 s while
+/// its inode table block is dirty (`recently_deleted` in `fs/ext4/ialloc.c`), and every
+/// inode allocation in its block group steps past each such inode. With each sample's
+/// 10,000-file untar deleted at unmount, the next contenders' untar took up to 15 times as
+/// long, by their place in the round (docs/PERFORMANCE.md, "Deleted inodes").
+pub fn retire(dir: &Path, trash: &Path) -> std::io::Result<()> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    remove_big_files(dir)?;
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    fs::create_dir_all(trash)?;
+    let dest = trash.join(format!(
+        "{}-{}",
+        std::process::id(),
+        SERIAL.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::rename(dir, dest)
+}
+
+fn remove_big_files(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let md = e.metadata()?;
+        if md.is_dir() {
+            remove_big_files(&e.path())?;
+        } else if md.is_file() && md.size() >= BIG_FILE {
+            fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// When the trash was last emptied (seconds since the epoch), kept beside it.
+fn emptied_stamp(trash: &Path) -> PathBuf {
+    trash.with_extension("emptied")
+}
+
+/// Deletes what `retire` set aside, and notes it (`note_freed_inodes`).
+pub fn empty_trash(trash: &Path) -> std::io::Result<()> {
+    let n = match fs::read_dir(trash) {
+        Ok(rd) => rd.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    fs::remove_dir_all(trash)?;
+    if n > 0 {
+        note_freed_inodes(trash)?;
+    }
+    Ok(())
+}
+
+/// Writes freed inodes' table blocks back (`sync`: a clean block shortens ext4's wait from
+/// 360 s to 60 s) and notes the time for `wait_for_freed_inodes`: after `empty_trash`, and
+/// after generating a data set (which deletes the tarball's 10,000-file source).
+pub fn note_freed_inodes(trash: &Path) -> std::io::Result<()> {
+    rustix::fs::sync();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if let Some(parent) = trash.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(emptied_stamp(trash), format!("{now}\n"))
+}
+
+/// ext4 without a journal reuses an inode freed from a clean inode table block after 60 s.
+const INODE_REUSE: Duration = Duration::from_secs(61);
+
+/// Sleeps until the inodes last freed (`note_freed_inodes`) may be handed out again, so that
+/// a run started right after another one, or after generating its data set, times no
+/// allocation that steps past them.
+pub fn wait_for_freed_inodes(trash: &Path) {
+    let Some(at) = fs::read_to_string(emptied_stamp(trash))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let emptied = UNIX_EPOCH + Duration::from_secs(at);
+    let since = SystemTime::now()
+        .duration_since(emptied)
+        .unwrap_or_default();
+    if let Some(left) = INODE_REUSE.checked_sub(since) {
+        eprintln!(
+            "compare: waiting {} s until the inodes freed last are reusable \
+             (ext4 without a journal skips them for 60 s)",
+            left.as_secs() + 1
+        );
+        std::thread::sleep(left);
     }
 }
 
