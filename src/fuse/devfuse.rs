@@ -4,15 +4,22 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::dispatch::{reply_copied, Dispatcher, Flow, Transport};
 use super::{abi, MAX_WRITE};
+use crate::inode::NodeId;
 use crate::sys::{self, FileReplyError, ReplyPipes};
 
 /// Reads smaller than this are copied through memory: for them the four system calls of a
 /// splice cost more than the copy they save.
 const SPLICE_MIN: usize = 32 * 1024;
+
+/// Files up to this size are put in the kernel's page cache whole when a reader opens them
+/// ([`Transport::store`]): the kernel's first READ of a file asks for this much (its
+/// readahead window), so it would have been the only one.
+const STORE_MAX: u64 = 128 * 1024;
 
 /// A serving thread's reply path: the fd its requests come from, and its pipes for
 /// splicing file data into replies (made at the first large read; none once splicing
@@ -20,6 +27,23 @@ const SPLICE_MIN: usize = 32 * 1024;
 struct DevFuse<'a> {
     fd: &'a OwnedFd,
     pipes: RefCell<Splice>,
+    /// Set while a thread stores file data: one at a time (see `store`).
+    storing: &'a AtomicBool,
+    /// The buffer a store reads the file into.
+    store_buf: RefCell<Vec<u8>>,
+}
+
+impl DevFuse<'_> {
+    fn store_file(&self, node: NodeId, fd: &OwnedFd) -> io::Result<()> {
+        let size = sys::stat_fd(fd.as_fd())?.size;
+        if size == 0 || size > STORE_MAX {
+            return Ok(());
+        }
+        let mut buf = self.store_buf.borrow_mut();
+        buf.resize(size as usize, 0);
+        let n = sys::pread_full(fd.as_fd(), &mut buf, 0)?;
+        sys::fuse_notify_store(self.fd.as_fd(), node.get(), 0, &buf[..n])
+    }
 }
 
 /// The state of a thread's splicing.
@@ -72,6 +96,20 @@ impl Transport for DevFuse<'_> {
         }
         reply_copied(self, unique, file, offset, len)
     }
+
+    fn store(&self, node: NodeId, fd: &Arc<OwnedFd>) {
+        // One thread at a time: a store waits for the locks of the pages it fills, and a
+        // reader that opened the file meanwhile may hold them until its READ is answered,
+        // which another thread is then free to do.
+        if self.storing.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let r = self.store_file(node, fd);
+        self.storing.store(false, Ordering::Release);
+        if let Err(e) = r {
+            tracing::debug!(node = node.get(), error = %e, "file data not stored");
+        }
+    }
 }
 
 /// Serves the connection `dev` with `threads` threads until it is unmounted (or the kernel
@@ -88,12 +126,14 @@ pub fn serve(dispatcher: Arc<Dispatcher>, dev: OwnedFd, threads: usize) -> io::R
         }
     }
     fds.push(dev);
+    let storing = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::with_capacity(fds.len());
     for (i, fd) in fds.into_iter().enumerate() {
         let d = Arc::clone(&dispatcher);
+        let storing = Arc::clone(&storing);
         let spawned = std::thread::Builder::new()
             .name(format!("fuse-{i}"))
-            .spawn(move || serve_one(&d, &fd));
+            .spawn(move || serve_one(&d, &fd, &storing));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) if handles.is_empty() => return Err(e),
@@ -113,12 +153,14 @@ pub fn serve(dispatcher: Arc<Dispatcher>, dev: OwnedFd, threads: usize) -> io::R
 }
 
 /// One serving thread's loop.
-fn serve_one(d: &Dispatcher, fd: &OwnedFd) -> io::Result<()> {
+fn serve_one(d: &Dispatcher, fd: &OwnedFd, storing: &AtomicBool) -> io::Result<()> {
     // The kernel refuses reads into a buffer that could not take a whole write request.
     let mut buf = vec![0u8; MAX_WRITE as usize + 4096];
     let t = DevFuse {
         fd,
         pipes: RefCell::new(Splice::Untried),
+        storing,
+        store_buf: RefCell::new(Vec::new()),
     };
     loop {
         match sys::fuse_read_request(fd.as_fd(), &mut buf) {

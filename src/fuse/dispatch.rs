@@ -11,6 +11,7 @@ use tracing::{debug, error, trace, warn, Level};
 
 use super::abi::{self, fattr, op, Args, InHeader, Malformed};
 use super::{Fh, StrataFs};
+use crate::inode::NodeId;
 use crate::overlay::{Error, SetAttr};
 use crate::sys::{self, FileReplyError, SetTime};
 
@@ -56,6 +57,17 @@ pub enum Response {
         /// How much the kernel asked for.
         len: usize,
     },
+    /// Success with this body (an OPEN's), sent after the transport put the whole of the
+    /// small lower file `fd` in the kernel's page cache of `node`, where it can
+    /// ([`Transport::store`]): the reader's first READ is answered before it is asked.
+    Prefetched {
+        /// The reply.
+        body: Vec<u8>,
+        /// The node opened.
+        node: NodeId,
+        /// The file opened.
+        fd: Arc<OwnedFd>,
+    },
 }
 
 impl Response {
@@ -86,6 +98,10 @@ pub trait Transport {
     ) -> Result<(), FileReplyError> {
         reply_copied(self, unique, fd.as_fd(), offset, len)
     }
+
+    /// Puts the whole of the small file `fd` in the kernel's page cache of `node`, where the
+    /// transport can and it is worth a system call: by default it does not.
+    fn store(&self, _node: NodeId, _fd: &Arc<OwnedFd>) {}
 }
 
 /// The reply of file data read into memory and sent with [`Transport::reply`].
@@ -245,6 +261,10 @@ impl Dispatcher {
         let sent = match outcome {
             Ok(Response::NoReply) => return Flow::Continue,
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
+            Ok(Response::Prefetched { body, node, fd }) => {
+                t.store(node, &fd);
+                t.reply(h.unique, 0, &body)
+            }
             Ok(Response::File { fd, offset, len }) => {
                 match t.reply_file(h.unique, &fd, offset, len) {
                     Ok(()) => Ok(()),

@@ -690,6 +690,17 @@ impl StrataFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let f = self.overlay.open(ino, flags)?;
         let keep = if f.immutable { fopen::KEEP_CACHE } else { 0 };
+        // A lower file opened to be read through the daemon (no passthrough), by no one
+        // else: its data may be put in the kernel's page cache before the open is answered,
+        // which saves the reader the round trip of its first READ (small files only: the
+        // transport looks at the size). Not while another handle is open: a reader's
+        // readahead then holds page locks the store would wait for.
+        let store = f.immutable
+            && !writable
+            && flags & libc::O_DIRECT == 0
+            && self.backing_dev.is_none()
+            && !self.node_io.contains_key(&ino)
+            && self.overlay.first_store(ino);
         let Some((fh, of, backing)) = self.add_file(
             ino,
             f.fd,
@@ -714,6 +725,14 @@ impl StrataFs {
         }
         Ok(match backing {
             Some(b) => Self::opened(fh, 0, Some(&b)),
+            None if store => match Self::opened(fh, keep, None) {
+                Response::Body(body) => Response::Prefetched {
+                    body,
+                    node: ino,
+                    fd: of.current(),
+                },
+                r => r,
+            },
             None => Self::opened(fh, keep, None),
         })
     }

@@ -304,7 +304,9 @@ pub struct Node {
     /// Changes whenever the entries of this directory change (unique across all nodes, so a
     /// listing tagged with it can never be taken for another node's).
     version: AtomicU64,
-    /// The version of the first listing of this directory handed out from offset 0.
+    /// A directory: the version of the first listing of it handed out from offset 0. A
+    /// regular file: 1 once its data was put in the kernel's page cache unasked
+    /// ([`Node::first_store`]).
     listed: AtomicU64,
     /// The table's epoch when a request last used this node (see [`NodeTable::cold`]).
     touched: AtomicU32,
@@ -387,6 +389,14 @@ impl Node {
         let _ = self
             .listed
             .compare_exchange(0, version, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// True the first time it is asked of a regular file, false after and for anything
+    /// else: whether the daemon has yet to put the file's data in the kernel's page cache
+    /// unasked (the kernel keeps a lower file's pages while it holds the node, so once
+    /// per node is enough; pages it drops under memory pressure are read again with READ).
+    pub fn first_store(&self) -> bool {
+        self.kind == FileKind::Regular && self.listed.swap(1, Ordering::Relaxed) == 0
     }
 
     /// True when the directory has not changed since its first listing was handed out, so

@@ -45,6 +45,11 @@ pub struct StatFs {
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 impl Overlay {
+    /// True the first time it is asked of regular file `id` (see [`Node::first_store`]).
+    pub fn first_store(&self, id: NodeId) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.first_store())
+    }
+
     /// Opens node `id` with the `open(2)` flags the caller used.
     ///
     /// What is opened is the node's object, or nothing: a non-directory is checked at its

@@ -1176,6 +1176,39 @@ pub fn fuse_notify_prune(dev: BorrowedFd<'_>, nodes: &[u64]) -> io::Result<()> {
     fuse_notify(dev, FUSE_NOTIFY_PRUNE, &body)
 }
 
+const FUSE_NOTIFY_STORE: i32 = 4;
+
+/// Sends one `FUSE_NOTIFY_STORE`: `data` becomes the kernel's cached content of node `ino`
+/// from byte `offset` (the pages it fills whole, or up to the file's end, are then read
+/// without a READ). It waits for the locks of those pages, which a reader holds while its
+/// READ of them is unanswered. Fails with `ENOENT` when the kernel does not hold the node.
+pub fn fuse_notify_store(
+    dev: BorrowedFd<'_>,
+    ino: u64,
+    offset: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    let size = u32::try_from(data.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    // struct fuse_notify_store_out { nodeid: u64, offset: u64, size: u32, padding: u32 },
+    // then the data.
+    let mut out = [0u8; 24];
+    out[0..8].copy_from_slice(&ino.to_ne_bytes());
+    out[8..16].copy_from_slice(&offset.to_ne_bytes());
+    out[16..20].copy_from_slice(&size.to_ne_bytes());
+    let header = fuse_out_header(0, FUSE_NOTIFY_STORE, out.len() + data.len());
+    let iov = [
+        std::io::IoSlice::new(&header),
+        std::io::IoSlice::new(&out),
+        std::io::IoSlice::new(data),
+    ];
+    let n = rustix::io::writev(dev, &iov)?;
+    if n == header.len() + out.len() + data.len() {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    }
+}
+
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 
 /// Sends one `FUSE_NOTIFY_INVAL_INODE` for node `ino` down the FUSE connection `dev`, for
