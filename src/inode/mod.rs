@@ -100,12 +100,6 @@ impl AsRef<std::ffi::OsStr> for Name {
     }
 }
 
-impl AsRef<std::path::Path> for Name {
-    fn as_ref(&self) -> &std::path::Path {
-        std::path::Path::new(self.as_os_str())
-    }
-}
-
 impl std::fmt::Debug for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.as_os_str().fmt(f)
@@ -130,18 +124,6 @@ impl From<OsString> for Name {
     }
 }
 
-impl From<&OsString> for Name {
-    fn from(s: &OsString) -> Name {
-        Name::from(s.as_os_str())
-    }
-}
-
-impl From<Name> for OsString {
-    fn from(n: Name) -> OsString {
-        n.to_os_string()
-    }
-}
-
 impl PartialEq<std::ffi::OsStr> for Name {
     fn eq(&self, other: &std::ffi::OsStr) -> bool {
         self.as_os_str() == other
@@ -157,12 +139,6 @@ impl PartialEq<&std::ffi::OsStr> for Name {
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
         self.as_os_str() == *other
-    }
-}
-
-impl PartialEq<OsString> for Name {
-    fn eq(&self, other: &OsString) -> bool {
-        self.as_os_str() == other.as_os_str()
     }
 }
 
