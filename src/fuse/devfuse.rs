@@ -34,15 +34,21 @@ struct DevFuse<'a> {
 }
 
 impl DevFuse<'_> {
-    fn store_file(&self, node: NodeId, fd: &OwnedFd) -> io::Result<()> {
+    /// Stores the whole of `fd` for `node` if it is small; true when the kernel now holds
+    /// all of it (an empty file included), false when it is too big for a store.
+    fn store_file(&self, node: NodeId, fd: &OwnedFd) -> io::Result<bool> {
         let size = sys::stat_fd(fd.as_fd())?.size;
-        if size == 0 || size > STORE_MAX {
-            return Ok(());
+        if size == 0 {
+            return Ok(true);
+        }
+        if size > STORE_MAX {
+            return Ok(false);
         }
         let mut buf = self.store_buf.borrow_mut();
         buf.resize(size as usize, 0);
         let n = sys::pread_full(fd.as_fd(), &mut buf, 0)?;
-        sys::fuse_notify_store(self.fd.as_fd(), node.get(), 0, &buf[..n])
+        sys::fuse_notify_store(self.fd.as_fd(), node.get(), 0, &buf[..n])?;
+        Ok(true)
     }
 }
 
@@ -97,18 +103,20 @@ impl Transport for DevFuse<'_> {
         reply_copied(self, unique, file, offset, len)
     }
 
-    fn store(&self, node: NodeId, fd: &Arc<OwnedFd>) {
+    fn store(&self, node: NodeId, fd: &Arc<OwnedFd>) -> bool {
         // One thread at a time: a store waits for the locks of the pages it fills, and a
         // reader that opened the file meanwhile may hold them until its READ is answered,
-        // which another thread is then free to do.
+        // which another thread is then free to do. A busy store is skipped (the reader
+        // READs, and a later open may store).
         if self.storing.swap(true, Ordering::Acquire) {
-            return;
+            return false;
         }
         let r = self.store_file(node, fd);
         self.storing.store(false, Ordering::Release);
-        if let Err(e) = r {
+        r.unwrap_or_else(|e| {
             tracing::debug!(node = node.get(), error = %e, "file data not stored");
-        }
+            false
+        })
     }
 }
 

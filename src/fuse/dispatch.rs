@@ -100,8 +100,11 @@ pub trait Transport {
     }
 
     /// Puts the whole of the small file `fd` in the kernel's page cache of `node`, where the
-    /// transport can and it is worth a system call: by default it does not.
-    fn store(&self, _node: NodeId, _fd: &Arc<OwnedFd>) {}
+    /// transport can and it is worth a system call; true when it did. By default it does
+    /// not.
+    fn store(&self, _node: NodeId, _fd: &Arc<OwnedFd>) -> bool {
+        false
+    }
 }
 
 /// The reply of file data read into memory and sent with [`Transport::reply`].
@@ -262,7 +265,9 @@ impl Dispatcher {
             Ok(Response::NoReply) => return Flow::Continue,
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
             Ok(Response::Prefetched { body, node, fd }) => {
-                t.store(node, &fd);
+                if t.store(node, &fd) {
+                    self.fs.data_stored(node);
+                }
                 t.reply(h.unique, 0, &body)
             }
             Ok(Response::File { fd, offset, len }) => {

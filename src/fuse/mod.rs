@@ -700,7 +700,7 @@ impl StrataFs {
             && flags & libc::O_DIRECT == 0
             && self.backing_dev.is_none()
             && !self.node_io.contains_key(&ino)
-            && self.overlay.first_store(ino);
+            && !self.overlay.data_given(ino);
         let Some((fh, of, backing)) = self.add_file(
             ino,
             f.fd,
@@ -737,8 +737,23 @@ impl StrataFs {
         })
     }
 
+    /// Notes that the kernel now holds the data of lower file `ino` (stored unasked at its
+    /// open by the transport): later opens need not store it again.
+    pub(crate) fn data_stored(&self, ino: NodeId) {
+        self.overlay.give_data(ino);
+    }
+
     pub(crate) fn read(&self, ino: NodeId, fh: Fh, offset: u64, size: u32) -> Outcome {
         let fd = self.read_fd(fh, ino).ok_or(os(libc::EBADF))?;
+        // A lower file read from its start: the kernel keeps these pages, so later opens
+        // need not store them (see `open`).
+        if offset == 0
+            && self
+                .open_file(fh)
+                .is_some_and(|of| of.lower.load(Ordering::Acquire) && !of.passthrough)
+        {
+            self.overlay.give_data(ino);
+        }
         Ok(Response::File {
             fd,
             offset,

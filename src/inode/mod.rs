@@ -281,8 +281,7 @@ pub struct Node {
     /// listing tagged with it can never be taken for another node's).
     version: AtomicU64,
     /// A directory: the version of the first listing of it handed out from offset 0. A
-    /// regular file: 1 once its data was put in the kernel's page cache unasked
-    /// ([`Node::first_store`]).
+    /// regular file: 1 once the kernel was given its data (see [`Node::data_given`]).
     listed: AtomicU64,
     /// The table's epoch when a request last used this node (see [`NodeTable::cold`]).
     touched: AtomicU32,
@@ -367,12 +366,20 @@ impl Node {
             .compare_exchange(0, version, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// True the first time it is asked of a regular file, false after and for anything
-    /// else: whether the daemon has yet to put the file's data in the kernel's page cache
-    /// unasked (the kernel keeps a lower file's pages while it holds the node, so once
-    /// per node is enough; pages it drops under memory pressure are read again with READ).
-    pub fn first_store(&self) -> bool {
-        self.kind == FileKind::Regular && self.listed.swap(1, Ordering::Relaxed) == 0
+    /// Whether the kernel was given the data of this regular file since the node was made,
+    /// stored unasked or read from its start ([`Node::give_data`]); always true for
+    /// anything else. The kernel keeps a lower file's pages while it holds the node, so
+    /// storing them once is enough (pages it drops under memory pressure are read again
+    /// with READ).
+    pub fn data_given(&self) -> bool {
+        self.kind != FileKind::Regular || self.listed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Notes that the kernel was given this regular file's data.
+    pub fn give_data(&self) {
+        if self.kind == FileKind::Regular {
+            self.listed.store(1, Ordering::Relaxed);
+        }
     }
 
     /// True when the directory has not changed since its first listing was handed out, so

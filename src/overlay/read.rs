@@ -45,9 +45,17 @@ pub struct StatFs {
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 impl Overlay {
-    /// True the first time it is asked of regular file `id` (see [`Node::first_store`]).
-    pub fn first_store(&self, id: NodeId) -> bool {
-        self.nodes.get(id).is_some_and(|n| n.first_store())
+    /// Whether the kernel was given the data of regular file `id` (see
+    /// [`crate::inode::Node::data_given`]); true for a node no longer held.
+    pub fn data_given(&self, id: NodeId) -> bool {
+        self.nodes.get(id).is_none_or(|n| n.data_given())
+    }
+
+    /// Notes that the kernel was given the data of regular file `id`.
+    pub fn give_data(&self, id: NodeId) {
+        if let Some(n) = self.nodes.get(id) {
+            n.give_data();
+        }
     }
 
     /// Opens node `id` with the `open(2)` flags the caller used.
