@@ -685,7 +685,7 @@ fn serve_transport(
         tracing::info!(error = %e, "no FUSE over io_uring: this process cannot set up rings; serving /dev/fuse");
         return devfuse::serve(dispatcher, dev, serving_threads());
     }
-    if cfg.io_uring == crate::config::Uring::Auto && !granted.passthrough {
+    if !cfg.io_uring.wanted(granted.passthrough) {
         tracing::info!(
             "serving /dev/fuse: without passthrough every byte goes through the daemon, and \
              /dev/fuse serves reads faster than FUSE over io_uring (-o io_uring takes the \

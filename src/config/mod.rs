@@ -165,6 +165,18 @@ pub enum Uring {
     Off,
 }
 
+impl Uring {
+    /// Whether the rings are wanted for a connection that was (or was not) granted FUSE
+    /// passthrough.
+    pub fn wanted(self, passthrough: bool) -> bool {
+        match self {
+            Uring::On => true,
+            Uring::Auto => passthrough,
+            Uring::Off => false,
+        }
+    }
+}
+
 /// A kernel mount flag given as an `-o` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFlag {

@@ -34,21 +34,17 @@ struct DevFuse<'a> {
 }
 
 impl DevFuse<'_> {
-    /// Stores the whole of `fd` for `node` if it is small; true when the kernel now holds
-    /// all of it (an empty file included), false when it is too big for a store.
-    fn store_file(&self, node: NodeId, fd: &OwnedFd) -> io::Result<bool> {
+    /// Stores the whole of `fd` for `node` if it is small (nothing for an empty file, or
+    /// one too big: its READs are not saved by a store).
+    fn store_file(&self, node: NodeId, fd: &OwnedFd) -> io::Result<()> {
         let size = sys::stat_fd(fd.as_fd())?.size;
-        if size == 0 {
-            return Ok(true);
-        }
-        if size > STORE_MAX {
-            return Ok(false);
+        if size == 0 || size > STORE_MAX {
+            return Ok(());
         }
         let mut buf = self.store_buf.borrow_mut();
         buf.resize(size as usize, 0);
         let n = sys::pread_full(fd.as_fd(), &mut buf, 0)?;
-        sys::fuse_notify_store(self.fd.as_fd(), node.get(), 0, &buf[..n])?;
-        Ok(true)
+        sys::fuse_notify_store(self.fd.as_fd(), node.get(), 0, &buf[..n])
     }
 }
 
@@ -113,10 +109,8 @@ impl Transport for DevFuse<'_> {
         }
         let r = self.store_file(node, fd);
         self.storing.store(false, Ordering::Release);
-        r.unwrap_or_else(|e| {
-            tracing::debug!(node = node.get(), error = %e, "file data not stored");
-            false
-        })
+        r.map_err(|e| tracing::debug!(node = node.get(), error = %e, "file data not stored"))
+            .is_ok()
     }
 }
 

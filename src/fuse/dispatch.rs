@@ -100,8 +100,9 @@ pub trait Transport {
     }
 
     /// Puts the whole of the small file `fd` in the kernel's page cache of `node`, where the
-    /// transport can and it is worth a system call; true when it did. By default it does
-    /// not.
+    /// transport can and it is worth a system call; true when it dealt with the file
+    /// (stored it, or found it empty or too big to store), so that later opens need not
+    /// try again. By default it does not.
     fn store(&self, _node: NodeId, _fd: &Arc<OwnedFd>) -> bool {
         false
     }

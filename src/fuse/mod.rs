@@ -580,13 +580,10 @@ pub fn negotiate(
     // kernel has it); requests go on through /dev/fuse until every ring queue is ready.
     // By default only with passthrough: without it every byte goes through the daemon,
     // and /dev/fuse serves reads faster (see `config::Uring::Auto`).
-    let io_uring = match io_uring {
-        crate::config::Uring::On => true,
-        crate::config::Uring::Auto => passthrough,
-        crate::config::Uring::Off => false,
-    } && config
-        .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-        .is_ok();
+    let io_uring = io_uring.wanted(passthrough)
+        && config
+            .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+            .is_ok();
     debug!(passthrough, writeback, io_uring, "init");
     Granted {
         passthrough,
@@ -631,9 +628,14 @@ impl StrataFs {
 
     /// The reply to an open: handle `fh`, `flags`, and the backing file in passthrough.
     fn opened(fh: Fh, flags: u32, backing: Option<&Backing>) -> Response {
+        Response::Body(Self::open_body(fh, flags, backing))
+    }
+
+    /// The body of [`StrataFs::opened`].
+    fn open_body(fh: Fh, flags: u32, backing: Option<&Backing>) -> Vec<u8> {
         let mut o = Out::with_capacity(16);
         open_out(&mut o, fh, flags, backing);
-        Response::Body(o.buf)
+        o.buf
     }
 
     pub(crate) fn lookup(&self, parent: NodeId, name: &OsStr) -> Outcome {
@@ -725,35 +727,23 @@ impl StrataFs {
         }
         Ok(match backing {
             Some(b) => Self::opened(fh, 0, Some(&b)),
-            None if store => match Self::opened(fh, keep, None) {
-                Response::Body(body) => Response::Prefetched {
-                    body,
-                    node: ino,
-                    fd: of.current(),
-                },
-                r => r,
+            None if store => Response::Prefetched {
+                body: Self::open_body(fh, keep, None),
+                node: ino,
+                fd: of.current(),
             },
             None => Self::opened(fh, keep, None),
         })
     }
 
-    /// Notes that the kernel now holds the data of lower file `ino` (stored unasked at its
-    /// open by the transport): later opens need not store it again.
+    /// Notes that the transport dealt with the data of lower file `ino` at its open (stored
+    /// it, or found it too big to store): later opens need not try again.
     pub(crate) fn data_stored(&self, ino: NodeId) {
         self.overlay.give_data(ino);
     }
 
     pub(crate) fn read(&self, ino: NodeId, fh: Fh, offset: u64, size: u32) -> Outcome {
         let fd = self.read_fd(fh, ino).ok_or(os(libc::EBADF))?;
-        // A lower file read from its start: the kernel keeps these pages, so later opens
-        // need not store them (see `open`).
-        if offset == 0
-            && self
-                .open_file(fh)
-                .is_some_and(|of| of.lower.load(Ordering::Acquire) && !of.passthrough)
-        {
-            self.overlay.give_data(ino);
-        }
         Ok(Response::File {
             fd,
             offset,

@@ -281,7 +281,8 @@ pub struct Node {
     /// listing tagged with it can never be taken for another node's).
     version: AtomicU64,
     /// A directory: the version of the first listing of it handed out from offset 0. A
-    /// regular file: 1 once the kernel was given its data (see [`Node::data_given`]).
+    /// regular file: 1 once the daemon dealt with its data at an open (see
+    /// [`Node::data_given`]).
     listed: AtomicU64,
     /// The table's epoch when a request last used this node (see [`NodeTable::cold`]).
     touched: AtomicU32,
@@ -366,16 +367,16 @@ impl Node {
             .compare_exchange(0, version, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Whether the kernel was given the data of this regular file since the node was made,
-    /// stored unasked or read from its start ([`Node::give_data`]); always true for
-    /// anything else. The kernel keeps a lower file's pages while it holds the node, so
-    /// storing them once is enough (pages it drops under memory pressure are read again
-    /// with READ).
+    /// Whether the daemon dealt with this regular file's data at an open since the node was
+    /// made: stored it unasked in the kernel's page cache, or found it too big to
+    /// ([`Node::give_data`]); always true for anything else. The kernel keeps a lower
+    /// file's pages while it holds the node, so storing them once is enough (pages it drops
+    /// under memory pressure are read again with READ).
     pub fn data_given(&self) -> bool {
         self.kind != FileKind::Regular || self.listed.load(Ordering::Relaxed) != 0
     }
 
-    /// Notes that the kernel was given this regular file's data.
+    /// Notes that the daemon dealt with this regular file's data (see [`Node::data_given`]).
     pub fn give_data(&self) {
         if self.kind == FileKind::Regular {
             self.listed.store(1, Ordering::Relaxed);

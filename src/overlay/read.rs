@@ -45,13 +45,13 @@ pub struct StatFs {
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 impl Overlay {
-    /// Whether the kernel was given the data of regular file `id` (see
+    /// Whether the daemon dealt with the data of regular file `id` at an open (see
     /// [`crate::inode::Node::data_given`]); true for a node no longer held.
     pub fn data_given(&self, id: NodeId) -> bool {
         self.nodes.get(id).is_none_or(|n| n.data_given())
     }
 
-    /// Notes that the kernel was given the data of regular file `id`.
+    /// Notes that the daemon dealt with the data of regular file `id` at an open.
     pub fn give_data(&self, id: NodeId) {
         if let Some(n) = self.nodes.get(id) {
             n.give_data();

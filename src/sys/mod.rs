@@ -1196,17 +1196,7 @@ pub fn fuse_notify_store(
     out[8..16].copy_from_slice(&offset.to_ne_bytes());
     out[16..20].copy_from_slice(&size.to_ne_bytes());
     let header = fuse_out_header(0, FUSE_NOTIFY_STORE, out.len() + data.len());
-    let iov = [
-        std::io::IoSlice::new(&header),
-        std::io::IoSlice::new(&out),
-        std::io::IoSlice::new(data),
-    ];
-    let n = rustix::io::writev(dev, &iov)?;
-    if n == header.len() + out.len() + data.len() {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(libc::EIO))
-    }
+    fuse_write_message(dev, &[&header, &out, data])
 }
 
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
@@ -1345,9 +1335,16 @@ pub fn fuse_backing_close(dev: BorrowedFd<'_>, id: u32) -> io::Result<()> {
 
 /// Writes one reply (`header` then `body`) down the FUSE connection `dev` in one system call.
 pub fn fuse_write_reply(dev: BorrowedFd<'_>, header: &[u8], body: &[u8]) -> io::Result<()> {
-    let parts = [io::IoSlice::new(header), io::IoSlice::new(body)];
-    let n = rustix::io::writev(dev, &parts)?;
-    if n != header.len() + body.len() {
+    fuse_write_message(dev, &[header, body])
+}
+
+/// Writes one message made of `parts` to the FUSE connection `dev` in one call (the kernel
+/// takes a message whole or not at all).
+fn fuse_write_message(dev: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let slices: smallvec::SmallVec<[io::IoSlice<'_>; 3]> =
+        parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let n = rustix::io::writev(dev, &slices)?;
+    if n != parts.iter().map(|p| p.len()).sum::<usize>() {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     Ok(())
