@@ -528,16 +528,11 @@ fn emptied_stamp(trash: &Path) -> PathBuf {
 
 /// Deletes what `retire` set aside, and notes it (`note_freed_inodes`).
 pub fn empty_trash(trash: &Path) -> std::io::Result<()> {
-    let n = match fs::read_dir(trash) {
-        Ok(rd) => rd.count(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    fs::remove_dir_all(trash)?;
-    if n > 0 {
-        note_freed_inodes(trash)?;
+    match fs::remove_dir_all(trash) {
+        Ok(()) => note_freed_inodes(trash),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// Writes freed inodes' table blocks back (`sync`: a clean block shortens ext4's wait from
