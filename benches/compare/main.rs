@@ -20,7 +20,13 @@
 //!
 //! Modules: `dataset` (the layers), `mounts` (contenders, mounting as root and rootless),
 //! `workloads` (what is timed and checked), `worker` (the rootless side), `report` (markdown
-//! and JSON), `chart`. Mount-table helpers come from `tests/common/base.rs`.
+//! and JSON), `trace` (the requests the kernel sends each FUSE daemon, from its FUSE
+//! tracepoints, in the last round), `chart`. Mount-table helpers come from
+//! `tests/common/base.rs`.
+//!
+//! The run fails (exit 1) when a sample of stratafs or the kernel failed or stratafs's result
+//! differs from the kernel's; under `CI=true` a missing facility (root, `/dev/fuse`) fails it
+//! too.
 //!
 //! Extra flags (after `--`): `--rounds N`, `--only w1,w2,...` (workload names),
 //! `--contenders kernel,fuse-overlayfs,fuse-overlayfs-2,stratafs`, `--configs root,rootless`,
@@ -36,6 +42,7 @@ mod chart;
 mod dataset;
 mod mounts;
 mod report;
+mod trace;
 mod worker;
 mod workloads;
 
@@ -52,10 +59,18 @@ use mounts::{
     Contender, Ctx, Mount, CONTENDERS,
 };
 use report::{fmt_opt, machine, sh, AllResults, Meta, Sample};
+use trace::Tracer;
 use workloads::{loadavg, prepare_host, prepare_mount, settle, timed, verify, Job, Wl, WORKLOADS};
 
 /// One sample: a fresh mount, the host prepared, the workload timed and checked, unmounted.
-fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String> {
+/// With `tracer`, the requests the kernel sends a FUSE daemon in the timed part are traced.
+fn run_one(
+    ctx: &Ctx,
+    cfg: Config,
+    w: Wl,
+    c: Contender,
+    tracer: Option<&Tracer>,
+) -> Result<Sample, String> {
     let errlog = ctx.run.join(cfg.name()).join(c.name()).join("workload.err");
     let layers = if w == Wl::Stat1M {
         std::slice::from_ref(&ctx.million)
@@ -68,16 +83,32 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
     let label = format!("{} on {} ({})", w.name(), c.name(), cfg.name());
     let stats = (c == Contender::Stratafs).then_some(ctx.stratafs.as_path());
     let served = || stats.and_then(|b| served_requests(b, &m.mnt));
-    let (busy, wall, cpu, check, more, requests, stats_text) = match cfg {
+    // The kernel's overlayfs sends no FUSE requests.
+    let tracer = tracer.filter(|_| c != Contender::Kernel);
+    let conn = match tracer {
+        Some(_) => Some(
+            trace::connection(&m.mnt)
+                .ok_or_else(|| format!("{}: no FUSE connection in the mount table", label))?,
+        ),
+        None => None,
+    };
+    let arm = || match (tracer, conn) {
+        (Some(t), Some(conn)) => t.arm(conn),
+        _ => Ok(()),
+    };
+    let (busy, wall, cpu, check, more, requests, stats_text, window) = match cfg {
         Config::Root => {
             prepare_mount(&job, &errlog)?;
             let busy = settle(ctx.size.settle);
             let req0 = served();
             let cpu0 = m.cpu(ctx);
+            arm()?;
             let t = Instant::now();
+            let t0 = trace::mono_now();
             let pids = m.pid.into_iter().collect();
             let check = guarded(pids, ctx.size.limit, &label, || timed(&job, &errlog))?;
             let wall = t.elapsed().as_secs_f64();
+            let t1 = trace::mono_now();
             let cpu1 = m.cpu(ctx);
             let requests = requests_between(req0, served());
             let stats_text = stats.and_then(|b| stats_table(b, &m.mnt));
@@ -86,16 +117,28 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
-            (busy, wall, cpu, check, more, requests, stats_text)
+            (busy, wall, cpu, check, more, requests, stats_text, (t0, t1))
         }
         Config::Rootless => {
             let busy = settle(ctx.size.settle);
+            // (The worker's preparation is traced too, and left out by the times it reports.)
+            arm()?;
             let child = worker::spawn(ctx, &m, &job)?;
             let mut pids: Vec<u32> = m.pid.into_iter().collect();
             pids.push(child.id());
             let r = guarded(pids, ctx.size.limit, &label, || worker::collect(child))?;
-            (busy, r.wall, r.cpu, r.check, r.more, r.requests, r.stats)
+            let window = (r.t0, r.t1);
+            (
+                busy, r.wall, r.cpu, r.check, r.more, r.requests, r.stats, window,
+            )
         }
+    };
+    let traced = match tracer {
+        Some(t) => Some(
+            t.collect(window.0, window.1)
+                .map_err(|e| format!("{label}: tracing its requests: {e}"))?,
+        ),
+        None => None,
     };
     if let Some(text) = stats_text {
         // The last round's table stays: what `stratafs stats` showed after the workload.
@@ -119,6 +162,7 @@ fn run_one(ctx: &Ctx, cfg: Config, w: Wl, c: Contender) -> Result<Sample, String
         rss_kib,
         check,
         requests,
+        traced,
     })
 }
 
@@ -217,12 +261,13 @@ fn main() {
         })
         .collect();
 
-    if !rustix::process::geteuid().is_root() {
-        println!("compare: SKIPPED: needs root (kernel overlayfs mounts, drop_caches)");
-        return;
-    }
-    if !base::has_fuse() {
-        println!("compare: SKIPPED: no /dev/fuse");
+    // Under CI=true a missing facility fails the run (`base::facility`).
+    if !base::facility(
+        rustix::process::geteuid().is_root(),
+        "root (kernel overlayfs mounts, drop_caches)",
+    ) || !base::facility(base::has_fuse(), "/dev/fuse")
+    {
+        println!("compare: SKIPPED");
         return;
     }
     if contenders.contains(&Contender::FuseOverlayfs)
@@ -350,6 +395,13 @@ fn main() {
         ticks,
     };
 
+    let tracer = match Tracer::new() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("compare: not tracing the FUSE requests: {e}");
+            None
+        }
+    };
     // Taken now: the tree may change while the run goes on.
     let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let machine_desc = machine(&ctx);
@@ -364,7 +416,9 @@ fn main() {
                 for i in 0..contenders.len() {
                     // Rotate the order each round so that drift and order effects hit all alike.
                     let c = contenders[(i + round) % contenders.len()];
-                    let r = run_one(&ctx, cfg, w, c);
+                    // The last round also traces the requests the daemons get.
+                    let trace = tracer.as_ref().filter(|_| round + 1 == ctx.size.rounds);
+                    let r = run_one(&ctx, cfg, w, c, trace);
                     match &r {
                         Ok(s) => eprintln!(
                         "[round {}/{}] {:<8} {:<13} {:<16} {:>9.3} s  cpu {:>7}  rss {:>7} MiB  \
@@ -447,4 +501,15 @@ fn main() {
         out.display(),
         started.elapsed().as_secs_f64()
     );
+    let problems = report::problems(&results, &wls);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("compare: {p}");
+        }
+        eprintln!(
+            "compare: FAILED: {} sample(s) of stratafs or the kernel failed or differ from the kernel's",
+            problems.len()
+        );
+        std::process::exit(1);
+    }
 }

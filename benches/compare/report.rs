@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::dataset::DATA_VERSION;
 use crate::mounts::{Config, Contender, Ctx};
+use crate::trace::Traced;
 use crate::workloads::{Class, Wl};
 
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct Sample {
     pub check: String,
     /// Requests stratafs served during the timed part, per operation.
     pub requests: Option<BTreeMap<String, u64>>,
+    /// Requests the kernel sent the FUSE daemon during the timed part (traced rounds only).
+    pub traced: Option<Traced>,
 }
 
 pub type AllResults = BTreeMap<Config, Results>;
@@ -52,6 +55,8 @@ pub struct Row {
     /// Requests served in the round with the fewest (stratafs only; the rounds differ by
     /// a few at most: forgets and releases that land after the timed part).
     pub requests: Option<BTreeMap<String, u64>>,
+    /// Requests the kernel sent the daemon, in the traced round.
+    pub traced: Option<Traced>,
 }
 
 pub fn summarize(results: &Results, w: Wl, c: Contender) -> Option<Row> {
@@ -70,6 +75,9 @@ pub fn summarize(results: &Results, w: Wl, c: Contender) -> Option<Row> {
                     r.rss_mib = Some(r.rss_mib.map_or(mib, |x: f64| x.max(mib)));
                 }
                 r.checks.push(s.check.clone());
+                if s.traced.is_some() {
+                    r.traced = s.traced.clone();
+                }
                 if let Some(q) = &s.requests {
                     let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
                     if r.requests.as_ref().is_none_or(|old| total(q) < total(old)) {
@@ -320,6 +328,9 @@ pub fn markdown(
     for (&cfg, results) in all {
         requests_table(&mut s, cfg, results, wls);
     }
+    for (&cfg, results) in all {
+        traced_table(&mut s, cfg, results, contenders, wls);
+    }
     let _ = writeln!(s, "### Workloads\n");
     for &w in wls {
         let _ = writeln!(s, "- **{}**: {}", w.name(), w.describe(&ctx.size));
@@ -354,6 +365,59 @@ fn requests_table(s: &mut String, cfg: Config, results: &Results, wls: &[Wl]) {
     let _ = writeln!(s);
 }
 
+/// The requests the kernel sent each FUSE daemon per workload in configuration `cfg` (the
+/// fuse tracepoints, in the last round), with the mean time from sending to the answer.
+fn traced_table(
+    s: &mut String,
+    cfg: Config,
+    results: &Results,
+    contenders: &[Contender],
+    wls: &[Wl],
+) {
+    let mut rows = Vec::new();
+    for &w in wls {
+        for &c in contenders {
+            if let Some(t) = summarize(results, w, c).and_then(|r| r.traced) {
+                rows.push((w, c, t));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### Requests the kernel sent each FUSE daemon ({}), per workload\n\n\
+         Counted by the kernel (`fuse:fuse_request_send` and `fuse:fuse_request_end`) in the \
+         timed part of the last round; each operation with its mean time from sending to the \
+         answer, µs. FORGET is not traced.\n",
+        cfg.name()
+    );
+    let _ = writeln!(
+        s,
+        "| workload | contender | requests | mean µs | by operation (count, mean µs) |\n|---|---|---:|---:|---|"
+    );
+    for (w, c, t) in rows {
+        let mut ops: Vec<_> = t.iter().collect();
+        ops.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        let by: Vec<String> = ops
+            .iter()
+            .map(|(op, o)| format!("{op} {} ({:.0})", o.count, o.mean_us()))
+            .collect();
+        let total: u64 = t.values().map(|o| o.count).sum();
+        let us: f64 = t.values().map(|o| o.total_us).sum();
+        let mean = if total == 0 { 0.0 } else { us / total as f64 };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {total} | {mean:.0} | {} |",
+            w.name(),
+            c.name(),
+            by.join(", ")
+        );
+    }
+    let _ = writeln!(s);
+}
+
 fn table(s: &mut String, cfg: Config, results: &Results, contenders: &[Contender], wls: &[Wl]) {
     let _ = writeln!(s, "### {}\n", match cfg {
         Config::Root => "Root: every contender mounted by root (stratafs with passthrough)",
@@ -371,25 +435,14 @@ fn table(s: &mut String, cfg: Config, results: &Results, contenders: &[Contender
         let kw = wall_of(Contender::Kernel);
         let fw = wall_of(Contender::FuseOverlayfs);
         let f2w = wall_of(Contender::FuseOverlayfs2);
-        let kcheck =
-            summarize(results, w, Contender::Kernel).and_then(|r| r.checks.first().cloned());
         for &c in contenders {
             let Some(r) = summarize(results, w, c) else {
                 continue;
             };
             let mut flag = "";
-            if let Some(kc) = &kcheck {
-                for chk in &r.checks {
-                    if chk != kc {
-                        flag = " ⚠";
-                        mismatches.push(format!(
-                            "- {} on {}: got `{chk}`, kernel `{kc}`",
-                            w.name(),
-                            c.name()
-                        ));
-                        break;
-                    }
-                }
+            if let Some(m) = mismatch(results, w, c) {
+                flag = " ⚠";
+                mismatches.push(format!("- {} on {}: {m}", w.name(), c.name()));
             }
             for e in &r.failures {
                 failures.push(format!("- {} on {}: {e}", w.name(), c.name()));
@@ -515,6 +568,51 @@ fn table(s: &mut String, cfg: Config, results: &Results, contenders: &[Contender
     }
 }
 
+/// How contender `c`'s checks of workload `w` differ from the kernel's, if they do.
+fn mismatch(results: &Results, w: Wl, c: Contender) -> Option<String> {
+    let kc = summarize(results, w, Contender::Kernel)?
+        .checks
+        .first()
+        .cloned()?;
+    let r = summarize(results, w, c)?;
+    let chk = r.checks.iter().find(|chk| **chk != kc)?;
+    Some(format!("got `{chk}`, kernel `{kc}`"))
+}
+
+/// What makes the run fail: a sample of stratafs or the kernel that failed, and a stratafs
+/// result that differs from the kernel's. (The peers' are reported, not judged.)
+pub fn problems(all: &AllResults, wls: &[Wl]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (&cfg, results) in all {
+        for &w in wls {
+            for c in [Contender::Kernel, Contender::Stratafs] {
+                let Some(r) = summarize(results, w, c) else {
+                    continue;
+                };
+                for e in &r.failures {
+                    out.push(format!(
+                        "{} on {} ({}): {e}",
+                        w.name(),
+                        c.name(),
+                        cfg.name()
+                    ));
+                }
+                if c == Contender::Stratafs {
+                    if let Some(m) = mismatch(results, w, c) {
+                        out.push(format!(
+                            "{} on {} ({}): {m}",
+                            w.name(),
+                            c.name(),
+                            cfg.name()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn json(
     ctx: &Ctx,
     all: &AllResults,
@@ -552,6 +650,7 @@ pub fn json(
                     "checks": r.checks,
                     "failures": r.failures,
                     "requests": r.requests,
+                    "traced": r.traced,
                 }));
             }
         }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::mounts::{
     proc_cpu, requests_between, served_requests, stats_table, Contender, Ctx, Mount,
 };
+use crate::trace::mono_now;
 use crate::workloads::{prepare_mount, timed, verify, Job};
 
 /// What the bench hands the worker.
@@ -44,6 +45,11 @@ pub struct Report {
     /// `stratafs stats` right after the timed part (stratafs only).
     #[serde(default)]
     pub stats: Option<String>,
+    /// Start and end of the timed part, CLOCK_MONOTONIC seconds (what the tracer records).
+    #[serde(default)]
+    pub t0: f64,
+    #[serde(default)]
+    pub t1: f64,
 }
 
 /// `compare --worker JSON`: runs the order, prints a `Result<Report, String>` as JSON.
@@ -90,8 +96,10 @@ fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
     let req0 = served();
     let cpu0 = o.daemon.and_then(|p| proc_cpu(p, o.ticks));
     let t = Instant::now();
+    let t0 = mono_now();
     let check = timed(&o.job, errlog)?;
     let wall = t.elapsed().as_secs_f64();
+    let t1 = mono_now();
     let cpu1 = o.daemon.and_then(|p| proc_cpu(p, o.ticks));
     let requests = requests_between(req0, served());
     let stats = o.stats.as_deref().and_then(|b| stats_table(b, &o.job.mnt));
@@ -107,6 +115,8 @@ fn measure(o: &Order, errlog: &Path) -> Result<Report, String> {
         more,
         requests,
         stats,
+        t0,
+        t1,
     })
 }
 
