@@ -658,25 +658,45 @@ impl Overlay {
     /// may be xattr whiteouts: read once per cached directory fd, as lookups of empty files
     /// would otherwise read it each time.
     fn xwhiteouts_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
-        if let Some(v) = self.dirfds.fact(dir.id, layer, fd, |f| f.xwhiteouts) {
-            return Ok(v);
-        }
-        let v = crate::layer::is_xwhiteouts_dir(fd.as_fd(), self.layers.xattrs())?;
-        self.dirfds
-            .set_fact(dir.id, layer, fd, |f| f.xwhiteouts = Some(v));
-        Ok(v)
+        self.dir_mark(DirMark::XWhiteouts, dir, layer, fd, fd.as_fd())
     }
 
     /// True when directory `dir`'s copy in layer `layer` (open as `fd`) is marked
     /// `overlay.impure`, read once per cached directory fd.
     fn impure_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
-        if let Some(v) = self.dirfds.fact(dir.id, layer, fd, |f| f.impure) {
+        self.dir_mark(DirMark::Impure, dir, layer, fd, fd.as_fd())
+    }
+
+    /// Whether directory `dir`'s copy in layer `layer`, cached as `fd`, bears `mark`: known
+    /// once per cached fd, read (the first time) on `open`, `fd` itself or the same
+    /// directory open for reading, where an xattr read is one system call (see
+    /// [`crate::sys::open_dir_to_list`]).
+    fn dir_mark(
+        &self,
+        mark: DirMark,
+        dir: &Node,
+        layer: LayerIdx,
+        fd: &Arc<OwnedFd>,
+        open: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<bool> {
+        let known = self.dirfds.fact(dir.id, layer, fd, |f| match mark {
+            DirMark::XWhiteouts => f.xwhiteouts,
+            DirMark::Impure => f.impure,
+        });
+        if let Some(v) = known {
             return Ok(v);
         }
-        let ns = self.layers.get(layer).map(|l| l.xattrs);
-        let v = crate::layer::is_impure_dir(fd.as_fd(), ns.unwrap_or(self.layers.xattrs()))?;
-        self.dirfds
-            .set_fact(dir.id, layer, fd, |f| f.impure = Some(v));
+        let v = match mark {
+            DirMark::XWhiteouts => crate::layer::is_xwhiteouts_dir(open, self.layers.xattrs())?,
+            DirMark::Impure => {
+                let ns = self.layers.get(layer).map(|l| l.xattrs);
+                crate::layer::is_impure_dir(open, ns.unwrap_or(self.layers.xattrs()))?
+            }
+        };
+        self.dirfds.set_fact(dir.id, layer, fd, |f| match mark {
+            DirMark::XWhiteouts => f.xwhiteouts = Some(v),
+            DirMark::Impure => f.impure = Some(v),
+        });
         Ok(v)
     }
 
@@ -785,6 +805,15 @@ pub(crate) fn scratch_overlay(
     cfg.workdir = Some(w);
     let ov = Overlay::new(stack, Options::from_config(&cfg));
     (t, ov)
+}
+
+/// A marker xattr of a layer directory that [`Overlay::dir_mark`] keeps per cached fd.
+#[derive(Debug, Clone, Copy)]
+enum DirMark {
+    /// `overlay.opaque=x`: its empty regular files may be xattr whiteouts.
+    XWhiteouts,
+    /// `overlay.impure`: it holds entries copied up with an origin (metacopy files too).
+    Impure,
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::{Error, Overlay, Result};
+use super::{DirMark, Error, Overlay, Result};
 use crate::inode::NodeId;
 use crate::layer::{format, Ino, LayerIno};
 use crate::sys::{self, FileKind};
@@ -292,11 +292,17 @@ impl Overlay {
                 Err(e) if e.is_absent() => continue,
                 Err(e) => return Err(e),
             };
-            let entries = sys::list_dir(dfd.as_fd())?;
+            // The xattrs are read on the directory open for listing: one call each.
+            let open = sys::open_dir_to_list(dfd.as_fd())?;
             // Copied-up entries keep their original inode number in an xattr.
-            let impure = layer.upper && self.is_impure(dfd.as_fd());
+            let impure = layer.upper && self.is_impure(open.as_fd());
             // Its empty regular files may be whiteouts.
-            let xwhiteouts = self.xwhiteouts_dir(&dir, li, &dfd)?;
+            let xwhiteouts = self.dir_mark(DirMark::XWhiteouts, &dir, li, &dfd, open.as_fd())?;
+            // What the lookup of each regular file asks of its directory (metacopy files are
+            // in impure ones), known before the lookups of a readdirplus come. (When it
+            // cannot be read here, a lookup reads it as before.)
+            let _ = self.dir_mark(DirMark::Impure, &dir, li, &dfd, open.as_fd());
+            let entries = sys::list_open_dir(open)?;
             let mut hidden_below: Vec<OsString> = Vec::new();
             for e in entries {
                 if format::is_reserved_name(&e.name) {

@@ -489,7 +489,18 @@ pub struct RawDirEntry {
 
 /// Lists a directory given by an fd (an `O_PATH` fd is fine: it is reopened for reading).
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
-    let fd = open_beneath(dir, b".", OFlags::RDONLY | OFlags::DIRECTORY)?;
+    list_open_dir(open_dir_to_list(dir)?)
+}
+
+/// Directory `dir` (an `O_PATH` fd or a readable one) opened for reading its entries: a fd
+/// of its own, whose position no other reader moves, and on which xattr calls are one
+/// system call each (on an `O_PATH` fd they fail and go through `/proc/self/fd`).
+pub fn open_dir_to_list(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    open_beneath(dir, b".", OFlags::RDONLY | OFlags::DIRECTORY)
+}
+
+/// The entries of a directory opened by [`open_dir_to_list`] and not read yet.
+pub fn list_open_dir(fd: OwnedFd) -> io::Result<Vec<RawDirEntry>> {
     let mut out = Vec::new();
     let mut d = rustix::fs::Dir::new(fd)?;
     while let Some(ent) = d.read() {
