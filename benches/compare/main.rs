@@ -501,6 +501,8 @@ fn main() {
         out.display(),
         started.elapsed().as_secs_f64()
     );
+    // (Before the exit below, which runs no destructors: the tracefs instance goes.)
+    drop(tracer);
     let problems = report::problems(&results, &wls);
     if !problems.is_empty() {
         for p in &problems {

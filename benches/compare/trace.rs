@@ -52,6 +52,19 @@ impl Tracer {
         if !root.join("events/fuse/fuse_request_send").is_dir() {
             return Err("this kernel has no fuse:fuse_request_send tracepoint".into());
         }
+        // Instances of runs that were killed (a run removes its own when it ends).
+        for e in fs::read_dir(root.join("instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("stratafs-compare-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+        }
         let dir = root
             .join("instances")
             .join(format!("stratafs-compare-{}", std::process::id()));
