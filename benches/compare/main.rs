@@ -299,6 +299,11 @@ fn main() {
     } else {
         None
     };
+    // The rootless daemons open /dev/fuse themselves: open to every user (as distributions
+    // ship it) while the run goes on, as the tests do.
+    let fuse_open = configs
+        .contains(&Config::Rootless)
+        .then(base::DevFuseOpen::new);
     let started = Instant::now();
     let load_start = loadavg();
 
@@ -501,8 +506,10 @@ fn main() {
         out.display(),
         started.elapsed().as_secs_f64()
     );
-    // (Before the exit below, which runs no destructors: the tracefs instance goes.)
+    // (Before the exit below, which runs no destructors: the tracefs instance goes and
+    // /dev/fuse gets its mode back.)
     drop(tracer);
+    drop(fuse_open);
     let problems = report::problems(&results, &wls);
     if !problems.is_empty() {
         for p in &problems {

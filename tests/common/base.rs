@@ -46,6 +46,29 @@ pub fn has_kernel_overlay() -> bool {
         .unwrap_or(false)
 }
 
+/// `/dev/fuse` opened to every user while an unprivileged daemon runs; the old mode comes
+/// back on drop.
+pub struct DevFuseOpen {
+    mode: u32,
+}
+
+impl DevFuseOpen {
+    pub fn new() -> DevFuseOpen {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = std::fs::metadata("/dev/fuse").expect("/dev/fuse").mode() & 0o7777;
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
+            .expect("chmod /dev/fuse");
+        DevFuseOpen { mode }
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.mode));
+    }
+}
+
 /// Root and `/dev/fuse`: what a stratafs mount needs here.
 pub fn can_mount() -> bool {
     facility(is_root(), "root") && facility(has_fuse(), "/dev/fuse")

@@ -73,29 +73,6 @@ impl Drop for Mount {
     }
 }
 
-/// `/dev/fuse` opened to every user while an unprivileged daemon runs; the old mode comes
-/// back on drop.
-pub struct DevFuseOpen {
-    mode: u32,
-}
-
-impl DevFuseOpen {
-    pub fn new() -> DevFuseOpen {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/fuse").expect("/dev/fuse").mode() & 0o7777;
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
-            .expect("chmod /dev/fuse");
-        DevFuseOpen { mode }
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.mode));
-    }
-}
-
 /// The value of xattr `name` of `p` itself (a symlink is not followed), if it has one.
 pub fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
