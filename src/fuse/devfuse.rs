@@ -34,10 +34,14 @@ struct DevFuse<'a> {
 }
 
 impl DevFuse<'_> {
-    /// Stores the whole of `fd` for `node` if it is small (nothing for an empty file, or
-    /// one too big: its READs are not saved by a store).
-    fn store_file(&self, node: NodeId, fd: &OwnedFd) -> io::Result<()> {
-        let size = sys::stat_fd(fd.as_fd())?.size;
+    /// Stores the whole of `fd` (of `size` bytes, where the open learned it) for `node` if
+    /// it is small (nothing for an empty file, or one too big: its READs are not saved by a
+    /// store).
+    fn store_file(&self, node: NodeId, fd: &OwnedFd, size: Option<u64>) -> io::Result<()> {
+        let size = match size {
+            Some(s) => s,
+            None => sys::stat_fd(fd.as_fd())?.size,
+        };
         if size == 0 || size > STORE_MAX {
             return Ok(());
         }
@@ -99,7 +103,7 @@ impl Transport for DevFuse<'_> {
         reply_copied(self, unique, file, offset, len)
     }
 
-    fn store(&self, node: NodeId, fd: &Arc<OwnedFd>) -> bool {
+    fn store(&self, node: NodeId, fd: &Arc<OwnedFd>, size: Option<u64>) -> bool {
         // One thread at a time: a store waits for the locks of the pages it fills, and a
         // reader that opened the file meanwhile may hold them until its READ is answered,
         // which another thread is then free to do. A busy store is skipped (the reader
@@ -107,7 +111,7 @@ impl Transport for DevFuse<'_> {
         if self.storing.swap(true, Ordering::Acquire) {
             return false;
         }
-        let r = self.store_file(node, fd);
+        let r = self.store_file(node, fd, size);
         self.storing.store(false, Ordering::Release);
         r.map_err(|e| tracing::debug!(node = node.get(), error = %e, "file data not stored"))
             .is_ok()

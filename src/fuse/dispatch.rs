@@ -67,6 +67,8 @@ pub enum Response {
         node: NodeId,
         /// The file opened.
         fd: Arc<OwnedFd>,
+        /// Its size, where the open learned it.
+        size: Option<u64>,
     },
 }
 
@@ -99,11 +101,11 @@ pub trait Transport {
         reply_copied(self, unique, fd.as_fd(), offset, len)
     }
 
-    /// Puts the whole of the small file `fd` in the kernel's page cache of `node`, where the
-    /// transport can and it is worth a system call; true when it dealt with the file
-    /// (stored it, or found it empty or too big to store), so that later opens need not
-    /// try again. By default it does not.
-    fn store(&self, _node: NodeId, _fd: &Arc<OwnedFd>) -> bool {
+    /// Puts the whole of the small file `fd` (of `size` bytes, where known) in the kernel's
+    /// page cache of `node`, where the transport can and it is worth a system call; true
+    /// when it dealt with the file (stored it, or found it empty or too big to store), so
+    /// that later opens need not try again. By default it does not.
+    fn store(&self, _node: NodeId, _fd: &Arc<OwnedFd>, _size: Option<u64>) -> bool {
         false
     }
 }
@@ -265,9 +267,15 @@ impl Dispatcher {
         let sent = match outcome {
             Ok(Response::NoReply) => return Flow::Continue,
             Ok(Response::Body(b)) => t.reply(h.unique, 0, &b),
-            Ok(Response::Prefetched { body, node, fd }) => {
-                if t.store(node, &fd) {
-                    self.fs.data_stored(node);
+            Ok(Response::Prefetched {
+                body,
+                node,
+                fd,
+                size,
+            }) => {
+                if t.store(node, &fd, size) {
+                    // Later opens need not try again.
+                    self.fs.overlay.give_data(node);
                 }
                 t.reply(h.unique, 0, &body)
             }

@@ -731,15 +731,10 @@ impl StrataFs {
                 body: Self::open_body(fh, keep, None),
                 node: ino,
                 fd: of.current(),
+                size: f.size,
             },
             None => Self::opened(fh, keep, None),
         })
-    }
-
-    /// Notes that the transport dealt with the data of lower file `ino` at its open (stored
-    /// it, or found it too big to store): later opens need not try again.
-    pub(crate) fn data_stored(&self, ino: NodeId) {
-        self.overlay.give_data(ino);
     }
 
     pub(crate) fn read(&self, ino: NodeId, fh: Fh, offset: u64, size: u32) -> Outcome {

@@ -19,6 +19,9 @@ pub struct OpenedFile {
     pub fd: OwnedFd,
     /// True when the file lives in a read-only lower layer, so its pages can stay cached.
     pub immutable: bool,
+    /// Its size, where the open learned it from the check of what it opens (not after a
+    /// change raced with the open, nor for a metacopy file's data).
+    pub size: Option<u64>,
 }
 
 /// Filesystem statistics for `statfs`.
@@ -156,6 +159,7 @@ impl Overlay {
                 r => r.map(|fd| OpenedFile {
                     fd,
                     immutable: false,
+                    size: None,
                 }),
             };
         }
@@ -177,6 +181,7 @@ impl Overlay {
             return Ok(OpenedFile {
                 fd,
                 immutable: !layer.upper,
+                size: None,
             });
         }
         let parent = self.node(loc.parent)?;
@@ -193,6 +198,7 @@ impl Overlay {
             _ => None,
         };
         let metacopy = Overlay::is_metacopy_loc(node.kind, &loc);
+        let seen_size = found.as_ref().ok().map(|(st, _)| st.size);
         let opened = match found {
             // A metacopy file is read from its data.
             Ok(_) if checked.is_some() && metacopy => self.open_data(&node, &loc, oflags),
@@ -262,6 +268,7 @@ impl Overlay {
             r => r.map(|fd| OpenedFile {
                 fd,
                 immutable: !layer.upper || metacopy,
+                size: seen_size.filter(|_| !raced && !metacopy),
             }),
         }
     }
@@ -318,6 +325,7 @@ impl Overlay {
         Ok(OpenedFile {
             fd,
             immutable: !upper,
+            size: None,
         })
     }
 
