@@ -429,15 +429,6 @@ impl Overlay {
         Ino::from_origin(&v)
     }
 
-    /// True when the upper copy of a directory is marked impure.
-    pub(crate) fn is_impure(&self, dir: BorrowedFd<'_>) -> bool {
-        self.layers.work().is_some()
-            && matches!(
-                sys::get_xattr(dir, self.layers.xattrs().impure()),
-                Ok(Some(_))
-            )
-    }
-
     /// With the index, records the kernel's `overlay.origin` (the handle of the lower
     /// object `name` in `src_dir` of layer `layer`) on copy `tmp` in the work directory,
     /// as the kernel's copy-up records it; returns the handle recorded.

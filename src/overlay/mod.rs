@@ -658,19 +658,21 @@ impl Overlay {
     /// may be xattr whiteouts: read once per cached directory fd, as lookups of empty files
     /// would otherwise read it each time.
     fn xwhiteouts_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
-        self.dir_mark(DirMark::XWhiteouts, dir, layer, fd, fd.as_fd())
+        self.dir_mark(DirMark::XWhiteouts, dir, layer, fd, fd.as_fd(), false)
     }
 
     /// True when directory `dir`'s copy in layer `layer` (open as `fd`) is marked
     /// `overlay.impure`, read once per cached directory fd.
     fn impure_dir(&self, dir: &Node, layer: LayerIdx, fd: &Arc<OwnedFd>) -> Result<bool> {
-        self.dir_mark(DirMark::Impure, dir, layer, fd, fd.as_fd())
+        self.dir_mark(DirMark::Impure, dir, layer, fd, fd.as_fd(), false)
     }
 
     /// Whether directory `dir`'s copy in layer `layer`, cached as `fd`, bears `mark`: known
-    /// once per cached fd, read (the first time) on `open`, `fd` itself or the same
-    /// directory open for reading, where an xattr read is one system call (see
-    /// [`crate::sys::open_dir_to_list`]).
+    /// once per cached fd, read (the first time, or every time when `fresh`) on `open`,
+    /// `fd` itself or the same directory open for reading, where an xattr read is one
+    /// system call (see [`crate::sys::open_dir_to_list`]). `fresh` is for the upper
+    /// layer's impure mark, which copy-ups set behind the cached one
+    /// ([`Overlay::mark_impure`]).
     fn dir_mark(
         &self,
         mark: DirMark,
@@ -678,12 +680,13 @@ impl Overlay {
         layer: LayerIdx,
         fd: &Arc<OwnedFd>,
         open: std::os::fd::BorrowedFd<'_>,
+        fresh: bool,
     ) -> Result<bool> {
         let known = self.dirfds.fact(dir.id, layer, fd, |f| match mark {
             DirMark::XWhiteouts => f.xwhiteouts,
             DirMark::Impure => f.impure,
         });
-        if let Some(v) = known {
+        if let (Some(v), false) = (known, fresh) {
             return Ok(v);
         }
         let v = match mark {

@@ -294,14 +294,18 @@ impl Overlay {
             };
             // The xattrs are read on the directory open for listing: one call each.
             let open = sys::open_dir_to_list(dfd.as_fd())?;
-            // Copied-up entries keep their original inode number in an xattr.
-            let impure = layer.upper && self.is_impure(open.as_fd());
             // Its empty regular files may be whiteouts.
-            let xwhiteouts = self.dir_mark(DirMark::XWhiteouts, &dir, li, &dfd, open.as_fd())?;
-            // What the lookup of each regular file asks of its directory (metacopy files are
-            // in impure ones), known before the lookups of a readdirplus come. (When it
-            // cannot be read here, a lookup reads it as before.)
-            let _ = self.dir_mark(DirMark::Impure, &dir, li, &dfd, open.as_fd());
+            let xwhiteouts =
+                self.dir_mark(DirMark::XWhiteouts, &dir, li, &dfd, open.as_fd(), false)?;
+            // Marked impure: copied-up entries keep their original inode number in an xattr
+            // (upper layer: read afresh, as copy-ups mark it), and the lookup of each regular
+            // file asks it (metacopy files are in impure directories), so it is known before
+            // a readdirplus's lookups come. (A mark that cannot be read here counts as none,
+            // and a lookup reads it again.)
+            let marked_impure = self
+                .dir_mark(DirMark::Impure, &dir, li, &dfd, open.as_fd(), layer.upper)
+                .unwrap_or(false);
+            let impure = layer.upper && self.layers.work().is_some() && marked_impure;
             let entries = sys::list_open_dir(open)?;
             let mut hidden_below: Vec<OsString> = Vec::new();
             for e in entries {
