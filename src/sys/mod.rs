@@ -1151,9 +1151,13 @@ pub fn unmount(path: &std::path::Path) -> io::Result<()> {
 const FUSE_NOTIFY_PRUNE: i32 = 9;
 
 /// Writes one notification `code` with payload `body` down the FUSE connection `dev`.
-fn fuse_notify(dev: BorrowedFd<'_>, code: i32, body: &[u8]) -> io::Result<()> {
+fn fuse_notify(dev: BorrowedFd<'_>, code: i32, body: &[&[u8]]) -> io::Result<()> {
     // A notification is a reply to request 0 whose error field holds the notify code.
-    fuse_write_reply(dev, &fuse_out_header(0, code, body.len()), body)
+    let len = body.iter().map(|p| p.len()).sum();
+    let header = fuse_out_header(0, code, len);
+    let mut parts: smallvec::SmallVec<[&[u8]; 3]> = smallvec::smallvec![&header[..]];
+    parts.extend_from_slice(body);
+    fuse_write_message(dev, &parts)
 }
 
 /// Size of `struct fuse_out_header`.
@@ -1184,7 +1188,7 @@ pub fn fuse_notify_prune(dev: BorrowedFd<'_>, nodes: &[u64]) -> io::Result<()> {
     for n in nodes {
         body.extend_from_slice(&n.to_ne_bytes());
     }
-    fuse_notify(dev, FUSE_NOTIFY_PRUNE, &body)
+    fuse_notify(dev, FUSE_NOTIFY_PRUNE, &[&body])
 }
 
 const FUSE_NOTIFY_STORE: i32 = 4;
@@ -1206,8 +1210,7 @@ pub fn fuse_notify_store(
     out[0..8].copy_from_slice(&ino.to_ne_bytes());
     out[8..16].copy_from_slice(&offset.to_ne_bytes());
     out[16..20].copy_from_slice(&size.to_ne_bytes());
-    let header = fuse_out_header(0, FUSE_NOTIFY_STORE, out.len() + data.len());
-    fuse_write_message(dev, &[&header, &out, data])
+    fuse_notify(dev, FUSE_NOTIFY_STORE, &[&out, data])
 }
 
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
@@ -1221,7 +1224,7 @@ pub fn fuse_notify_inval_attrs(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> 
     let mut body = [0u8; 24];
     body[0..8].copy_from_slice(&ino.to_ne_bytes());
     body[8..16].copy_from_slice(&(-1i64).to_ne_bytes());
-    fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &body)
+    fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &[&body])
 }
 
 /// Sends one `FUSE_NOTIFY_INVAL_INODE` for node `ino` down the FUSE connection `dev`, for
@@ -1234,7 +1237,7 @@ pub fn fuse_notify_inval_inode(dev: BorrowedFd<'_>, ino: u64) -> io::Result<()> 
     // (to the end).
     let mut body = [0u8; 24];
     body[0..8].copy_from_slice(&ino.to_ne_bytes());
-    fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &body)
+    fuse_notify(dev, FUSE_NOTIFY_INVAL_INODE, &[&body])
 }
 
 const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
@@ -1266,7 +1269,7 @@ pub fn fuse_notify_inval_entry(
     body.extend_from_slice(&flags.to_ne_bytes());
     body.extend_from_slice(name);
     body.push(0);
-    fuse_notify(dev, FUSE_NOTIFY_INVAL_ENTRY, &body)
+    fuse_notify(dev, FUSE_NOTIFY_INVAL_ENTRY, &[&body])
 }
 
 /// `FUSE_DEV_IOC_CLONE` (`_IOR(229, 0, uint32_t)`).
