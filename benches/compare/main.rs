@@ -83,19 +83,17 @@ fn run_one(
     let label = format!("{} on {} ({})", w.name(), c.name(), cfg.name());
     let stats = (c == Contender::Stratafs).then_some(ctx.stratafs.as_path());
     let served = || stats.and_then(|b| served_requests(b, &m.mnt));
-    // The kernel's overlayfs sends no FUSE requests.
-    let tracer = tracer.filter(|_| c != Contender::Kernel);
-    let conn = match tracer {
-        Some(_) => Some(
+    // The tracer and the mount's FUSE connection (the kernel's overlayfs sends no FUSE
+    // requests).
+    let tracing = match tracer.filter(|_| c != Contender::Kernel) {
+        Some(t) => Some((
+            t,
             trace::connection(&m.mnt)
-                .ok_or_else(|| format!("{}: no FUSE connection in the mount table", label))?,
-        ),
+                .ok_or_else(|| format!("{label}: no FUSE connection in the mount table"))?,
+        )),
         None => None,
     };
-    let arm = || match (tracer, conn) {
-        (Some(t), Some(conn)) => t.arm(conn),
-        _ => Ok(()),
-    };
+    let arm = || tracing.map_or(Ok(()), |(t, conn)| t.arm(conn));
     let (busy, wall, cpu, check, more, requests, stats_text, window) = match cfg {
         Config::Root => {
             prepare_mount(&job, &errlog)?;
@@ -133,13 +131,10 @@ fn run_one(
             )
         }
     };
-    let traced = match tracer {
-        Some(t) => Some(
-            t.collect(window.0, window.1)
-                .map_err(|e| format!("{label}: tracing its requests: {e}"))?,
-        ),
-        None => None,
-    };
+    let traced = tracing
+        .map(|(t, _)| t.collect(window.0, window.1))
+        .transpose()
+        .map_err(|e| format!("{label}: tracing its requests: {e}"))?;
     if let Some(text) = stats_text {
         // The last round's table stays: what `stratafs stats` showed after the workload.
         let dir = ctx.results.join(format!("stats-{}", ctx.size.name));
